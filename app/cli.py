@@ -1,0 +1,338 @@
+"""The `stagescope` command line: every action the GUI offers, for scripts and overnight batches.
+
+Each sub-command is a small handler returning an exit code.  A :class:`UserError` (bad input the
+user can fix) prints one line on stderr and exits 2, never a traceback.  Pipelines register their
+own sub-commands from `app/cli_<pipeline>.py` modules through ``add_parser(subparsers)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from app import __version__
+from app.core.errors import UserError
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 2
+
+PIPELINE_CLI_MODULES = ("app.cli_brightfield", "app.cli_stagetool", "app.cli_kaizen", "app.cli_batch")
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+
+def print_json(data: Any) -> None:
+    """Print ``data`` as indented JSON on stdout (numpy scalars converted)."""
+    print(json.dumps(data, indent=2, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def list_images(path: Path) -> list[Path]:
+    """The image files of a folder (sorted), or the file itself; a missing path is a user error."""
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise UserError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        return files
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    return [path]
+
+
+# ---------------------------------------------------------------- info
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from app.core.images import open_image
+
+    rows = []
+    for path in args.images:
+        with open_image(path) as image:
+            rows.append(image.info.to_dict())
+    if args.json:
+        print_json(rows[0] if len(rows) == 1 else rows)
+        return EXIT_OK
+    for info in rows:
+        size = info.get("pixel_size_um")
+        print(f"{info['path']}")
+        print(f"  format      {info['format']}")
+        print(f"  shape       {tuple(info['shape'])}  axes {info['axes']}  dtype {info['dtype']}")
+        print(f"  channels    {info['n_channels']}: {', '.join(info['channel_names'])}")
+        print(f"  z-planes    {info['n_planes']}")
+        print(f"  pixel size  {f'{size:.4g} um' if size else 'unknown'}")
+        if len(info.get("levels", [])) > 1:
+            print(f"  pyramid     {len(info['levels'])} levels: {info['levels']}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- evaluate
+
+
+def _paired_files(truth: Path, pred: Path) -> list[tuple[Path, Path]]:
+    """Pair label images by file stem when given folders, or the two files themselves."""
+    truth_files, pred_files = list_images(truth), list_images(pred)
+    if not truth.is_dir() and not pred.is_dir():
+        return [(truth_files[0], pred_files[0])]
+    if truth.is_dir() != pred.is_dir():
+        raise UserError("give two files or two folders (matched by file name), not one of each")
+    by_stem = {p.stem: p for p in pred_files}
+    missing = [t.name for t in truth_files if t.stem not in by_stem]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise UserError(f"{pred}: no prediction for {len(missing)} truth image(s): {shown}")
+    return [(t, by_stem[t.stem]) for t in truth_files]
+
+
+def _read_labels(path: Path):
+    from app.core.images import read_image
+
+    labels = read_image(path)
+    if labels.ndim != 2:
+        raise UserError(f"{path}: a label image must be 2-D, this one has shape {labels.shape}")
+    if labels.dtype.kind == "f":
+        if not (labels == labels.round()).all():
+            raise UserError(f"{path}: a label image must hold integer ids, this one holds fractions")
+        labels = labels.astype("int64")
+    return labels
+
+
+def _check_same_shape(a, b, path_a: Path, path_b: Path) -> None:
+    if a.shape != b.shape:
+        raise UserError(f"{path_b}: shape {b.shape} differs from {path_a}: {a.shape}")
+
+
+def cmd_evaluate_instances(args: argparse.Namespace) -> int:
+    from app.core.metrics import instance_scores
+
+    pairs = []
+    for truth_path, pred_path in _paired_files(args.truth, args.pred):
+        truth, pred = _read_labels(truth_path), _read_labels(pred_path)
+        _check_same_shape(truth, pred, truth_path, pred_path)
+        pairs.append((truth, pred))
+    scores = instance_scores(pairs)
+    if args.json:
+        print_json(scores)
+        return EXIT_OK
+    print(f"images: {scores['n_images']}")
+    print("  ".join(f"{key} {scores[key]:.4f}" for key in ("AP50", "AP60", "AP70", "AP80", "AP90")))
+    print(f"at IoU 0.5: precision {scores['precision']:.4f}  recall {scores['recall']:.4f}  F1 {scores['f1']:.4f}")
+    return EXIT_OK
+
+
+def cmd_evaluate_semantic(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from app.core.metrics import confusion_matrix, semantic_scores
+
+    confusion = np.zeros((args.classes, args.classes), dtype=np.int64)
+    pairs = _paired_files(args.truth, args.pred)
+    for truth_path, pred_path in pairs:
+        truth, pred = _read_labels(truth_path), _read_labels(pred_path)
+        _check_same_shape(truth, pred, truth_path, pred_path)
+        if pred.max(initial=0) >= args.classes or pred.min(initial=0) < 0:
+            raise UserError(f"{pred_path}: class values must lie in 0..{args.classes - 1}, found {pred.min()}..{pred.max()}")
+        confusion += confusion_matrix(truth, pred, args.classes)
+    scores = semantic_scores(confusion)
+    scores["n_images"] = len(pairs)
+    if args.json:
+        print_json(scores)
+        return EXIT_OK
+    print(f"images: {len(pairs)}  classes: {args.classes}")
+    for key in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou"):
+        print(f"  {key:15s} {scores[key]:.4f}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- phantom
+
+
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from app.core.phantoms import write_phantom
+
+    written = write_phantom(args.kind, args.out, seed=args.seed, count=args.count, size=args.size)
+    files = [str(p) for p in written] if written else sorted(str(p) for p in Path(args.out).iterdir())
+    print(f"wrote {len(files)} files to {args.out} (see README.txt there for what was drawn)")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- project
+
+
+def cmd_project_new(args: argparse.Namespace) -> int:
+    from app.core.project import Project
+
+    project = Project.create(args.folder, name=args.name or Path(args.folder).name)
+    print(f"created project '{project.name}' in {project.root}")
+    return EXIT_OK
+
+
+def cmd_project_add(args: argparse.Namespace) -> int:
+    from app.core.project import Project
+
+    project = Project.open(args.folder)
+    for path in args.images:
+        for file in list_images(path):
+            entry = project.add_image(file, mode="copy" if args.copy else "link", group=args.group)
+            print(f"added {_entry_name(entry)}")
+    return EXIT_OK
+
+
+def _entry_name(entry: Any) -> str:
+    return entry["name"] if isinstance(entry, dict) else getattr(entry, "name", str(entry))
+
+
+def cmd_project_list(args: argparse.Namespace) -> int:
+    from app.core.project import Project
+
+    project = Project.open(args.folder)
+    images = [_as_dict(e) for e in project.images()]
+    runs = [_as_dict(r) for r in project.runs()]
+    reports = [str(p) for p in project.reports()]
+    if args.json:
+        print_json({"name": project.name, "root": str(project.root), "images": images, "runs": runs, "reports": reports})
+        return EXIT_OK
+    print(f"project '{project.name}' at {project.root}")
+    print(f"images ({len(images)}):")
+    for image in images:
+        group = f"  [{image['group']}]" if image.get("group") else ""
+        print(f"  {image['name']}  ({image.get('mode', '')}) {', '.join(image.get('channels') or [])}{group}")
+    print(f"runs ({len(runs)}):")
+    for run in runs:
+        print(f"  {run.get('id')}  {run.get('pipeline')}  {run.get('status')}")
+    print(f"reports ({len(reports)}):")
+    for report in reports:
+        print(f"  {report}")
+    return EXIT_OK
+
+
+def _as_dict(item: Any) -> dict:
+    if isinstance(item, dict):
+        return item
+    if hasattr(item, "to_dict"):
+        return item.to_dict()
+    import dataclasses
+
+    if dataclasses.is_dataclass(item):
+        return dataclasses.asdict(item)
+    return dict(vars(item))
+
+
+# ---------------------------------------------------------------- demo and gui
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from app.demo import run_demo
+
+    return run_demo(args.out, force=args.force)
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    if importlib.util.find_spec("app.gui") is None:
+        raise UserError("the desktop application is not part of this build yet; use the sub-commands (stagescope --help)")
+    from app.gui.main import main as gui_main
+
+    return gui_main(args)
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The whole command tree; pipelines add theirs through ``add_parser``."""
+    parser = argparse.ArgumentParser(prog="stagescope", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"stagescope {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("info", help="shape, axes, channels, planes and pixel size of images")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("evaluate", help="compare predictions with ground truth")
+    ev = p.add_subparsers(dest="what", metavar="KIND", required=True)
+    q = ev.add_parser("instances", help="instance AP at IoU 0.5..0.9 of label images (files or folders)")
+    q.add_argument("truth", type=Path, metavar="TRUTH")
+    q.add_argument("pred", type=Path, metavar="PRED")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=cmd_evaluate_instances)
+    q = ev.add_parser("semantic", help="pixel accuracy, mean accuracy, mIoU, fw-IoU of class maps")
+    q.add_argument("truth", type=Path, metavar="TRUTH")
+    q.add_argument("pred", type=Path, metavar="PRED")
+    q.add_argument("--classes", type=int, required=True, metavar="N", help="number of classes incl. background 0")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=cmd_evaluate_semantic)
+
+    p = sub.add_parser("phantom", help="synthetic images with exact ground truth")
+    p.add_argument("kind", choices=("nuclei", "brightfield", "testis"))
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--seed", type=int, default=0, metavar="N")
+    p.add_argument("--count", type=int, default=None, metavar="K", help="images to write (default depends on kind)")
+    p.add_argument("--size", type=int, default=None, metavar="PX", help="image side in pixels")
+    p.set_defaults(func=cmd_phantom)
+
+    p = sub.add_parser("project", help="create, fill and list project folders")
+    pr = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = pr.add_parser("new", help="create an empty project folder")
+    q.add_argument("folder", type=Path, metavar="DIR")
+    q.add_argument("--name", default=None)
+    q.set_defaults(func=cmd_project_new)
+    q = pr.add_parser("add", help="add images (linked by default; raw files are never written)")
+    q.add_argument("folder", type=Path, metavar="DIR")
+    q.add_argument("images", nargs="+", type=Path, metavar="IMAGE_OR_DIR")
+    q.add_argument("--copy", action="store_true", help="copy into the project instead of linking")
+    q.add_argument("--group", default=None, help="group name, e.g. a condition or animal")
+    q.set_defaults(func=cmd_project_add)
+    q = pr.add_parser("list", help="images, runs and reports of a project")
+    q.add_argument("folder", type=Path, metavar="DIR")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=cmd_project_list)
+
+    p = sub.add_parser("demo", help="build the sample project from phantoms and run what exists on it")
+    p.add_argument("--out", type=Path, default=None, metavar="DIR", help="where (default: your Stagescope data folder)")
+    p.add_argument("--force", action="store_true", help="rebuild the sample project from scratch")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("gui", help="open the desktop application")
+    p.add_argument("project", nargs="?", type=Path, default=None, metavar="PROJECT")
+    p.add_argument("--screenshot", type=Path, default=None, metavar="FILE")
+    p.add_argument("--image", default=None, metavar="NAME")
+    p.set_defaults(func=cmd_gui)
+
+    for module_name in PIPELINE_CLI_MODULES:
+        if importlib.util.find_spec(module_name) is not None:
+            importlib.import_module(module_name).add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USER_ERROR
+    try:
+        return int(args.func(args) or EXIT_OK)
+    except UserError as error:
+        print(f"stagescope: error: {error}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("stagescope: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

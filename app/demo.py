@@ -1,0 +1,84 @@
+"""The headless demo behind `./run.sh` without a display: build the sample project, run what exists.
+
+The sample project is generated from seeded phantoms (recipe in resources/sample_project.json)
+rather than stored as binary files, so it is identical on every machine and costs the repo nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from app.core.errors import UserError
+from app.core.paths import resource_dir, user_data_dir
+
+DemoStep = Callable[["object", Path], list[str]]
+
+
+def sample_recipe() -> dict:
+    """The sample project's recipe: which phantoms, seeds and sizes."""
+    return json.loads((resource_dir() / "sample_project.json").read_text())
+
+
+def default_demo_dir() -> Path:
+    return user_data_dir() / "sample-project"
+
+
+def build_sample_project(folder: Path, force: bool = False):
+    """Create (or reopen) the sample project in ``folder`` from the recipe's phantoms."""
+    from app.core.phantoms import write_phantom
+    from app.core.project import Project
+
+    folder = Path(folder)
+    if force and folder.exists():
+        if not (folder / "project.json").exists():
+            raise UserError(f"{folder}: not a Stagescope project; refusing to delete it with --force")
+        shutil.rmtree(folder)
+    if (folder / "project.json").exists():
+        return Project.open(folder)
+    recipe = sample_recipe()
+    project = Project.create(folder, name=recipe["name"])
+    raw = folder / "raw"
+    for entry in recipe["phantoms"]:
+        out = raw / entry["kind"]
+        write_phantom(entry["kind"], out, seed=entry["seed"], count=entry["count"], size=entry["size"])
+        for image in sorted(out.iterdir()):
+            if _is_input_image(image, entry["kind"]):
+                project.add_image(image, mode="link", group=entry["group"])
+    return project
+
+
+def _is_input_image(path: Path, kind: str) -> bool:
+    """Images a user would analyse, not the ground truth written beside them."""
+    name = path.name.lower()
+    if path.suffix.lower() not in (".tif", ".tiff"):
+        return False
+    return not any(tag in name for tag in ("label", "truth", "mask", "tubule", "cells"))
+
+
+def pipeline_steps() -> list[tuple[str, DemoStep]]:
+    """Pipelines that can run in the demo with their shipped models (added as they land)."""
+    return []
+
+
+def run_demo(out: Path | None = None, force: bool = False) -> int:
+    """Build the sample project, run every available pipeline on it, print where things went."""
+    folder = Path(out) if out is not None else default_demo_dir()
+    start = time.monotonic()
+    project = build_sample_project(folder, force=force)
+    images = project.images()
+    print(f"sample project: {project.root}")
+    print(f"  {len(images)} images (synthetic phantoms with ground truth in {project.root / 'raw'})")
+    produced: list[str] = []
+    for name, step in pipeline_steps():
+        print(f"running {name} ...", flush=True)
+        produced += step(project, folder)
+    for path in produced:
+        print(f"  wrote {path}")
+    if not produced:
+        print("  no pipeline with a shipped model is available yet: try `stagescope --help`")
+    print(f"done in {time.monotonic() - start:.1f} s")
+    return 0

@@ -1,0 +1,194 @@
+"""The command line end to end: exit codes, JSON output, user errors without tracebacks."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+from skimage.morphology import disk, erosion
+
+from app.cli import main
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_command_has_help(capsys):
+    from app.cli import build_parser
+
+    parser = build_parser()
+    subparsers = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"][0]
+    for name in subparsers.choices:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0, name
+        assert "usage:" in capsys.readouterr().out
+
+
+def test_evaluate_instances_identical_masks_is_perfect(capsys, shared_data):
+    mask = shared_data / "stardist-sample" / "mask2d.tif"
+    code, out, _ = run_cli(capsys, "evaluate", "instances", mask, mask, "--json")
+    assert code == 0
+    scores = json.loads(out)
+    for key in ("AP50", "AP60", "AP70", "AP80", "AP90", "precision", "recall", "f1"):
+        assert scores[key] == pytest.approx(1.0)
+    assert scores["n_images"] == 1
+
+
+def test_evaluate_instances_eroded_copy(capsys, shared_data, tmp_path):
+    """Each nucleus eroded by a disk(2): IoU with its original = shrunk area / area, so AP falls at high IoU."""
+    truth = tifffile.imread(shared_data / "stardist-sample" / "mask2d.tif")
+    eroded = np.zeros_like(truth)
+    ious = []
+    for label in np.unique(truth)[1:]:
+        obj = truth == label
+        small = erosion(obj, disk(2))
+        eroded[small] = label
+        ious.append(small.sum() / obj.sum())  # small is inside obj: IoU = |small| / |obj|
+    tifffile.imwrite(tmp_path / "eroded.tif", eroded)
+    code, out, _ = run_cli(capsys, "evaluate", "instances", shared_data / "stardist-sample" / "mask2d.tif",
+                           tmp_path / "eroded.tif", "--json")
+    assert code == 0
+    scores = json.loads(out)
+    ious = np.array(ious)
+    n = len(ious)
+    for key, threshold in (("AP50", 0.5), ("AP70", 0.7), ("AP90", 0.9)):
+        tp = int((ious >= threshold).sum())  # a nucleus fully eroded away counts as missed (FN)
+        n_pred = int(sum(1 for label in np.unique(eroded)[1:]))
+        expected = tp / (tp + (n_pred - tp) + (n - tp))
+        assert scores[key] == pytest.approx(expected), key
+    assert scores["AP90"] < scores["AP50"]
+
+
+def test_evaluate_folders_are_matched_by_name(capsys, tmp_path):
+    truth_dir, pred_dir = tmp_path / "truth", tmp_path / "pred"
+    truth_dir.mkdir(), pred_dir.mkdir()
+    a = np.zeros((20, 20), np.uint16)
+    a[2:8, 2:8] = 1
+    a[10:18, 10:18] = 2
+    tifffile.imwrite(truth_dir / "one.tif", a)
+    tifffile.imwrite(pred_dir / "one.tif", a)
+    b = a.copy()
+    b[b == 2] = 0  # second object missed: TP 1, FN 1 -> AP 0.5
+    tifffile.imwrite(truth_dir / "two.tif", a)
+    tifffile.imwrite(pred_dir / "two.tif", b)
+    code, out, _ = run_cli(capsys, "evaluate", "instances", truth_dir, pred_dir, "--json")
+    assert code == 0
+    scores = json.loads(out)
+    assert scores["n_images"] == 2
+    assert scores["AP50"] == pytest.approx(3 / 4)  # pooled: TP 3, FP 0, FN 1
+
+
+def test_evaluate_missing_prediction_is_a_user_error(capsys, tmp_path):
+    (tmp_path / "t").mkdir(), (tmp_path / "p").mkdir()
+    tifffile.imwrite(tmp_path / "t" / "a.tif", np.zeros((4, 4), np.uint16))
+    tifffile.imwrite(tmp_path / "p" / "b.tif", np.zeros((4, 4), np.uint16))
+    code, _, err = run_cli(capsys, "evaluate", "instances", tmp_path / "t", tmp_path / "p")
+    assert code == 2
+    assert "a.tif" in err and "Traceback" not in err
+
+
+def test_evaluate_shape_mismatch_names_both_shapes(capsys, tmp_path):
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((4, 4), np.uint16))
+    tifffile.imwrite(tmp_path / "b.tif", np.zeros((5, 4), np.uint16))
+    code, _, err = run_cli(capsys, "evaluate", "instances", tmp_path / "a.tif", tmp_path / "b.tif")
+    assert code == 2
+    assert "(5, 4)" in err and "(4, 4)" in err
+
+
+def test_evaluate_semantic(capsys, tmp_path):
+    truth = np.array([[0, 0, 1, 1], [0, 0, 1, 1]], np.uint8)
+    pred = np.array([[0, 1, 1, 1], [0, 0, 1, 1]], np.uint8)
+    tifffile.imwrite(tmp_path / "t.tif", truth)
+    tifffile.imwrite(tmp_path / "p.tif", pred)
+    code, out, _ = run_cli(capsys, "evaluate", "semantic", tmp_path / "t.tif", tmp_path / "p.tif", "--classes", "2", "--json")
+    assert code == 0
+    scores = json.loads(out)
+    assert scores["pixel_accuracy"] == pytest.approx(7 / 8)
+    # class 0: 3 of 4 right, IoU 3/4; class 1: 4 of 4 right, IoU 4/5
+    assert scores["mean_accuracy"] == pytest.approx((3 / 4 + 1) / 2)
+    assert scores["mean_iou"] == pytest.approx((3 / 4 + 4 / 5) / 2)
+    assert scores["fw_iou"] == pytest.approx(0.5 * 3 / 4 + 0.5 * 4 / 5)
+
+
+def test_info_on_every_real_image(capsys, shared_data):
+    files = sorted(p for p in shared_data.rglob("*") if p.suffix.lower() in (".tif", ".tiff", ".png"))
+    # all of stardist + brightfield, a sample of the 1082 nuclei-dsb2018 files
+    nuclei = [p for p in files if "nuclei-dsb2018" in p.parts]
+    others = [p for p in files if "nuclei-dsb2018" not in p.parts]
+    chosen = others + nuclei[:: max(1, len(nuclei) // 25)]
+    code, out, err = run_cli(capsys, "info", *chosen, "--json")
+    assert code == 0, err
+    rows = json.loads(out)
+    assert len(rows) == len(chosen)
+    for row in rows:
+        assert row["height"] > 0 and row["width"] > 0
+    sample = next(r for r in rows if r["path"].endswith("img2d.tif"))
+    assert (sample["height"], sample["width"], sample["dtype"]) == (512, 512, "uint16")
+
+
+def test_info_on_truncated_tiff_exits_2_with_message(capsys, shared_data, tmp_path):
+    data = (shared_data / "brightfield-sephace" / "set1" / "fl.tif").read_bytes()
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(data[: len(data) // 3])
+    code, _, err = run_cli(capsys, "info", broken)
+    assert code == 2
+    assert "broken.tif" in err and "Traceback" not in err
+
+
+def test_info_missing_file(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "info", tmp_path / "nope.tif")
+    assert code == 2 and "nope.tif" in err
+
+
+def test_project_commands(capsys, tmp_path, shared_data):
+    folder = tmp_path / "proj"
+    assert run_cli(capsys, "project", "new", folder, "--name", "P")[0] == 0
+    code, out, _ = run_cli(capsys, "project", "add", folder, shared_data / "stardist-sample" / "img2d.tif", "--group", "g1")
+    assert code == 0 and "img2d" in out
+    code, out, _ = run_cli(capsys, "project", "list", folder, "--json")
+    listing = json.loads(out)
+    assert listing["name"] == "P"
+    assert [i["group"] for i in listing["images"]] == ["g1"]
+    # a second `new` on the same folder must not overwrite it
+    code, _, err = run_cli(capsys, "project", "new", folder)
+    assert code == 2
+    assert json.loads((folder / "project.json").read_text())["name"] == "P"
+
+
+@pytest.mark.parametrize("kind", ["nuclei", "brightfield", "testis"])
+def test_phantom_command_writes_images_truth_and_readme(capsys, tmp_path, kind):
+    size = 512 if kind == "testis" else 128
+    code, out, err = run_cli(capsys, "phantom", kind, "--out", tmp_path, "--seed", "3", "--count", "1", "--size", str(size))
+    assert code == 0, err
+    names = [p.name for p in tmp_path.iterdir()]
+    assert "README.txt" in names
+    assert any(n.endswith((".tif", ".tiff")) for n in names)
+    images = [p for p in tmp_path.iterdir() if p.suffix in (".tif", ".tiff")]
+    code, out, err = run_cli(capsys, "info", *images, "--json")
+    assert code == 0, err
+
+
+def test_console_script_user_error_has_no_traceback(tmp_path):
+    """The installed entry point, in a real process: exit 2 and one line on stderr."""
+    proc = subprocess.run([sys.executable, "-m", "app", "info", str(tmp_path / "missing.tif")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "missing.tif" in proc.stderr
+
+
+def test_core_imports_no_qt():
+    """The import-linter contract in pyproject.toml: core, pipelines, reports and CLI never import Qt."""
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    lint = Path(sys.executable).with_name("lint-imports")
+    proc = subprocess.run([str(lint)], cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
