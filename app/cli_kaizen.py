@@ -1,0 +1,209 @@
+"""`stagescope kaizen train|segment`: train a Kaizen VQ-VAE on labelled images, decompose images with one.
+
+Train: ``stagescope kaizen train IMAGES LABELS --out MODEL_DIR [--patch 40] [--epochs N] [--device auto]``;
+label images are paired with images by file stem; a fixed hash rule holds out ``--val-percent``
+of them for the validation loss.  Segment: ``stagescope kaizen segment IMAGE_OR_DIR --out DIR
+[--model NAME_OR_DIR] [--diameter PX] [--json]`` writes ``DIR/<stem>.tif`` (labels),
+``<stem>.objects.npz`` (overlapping object images) and ``<stem>.objects.json``, plus ``run.json``.
+Decomposition options are generated from :class:`DecomposeParams`; unset ones take the model's defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from app.core.errors import UserError
+
+EXIT_OK = 0
+# DecomposeParams fields that get an option; diameter and device have their own below
+_PARAM_HELP = {
+    "accept_margin": "keep an object only if it lowers the L1 loss by this share of its own intensity",
+    "min_residual": "minimum 7x7-mean residual (normalised 0..1) for a candidate",
+    "error_rounds": "extra passes on the error image (Algorithm 3); 0 = core algorithm only",
+    "max_candidates": "candidates per round at most",
+    "max_iterations": "rounds of the core algorithm at most",
+    "mask_rule": "'image': object image above --mask-fraction x image mean (paper); 'object': above "
+                 "--mask-fraction x the object's maximum; 'head': mask-head probability above 0.5",
+    "mask_fraction": "mask threshold as a fraction of the input image mean (paper: 0.1)",
+    "min_area": "drop objects smaller than this many pixels",
+    "batch_size": "candidates per network call",
+}
+
+
+def add_parser(subparsers: Any) -> None:
+    """Register ``kaizen train`` and ``kaizen segment`` on the top-level sub-parsers."""
+    parser = subparsers.add_parser("kaizen", help="decompose fluorescence images into objects (Kaizen VQ-VAE)")
+    sub = parser.add_subparsers(dest="kaizen_command", metavar="ACTION", required=True)
+
+    p = sub.add_parser("train", help="train a Kaizen model on instance-labelled images")
+    p.add_argument("images", type=Path, metavar="IMAGES", help="image file or folder")
+    p.add_argument("labels", type=Path, metavar="LABELS", help="label image file or folder (same file stems)")
+    p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
+    p.add_argument("--patch", type=int, default=40, metavar="N", help="patch side: 40 for nuclei, 120 for whole cells")
+    p.add_argument("--epochs", type=int, default=24, metavar="N")
+    p.add_argument("--steps-per-epoch", type=int, default=250, metavar="N")
+    p.add_argument("--batch-size", type=int, default=64, metavar="N")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--val-percent", type=int, default=20, metavar="P",
+                   help="share of images held out for validation by a fixed hash of the file name")
+    p.add_argument("--time-limit", type=float, default=0.0, metavar="S", help="stop after S seconds (0 = none)")
+    p.add_argument("--no-resume", action="store_true", help="ignore a checkpoint in MODEL_DIR")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("segment", help="decompose images into objects with a Kaizen model")
+    p.add_argument("images", type=Path, metavar="IMAGE_OR_DIR")
+    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    p.add_argument("--model", default=None, metavar="NAME_OR_DIR", help="default: the shipped kaizen-nuclei")
+    p.add_argument("--diameter", type=float, default=None, metavar="PX",
+                   help="typical object diameter in pixels (default: estimated per image)")
+    p.add_argument("--channel", default=None, metavar="C", help="channel name or index of a multi-channel image")
+    p.add_argument("--z", type=int, default=None, metavar="N", help="z-plane of a stack")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's)")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+    _add_param_options(p)
+    p.set_defaults(func=cmd_segment)
+
+
+def _add_param_options(parser: argparse.ArgumentParser) -> None:
+    """One ``--option`` per DecomposeParams field (default None = the model's value)."""
+    from app.pipelines.kaizen.params import DecomposeParams
+
+    defaults = DecomposeParams()
+    for f in dataclasses.fields(DecomposeParams):
+        if f.name not in _PARAM_HELP:
+            continue
+        value = getattr(defaults, f.name)
+        kind = type(value) if value is not None else float
+        kwargs: dict[str, Any] = {"type": kind, "default": None, "help": _PARAM_HELP[f.name],
+                                  "metavar": {int: "N", float: "X"}.get(kind, "NAME")}
+        if f.name == "mask_rule":
+            kwargs["choices"] = ("image", "object", "head")
+            kwargs.pop("metavar")
+        parser.add_argument("--" + f.name.replace("_", "-"), dest=f"param_{f.name}", **kwargs)
+
+
+def _set_threads(threads: int | None) -> None:
+    """Limit torch's CPU threads (on a busy shared machine one thread is often faster than two)."""
+    if threads is not None:
+        if threads < 1:
+            raise UserError(f"--threads must be at least 1, not {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _channel(value: str | None) -> int | str | None:
+    if value is None:
+        return None
+    return int(value) if value.lstrip("-").isdigit() else value
+
+
+# ---------------------------------------------------------------- train
+
+
+def _pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
+    """(image, label) files matched by stem; an image without a label file is a user error."""
+    from app.cli import list_images
+
+    image_files, label_files = list_images(images), list_images(labels)
+    if not images.is_dir() and not labels.is_dir():
+        return [(image_files[0], label_files[0])]
+    by_stem = {_stem(p): p for p in label_files}
+    missing = [p.name for p in image_files if _stem(p) not in by_stem]
+    if missing:
+        shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
+        raise UserError(f"{labels}: no label image for {len(missing)} image(s): {shown}")
+    return [(p, by_stem[_stem(p)]) for p in image_files]
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suffix in (".ome.tiff", ".ome.tif"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a model folder (resuming a checkpoint there unless --no-resume)."""
+    import numpy as np
+
+    from app.core.jobs import ConsoleProgress, run
+    from app.pipelines.kaizen.decompose import read_gray
+    from app.pipelines.kaizen.params import TrainParams
+    from app.pipelines.kaizen.train import SPLIT_RULE, is_validation
+
+    _set_threads(args.threads)
+    if args.patch < 8 or args.patch % 8:
+        raise UserError(f"--patch must be a multiple of 8 and at least 8, not {args.patch}")
+    train, val = [], []
+    for image_path, label_path in _pairs(args.images, args.labels):
+        image = read_gray(image_path)
+        labels = read_gray(label_path, labels=True)
+        if labels.shape != image.shape:
+            raise UserError(f"{label_path}: label image size {labels.shape[1]}x{labels.shape[0]} does not match "
+                            f"image {image_path} size {image.shape[1]}x{image.shape[0]} (width x height)")
+        item = (_stem(image_path), image, labels.astype(np.int32))
+        (val if args.val_percent > 0 and is_validation(item[0], args.val_percent) else train).append(item)
+    if not train:
+        raise UserError("no training images left after the validation split; lower --val-percent")
+    params = TrainParams(patch=args.patch, target_diameter=0.4 * args.patch, epochs=args.epochs,
+                         steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, device=args.device,
+                         seed=args.seed, time_limit_s=args.time_limit)
+    info = {"data": f"{args.images} + {args.labels}", "split_rule": SPLIT_RULE.replace("< 20", f"< {args.val_percent}"),
+            "train_images_total": len(train), "validation_images_total": len(val)}
+    from app.pipelines.kaizen.train import train_job
+
+    started = time.perf_counter()
+    out = run(train_job(train, val, args.out, params, resume=not args.no_resume, data_info=info), ConsoleProgress())
+    print(f"model written to {out} in {time.perf_counter() - started:.0f} s")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- segment
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Decompose each image and write labels, object stack and objects JSON per image."""
+    from app.cli import list_images, print_json
+    from app.core.atomic import atomic_write_json
+    from app.core.jobs import ConsoleProgress, run
+    from app.pipelines.kaizen.decompose import decompose_job, read_gray
+    from app.pipelines.kaizen.model import load_kaizen_model
+    from app.pipelines.kaizen.outputs import write_outputs
+    from app.pipelines.kaizen.train import resolve_device
+
+    _set_threads(args.threads)
+    files = list_images(args.images)
+    model = load_kaizen_model(args.model, device=resolve_device(args.device))
+    overrides = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
+    if args.diameter is not None:
+        if args.diameter <= 0:
+            raise UserError(f"--diameter must be positive, not {args.diameter}")
+        overrides["diameter"] = args.diameter
+    params = dataclasses.replace(model.defaults, **overrides)
+    summary = []
+    progress = ConsoleProgress()
+    for path in files:
+        image = read_gray(path, channel=_channel(args.channel), z=args.z)
+        started = time.perf_counter()
+        result = run(decompose_job(image, model, params, name=str(path)), progress)
+        seconds = time.perf_counter() - started
+        written = write_outputs(args.out, _stem(path), result, source=str(path))
+        summary.append({"image": str(path), "objects": len(result.objects), "diameter": result.diameter,
+                        "seconds": round(seconds, 3), **{k: str(v) for k, v in written.items()}})
+        if not args.json:
+            diameter = f"{result.diameter:.1f}" if result.diameter else "-"
+            print(f"{path.name}: {len(result.objects)} objects (diameter {diameter} px, {seconds:.2f} s) -> {written['labels']}")
+    atomic_write_json(Path(args.out) / "run.json", {"pipeline": "kaizen", "model": model.card.model_id(),
+                                                    "params": params.to_dict(), "images": summary})
+    if args.json:
+        print_json(summary)
+    return EXIT_OK
