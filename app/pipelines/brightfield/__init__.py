@@ -1,0 +1,98 @@
+"""Brightfield nuclei segmentation (Fishman et al., J. Microscopy 2021; science.md section 1).
+
+Nuclei labels are derived from a paired fluorescence (DNA stain) image (labels.py), a small U-Net
+(unet.py) learns them from the brightfield z-planes (train.py), and from then on nuclei are
+segmented, counted and measured from brightfield alone (predict.py).  experiments.py answers
+"how many planes" and "how much data" on held-out fields.  Long work is a job (a generator of
+:class:`app.core.jobs.Progress` returning its result); parameters are the dataclasses of params.py.
+
+Typical use::
+
+    from app.core.jobs import run
+    from app.pipelines.brightfield import BrightfieldModel, load_stack, segment
+    model = BrightfieldModel.load()                      # the shipped brightfield-sephace model
+    result = run(segment(model, load_stack("set2/")))   # result.labels, result.rows, result.count
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# name -> module; imported on first use so that `import app.pipelines.brightfield.params` (the CLI
+# parser) does not pull in torch
+_EXPORTS = {
+    "DerivedLabels": "labels", "Registration": "labels", "check_registration": "labels",
+    "derive_labels": "labels", "split_nuclei": "labels",
+    "ExperimentParams": "params", "LabelParams": "params", "SegmentParams": "params", "TrainParams": "params",
+    "BrightfieldModel": "predict", "FieldInput": "predict", "SegmentResult": "predict", "instances": "predict",
+    "probability_job": "predict", "segment": "predict", "segment_fields": "predict",
+    "PlaneStack": "stack", "load_stack": "stack",
+    "TrainingField": "train", "TrainResult": "train", "load_training_field": "train", "save_trained": "train",
+}  # the training job itself: app.pipelines.brightfield.train.train (the name is also the sub-module's)
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public names lazily (PEP 562)."""
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
+
+
+def analyze_project(project: Any, image_names: list[str], params: Any, models: dict[str, str] | None = None) -> Any:
+    """Registry entry point: segment project images (each a brightfield z-stack file) into a new run folder.
+
+    Per image: labels.tif, nuclei.csv and objects.json (layer "nuclei") in the run's image folder;
+    returns the run folder.
+    """
+    from pathlib import Path
+
+    from app.core.images import write_tiff
+    from app.core.jobs import Progress
+    from app.pipelines.brightfield.predict import BrightfieldModel, segment, write_csv, write_objects_json
+    from app.pipelines.brightfield.stack import load_stack
+
+    model = BrightfieldModel.load((models or {}).get("brightfield"))
+    from app.pipelines.brightfield.params import to_dict
+
+    run = project.new_run("brightfield", to_dict(params), {"brightfield": model.model_id})
+    status = "failed"  # also when a user error stops it; "cancelled" when the consumer closes the job
+    try:
+        for i, name in enumerate(image_names):
+            yield Progress("images", i, len(image_names), name)
+            result = yield from segment(model, load_stack(project.image_path(name)), params, name=name)
+            folder = run.image_dir(name)
+            written = {"labels": write_tiff(folder / "labels.tif", result.labels, axes="YX"),
+                       "nuclei": write_csv(folder / "nuclei.csv", result.rows),
+                       "objects": write_objects_json(folder / "objects.json", result, name, model)}
+            run.mark_image_done(name, {**written, "count": result.count})
+        yield Progress("images", len(image_names), len(image_names), "done")
+        status = "finished"
+    except GeneratorExit:
+        status = "cancelled"
+        raise
+    finally:
+        run.finish(status)
+    return Path(run.folder)
+
+
+def _register() -> None:
+    """Describe the pipeline to the GUI and batch runner (app.pipelines.registry)."""
+    from app.pipelines.brightfield.params import SegmentParams
+    from app.pipelines.registry import PipelineSpec, register
+
+    register(PipelineSpec(
+        name="brightfield",
+        title="Brightfield: nuclei from label-free z-planes",
+        description="A U-Net trained on fluorescence-derived labels segments and counts nuclei from brightfield "
+                    "focal planes alone. Outputs a label image, per-nucleus measurements (CSV) and objects JSON.",
+        params=SegmentParams,
+        model_pipelines=("brightfield",),
+        analyze=analyze_project,
+        image_kinds=("brightfield-stack",),
+        layers=("nuclei",),
+    ))
+
+
+_register()
