@@ -163,9 +163,9 @@ def test_project_commands(capsys, tmp_path, shared_data):
     assert json.loads((folder / "project.json").read_text())["name"] == "P"
 
 
-@pytest.mark.parametrize("kind", ["nuclei", "brightfield", "testis"])
+@pytest.mark.parametrize("kind", ["nuclei", "brightfield"])
 def test_phantom_command_writes_images_truth_and_readme(capsys, tmp_path, kind):
-    size = 512 if kind == "testis" else 128
+    size = 128
     code, out, err = run_cli(capsys, "phantom", kind, "--out", tmp_path, "--seed", "3", "--count", "1", "--size", str(size))
     assert code == 0, err
     names = [p.name for p in tmp_path.iterdir()]
@@ -192,3 +192,26 @@ def test_core_imports_no_qt():
     lint = Path(sys.executable).with_name("lint-imports")
     proc = subprocess.run([str(lint)], cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_phantom_testis_not_yet_is_a_user_error(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "phantom", "testis", "--out", tmp_path)
+    assert code == 2 and "testis" in err
+
+
+def test_nuclei_phantom_is_seeded_and_labels_match_image():
+    from app.core.phantoms import nuclei
+
+    a, b, c = nuclei(seed=1, size=96, count=8), nuclei(seed=1, size=96, count=8), nuclei(seed=2, size=96, count=8)
+    assert np.array_equal(a.image, b.image) and not np.array_equal(a.image, c.image)
+    assert len(np.unique(a.labels)) - 1 == len(a.objects) >= 5
+    assert a.image[a.labels > 0].mean() > 2 * a.image[a.labels == 0].mean()
+
+
+def test_brightfield_phantom_nucleus_contrast_lowest_in_focus():
+    from app.core.phantoms import brightfield_stack
+
+    p = brightfield_stack(seed=0, size=128, count=10, n_planes=9)
+    inside = p.labels > 0
+    contrast = [abs(plane[inside].mean() - plane[~inside].mean()) for plane in p.planes]
+    assert contrast[4] < contrast[0] and contrast[4] < contrast[8]
