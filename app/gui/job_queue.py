@@ -1,0 +1,438 @@
+"""The job queue: jobs run one after another on worker threads, each with progress, time left and cancel.
+
+:class:`JobQueue` is the model (no widgets): ``submit(title, factory)`` queues a job factory (a
+function returning a job generator), starts it when the previous one ends and emits signals as it
+progresses.  :class:`JobQueueWidget` shows the queue in the job dock: progress bar, stage, time
+left, cancel, and a details log for failures.  A queue of sections can be left running overnight;
+the main window asks before it cancels them on close.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QAbstractItemView, QDialog, QDialogButtonBox, QHBoxLayout, QHeaderView, QLabel, QPlainTextEdit,
+    QProgressBar, QPushButton, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget,
+)
+
+from app.core.jobs import Progress
+from app.gui.workers import JobWorker
+
+STATUSES = ("queued", "running", "finished", "failed", "cancelled")
+_ids = itertools.count(1)
+# Worker threads have no Qt parent and are kept here until they have finished: a QThread deleted
+# while it runs aborts the process, which a parent (a queue going away) could otherwise cause.
+_LIVE_WORKERS: set[JobWorker] = set()
+
+
+def _keep_alive(worker: JobWorker) -> None:
+    """Hold ``worker`` until it has finished; drop the finished ones held so far."""
+    for held in list(_LIVE_WORKERS):
+        try:
+            finished = held.isFinished()
+        except RuntimeError:  # already deleted
+            finished = True
+        if finished:
+            _LIVE_WORKERS.discard(held)
+    _LIVE_WORKERS.add(worker)
+
+
+@dataclass(eq=False)
+class JobRecord:
+    """One job in the queue and what is known about it so far."""
+
+    title: str
+    factory: Callable[[], Any]
+    kind: str = ""
+    lane: str = "main"  # jobs of one lane run one after another; lanes run side by side
+    id: int = field(default_factory=lambda: next(_ids))
+    status: str = "queued"
+    progress: Progress | None = None
+    queued_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+    ended_at: float | None = None
+    stage_started_at: float | None = None
+    result: Any = None
+    message: str = ""
+    details: str = ""
+    on_success: Callable[[Any], None] | None = None
+    worker: JobWorker | None = field(default=None, repr=False)
+
+    @property
+    def active(self) -> bool:
+        """Queued or running."""
+        return self.status in ("queued", "running")
+
+    def fraction(self) -> float | None:
+        """Completed share of the current stage (None when unknown)."""
+        return self.progress.fraction if self.progress is not None else None
+
+    def seconds_left(self) -> float | None:
+        """Estimated time left in the current stage, from its rate so far."""
+        if self.status != "running" or self.progress is None or self.stage_started_at is None:
+            return None
+        done, total = self.progress.done, self.progress.total
+        if not total or done <= 0 or done >= total:
+            return None
+        return (time.monotonic() - self.stage_started_at) / done * (total - done)
+
+    def elapsed(self) -> float:
+        """Seconds since the job started (0 while queued)."""
+        if self.started_at is None:
+            return 0.0
+        return (self.ended_at or time.monotonic()) - self.started_at
+
+
+class JobQueue(QObject):
+    """Runs submitted jobs one at a time on worker threads and reports through signals."""
+
+    changed = Signal(object)  # JobRecord: added, started, progressed
+    succeeded = Signal(object)  # JobRecord with .result
+    failed = Signal(object)  # JobRecord with .message and .details
+    cancelled = Signal(object)  # JobRecord
+    idle = Signal()  # the queue ran dry
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.records: list[JobRecord] = []
+        self._running: dict[str, JobRecord] = {}  # lane -> its running job
+
+    # -- queries
+
+    @property
+    def running(self) -> JobRecord | None:
+        """The running job of the main lane (else of any lane), or None."""
+        return self._running.get("main") or next(iter(self._running.values()), None)
+
+    def running_jobs(self) -> list[JobRecord]:
+        return list(self._running.values())
+
+    def pending(self) -> list[JobRecord]:
+        """Jobs waiting their turn."""
+        return [r for r in self.records if r.status == "queued"]
+
+    def is_busy(self) -> bool:
+        """Whether a job is running or waiting."""
+        return bool(self._running) or bool(self.pending())
+
+    def active_count(self) -> int:
+        return sum(1 for r in self.records if r.active)
+
+    # -- actions
+
+    def submit(self, title: str, factory: Callable[[], Any], kind: str = "",
+               on_success: Callable[[Any], None] | None = None, lane: str = "main") -> JobRecord:
+        """Queue a job; ``on_success(result)`` runs on the GUI thread when it finishes.
+
+        Jobs of a lane run one after another; a short job in another lane (e.g. building the
+        overview of an image just opened) does not wait behind an overnight batch.
+        """
+        record = JobRecord(title=title, factory=factory, kind=kind, on_success=on_success, lane=lane)
+        self.records.append(record)
+        self.changed.emit(record)
+        QTimer.singleShot(0, self._start_next)
+        return record
+
+    def cancel(self, record: JobRecord) -> None:
+        """Cancel a queued job at once, or ask a running one to stop at its next progress event."""
+        if record.status == "queued":
+            record.status, record.ended_at = "cancelled", time.monotonic()
+            self.changed.emit(record)
+            self.cancelled.emit(record)
+        elif record.status == "running" and record.worker is not None:
+            record.message = "cancelling..."
+            record.worker.cancel()
+            self.changed.emit(record)
+
+    def cancel_all(self) -> None:
+        """Cancel every queued and running job."""
+        for record in list(self.records):
+            if record.status == "queued":
+                self.cancel(record)
+        for record in list(self._running.values()):
+            self.cancel(record)
+
+    def clear_finished(self) -> None:
+        """Forget jobs that ended."""
+        self.records = [r for r in self.records if r.active]
+
+    def wait(self, timeout_s: float = 30.0) -> bool:
+        """Process events until the queue is idle (for tests and screenshots); False on timeout."""
+        from PySide6.QtWidgets import QApplication
+
+        end = time.monotonic() + timeout_s
+        while self.is_busy():
+            if time.monotonic() > end:
+                return False
+            QApplication.processEvents()
+            workers = [r.worker for r in self._running.values() if r.worker is not None]
+            if workers:
+                workers[0].wait(20)
+            else:
+                time.sleep(0.005)
+        QApplication.processEvents()
+        return True
+
+    def shutdown(self, timeout_ms: int = 5000) -> None:
+        """Cancel everything and wait (bounded) for the running worker to stop."""
+        from PySide6.QtCore import QCoreApplication
+
+        self.cancel_all()
+        for record in list(self._running.values()):
+            if record.worker is not None:
+                record.worker.wait(timeout_ms)
+        for _ in range(3):  # deliver the worker's last signals so the records show how they ended
+            QCoreApplication.sendPostedEvents()
+            QCoreApplication.processEvents()
+
+    # -- internals
+
+    def _start_next(self) -> None:
+        queued = self.pending()
+        if not queued and not self._running:
+            self.idle.emit()
+            return
+        for record in queued:
+            if record.lane in self._running:
+                continue
+            self._start(record)
+
+    def _start(self, record: JobRecord) -> None:
+        worker = JobWorker(record.factory)
+        _keep_alive(worker)
+        record.worker = worker
+        record.status = "running"
+        record.started_at = record.stage_started_at = time.monotonic()
+        self._running[record.lane] = record
+        worker.progress.connect(self._on_progress)
+        worker.succeeded.connect(self._on_succeeded)
+        worker.failed.connect(self._on_failed)
+        worker.cancelled.connect(self._on_cancelled)
+        worker.finished.connect(self._on_thread_finished)
+        self.changed.emit(record)
+        worker.start()
+
+    def _sender_record(self) -> JobRecord | None:
+        """The running job whose worker emitted the signal being handled."""
+        worker = self.sender()
+        return next((r for r in self._running.values() if r.worker is worker), None)
+
+    def _on_progress(self, event: Progress) -> None:
+        record = self._sender_record()
+        if record is None:
+            return
+        if record.progress is None or record.progress.stage != event.stage:
+            record.stage_started_at = time.monotonic()
+        record.progress = event
+        if record.message != "cancelling...":
+            record.message = event.message
+        self.changed.emit(record)
+
+    def _end(self, status: str) -> JobRecord | None:
+        record = self._sender_record()
+        if record is not None:
+            record.status, record.ended_at = status, time.monotonic()
+        return record
+
+    def _on_succeeded(self, result: Any) -> None:
+        record = self._end("finished")
+        if record is None:
+            return
+        record.result = result
+        record.message = "done"
+        self.changed.emit(record)
+        if record.on_success is not None:
+            try:
+                record.on_success(result)
+            except Exception as error:  # noqa: BLE001 - shown like any other failure
+                import traceback
+
+                record.status = "failed"
+                record.message = f"{type(error).__name__}: {error}"
+                record.details = traceback.format_exc()
+                self.failed.emit(record)
+                return
+        self.succeeded.emit(record)
+
+    def _on_failed(self, message: str, details: str) -> None:
+        record = self._end("failed")
+        if record is None:
+            return
+        record.message, record.details = message, details
+        self.changed.emit(record)
+        self.failed.emit(record)
+
+    def _on_cancelled(self) -> None:
+        record = self._end("cancelled")
+        if record is None:
+            return
+        record.message = "cancelled"
+        self.changed.emit(record)
+        self.cancelled.emit(record)
+
+    def _on_thread_finished(self) -> None:
+        record = self._sender_record()
+        if record is not None and record.worker is not None:
+            if record.status == "running":  # the thread ended without a verdict
+                record.status, record.message = "failed", "the job stopped unexpectedly"
+                self.failed.emit(record)
+            record.worker = None  # the thread object is released by _keep_alive once finished
+            self._running.pop(record.lane, None)
+        QTimer.singleShot(0, self._start_next)
+
+
+def format_seconds(seconds: float | None) -> str:
+    """``1 h 02 min``, ``3 min 05 s``, ``12 s``; empty when unknown."""
+    if seconds is None:
+        return ""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"
+
+
+class JobQueueWidget(QWidget):
+    """The job dock: one row per job with status, progress bar, time left and message."""
+
+    COLUMNS = ("Job", "Status", "Progress", "Time left", "Message")
+
+    def __init__(self, queue: JobQueue, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.queue = queue
+        self.tree = QTreeWidget()
+        self.tree.setHeaderLabels(self.COLUMNS)
+        self.tree.setRootIsDecorated(False)
+        self.tree.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        header = self.tree.header()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
+        self.tree.setColumnWidth(0, 260)
+        self.tree.setColumnWidth(2, 160)
+        self.tree.itemDoubleClicked.connect(lambda item, _column: self.show_details(self._record(item)))
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Cancel the selected job (Ctrl+.)")
+        self.cancel_button.clicked.connect(self.cancel_selected)
+        self.cancel_all_button = QPushButton("Cancel all")
+        self.cancel_all_button.clicked.connect(queue.cancel_all)
+        self.details_button = QPushButton("Details...")
+        self.details_button.clicked.connect(lambda: self.show_details(self.selected()))
+        self.clear_button = QPushButton("Clear finished")
+        self.clear_button.clicked.connect(self.clear_finished)
+        buttons = QHBoxLayout()
+        for button in (self.cancel_button, self.cancel_all_button, self.details_button, self.clear_button):
+            buttons.addWidget(button)
+        buttons.addStretch(1)
+        self.summary = QLabel("No jobs")
+        buttons.addWidget(self.summary)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        layout.addLayout(buttons)
+        layout.addWidget(self.tree)
+        self._items: dict[int, QTreeWidgetItem] = {}
+        self._bars: dict[int, QProgressBar] = {}
+        queue.changed.connect(self.update_record)
+        self._timer = QTimer(self)  # time left ticks even between progress events
+        self._timer.timeout.connect(self._tick)
+        self._timer.start(1000)
+
+    def _record(self, item: QTreeWidgetItem | None) -> JobRecord | None:
+        if item is None:
+            return None
+        job_id = item.data(0, Qt.ItemDataRole.UserRole)
+        return next((r for r in self.queue.records if r.id == job_id), None)
+
+    def selected(self) -> JobRecord | None:
+        """The selected job, or the running one when nothing is selected."""
+        return self._record(self.tree.currentItem()) or self.queue.running
+
+    def cancel_selected(self) -> None:
+        record = self.selected()
+        if record is not None:
+            self.queue.cancel(record)
+
+    def clear_finished(self) -> None:
+        self.queue.clear_finished()
+        keep = {r.id for r in self.queue.records}
+        for job_id in [j for j in self._items if j not in keep]:
+            item = self._items.pop(job_id)
+            self._bars.pop(job_id, None)
+            self.tree.takeTopLevelItem(self.tree.indexOfTopLevelItem(item))
+        self._update_summary()
+
+    def update_record(self, record: JobRecord) -> None:
+        """Show the current state of one job (adds its row on first sight)."""
+        item = self._items.get(record.id)
+        if item is None:
+            item = QTreeWidgetItem([record.title, "", "", "", ""])
+            item.setData(0, Qt.ItemDataRole.UserRole, record.id)
+            item.setToolTip(0, record.title)
+            self.tree.addTopLevelItem(item)
+            bar = QProgressBar()
+            bar.setMaximumHeight(18)
+            self.tree.setItemWidget(item, 2, bar)
+            self._items[record.id], self._bars[record.id] = item, bar
+        bar = self._bars[record.id]
+        fraction = record.fraction()
+        if record.status == "finished":
+            bar.setRange(0, 100)
+            bar.setValue(100)
+        elif record.status == "running" and fraction is None:
+            bar.setRange(0, 0)  # busy indicator
+        else:
+            bar.setRange(0, 100)
+            bar.setValue(int(100 * (fraction or 0)))
+        stage = f" ({record.progress.stage})" if record.progress is not None and record.status == "running" else ""
+        item.setText(1, record.status + stage)
+        item.setText(3, format_seconds(record.seconds_left()))
+        item.setText(4, record.message)
+        item.setToolTip(4, record.message)
+        self._update_summary()
+
+    def _tick(self) -> None:
+        for record in self.queue.running_jobs():
+            if record.id in self._items:
+                self._items[record.id].setText(3, format_seconds(record.seconds_left()))
+
+    def _update_summary(self) -> None:
+        active = self.queue.active_count()
+        failed = sum(1 for r in self.queue.records if r.status == "failed")
+        text = f"{active} active" if active else "Idle"
+        if failed:
+            text += f", {failed} failed"
+        self.summary.setText(text)
+
+    def show_details(self, record: JobRecord | None) -> QDialog | None:
+        """A dialog with the job's message, timings and details log."""
+        if record is None:
+            return None
+        dialog = QDialog(self)
+        dialog.setWindowTitle(f"Job: {record.title}")
+        text = QPlainTextEdit()
+        text.setReadOnly(True)
+        lines = [f"Job: {record.title}", f"Status: {record.status}", f"Elapsed: {format_seconds(record.elapsed())}"]
+        if record.message:
+            lines.append(f"Message: {record.message}")
+        if record.result is not None:
+            lines.append(f"Result: {record.result}")
+        if record.details:
+            lines += ["", record.details]
+        elif record.worker is not None and record.worker.log_lines:
+            lines += ["", *record.worker.log_lines[-200:]]
+        text.setPlainText("\n".join(lines))
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
+        buttons.rejected.connect(dialog.reject)
+        layout = QVBoxLayout(dialog)
+        layout.addWidget(text)
+        layout.addWidget(buttons)
+        dialog.resize(700, 400)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+        return dialog

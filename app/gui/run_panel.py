@@ -1,0 +1,205 @@
+"""The run panel: pick a pipeline, its models and parameters, and run it on images.
+
+Everything comes from the pipeline registry (app/pipelines/registry.py): the pipeline list, the
+models each one needs (``model_pipelines``, filled from the model library), and the parameter form
+built from the pipeline's parameters dataclass.  A new pipeline therefore appears here without
+GUI changes.  Last-used parameters and models are remembered in the user's settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from PySide6.QtCore import Signal
+from PySide6.QtWidgets import (
+    QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QRadioButton, QScrollArea,
+    QVBoxLayout, QWidget,
+)
+
+from app.core.settings import Settings
+from app.gui.forms import DataclassForm, jsonable_params
+
+NO_MODEL = "(no model)"
+
+
+@dataclass
+class RunRequest:
+    """What the user asked to run: pipeline name, parameters instance, models by role, scope."""
+
+    pipeline: str
+    params: Any
+    models: dict[str, str]
+    all_images: bool
+
+
+def list_models(model_pipeline: str) -> list[Any]:
+    """Cards of the models for one model pipeline (user models first), or [] when none or unknown."""
+    try:
+        from app.core.modelcard import find_models
+
+        return find_models(model_pipeline)
+    except (ImportError, ValueError):
+        return []
+
+
+class RunPanel(QWidget):
+    """Pipeline, models, parameters and scope; ``run_requested`` carries a :class:`RunRequest`."""
+
+    run_requested = Signal(object)
+
+    def __init__(self, settings: Settings, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.settings = settings
+        self.specs: dict[str, Any] = {}
+        self.pipeline_combo = QComboBox()
+        self.pipeline_combo.currentIndexChanged.connect(self._pipeline_changed)
+        self.description = QLabel("")
+        self.description.setWordWrap(True)
+        self.models_box = QGroupBox("Models")
+        self.models_form = QFormLayout(self.models_box)
+        self.model_combos: dict[str, QComboBox] = {}
+        self.params_box = QGroupBox("Parameters")
+        params_layout = QVBoxLayout(self.params_box)
+        self.scroll = QScrollArea()
+        self.scroll.setWidgetResizable(True)
+        params_layout.addWidget(self.scroll)
+        self.form: DataclassForm | None = None
+        self.reset_button = QPushButton("Defaults")
+        self.reset_button.setToolTip("Reset the parameters to the pipeline's defaults")
+        self.reset_button.clicked.connect(lambda: self.form.reset() if self.form else None)
+        self.selected_radio = QRadioButton("Selected images")
+        self.all_radio = QRadioButton("All images")
+        self.selected_radio.setChecked(True)
+        self.run_button = QPushButton("Run")
+        self.run_button.setToolTip("Queue the pipeline on the chosen images (Ctrl+R)")
+        self.run_button.setDefault(True)
+        self.run_button.clicked.connect(lambda: self.request_run(self.all_radio.isChecked()))
+        scope = QHBoxLayout()
+        scope.addWidget(self.selected_radio)
+        scope.addWidget(self.all_radio)
+        scope.addStretch(1)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.reset_button)
+        buttons.addStretch(1)
+        buttons.addWidget(self.run_button)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(2, 2, 2, 2)
+        row = QFormLayout()
+        row.addRow("Pipeline", self.pipeline_combo)
+        layout.addLayout(row)
+        layout.addWidget(self.description)
+        layout.addWidget(self.models_box)
+        layout.addWidget(self.params_box, 1)
+        layout.addLayout(scope)
+        layout.addLayout(buttons)
+        self.reload()
+
+    # ------------------------------------------------------------------ content
+
+    def reload(self) -> None:
+        """Re-read the registry (pipelines may register after start-up) and the model library."""
+        from app.pipelines import registry
+
+        current = self.pipeline_combo.currentData()
+        self.specs = registry.pipelines()
+        self.pipeline_combo.blockSignals(True)
+        self.pipeline_combo.clear()
+        for name, spec in sorted(self.specs.items(), key=lambda kv: kv[1].title):
+            self.pipeline_combo.addItem(spec.title, name)
+        self.pipeline_combo.blockSignals(False)
+        if current in self.specs:
+            self.pipeline_combo.setCurrentIndex(self.pipeline_combo.findData(current))
+        elif self.specs:
+            last = self.settings.pipeline_params.get("__last__", {}).get("pipeline")
+            index = self.pipeline_combo.findData(last) if last in self.specs else 0
+            self.pipeline_combo.setCurrentIndex(max(0, index))
+        self._pipeline_changed()
+        self.run_button.setEnabled(bool(self.specs))
+        if not self.specs:
+            self.description.setText("No pipeline is installed in this build.")
+
+    def current_spec(self) -> Any:
+        name = self.pipeline_combo.currentData()
+        return self.specs.get(name)
+
+    def select_pipeline(self, name: str) -> None:
+        index = self.pipeline_combo.findData(name)
+        if index >= 0:
+            self.pipeline_combo.setCurrentIndex(index)
+
+    def _pipeline_changed(self, *_: Any) -> None:
+        spec = self.current_spec()
+        for combo in self.model_combos.values():
+            combo.deleteLater()
+        while self.models_form.rowCount():
+            self.models_form.removeRow(0)
+        self.model_combos.clear()
+        if self.form is not None:
+            self.form.deleteLater()
+            self.form = None
+        if spec is None:
+            return
+        kinds = ", ".join(spec.image_kinds) if spec.image_kinds else "any image"
+        self.description.setText(f"{spec.description}\nInput: {kinds}.")
+        for model_pipeline in spec.model_pipelines:
+            combo = QComboBox()
+            cards = list_models(model_pipeline)
+            for card in cards:
+                label = card.name + (f" ({card.backbone})" if card.backbone else "")
+                combo.addItem(label, str(card.folder))
+                combo.setItemData(combo.count() - 1, _card_tooltip(card), role=3)  # ToolTipRole
+            if not cards:
+                combo.addItem(NO_MODEL, "")
+            default = self.settings.default_models.get(model_pipeline)
+            if default:
+                index = combo.findData(default)
+                if index < 0:
+                    index = next((i for i in range(combo.count()) if combo.itemText(i).split(" (")[0] == default), -1)
+                if index >= 0:
+                    combo.setCurrentIndex(index)
+            self.models_form.addRow(model_pipeline, combo)
+            self.model_combos[model_pipeline] = combo
+        self.models_box.setVisible(bool(spec.model_pipelines))
+        self.form = DataclassForm(spec.params, self.settings.pipeline_params.get(spec.name))
+        self.scroll.setWidget(self.form)
+
+    def refresh_models(self) -> None:
+        """Re-list the models (after an import or a training)."""
+        self._pipeline_changed()
+
+    # ------------------------------------------------------------------ running
+
+    def build_request(self, all_images: bool = False) -> RunRequest:
+        """The request for the current choices; raises ValueError with a readable message."""
+        spec = self.current_spec()
+        if spec is None:
+            raise ValueError("choose a pipeline first")
+        if self.form is None:
+            raise ValueError("the pipeline has no parameter form")
+        params = self.form.values()
+        models = {role: combo.currentData() for role, combo in self.model_combos.items() if combo.currentData()}
+        return RunRequest(spec.name, params, models, all_images)
+
+    def request_run(self, all_images: bool = False) -> None:
+        """Emit ``run_requested`` (invalid input is shown by the main window through the exception)."""
+        request = self.build_request(all_images)
+        self.remember(request)
+        self.run_requested.emit(request)
+
+    def remember(self, request: RunRequest) -> None:
+        """Keep the parameters and models as the user's last used ones."""
+        self.settings.pipeline_params[request.pipeline] = jsonable_params(request.params)
+        self.settings.pipeline_params["__last__"] = {"pipeline": request.pipeline}
+        for role, folder in request.models.items():
+            self.settings.default_models[role] = folder
+
+
+def _card_tooltip(card: Any) -> str:
+    lines = [f"{card.name}: {card.pipeline} / {card.architecture}"]
+    if card.classes:
+        lines.append("classes: " + ", ".join(card.classes))
+    if card.training.get("data"):
+        lines.append(f"trained on: {card.training['data']}")
+    lines.append(f"folder: {card.folder}")
+    return "\n".join(lines)
