@@ -59,9 +59,20 @@ def _is_input_image(path: Path, kind: str) -> bool:
     return not any(tag in name for tag in ("label", "truth", "mask", "tubule", "cells"))
 
 
+def _kaizen_step(project, folder: Path) -> list[str]:
+    """Decompose the sample's fluorescence nuclei with the shipped Kaizen model."""
+    from app.core.jobs import ConsoleProgress, run
+    from app.pipelines.registry import get
+
+    spec = get("kaizen")
+    names = [e.name for e in project.images() if e.group == "fluorescence nuclei"]
+    run_folder = run(spec.analyze(project, names, spec.params(), {}), ConsoleProgress())
+    return sorted(str(p) for p in Path(run_folder).rglob("*.tif"))
+
+
 def pipeline_steps() -> list[tuple[str, DemoStep]]:
     """Pipelines that can run in the demo with their shipped models (added as they land)."""
-    return []
+    return [("kaizen (shipped kaizen-nuclei model)", _kaizen_step)]
 
 
 def run_demo(out: Path | None = None, force: bool = False) -> int:
