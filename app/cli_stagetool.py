@@ -1,0 +1,197 @@
+"""`stagescope stagetool ...`: train the two models, analyse whole sections, evaluate, export curated data.
+
+    stagescope stagetool train tubules|cells ANNOTATIONS... --out MODEL_DIR [--backbone B] [--epochs N] [--device D]
+    stagescope stagetool analyze SECTION... --out DIR [--tubule-model M] [--cell-model M]
+                                 [--antibody NAME=CHANNEL[:T]]... [--tta off|full|adaptive] [--edits FILE] [--force]
+    stagescope stagetool evaluate RESULTS_DIR TRUTH [--json]
+    stagescope stagetool export RESULTS_DIR --out DIR
+
+Handlers return an exit code; bad input raises :class:`UserError` (printed on one line, exit 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from app.core.errors import UserError
+
+EXIT_OK = 0
+EXIT_FAILED_SECTIONS = 1
+
+
+def _progress() -> Any:
+    from app.core.jobs import ConsoleProgress
+
+    return ConsoleProgress()
+
+
+# ------------------------------------------------------------------------------------ handlers
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from app.core.jobs import run
+    from app.pipelines.stagetool.params import TrainParams
+    from app.pipelines.stagetool.train import train
+
+    params = TrainParams(kind=args.kind, backbone=args.backbone, epochs=args.epochs, device=args.device)
+    for key in ("crop_size", "downsample", "batch_size", "lr", "crops_per_epoch", "seed", "time_limit_s",
+                "val_fraction", "num_threads", "val_crops"):
+        value = getattr(args, key, None)
+        if value is not None:
+            setattr(params, key, value)
+    params.validate()
+    card = run(train(list(args.annotations), args.out, params, name=args.name, resume=args.resume), _progress())
+    print(f"model written to {args.out}")
+    for split, values in card.metrics.items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
+        print(f"  {split}: {shown}")
+    return EXIT_OK
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from app.core.edits import read_edits
+    from app.core.jobs import run
+    from app.pipelines.stagetool.batch import analyze_paths
+    from app.pipelines.stagetool.params import AnalyzeParams
+
+    params = AnalyzeParams(tta=args.tta, device=args.device, dapi=args.dapi, antibodies=",".join(args.antibody or []))
+    for key in ("overlap", "batch_size", "cell_score", "tubule_score", "threads", "cell_tile", "tubule_tile"):
+        value = getattr(args, key, None)
+        if value is not None:
+            setattr(params, key, value)
+    params.validate()
+    edits = []
+    if args.edits is not None:
+        if not args.edits.exists():
+            raise UserError(f"{args.edits}: no such edits file")
+        edits = read_edits(args.edits)
+    sections = _section_files(args.sections)
+    result = run(analyze_paths(sections, args.out, params, args.tubule_model, args.cell_model, edits, args.force,
+                               synthetic=True if args.synthetic else None), _progress())
+    if args.truth is not None:
+        from app.pipelines.stagetool.evaluate import evaluate_results
+
+        evaluate_results(args.out, args.truth)
+    print(f"{len(result['done'])} section(s) done in {args.out}"
+          + (f" ({len(result['skipped'])} already analysed, reports rewritten)" if result["skipped"] else ""))
+    if result["workbook"]:
+        print(f"  batch workbook: {result['workbook']}")
+    for name, message in result["failed"].items():
+        print(f"  FAILED {name}: {message}")
+    return EXIT_FAILED_SECTIONS if result["failed"] else EXIT_OK
+
+
+def _section_files(paths: list[Path]) -> list[Path]:
+    """Section files from the arguments (folders expand to their images, truth files left out)."""
+    from app.cli import list_images
+
+    files: list[Path] = []
+    for path in paths:
+        found = list_images(path)
+        if path.is_dir():
+            found = [f for f in found if not _looks_like_truth(f)]
+        files.extend(found)
+    if not files:
+        raise UserError("no section images given")
+    return files
+
+
+def _looks_like_truth(path: Path) -> bool:
+    name = path.name.lower()
+    return any(tag in name for tag in ("truth", "label", "mask", "tubules", "cells"))
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from app.cli import print_json
+    from app.pipelines.stagetool.evaluate import evaluate_results, format_evaluation
+
+    results = evaluate_results(args.results, args.truth)
+    if args.json:
+        print_json(results)
+    else:
+        for name, evaluation in results.items():
+            print(f"== {name}")
+            print(format_evaluation(evaluation))
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from app.pipelines.stagetool.curation import export_results
+
+    written = export_results(args.results, args.out)
+    for path in written:
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+# -------------------------------------------------------------------------------------- parser
+
+
+def add_parser(subparsers: Any) -> None:
+    """Add ``stagetool`` with train / analyze / evaluate / export to the main command tree."""
+    from app.pipelines.stagetool.params import BACKBONES, TTA_MODES
+
+    p = subparsers.add_parser("stagetool", help="testis sections: tubule stages, cell types, antigen profiles",
+                              description="Stagetool (Meikar, Majoral et al. 2023) on whole DAPI testis sections.")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+    q = sub.add_parser("train", help="train the tubule or cell model on annotations or phantom sections",
+                       description="Train from scratch (no pretrained weights can be downloaded): COCO JSON or "
+                                   "QuPath GeoJSON annotation files, or folders written by `stagescope phantom testis`.")
+    q.add_argument("kind", choices=("tubules", "cells"))
+    q.add_argument("annotations", nargs="+", type=Path, metavar="ANNOTATIONS")
+    q.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
+    q.add_argument("--backbone", default="lite", choices=BACKBONES,
+                   help="resnet50 / resnext101_32x8d are the paper's (GPU); lite for CPU (default)")
+    q.add_argument("--epochs", type=int, default=20)
+    q.add_argument("--device", default="auto", help="auto, cpu, cuda, mps")
+    q.add_argument("--crop-size", type=int, default=None, help="training crop side in model pixels (default 1024)")
+    q.add_argument("--downsample", type=int, default=None, help="section pixels per model pixel (default 1)")
+    q.add_argument("--batch-size", type=int, default=None)
+    q.add_argument("--lr", type=float, default=None)
+    q.add_argument("--crops-per-epoch", type=int, default=None)
+    q.add_argument("--val-fraction", type=float, default=None)
+    q.add_argument("--time-limit", dest="time_limit_s", type=float, default=None, metavar="SECONDS")
+    q.add_argument("--seed", type=int, default=None)
+    q.add_argument("--val-crops", type=int, default=None, help="validation crops per epoch")
+    q.add_argument("--threads", dest="num_threads", type=int, default=None, help="CPU threads for torch")
+    q.add_argument("--name", default=None, help="model name for the card (default: the folder name)")
+    q.add_argument("--resume", action="store_true", help="continue from the checkpoint in MODEL_DIR")
+    q.set_defaults(func=cmd_train)
+
+    q = sub.add_parser("analyze", help="whole sections -> tubules, cells, antigen profiles, Excel")
+    q.add_argument("sections", nargs="+", type=Path, metavar="SECTION")
+    q.add_argument("--out", type=Path, required=True, metavar="DIR")
+    q.add_argument("--tubule-model", default=None, metavar="NAME_OR_DIR", help="default: stagetool-demo-tubules")
+    q.add_argument("--cell-model", default=None, metavar="NAME_OR_DIR", help="default: stagetool-demo-cells")
+    q.add_argument("--dapi", default="0", metavar="CHANNEL", help="DAPI channel name or index (default 0)")
+    q.add_argument("--antibody", action="append", metavar="NAME=CHANNEL[:T]",
+                   help="an antibody channel (repeatable); without T a threshold is suggested from the data")
+    q.add_argument("--tta", choices=TTA_MODES, default="adaptive", help="cell rotations (default adaptive)")
+    q.add_argument("--edits", type=Path, default=None, metavar="FILE", help="curation edits (JSON) to apply")
+    q.add_argument("--force", action="store_true", help="analyse again sections that are already done")
+    q.add_argument("--truth", type=Path, default=None, metavar="TRUTH", help="ground truth: add an Evaluation sheet")
+    q.add_argument("--device", default="auto")
+    q.add_argument("--batch-size", type=int, default=None, help="tiles per network call")
+    q.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default 128)")
+    q.add_argument("--cell-score", type=float, default=None)
+    q.add_argument("--tubule-score", type=float, default=None)
+    q.add_argument("--cell-tile", type=int, default=None, metavar="PX", help="cell model tile side (default: the model's)")
+    q.add_argument("--tubule-tile", type=int, default=None, metavar="PX",
+                   help="tubule model tile side in model pixels (default: the model's)")
+    q.add_argument("--threads", type=int, default=None, help="CPU threads for torch (1 is fastest on a busy machine)")
+    q.add_argument("--synthetic", action="store_true", help="mark the input as synthetic data in the reports")
+    q.set_defaults(func=cmd_analyze)
+
+    q = sub.add_parser("evaluate", help="compare results with ground truth (paper tables 2-4)")
+    q.add_argument("results", type=Path, metavar="RESULTS_DIR")
+    q.add_argument("truth", type=Path, metavar="TRUTH", help="truth file or folder (phantom truth JSON)")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_evaluate)
+
+    q = sub.add_parser("export", help="curated results as COCO training annotations")
+    q.add_argument("results", type=Path, metavar="RESULTS_DIR")
+    q.add_argument("--out", type=Path, required=True, metavar="DIR")
+    q.set_defaults(func=cmd_export)

@@ -1,0 +1,334 @@
+"""Training data for the Stagetool models: sections with annotated objects, cut into random crops.
+
+A :class:`Section` is a DAPI image (a file read lazily, or an array in memory) with its objects
+as core :class:`~app.core.annotations.AnnotatedObject` (tubules with outlines or masks and a
+stage; cells with boxes and a type), from COCO JSON, QuPath GeoJSON or phantom sections.
+:class:`CropSampler` cuts random crops (``crop_size`` model pixels = ``crop_size * downsample``
+section pixels): by default centred on an object of a class drawn with probability inversely
+proportional to its frequency (rare types such as m2m and secondary spermatocytes are seen as
+often as common ones), else anywhere with tissue; then flips, 90-degree rotations and intensity
+changes (gain, gamma, noise, blur).  Normalisation is the section-level one used at inference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.core.errors import AnnotationError, UserError
+from app.core.testis_classes import CELL_TYPES, STAGES
+
+OVERVIEW_FACTOR = 4
+
+
+@dataclass
+class Section:
+    """One training image: pixels (array or lazily read file), objects, normalisation range, name."""
+
+    name: str
+    objects: list[Any]
+    array: np.ndarray | None = None
+    path: Path | None = None
+    channel: int | str = 0
+    stats: tuple[float, float] | None = None
+    shape: tuple[int, int] = (0, 0)
+    _image: Any = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.array is not None:
+            self.shape = tuple(self.array.shape[-2:])  # type: ignore[assignment]
+        if self.stats is None:
+            self.stats = self._stats()
+
+    def image(self) -> Any:
+        """The opened image file (kept open for the crops)."""
+        if self._image is None:
+            from app.core.images import open_image
+
+            self._image = open_image(self.path)
+            self.shape = (self._image.info.height, self._image.info.width)
+        return self._image
+
+    def read(self, window: tuple[int, int, int, int]) -> np.ndarray:
+        """Raw pixels of a window (zero padded beyond the section)."""
+        if self.array is not None:
+            y0, x0, y1, x1 = window
+            height, width = self.shape
+            out = np.zeros((y1 - y0, x1 - x0), np.float32)
+            cy0, cx0, cy1, cx1 = max(y0, 0), max(x0, 0), min(y1, height), min(x1, width)
+            if cy1 > cy0 and cx1 > cx0:
+                out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] = self.array[cy0:cy1, cx0:cx1]
+            return out
+        image = self.image()
+        return np.asarray(image.read(channel=image.channel_index(self.channel), region=window), np.float32)
+
+    def _stats(self) -> tuple[float, float]:
+        from app.pipelines.stagetool.predict import intensity_range, reduce_block, section_overview
+
+        if self.array is not None:
+            return intensity_range(reduce_block(self.array, OVERVIEW_FACTOR))
+        image = self.image()
+        channel = image.channel_index(self.channel)
+        return intensity_range(section_overview(image, channel, OVERVIEW_FACTOR, str(self.path)))
+
+
+# ------------------------------------------------------------------------------------- loading
+
+
+def class_names(kind: str) -> tuple[str, ...]:
+    """The classes a model of ``kind`` learns."""
+    return STAGES if kind == "tubules" else CELL_TYPES
+
+
+def _resolve_image(file_name: str, base: Path) -> Path:
+    path = Path(file_name)
+    for candidate in (path, base / path, base / path.name):
+        if candidate.is_file():
+            return candidate
+    raise AnnotationError(f"{base}: the image {file_name!r} named in the annotations was not found "
+                          f"(looked beside the annotation file too)")
+
+
+def sections_from_file(path: Path, kind: str, channel: int | str = 0) -> list[Section]:
+    """Sections from a COCO JSON or a QuPath GeoJSON (image = same name with an image suffix beside it)."""
+    from app.core.annotations import check_categories, read_coco, read_geojson
+
+    names = class_names(kind)
+    suffix = "".join(path.suffixes[-2:]).lower()
+    if path.suffix.lower() == ".geojson" or suffix.endswith(".geo.json"):
+        stem = path.name[: -len(".geojson")] if path.name.lower().endswith(".geojson") else path.stem
+        candidates = [p for p in path.parent.glob(f"{stem}.*") if p.suffix.lower() in (".tif", ".tiff", ".png")]
+        if not candidates:
+            raise AnnotationError(f"{path}: no image named {stem}.tif beside this GeoJSON file")
+        images = [read_geojson(path, image_file=str(candidates[0]))]
+    else:
+        images = read_coco(path)
+    check_categories(images, names)
+    sections = []
+    for im in images:
+        objects = [o for o in im.objects if (o.has_shape if kind == "tubules" else True)]
+        if kind == "tubules" and len(objects) < len(im.objects):
+            raise AnnotationError(f"{path}: {im.file_name}: tubule annotations need outlines (polygons or masks), "
+                                  f"{len(im.objects) - len(objects)} have only boxes")
+        image_path = _resolve_image(im.file_name, path.parent)
+        sections.append(Section(name=Path(im.file_name).name, objects=objects, path=image_path, channel=channel))
+    return sections
+
+
+def sections_from_phantom_folder(folder: Path, kind: str) -> list[Section]:
+    """Sections written by ``stagescope phantom testis`` (image + truth files, see phantoms.py)."""
+    from app.core.phantoms import read_testis_truth
+
+    found = []
+    for truth in read_testis_truth(folder):
+        objects = truth["tubules"] if kind == "tubules" else truth["cells"]
+        found.append(Section(name=truth["name"], objects=objects, path=Path(truth["image"]), channel=0))
+    if not found:
+        raise UserError(f"{folder}: no phantom testis sections found")
+    return found
+
+
+def load_sections(paths: Sequence[str | Path], kind: str) -> list[Section]:
+    """Training sections from annotation files and phantom folders; unknown classes are an AnnotationError."""
+    sections: list[Section] = []
+    for item in paths:
+        path = Path(item)
+        if path.is_dir():
+            sections += sections_from_phantom_folder(path, kind)
+        elif path.is_file():
+            sections += sections_from_file(path, kind)
+        else:
+            raise UserError(f"{path}: no such annotation file or folder")
+    if not sections:
+        raise UserError("no training sections")
+    return sections
+
+
+# ------------------------------------------------------------------------------------- crops
+
+
+@dataclass
+class Crop:
+    """A model input (H, W) float32 in [0, ~1] and its torchvision target (boxes, labels 1.., masks)."""
+
+    image: np.ndarray
+    boxes: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray | None = None
+
+    def target(self) -> dict[str, torch.Tensor]:
+        """The torchvision detection target."""
+        target = {"boxes": torch.from_numpy(self.boxes.astype(np.float32)).reshape(-1, 4),
+                  "labels": torch.from_numpy(self.labels.astype(np.int64))}
+        if self.masks is not None:
+            target["masks"] = torch.from_numpy(self.masks.astype(np.uint8))
+        return target
+
+
+class CropSampler:
+    """Random, class-balanced, augmented crops of sections for one model kind."""
+
+    def __init__(self, sections: Sequence[Section], kind: str, crop_size: int, downsample: int = 1,
+                 class_balanced: bool = True, augment: bool = True, min_visible: float = 0.5) -> None:
+        self.sections = list(sections)
+        self.kind = kind
+        self.names = class_names(kind)
+        self.crop_size = int(crop_size)
+        self.downsample = int(downsample)
+        self.class_balanced = class_balanced
+        self.augment = augment
+        self.min_visible = min_visible
+        self.index = {name: i for i, name in enumerate(self.names)}
+        self._by_class: dict[int, list[tuple[int, int]]] = {}
+        for s, section in enumerate(self.sections):
+            for o, obj in enumerate(section.objects):
+                self._by_class.setdefault(self.index[obj.category], []).append((s, o))
+        self._boxes = [np.array([o.box for o in s.objects], np.float64).reshape(-1, 4) for s in self.sections]
+
+    @property
+    def class_counts(self) -> dict[str, int]:
+        """Objects per class over all sections."""
+        return {self.names[c]: len(v) for c, v in sorted(self._by_class.items())}
+
+    def random_window(self, rng: np.random.Generator) -> tuple[int, tuple[int, int, int, int]]:
+        """(section index, window in section pixels): around a class-balanced object, or anywhere."""
+        side = self.crop_size * self.downsample
+        classes = sorted(self._by_class)
+        if self.class_balanced and classes and rng.random() < 0.8:
+            cls = classes[rng.integers(len(classes))]
+            s, o = self._by_class[cls][rng.integers(len(self._by_class[cls]))]
+            x0, y0, x1, y1 = self.sections[s].objects[o].box
+            cy = rng.uniform(y0, y1) if self.kind == "tubules" else (y0 + y1) / 2
+            cx = rng.uniform(x0, x1) if self.kind == "tubules" else (x0 + x1) / 2
+            top = int(cy - rng.uniform(0.1, 0.9) * side)
+            left = int(cx - rng.uniform(0.1, 0.9) * side)
+        else:
+            s = int(rng.integers(len(self.sections)))
+            height, width = self.sections[s].shape
+            top = int(rng.integers(0, max(1, height - side + 1)))
+            left = int(rng.integers(0, max(1, width - side + 1)))
+        return s, (top, left, top + side, left + side)
+
+    def crop(self, s: int, window: tuple[int, int, int, int], rng: np.random.Generator | None = None) -> Crop:
+        """The crop of section ``s`` at ``window``; augmented when ``rng`` is given and augment is on."""
+        from app.pipelines.stagetool.models import normalise
+        from app.pipelines.stagetool.predict import reduce_block
+
+        section = self.sections[s]
+        raw = reduce_block(section.read(window), self.downsample)
+        image = normalise(raw, *section.stats).numpy()
+        boxes, labels, masks = self._targets(s, window)
+        crop = Crop(image, boxes, labels, masks)
+        if rng is not None and self.augment:
+            crop = augment(crop, rng)
+        return crop
+
+    def sample(self, rng: np.random.Generator) -> Crop:
+        """One random training crop."""
+        s, window = self.random_window(rng)
+        return self.crop(s, window, rng)
+
+    def _targets(self, s: int, window: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """Boxes (model pixels), labels (1..) and, for tubules, masks of the objects visible in a window."""
+        y0, x0, y1, x1 = window
+        d = self.downsample
+        side = self.crop_size
+        boxes = self._boxes[s]
+        visible_x = np.clip(boxes[:, 2], x0, x1) - np.clip(boxes[:, 0], x0, x1)
+        visible_y = np.clip(boxes[:, 3], y0, y1) - np.clip(boxes[:, 1], y0, y1)
+        area = np.maximum((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]), 1e-6)
+        share = np.clip(visible_x, 0, None) * np.clip(visible_y, 0, None) / area
+        need = 0.02 if self.kind == "tubules" else self.min_visible  # partial tubules are the norm in tiles
+        out_boxes, out_labels, out_masks = [], [], []
+        for o in np.flatnonzero(share >= need):
+            obj = self.sections[s].objects[o]
+            if self.kind == "tubules":
+                mask = _window_mask(obj, window, d, side)
+                if mask.sum() < 16:
+                    continue
+                rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+                out_boxes.append([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1])
+                out_masks.append(mask)
+            else:
+                bx0, by0, bx1, by1 = obj.box
+                box = [(max(bx0, x0) - x0) / d, (max(by0, y0) - y0) / d, (min(bx1, x1) - x0) / d,
+                       (min(by1, y1) - y0) / d]
+                if box[2] - box[0] < 2 or box[3] - box[1] < 2:
+                    continue
+                out_boxes.append(box)
+            out_labels.append(self.index[obj.category] + 1)
+        boxes_arr = np.array(out_boxes, np.float32).reshape(-1, 4)
+        labels_arr = np.array(out_labels, np.int64)
+        masks_arr = None
+        if self.kind == "tubules":
+            masks_arr = np.array(out_masks, bool).reshape(-1, side, side)
+        return boxes_arr, labels_arr, masks_arr
+
+
+def _window_mask(obj: Any, window: tuple[int, int, int, int], downsample: int, side: int) -> np.ndarray:
+    """An object's mask inside a window, at model resolution (nearest sampling of pixel centres)."""
+    crop, (oy, ox) = obj.crop_mask()
+    y0, x0 = window[0], window[1]
+    ys = y0 + np.arange(side) * downsample + downsample // 2 - oy
+    xs = x0 + np.arange(side) * downsample + downsample // 2 - ox
+    valid_y = (ys >= 0) & (ys < crop.shape[0])
+    valid_x = (xs >= 0) & (xs < crop.shape[1])
+    mask = np.zeros((side, side), bool)
+    if valid_y.any() and valid_x.any():
+        mask[np.ix_(valid_y, valid_x)] = crop[np.ix_(ys[valid_y], xs[valid_x])]
+    return mask
+
+
+# ------------------------------------------------------------------------------------- augmentation
+
+
+def augment(crop: Crop, rng: np.random.Generator) -> Crop:
+    """Random 90-degree rotation and flip (image, boxes, masks) and intensity changes (image only)."""
+    from app.core.tiles import rotate90, rotate_boxes
+
+    image, boxes, masks = crop.image, crop.boxes, crop.masks
+    shape = image.shape
+    k = int(rng.integers(4))
+    if k:
+        boxes = rotate_boxes(boxes, k, shape).astype(np.float32) if len(boxes) else boxes
+        image = rotate90(image, k)
+        masks = rotate90(masks, k) if masks is not None else None
+        shape = image.shape
+    if rng.random() < 0.5:
+        image = image[:, ::-1]
+        masks = masks[:, :, ::-1] if masks is not None else None
+        if len(boxes):
+            boxes = boxes.copy()
+            boxes[:, [0, 2]] = shape[1] - boxes[:, [2, 0]]
+    image = intensity_augment(np.ascontiguousarray(image), rng)
+    masks = np.ascontiguousarray(masks) if masks is not None else None
+    return Crop(image, np.ascontiguousarray(boxes, np.float32), crop.labels, masks)
+
+
+def intensity_augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Gain, gamma, offset, Gaussian noise and occasional blur, as staining and microscopes vary."""
+    from scipy import ndimage
+
+    out = np.clip(image, 0, None) * rng.uniform(0.7, 1.3)
+    out = out ** rng.uniform(0.75, 1.33)
+    out = out + rng.uniform(-0.05, 0.05)
+    if rng.random() < 0.3:
+        out = ndimage.gaussian_filter(out, rng.uniform(0.5, 1.2))
+    out = out + rng.normal(0, rng.uniform(0, 0.04), out.shape)
+    return np.clip(out, 0, 1.5).astype(np.float32)
+
+
+def split_sections(sections: Sequence[Section], val_fraction: float, seed: int) -> tuple[list[Section], list[Section]]:
+    """Whole sections held out for validation (at least one when there are two or more)."""
+    order = np.random.default_rng(seed).permutation(len(sections))
+    n_val = min(len(sections) - 1, max(1 if len(sections) > 1 and val_fraction > 0 else 0,
+                                       int(math.floor(len(sections) * val_fraction + 0.5))))
+    val = [sections[i] for i in order[:n_val]]
+    train = [sections[i] for i in order[n_val:]]
+    return train, val

@@ -1,0 +1,260 @@
+"""Training the tubule (Mask R-CNN) and cell (Faster R-CNN) models, as a cancellable job.
+
+From scratch: no pretrained weights can be downloaded here, so every layer learns from the
+lab's annotations (or phantom sections).  Each epoch draws ``crops_per_epoch`` random,
+class-balanced, augmented crops (:mod:`.dataset`), trains with AdamW and a cosine schedule,
+then validates on fixed crops of held-out sections with the paper's metrics (tubules: pixel
+accuracy, mean accuracy, mIoU, fw-IoU of the crop's stage map; cells: box AP50/AP75 and mean
+precision/sensitivity at IoU 0.5).  ``checkpoint.pt`` is written after every epoch (resume with
+``resume=True``); the best epoch's weights become the model folder's ``weights.pt`` + ``card.json``.
+Stopping the job (GUI cancel, Ctrl-C, ``time_limit_s``) keeps what the best epoch reached.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from app.core.errors import ModelError, UserError
+from app.core.jobs import Job, Progress
+from app.pipelines.stagetool.dataset import Crop, CropSampler, class_names, load_sections, split_sections
+from app.pipelines.stagetool.models import ModelConfig, build_model, count_parameters, default_config, pick_device
+from app.pipelines.stagetool.params import TrainParams
+
+CHECKPOINT_FILE = "checkpoint.pt"
+PRETRAINING_NOTE = ("no pretrained weights: none can be downloaded here, so every layer was trained from scratch "
+                    "(the paper's tubule model started from ImageNet weights)")
+SYNTHETIC_NOTE = "synthetic training data: for trying the software, not for real sections"
+
+
+# ------------------------------------------------------------------------------------ metrics
+
+
+@torch.no_grad()
+def predict_crops(net: torch.nn.Module, crops: Sequence[Crop], device: torch.device, batch: int = 2) -> list[dict]:
+    """Network outputs (numpy, labels 0-based) for validation crops."""
+    net.eval()
+    outputs = []
+    for start in range(0, len(crops), batch):
+        images = [torch.from_numpy(c.image)[None].to(device) for c in crops[start:start + batch]]
+        for out in net(images):
+            item = {"boxes": out["boxes"].cpu().numpy(), "labels": out["labels"].cpu().numpy() - 1,
+                    "scores": out["scores"].cpu().numpy()}
+            if "masks" in out:
+                item["masks"] = (out["masks"][:, 0] > 0.5).cpu().numpy()
+            outputs.append(item)
+    return outputs
+
+
+def stage_map(masks: np.ndarray, labels: np.ndarray, scores: np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
+    """Semantic map (0 = background, stage index + 1) from instance masks; higher scores painted last."""
+    out = np.zeros(shape, np.int64)
+    order = np.argsort(scores) if scores is not None else np.arange(len(labels))
+    for i in order:
+        out[masks[i]] = int(labels[i]) + 1
+    return out
+
+
+def tubule_metrics(crops: Sequence[Crop], outputs: Sequence[dict], score: float = 0.3) -> dict[str, Any]:
+    """Pixel accuracy, mean accuracy, mIoU and fw-IoU over background + the 5 stages (paper table 2)."""
+    from app.core.metrics import confusion_matrix, semantic_scores
+
+    n = len(class_names("tubules")) + 1
+    confusion = np.zeros((n, n), np.int64)
+    for crop, out in zip(crops, outputs):
+        truth = stage_map(crop.masks, crop.labels - 1, None, crop.image.shape)
+        keep = out["scores"] >= score
+        pred = stage_map(out["masks"][keep], out["labels"][keep], out["scores"][keep], crop.image.shape)
+        confusion += confusion_matrix(truth, pred, n)
+    scores = semantic_scores(confusion)
+    return {k: float(scores[k]) for k in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou")}
+
+
+def cell_metrics(crops: Sequence[Crop], outputs: Sequence[dict], score: float = 0.5) -> dict[str, Any]:
+    """Box AP50/AP75 (%) and mean precision/sensitivity/F1 at IoU 0.5 (paper table 3)."""
+    from app.core.metrics import box_ap, detection_scores
+
+    truth = [{"boxes": c.boxes, "labels": c.labels - 1} for c in crops]
+    preds = [{"boxes": o["boxes"], "labels": o["labels"], "scores": o["scores"]} for o in outputs]
+    n = len(class_names("cells"))
+    det = detection_scores(truth, preds, n, iou=0.5, score_threshold=score)
+    return {"AP50": 100 * box_ap(truth, preds, 0.5, None), "AP75": 100 * box_ap(truth, preds, 0.75, None),
+            "mean_precision": det["mean_precision"], "mean_sensitivity": det["mean_sensitivity"],
+            "mean_f1": det["mean_f1"]}
+
+
+def validation_score(kind: str, metrics: dict[str, Any]) -> float:
+    """The number that picks the best epoch: tubules mIoU, cells mean F1 at IoU 0.5 (NaN counts as 0)."""
+    value = metrics.get("mean_iou" if kind == "tubules" else "mean_f1", 0.0)
+    return 0.0 if value is None or not math.isfinite(value) else float(value)
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def _checkpoint(path: Path, state: dict[str, Any]) -> None:
+    from app.core.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def _load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        return torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
+    except Exception as error:
+        raise ModelError(f"{path}: cannot resume from this checkpoint ({error})") from error
+
+
+def _clean(value: Any) -> float | None:
+    """A metric for JSON: rounded, NaN (undefined, e.g. nothing predicted) as None."""
+    value = float(value)
+    return round(value, 4) if math.isfinite(value) else None
+
+
+def make_card(name: str, kind: str, config: ModelConfig, params: TrainParams, data: dict[str, Any],
+              metrics: dict[str, Any], history: list[dict], pixel_size_um: float | None) -> Any:
+    """The model card: architecture, classes, input, normalisation, training data and recipe, metrics."""
+    from app.core.modelcard import ModelCard
+
+    architecture = "Mask R-CNN (torchvision)" if kind == "tubules" else "Faster R-CNN (torchvision)"
+    return ModelCard(
+        name=name, pipeline=f"stagetool-{kind}", architecture=architecture, backbone=f"{config.backbone} FPN",
+        classes=list(class_names(kind)), input_channels=1, channel_meaning=["DAPI"],
+        pixel_size_um=pixel_size_um,
+        normalisation={"method": "section intensity range: 1st-99.9th percentile of a 4x block-mean overview "
+                                 "mapped to [0, 1] (clipped at 1.5), then (x - 0.5) / 0.25 inside the network",
+                       "downsample": config.downsample, "tile_size": config.tile_size},
+        training={"data": data.get("description"), "sections": data.get("sections"),
+                  "class_counts": data.get("class_counts"), "recipe": params.to_dict(),
+                  "pretraining": PRETRAINING_NOTE, "epochs_done": len(history), "history": history,
+                  "parameters": data.get("n_parameters"), "seconds": data.get("seconds")},
+        metrics={"val": {"data": data.get("val_description"), **metrics}},
+        extra={"model": config.to_dict(), "synthetic": data.get("synthetic", False),
+               **({"note": SYNTHETIC_NOTE} if data.get("synthetic") else {})},
+    )
+
+
+def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParams | None = None,
+          name: str | None = None, resume: bool = False, sections: Sequence[Any] | None = None,
+          data_description: str | None = None, synthetic: bool | None = None) -> Job[Any]:
+    """Train a model of ``params.kind`` and write it to ``out``; returns the written ModelCard.
+
+    ``annotations`` are COCO/GeoJSON files or phantom folders; ``sections`` (already loaded
+    :class:`~app.pipelines.stagetool.dataset.Section` objects) may be given instead.
+    """
+    from app.core.modelcard import save_model
+
+    params = params or TrainParams()
+    params.validate()
+    out = Path(out)
+    kind = params.kind
+    rng = np.random.default_rng(params.seed)
+    torch.manual_seed(params.seed)
+    if params.num_threads:
+        torch.set_num_threads(params.num_threads)
+    device = pick_device(params.device)
+    yield Progress("data", 0, 1, "reading annotations")
+    all_sections = list(sections) if sections is not None else load_sections(annotations, kind)
+    train_sections, val_sections = split_sections(all_sections, params.val_fraction, params.seed)
+    val_note = "held-out sections"
+    if not val_sections:
+        val_sections, val_note = train_sections, "the training sections (only one section was given)"
+    sampler = CropSampler(train_sections, kind, params.crop_size, params.downsample, params.class_balanced,
+                          params.augment)
+    val_sampler = CropSampler(val_sections, kind, params.crop_size, params.downsample, False, False)
+    val_rng = np.random.default_rng(params.seed + 1)
+    val_crops = [val_sampler.crop(*val_sampler.random_window(val_rng)) for _ in range(params.val_crops)]
+    yield Progress("data", 1, 1, f"{len(train_sections)} training, {len(val_sections)} validation sections; "
+                                 f"objects per class {sampler.class_counts}")
+
+    config = default_config(kind, params.backbone, tile_size=params.crop_size, downsample=params.downsample)
+    net = build_model(config).to(device)
+    optimizer = torch.optim.AdamW(net.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    steps_per_epoch = max(1, params.crops_per_epoch // params.batch_size)
+    total_steps = steps_per_epoch * params.epochs
+    warmup = min(200, total_steps // 10 + 1)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps))))
+    start_epoch, best, best_state, history, elapsed = 0, -1.0, None, [], 0.0
+    checkpoint = out / CHECKPOINT_FILE
+    if resume:
+        if not checkpoint.exists():
+            raise UserError(f"{out}: no checkpoint to resume from ({CHECKPOINT_FILE})")
+        state = _load_checkpoint(checkpoint)
+        if state.get("config") != config.to_dict():
+            raise UserError(f"{checkpoint}: the checkpoint was trained with other settings "
+                            f"({state.get('config', {}).get('backbone')}); start a new folder or match them")
+        net.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        start_epoch, best, history = state["epoch"], state["best"], state["history"]
+        best_state, elapsed = state.get("best_model"), state.get("elapsed", 0.0)
+        rng = np.random.default_rng([params.seed, start_epoch])
+    started = time.monotonic() - elapsed
+    out.mkdir(parents=True, exist_ok=True)
+    stopped_early = False
+    for epoch in range(start_epoch, params.epochs):
+        net.train()
+        losses = []
+        for step in range(steps_per_epoch):
+            crops = [sampler.sample(rng) for _ in range(params.batch_size)]
+            images = [torch.from_numpy(c.image)[None].to(device) for c in crops]
+            targets = [{k: v.to(device) for k, v in c.target().items()} for c in crops]
+            loss_parts = net(images, targets)
+            loss = sum(loss_parts.values())
+            if not torch.isfinite(loss):
+                raise ModelError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr")
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(float(loss.item()))
+            yield Progress("train", epoch * steps_per_epoch + step + 1, total_steps,
+                           f"epoch {epoch + 1}/{params.epochs} loss {np.mean(losses[-20:]):.3f}")
+            if params.time_limit_s and time.monotonic() - started > params.time_limit_s:
+                stopped_early = True
+                break
+        outputs = predict_crops(net, val_crops, device)
+        metrics = tubule_metrics(val_crops, outputs) if kind == "tubules" else cell_metrics(val_crops, outputs)
+        score = validation_score(kind, metrics)
+        history.append({"epoch": epoch + 1, "loss": _clean(np.mean(losses)) if losses else None,
+                        **{k: _clean(v) for k, v in metrics.items()}})
+        if score > best:
+            best = score
+            best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            best_metrics = metrics
+        _checkpoint(checkpoint, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
+                                 "schedule": schedule.state_dict(), "epoch": epoch + 1, "best": best,
+                                 "history": history, "best_model": best_state, "config": config.to_dict(),
+                                 "elapsed": time.monotonic() - started})
+        yield Progress("validate", epoch + 1, params.epochs,
+                       " ".join(f"{k} {v:.3f}" for k, v in metrics.items()) + f" (best {best:.3f})")
+        if stopped_early:
+            break
+    if best_state is None:
+        raise UserError(f"{out}: no epoch finished; nothing to save")
+    if "best_metrics" not in locals():
+        best_metrics = {k: v for k, v in history[int(np.argmax([validation_score(kind, h) for h in history]))].items()
+                        if k not in ("epoch", "loss")}
+    is_synthetic = bool(synthetic) if synthetic is not None else False
+    data = {"description": data_description or ", ".join(str(a) for a in annotations),
+            "sections": [s.name for s in all_sections], "class_counts": sampler.class_counts,
+            "n_parameters": count_parameters(net), "seconds": round(time.monotonic() - started, 1),
+            "val_description": f"{len(val_crops)} random {params.crop_size} px crops of {val_note}"
+                               + (" (synthetic phantoms, easier than tissue)" if is_synthetic else ""),
+            "synthetic": is_synthetic}
+    pixel = next((getattr(s, "pixel_size_um", None) for s in all_sections if getattr(s, "pixel_size_um", None)), None)
+    card = make_card(name or out.name, kind, config, params, data, {k: _clean(v) for k, v in best_metrics.items()},
+                     history, pixel)
+    written = save_model(out, card, best_state, half=params.half)
+    yield Progress("save", 1, 1, f"model written to {out}")
+    return written

@@ -1,0 +1,233 @@
+"""Whole-section flow with an oracle network: tiling, rotations, seams, merging and assignment lose nothing.
+
+The oracle "network" finds bright blobs by thresholding and reads their class from their
+intensity, so it is exact and rotation-equivariant: whatever the section flow gets wrong (a box
+rotated back to the wrong place, a cell kept twice on a seam, a tubule split in two, a cell
+assigned to the wrong tubule) shows up as a difference from the drawn truth.
+"""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from app.core.errors import ImageError
+from app.core.images import write_tiff
+from app.core.jobs import run
+from app.core.modelcard import ModelCard
+from app.core.testis_classes import CELL_TYPES, STAGES
+from app.pipelines.stagetool import predict
+from app.pipelines.stagetool.batch import run_sections, write_section_outputs
+from app.pipelines.stagetool.evaluate import SectionTruth, evaluate_section
+from app.pipelines.stagetool.models import ModelConfig
+from app.pipelines.stagetool.params import AnalyzeParams
+
+SCALE = 1000.0  # raw intensity of 1.0
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One torch thread: on a busy machine two threads spin against each other (tens of times slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+
+class Oracle(torch.nn.Module):
+    """Thresholds a normalised tile: cells are blobs > 0.45 (class from intensity), tubules > 0.05 (stage)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.kind = kind
+        self.transform = SimpleNamespace(min_size=(0,), max_size=0)
+        self.roi_heads = SimpleNamespace(score_thresh=0.0)
+        self.calls = 0
+
+    def forward(self, images):
+        self.calls += len(images)
+        return [self._one(image[0].numpy()) for image in images]
+
+    def _one(self, tile):
+        if self.kind == "cells":
+            labels, n = ndimage.label(tile > 0.45)
+        else:
+            labels, n = ndimage.label(ndimage.binary_fill_holes(tile > 0.05))
+        boxes, classes, masks = [], [], []
+        for index, slices in enumerate(ndimage.find_objects(labels), start=1):
+            region = labels[slices] == index
+            values = tile[slices][region]
+            if self.kind == "cells":
+                cls = int(np.clip(np.round((values.mean() - 0.5) / 0.05), 0, 8))
+            else:
+                body = values[(values > 0.05) & (values < 0.4)]
+                cls = int(np.clip(np.round((np.median(body) - 0.1) / 0.05), 0, 4))
+                mask = np.zeros(tile.shape, bool)
+                mask[slices] = region
+                masks.append(mask)
+            boxes.append([slices[1].start, slices[0].start, slices[1].stop, slices[0].stop])
+            classes.append(cls + 1)
+        # the oracle is unsure (0.6) of metaphase plates (m2m), sure (0.99) of everything else
+        scores = [0.6 if self.kind == "cells" and c == CELL_TYPES.index("m2m") + 1 else 0.99 for c in classes]
+        out = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+               "labels": torch.tensor(classes, dtype=torch.int64), "scores": torch.tensor(scores).reshape(-1)}
+        if self.kind == "tubules":
+            out["masks"] = torch.from_numpy(np.array(masks, np.float32).reshape(-1, 1, *tile.shape))
+        return out
+
+
+def oracle_model(kind: str, tile: int, downsample: int = 1) -> predict.LoadedModel:
+    classes = list(STAGES if kind == "tubules" else CELL_TYPES)
+    card = ModelCard(name=f"oracle-{kind}", pipeline=f"stagetool-{kind}", architecture="oracle", classes=classes,
+                     weights_sha256=kind * 4)
+    config = ModelConfig(kind, "tiny", len(classes), tile_size=tile, downsample=downsample)
+    return predict.LoadedModel(card, Oracle(kind), config, torch.device("cpu"))
+
+
+def draw_section(seed: int = 0):
+    """Tubules (stage in their intensity) with cells (type in their intensity) and a marker channel."""
+    rng = np.random.default_rng(seed)
+    height, width = 420, 560
+    dapi = np.zeros((height, width), np.float32)
+    marker = np.zeros((height, width), np.float32)
+    tubule_ids = np.zeros((height, width), np.int32)
+    yy, xx = np.mgrid[:height, :width]
+    centres = [(100, 100), (100, 290), (110, 470), (310, 140), (320, 400)]
+    stages = {}
+    cells_boxes, cells_types, cells_tubule = [], [], []
+    for tid, (cy, cx) in enumerate(centres, start=1):
+        stage = int(rng.integers(5))
+        stages[tid] = STAGES[stage]
+        disc = (yy - cy) ** 2 + (xx - cx) ** 2 <= 85 ** 2
+        dapi[disc] = 0.1 + 0.05 * stage
+        tubule_ids[disc] = tid
+        for _ in range(12):  # cells on a ring, away from each other
+            pass
+        angles = np.linspace(0, 2 * np.pi, 12, endpoint=False) + rng.uniform(0, 0.5)
+        for angle in angles:
+            radius = rng.uniform(25, 65)
+            y, x = int(cy + radius * np.sin(angle)), int(cx + radius * np.cos(angle))
+            box = (x - 4, y - 4, x + 5, y + 5)
+            if any(not (b[2] + 2 < box[0] or box[2] + 2 < b[0] or b[3] + 2 < box[1] or box[3] + 2 < b[1])
+                   for b in cells_boxes):
+                continue
+            kind = int(rng.integers(9))
+            dapi[box[1]:box[3], box[0]:box[2]] = 0.5 + 0.05 * kind
+            marker[box[1]:box[3], box[0]:box[2]] = 0.9 if kind == 0 else 0.05  # "SOX9": Sertoli only
+            cells_boxes.append(box)
+            cells_types.append(CELL_TYPES[kind])
+            cells_tubule.append(tid)
+    truth = SectionTruth("sec", tubule_ids, stages, np.array(cells_boxes, float), cells_types)
+    return np.stack([dapi, marker]) * SCALE, truth, cells_tubule
+
+
+@pytest.fixture
+def section(tmp_path, monkeypatch):
+    monkeypatch.setattr(predict, "intensity_range", lambda overview: (0.0, SCALE))
+    image, truth, cell_tubules = draw_section()
+    path = tmp_path / "sec.ome.tif"
+    write_tiff(path, image.astype(np.uint16), axes="CYX", channel_names=["DAPI", "SOX9"], pixel_size_um=0.5)
+    return path, truth, cell_tubules
+
+
+@pytest.mark.parametrize("tta", ["off", "full", "adaptive"])
+def test_oracle_section_is_reproduced_exactly(section, tmp_path, tta):
+    path, truth, cell_tubules = section
+    tubules, cells = oracle_model("tubules", 128, downsample=2), oracle_model("cells", 128)
+    params = AnalyzeParams(tta=tta, overlap=48, batch_size=3, antibodies="SOX9=SOX9:400", map_scale=2, adaptive_block=32)
+    doc = run(predict.analyze_section(path, tmp_path / "out", tubules, cells, params))
+    found_cells = doc["layers"]["cells"]
+    found_tubules = doc["layers"]["tubules"]
+    # every cell once (no seam doubles, none lost), with its type, and in its own tubule
+    assert len(found_cells) == len(truth.cell_types)
+    truth_boxes = np.asarray(truth.cell_boxes)
+    for cell in found_cells:
+        distance = np.abs(truth_boxes - np.asarray(cell["box"])).max(axis=1)
+        match = int(np.argmin(distance))
+        assert distance[match] < 1e-3
+        assert cell["class"] == truth.cell_types[match]
+        tubule = next(t for t in found_tubules if t["id"] == cell["tubule_id"])
+        truth_id = truth.tubule_labels[int(cell["centroid"][0]), int(cell["centroid"][1])]
+        assert truth_id == cell_tubules[match]
+        assert tubule["class"] == truth.tubule_stages[truth_id]
+        if tta == "full" or (tta == "adaptive" and cell["class"] == "m2m"):
+            assert cell["votes"] == 4
+        elif tta == "adaptive":
+            assert cell["votes"] in (1, 4)  # sure cells in a rotated block were voted too
+    # five tubules, each staged right, even though no tile sees a whole tubule
+    assert len(found_tubules) == 5
+    assert all(t["n_masks"] > 1 for t in found_tubules)
+    evaluation = evaluate_section(doc, truth)
+    assert evaluation["stages"]["agreement"] == 1.0
+    assert evaluation["cells"]["AP50"] == pytest.approx(100.0)
+    assert evaluation["cells"]["mean_precision"] == 1.0 and evaluation["cells"]["mean_sensitivity"] == 1.0
+    assert evaluation["tubules"]["pixel_accuracy"] > 0.97
+    # antigen: only Sertoli cells light up the marker
+    for cell in found_cells:
+        assert (cell["antigen"]["SOX9"]["mean"] > 400) == (cell["class"] == "Sertoli")
+    tiles = doc["meta"]["tiles"]
+    n_tiles = tiles["cell_tiles_analysed"]
+    if tta == "adaptive":  # only blocks around m2m cells were rotated (3 more passes each)
+        n_m2m = truth.cell_types.count("m2m")
+        assert 0 < tiles["cell_blocks_rotated"] and 0 < tiles["cell_tiles_rotated"] < n_tiles
+        assert n_m2m <= tiles["cell_blocks_rotated"] <= 4 * n_m2m  # a cell in an overlap is seen by up to 4 tiles
+        assert cells.net.calls == n_tiles + 3 * tiles["cell_blocks_rotated"]
+    else:
+        assert tiles["cell_tiles_rotated"] == (n_tiles if tta == "full" else 0)
+        assert cells.net.calls == n_tiles * (4 if tta == "full" else 1)
+
+
+def test_background_tiles_are_skipped_and_results_written(section, tmp_path):
+    path, truth, _ = section
+    cells = oracle_model("cells", 64)
+    params = AnalyzeParams(tta="off", overlap=16, map_scale=2, min_tissue=0.05)
+    run(predict.analyze_section(path, tmp_path / "out", oracle_model("tubules", 64, 2), cells, params))
+    info = json.loads((tmp_path / "out" / predict.PREDICTIONS_FILE).read_text())["meta"]["tiles"]
+    assert 0 < info["cell_tiles_analysed"] < info["cell_tiles"]  # the empty corners were skipped
+    summary = write_section_outputs(tmp_path / "out")
+    assert summary["n_cells"] == len(truth.cell_types)
+    assert sum(summary["stage_counts"].values()) == 5
+    assert (tmp_path / "out" / "sec.xlsx").exists() and (tmp_path / "out" / "cells.csv").exists()
+
+
+def test_batch_is_resumable_and_a_bad_section_does_not_stop_it(section, tmp_path):
+    from app.core.project import Run, now_iso
+
+    path, _, _ = section
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(path.read_bytes()[:4000])  # a truncated file
+    out = tmp_path / "batch"
+    out.mkdir()
+    params = AnalyzeParams(tta="off", overlap=32, map_scale=2)
+    tubules, cells = oracle_model("tubules", 128, 2), oracle_model("cells", 128)
+    runner = Run(folder=out, id="b", pipeline="stagetool", started=now_iso())
+    result = run(run_sections(runner, [("sec", path), ("broken", broken)], tubules, cells, params))
+    assert result["done"] == ["sec"] and "broken" in result["failed"]
+    assert "broken" in (out / "log.txt").read_text()
+    assert (out / "batch.xlsx").exists()
+    calls = cells.net.calls
+    # again: the finished section is skipped (reports rewritten with the edits), the broken one retried
+    edits = [{"action": "exclude_tubule", "image": "sec", "id": 1, "value": True}]
+    result = run(run_sections(Run.load(out), [("sec", path), ("broken", broken)], tubules, cells, params, edits))
+    assert result["skipped"] == ["sec"] and cells.net.calls == calls
+    summary = json.loads((out / "sec" / "summary.json").read_text())
+    assert summary["n_excluded"] == 1 and summary["edits_applied"] == 1
+    # other parameters: analysed again
+    result = run(run_sections(Run.load(out), [("sec", path)], tubules, cells, AnalyzeParams(tta="full", overlap=32,
+                                                                                             map_scale=2)))
+    assert result["skipped"] == [] and cells.net.calls > calls
+
+
+def test_missing_channel_is_a_clear_error(section, tmp_path):
+    path, _, _ = section
+    params = AnalyzeParams(antibodies="SALL4=SALL4")
+    with pytest.raises(ImageError, match="no channel 'SALL4'"):
+        run(predict.analyze_section(path, tmp_path / "o", oracle_model("tubules", 64), oracle_model("cells", 64), params))
+    assert not (tmp_path / "o").exists()
