@@ -51,14 +51,10 @@ def _rss_mb() -> float:
 
 def make_section(folder: Path, size: int, seed: int) -> tuple[Path, Path]:
     """Write a phantom section (DAPI + SOX9) and its truth with the CLI's phantom writer; (image, truth folder)."""
-    from app.core.phantoms import write_phantom
+    from app.pipelines.stagetool.phantom import write_testis
 
-    folder.mkdir(parents=True, exist_ok=True)
-    write_phantom("testis", folder, seed=seed, count=1, size=size)
-    from app.core.phantoms import read_testis_truth
-
-    truth = read_testis_truth(folder)
-    return Path(truth[0]["image"]), folder
+    written = write_testis(folder, seed=seed, count=1, size=size, markers=("SOX9",))
+    return written[0], folder
 
 
 def one_flow(flow: str, section: Path, truth: Path, out: Path, threads: int, tubule_model: str | None,

@@ -138,3 +138,30 @@ def test_bad_input_gets_clear_messages(capsys, tmp_path, models, section):
     # a bad antibody option
     code, _, err = cli(capsys, "stagetool", "analyze", section, "--out", tmp_path / "o", "--antibody", "SOX9")
     assert code == 2 and "NAME=CHANNEL" in err
+
+
+def test_phantom_analyze_with_truth_and_evaluate(capsys, tmp_path, models):
+    code, _, err = cli(capsys, "stagetool", "phantom", "--out", tmp_path / "ph", "--size", "640", "--seed", "5",
+                       "--markers", "SOX9,SCP3")
+    assert code == 0, err
+    section = tmp_path / "ph" / "testis_000.ome.tif"
+    out = tmp_path / "res"
+    code, _, err = cli(capsys, "stagetool", "analyze", section, "--out", out, "--tubule-model", models[0],
+                       "--cell-model", models[1], "--antibody", "SOX9=SOX9", "--antibody", "SCP3=2:900",
+                       "--truth", tmp_path / "ph", "--tta", "off", "--overlap", "16")
+    assert code == 0, err
+    folder = out / "testis_000"
+    evaluation = json.loads((folder / "evaluation.json").read_text())
+    assert evaluation["synthetic"] is True and evaluation["stages"]["n_tubules"] > 0
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["synthetic"] is True  # the phantom's README says so
+    wb = load_workbook(folder / "testis_000.xlsx")
+    assert wb.sheetnames[-1] == "Evaluation"
+    rows = {r[0]: r[1] for r in wb["Evaluation"].iter_rows(values_only=True) if r and r[0]}
+    assert rows["whole-section stage n_tubules"] == evaluation["stages"]["n_tubules"]
+    assert rows["tubules pixel_accuracy"] == pytest.approx(evaluation["tubules"]["pixel_accuracy"])
+    assert "Evaluation" in load_workbook(out / "batch.xlsx").sheetnames
+    code, stdout, _ = cli(capsys, "stagetool", "evaluate", out, tmp_path / "ph")
+    assert code == 0 and "whole-section stages" in stdout and "synthetic" in stdout
+    code, _, err = cli(capsys, "stagetool", "evaluate", out, tmp_path / "nowhere")
+    assert code == 2 and "nowhere" in err

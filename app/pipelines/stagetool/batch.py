@@ -221,10 +221,14 @@ def demo_step(project: Any, folder: Path) -> list[str]:
 
     from app.core.jobs import ConsoleProgress, run
 
-    names = [entry.name for entry in project.images() if "testis" in (entry.group or "").lower()]
-    if not names:
+    from app.core.testis_classes import MARKERS
+
+    entries = [entry for entry in project.images() if "testis" in (entry.group or "").lower()]
+    if not entries:
         return []
-    params = AnalyzeParams(antibodies="SOX9=SOX9", threads=1)
+    names = [entry.name for entry in entries]
+    markers = [c for c in (entries[0].channels or []) if c in MARKERS]
+    params = AnalyzeParams(antibodies=",".join(f"{m}={m}" for m in markers), threads=1)
     run_folder = run(analyze_project(project, names, params), ConsoleProgress())
     produced = [str(run_folder / BATCH_WORKBOOK)] if (run_folder / BATCH_WORKBOOK).exists() else []
     if produced:

@@ -38,6 +38,8 @@ class Section:
     channel: int | str = 0
     stats: tuple[float, float] | None = None
     shape: tuple[int, int] = (0, 0)
+    pixel_size_um: float | None = None
+    synthetic: bool = False
     _image: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
@@ -122,13 +124,14 @@ def sections_from_file(path: Path, kind: str, channel: int | str = 0) -> list[Se
 
 
 def sections_from_phantom_folder(folder: Path, kind: str) -> list[Section]:
-    """Sections written by ``stagescope phantom testis`` (image + truth files, see phantoms.py)."""
-    from app.core.phantoms import read_testis_truth
+    """Phantom sections (image + truth files written by :func:`app.pipelines.stagetool.phantom.write_testis`)."""
+    from app.pipelines.stagetool.phantom import read_testis_truth
 
     found = []
     for truth in read_testis_truth(folder):
         objects = truth["tubules"] if kind == "tubules" else truth["cells"]
-        found.append(Section(name=truth["name"], objects=objects, path=Path(truth["image"]), channel=0))
+        found.append(Section(name=truth["name"], objects=objects, path=Path(truth["image"]), channel=0,
+                             pixel_size_um=truth.get("pixel_size_um"), synthetic=True))
     if not found:
         raise UserError(f"{folder}: no phantom testis sections found")
     return found

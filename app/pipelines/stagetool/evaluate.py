@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ class SectionTruth:
     cell_boxes: np.ndarray
     cell_types: list[str]
     synthetic: bool = True
+    unusable: set[int] = field(default_factory=set)  # damaged / longitudinal: not staged by experts
 
 
 def _rasterise(tubules: list[dict], shape: tuple[int, int], scale: int) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +94,8 @@ def evaluate_section(doc: dict[str, Any], truth: SectionTruth) -> dict[str, Any]
     per_iou = list(semantic.get("per_class_iou", []))
     tubules["per_class_iou"] = {name: _num(v) for name, v in zip(("background", *STAGES), per_iou)}
     tubules["resolution_scale"] = scale
-    stages = stage_agreement(truth_ids, truth.tubule_stages, pred_ids, layers.get("tubules", []))
+    staged = {tid: (None if tid in truth.unusable else stage) for tid, stage in truth.tubule_stages.items()}
+    stages = stage_agreement(truth_ids, staged, pred_ids, layers.get("tubules", []))
     cells = cell_scores(truth, layers.get("cells", []))
     return {"section": doc.get("image"), "synthetic": truth.synthetic, "note": PHANTOM_NOTE if truth.synthetic else "",
             "tubules": tubules, "cells": cells, "stages": stages}
@@ -195,14 +197,16 @@ def format_evaluation(evaluation: dict[str, Any]) -> str:
 
 def load_truth(truth: Path, section: str) -> SectionTruth:
     """The ground truth of ``section`` from a truth file or a folder of phantom truth (phantoms.py)."""
-    from app.core.phantoms import load_testis_truth
+    from app.pipelines.stagetool.phantom import load_testis_truth
 
     try:
         data = load_testis_truth(truth, section)
     except FileNotFoundError as error:
-        raise UserError(f"{truth}: no ground truth for section {section!r}") from error
+        raise UserError(f"{truth}: no ground truth for section {section!r} (expected {section}_truth.json "
+                        f"and {section}_tubules.tif)") from error
     return SectionTruth(name=section, tubule_labels=data["tubule_labels"], tubule_stages=data["tubule_stages"],
-                        cell_boxes=data["cell_boxes"], cell_types=data["cell_types"], synthetic=True)
+                        cell_boxes=data["cell_boxes"], cell_types=data["cell_types"], synthetic=True,
+                        unusable=data["unusable"])
 
 
 def evaluate_results(results: str | Path, truth: str | Path) -> dict[str, dict[str, Any]]:

@@ -2,12 +2,14 @@
 
 From scratch: no pretrained weights can be downloaded here, so every layer learns from the
 lab's annotations (or phantom sections).  Each epoch draws ``crops_per_epoch`` random,
-class-balanced, augmented crops (:mod:`.dataset`), trains with AdamW and a cosine schedule,
+class-balanced, augmented crops (:mod:`.dataset`), trains with AdamW and a cosine schedule
+(over the steps, or over ``time_limit_s`` when that ends first, so a time-boxed run still anneals),
 then validates on fixed crops of held-out sections with the paper's metrics (tubules: pixel
 accuracy, mean accuracy, mIoU, fw-IoU of the crop's stage map; cells: box AP50/AP75 and mean
 precision/sensitivity at IoU 0.5).  ``checkpoint.pt`` is written after every epoch (resume with
 ``resume=True``); the best epoch's weights become the model folder's ``weights.pt`` + ``card.json``.
-Stopping the job (GUI cancel, Ctrl-C, ``time_limit_s``) keeps what the best epoch reached.
+A run stopped by ``time_limit_s`` saves the best epoch; a cancelled run (GUI cancel, Ctrl-C) keeps
+``checkpoint.pt`` to resume from.
 """
 
 from __future__ import annotations
@@ -113,6 +115,14 @@ def _load_checkpoint(path: Path) -> dict[str, Any]:
         raise ModelError(f"{path}: cannot resume from this checkpoint ({error})") from error
 
 
+def learning_progress(step: int, total_steps: int, elapsed: float, time_limit: float) -> float:
+    """How far training is, 0..1: by steps, or by time when a time limit is nearer (the cosine follows it)."""
+    progress = step / max(total_steps, 1)
+    if time_limit:
+        progress = max(progress, elapsed / time_limit)
+    return min(1.0, progress)
+
+
 def _clean(value: Any) -> float | None:
     """A metric for JSON: rounded, NaN (undefined, e.g. nothing predicted) as None."""
     value = float(value)
@@ -181,9 +191,7 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
     steps_per_epoch = max(1, params.crops_per_epoch // params.batch_size)
     total_steps = steps_per_epoch * params.epochs
     warmup = min(200, total_steps // 10 + 1)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(1.0, s / total_steps))))
-    start_epoch, best, best_state, history, elapsed = 0, -1.0, None, [], 0.0
+    start_epoch, best, best_state, history, elapsed, step_count = 0, -1.0, None, [], 0.0, 0
     checkpoint = out / CHECKPOINT_FILE
     if resume:
         if not checkpoint.exists():
@@ -194,8 +202,8 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
                             f"({state.get('config', {}).get('backbone')}); start a new folder or match them")
         net.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
         start_epoch, best, history = state["epoch"], state["best"], state["history"]
+        step_count = state.get("steps", start_epoch * steps_per_epoch)
         best_state, elapsed = state.get("best_model"), state.get("elapsed", 0.0)
         rng = np.random.default_rng([params.seed, start_epoch])
     started = time.monotonic() - elapsed
@@ -212,15 +220,18 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
             loss = sum(loss_parts.values())
             if not torch.isfinite(loss):
                 raise ModelError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr")
+            progress = learning_progress(step_count, total_steps, time.monotonic() - started, params.time_limit_s)
+            for group in optimizer.param_groups:
+                group["lr"] = params.lr * min(1.0, (step_count + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * progress))
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
             optimizer.step()
-            schedule.step()
+            step_count += 1
             losses.append(float(loss.item()))
             yield Progress("train", epoch * steps_per_epoch + step + 1, total_steps,
                            f"epoch {epoch + 1}/{params.epochs} loss {np.mean(losses[-20:]):.3f}")
-            if params.time_limit_s and time.monotonic() - started > params.time_limit_s:
+            if progress >= 1.0:
                 stopped_early = True
                 break
         outputs = predict_crops(net, val_crops, device)
@@ -233,7 +244,7 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
             best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             best_metrics = metrics
         _checkpoint(checkpoint, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                                 "schedule": schedule.state_dict(), "epoch": epoch + 1, "best": best,
+                                 "steps": step_count, "epoch": epoch + 1, "best": best,
                                  "history": history, "best_model": best_state, "config": config.to_dict(),
                                  "elapsed": time.monotonic() - started})
         yield Progress("validate", epoch + 1, params.epochs,
@@ -245,8 +256,11 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
     if "best_metrics" not in locals():
         best_metrics = {k: v for k, v in history[int(np.argmax([validation_score(kind, h) for h in history]))].items()
                         if k not in ("epoch", "loss")}
-    is_synthetic = bool(synthetic) if synthetic is not None else False
-    data = {"description": data_description or ", ".join(str(a) for a in annotations),
+    is_synthetic = bool(synthetic) if synthetic is not None else any(getattr(s, "synthetic", False) for s in all_sections)
+    description = data_description or ", ".join(str(a) for a in annotations)
+    if is_synthetic and data_description is None:
+        description = f"{len(all_sections)} synthetic phantom testis sections ({description})"
+    data = {"description": description,
             "sections": [s.name for s in all_sections], "class_counts": sampler.class_counts,
             "n_parameters": count_parameters(net), "seconds": round(time.monotonic() - started, 1),
             "val_description": f"{len(val_crops)} random {params.crop_size} px crops of {val_note}"
