@@ -110,8 +110,7 @@ def default_config(kind: str, backbone: str | None = None, num_classes: int | No
         base = (8, 16, 32, 64, 128)
         sizes = tuple(max(4, s // downsample) for s in base)
         config = ModelConfig(kind, backbone, num_classes or len(CELL_TYPES), tile_size=tile_size,
-                             downsample=downsample, anchor_sizes=sizes,
-                             detections_per_img=max(100, (tile_size * tile_size) // 800))
+                             downsample=downsample, anchor_sizes=sizes, detections_per_img=max_cells(tile_size))
     if light:
         config.fpn_channels = 16 if tiny else 64
         config.head_dim = 32 if tiny else 256
@@ -197,8 +196,8 @@ def build_model(config: ModelConfig) -> nn.Module:
     )
     if config.kind == "cells":
         n = config.detections_per_img
-        common.update(rpn_pre_nms_top_n_test=max(600, 4 * n), rpn_post_nms_top_n_test=max(300, 3 * n),
-                      rpn_pre_nms_top_n_train=max(2000, 4 * n), rpn_post_nms_top_n_train=max(1000, 3 * n),
+        common.update(rpn_pre_nms_top_n_test=max(600, 3 * n), rpn_post_nms_top_n_test=max(300, 2 * n),
+                      rpn_pre_nms_top_n_train=max(2000, 3 * n), rpn_post_nms_top_n_train=max(1000, 2 * n),
                       box_score_thresh=0.05, box_nms_thresh=0.4)
         return FasterRCNN(backbone, **common)
     layers = [channels] * config.mask_head_layers
@@ -206,15 +205,26 @@ def build_model(config: ModelConfig) -> nn.Module:
                     mask_predictor=MaskRCNNPredictor(layers[-1], channels, config.num_classes + 1), **common)
 
 
-def set_inference(model: nn.Module, tile_size: int, score_threshold: float) -> None:
+def max_cells(tile_size: int) -> int:
+    """Detections to allow per cell tile: dense epithelium holds about one nucleus per 400 px² (at most)."""
+    return max(100, (tile_size * tile_size) // 400)
+
+
+def set_inference(model: nn.Module, tile_size: int, score_threshold: float, kind: str | None = None) -> None:
     """Prepare a loaded network for tiles of ``tile_size`` pixels and drop detections below ``score_threshold``.
 
     The transform never resizes (min = max = tile size), so a model trained on small crops can
-    run on larger tiles, which need fewer seams; low-scoring boxes are cut before NMS (faster).
+    run on larger tiles, which need fewer seams; a cell model then may return more boxes (and
+    proposals) per tile; low-scoring boxes are cut before NMS (faster).
     """
     model.transform.min_size = (int(tile_size),)
     model.transform.max_size = int(tile_size)
     model.roi_heads.score_thresh = float(score_threshold)
+    if kind == "cells" and hasattr(model, "rpn"):
+        n = max_cells(tile_size)
+        model.roi_heads.detections_per_img = n
+        model.rpn._pre_nms_top_n["testing"] = max(600, 3 * n)
+        model.rpn._post_nms_top_n["testing"] = max(300, 2 * n)
 
 
 def count_parameters(model: nn.Module) -> int:

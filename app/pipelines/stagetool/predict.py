@@ -101,7 +101,7 @@ def detect(model: LoadedModel, tiles: Sequence[np.ndarray]) -> list[dict[str, np
 def prepare(model: LoadedModel, tile: int, score: float) -> ModelConfig:
     """The model's configuration for this analysis (tile size override) with the network set up for it."""
     config = dataclasses.replace(model.config, tile_size=tile or model.config.tile_size)
-    set_inference(model.net, config.tile_size, score)
+    set_inference(model.net, config.tile_size, score, config.kind)
     return config
 
 
@@ -290,7 +290,7 @@ def _rotations(model: LoadedModel, tiles: list[np.ndarray]) -> list[list[merge.D
     per_tile: list[list[merge.Detections]] = [[] for _ in tiles]
     if not tiles:
         return per_tile
-    set_inference(model.net, tiles[0].shape[0], model.net.roi_heads.score_thresh)
+    set_inference(model.net, tiles[0].shape[0], model.net.roi_heads.score_thresh, model.config.kind)
     for k in (1, 2, 3):
         outputs = detect(model, [np.ascontiguousarray(rotate90(t, k)) for t in tiles])
         for i, out in enumerate(outputs):
@@ -337,7 +337,7 @@ def adaptive_vote(model: LoadedModel, tile: np.ndarray, raw: merge.Detections, p
     padded = np.pad(tile, ((margin, margin + side), (margin, margin + side)))
     windows = [np.ascontiguousarray(padded[y:y + side, x:x + side]) for y, x in corners]
     rotated = _rotations(model, windows)
-    set_inference(model.net, tile.shape[0], model.net.roi_heads.score_thresh)
+    set_inference(model.net, tile.shape[0], model.net.roi_heads.score_thresh, model.config.kind)
     centres = merge.box_centres(single.boxes)
     keep_single = np.ones(len(single), bool)
     voted = []
@@ -388,7 +388,7 @@ def cell_pass(image: Any, channel: int, model: LoadedModel, params: AnalyzeParam
         if params.tta == "full":
             merged = [_vote(single, others, params) for single, others in zip(raw, _rotations(model, inputs))]
             rotated_tiles += len(batch)
-            set_inference(model.net, config.tile_size, model.net.roi_heads.score_thresh)
+            set_inference(model.net, config.tile_size, model.net.roi_heads.score_thresh, config.kind)
         elif params.tta == "adaptive":
             merged = []
             for tile_input, single in zip(inputs, raw):
