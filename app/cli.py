@@ -162,7 +162,8 @@ def cmd_evaluate_semantic(args: argparse.Namespace) -> int:
 def cmd_phantom(args: argparse.Namespace) -> int:
     from app.core.phantoms import write_phantom
 
-    written = write_phantom(args.kind, args.out, seed=args.seed, count=args.count, size=args.size)
+    markers = tuple(m.strip() for m in args.markers.split(",") if m.strip()) if args.markers is not None else None
+    written = write_phantom(args.kind, args.out, seed=args.seed, count=args.count, size=args.size, markers=markers)
     files = [str(p) for p in written] if written else sorted(str(p) for p in Path(args.out).iterdir())
     print(f"wrote {len(files)} files to {args.out} (see README.txt there for what was drawn)")
     return EXIT_OK
@@ -281,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, metavar="N")
     p.add_argument("--count", type=int, default=None, metavar="K", help="images to write (default depends on kind)")
     p.add_argument("--size", type=int, default=None, metavar="PX", help="image side in pixels")
+    p.add_argument("--markers", default=None, metavar="SOX9,SCP3",
+                   help="testis only: antibody channels after DAPI, comma separated (default SOX9; '' for none)")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("project", help="create, fill and list project folders")

@@ -5,7 +5,6 @@
                                  [--antibody NAME=CHANNEL[:T]]... [--tta off|full|adaptive] [--edits FILE] [--force]
     stagescope stagetool evaluate RESULTS_DIR TRUTH [--json]
     stagescope stagetool export RESULTS_DIR --out DIR
-    stagescope stagetool phantom --out DIR [--seed N] [--count K] [--size PX] [--markers SOX9,SCP3]
 
 Handlers return an exit code; bad input raises :class:`UserError` (printed on one line, exit 2).
 """
@@ -118,15 +117,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_phantom(args: argparse.Namespace) -> int:
-    from app.pipelines.stagetool.phantom import write_testis
-
-    markers = tuple(m.strip() for m in args.markers.split(",") if m.strip())
-    written = write_testis(args.out, seed=args.seed, count=args.count, size=args.size, markers=markers)
-    print(f"wrote {len(written)} files to {args.out} (synthetic testis sections with ground truth; see README.txt)")
-    return EXIT_OK
-
-
 def cmd_export(args: argparse.Namespace) -> int:
     from app.pipelines.stagetool.curation import export_results
 
@@ -200,14 +190,6 @@ def add_parser(subparsers: Any) -> None:
     q.add_argument("truth", type=Path, metavar="TRUTH", help="truth file or folder (phantom truth JSON)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_evaluate)
-
-    q = sub.add_parser("phantom", help="synthetic testis sections with ground truth (DAPI + antibody channels)")
-    q.add_argument("--out", type=Path, required=True, metavar="DIR")
-    q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--count", type=int, default=1)
-    q.add_argument("--size", type=int, default=2048, metavar="PX")
-    q.add_argument("--markers", default="SOX9", help="antibody channels after DAPI, comma separated (default SOX9)")
-    q.set_defaults(func=cmd_phantom)
 
     q = sub.add_parser("export", help="curated results as COCO training annotations")
     q.add_argument("results", type=Path, metavar="RESULTS_DIR")

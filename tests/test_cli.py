@@ -194,9 +194,19 @@ def test_core_imports_no_qt():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-def test_phantom_testis_not_yet_is_a_user_error(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "phantom", "testis", "--out", tmp_path)
-    assert code == 2 and "testis" in err
+def test_phantom_testis_writes_named_channels_and_truth(capsys, tmp_path):
+    """DAPI is channel 0 and the antibodies follow, named in the OME metadata; the truth JSON lists tubules and cells."""
+    code, _, err = run_cli(capsys, "phantom", "testis", "--out", tmp_path, "--size", "512", "--markers", "SOX9,CREM")
+    assert code == 0, err
+    code, out, err = run_cli(capsys, "info", tmp_path / "testis_000.ome.tif", "--json")
+    assert code == 0, err
+    info = json.loads(out)
+    info = info[0] if isinstance(info, list) else info
+    assert info["channel_names"] == ["DAPI", "SOX9", "CREM"]
+    truth = json.loads((tmp_path / "testis_000_truth.json").read_text())
+    assert truth["synthetic"] is True and truth["tubules"] and truth["cells"]
+    code, _, err = run_cli(capsys, "phantom", "testis", "--out", tmp_path / "x", "--size", "512", "--markers", "GFAP")
+    assert code == 2 and "GFAP" in err
 
 
 def test_nuclei_phantom_is_seeded_and_labels_match_image():

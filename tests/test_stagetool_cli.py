@@ -141,7 +141,7 @@ def test_bad_input_gets_clear_messages(capsys, tmp_path, models, section):
 
 
 def test_phantom_analyze_with_truth_and_evaluate(capsys, tmp_path, models):
-    code, _, err = cli(capsys, "stagetool", "phantom", "--out", tmp_path / "ph", "--size", "640", "--seed", "5",
+    code, _, err = cli(capsys, "phantom", "testis", "--out", tmp_path / "ph", "--size", "640", "--seed", "5",
                        "--markers", "SOX9,SCP3")
     assert code == 0, err
     section = tmp_path / "ph" / "testis_000.ome.tif"

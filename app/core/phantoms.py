@@ -1,9 +1,9 @@
 """Synthetic images with exact ground truth, seeded and reproducible, for tests and demos.
 
-So far: fluorescence nuclei (touching, varied size/brightness/texture, uneven illumination,
-blur, noise) and brightfield z-stacks of the same cells, whose nucleus contrast is lowest in
-focus and flips sign across focus, with the paired DNA-stain image.  Testis sections are not
-written yet (see the open issue).
+Fluorescence nuclei (touching, varied size/brightness/texture, uneven illumination, blur,
+noise); brightfield z-stacks of the same cells, whose nucleus contrast is lowest in focus and
+flips sign across focus, with the paired DNA-stain image; and DAPI testis sections with tubule
+stages, 9 cell types and antibody channels (drawn in :mod:`app.core.testis_phantom`).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from app.core.errors import UserError
+from app.core.testis_phantom import (  # noqa: F401  (re-exported: the testis phantom API)
+    DEFAULT_MARKERS, TestisLayout, render_testis, render_testis_truth, testis_layout, write_testis)
 
 
 @dataclass
@@ -113,7 +115,8 @@ def brightfield_stack(seed: int = 0, size: int | tuple[int, int] = 256, count: i
                               np.clip(fluo, 0, 255).astype(np.uint8), labels)
 
 
-def write_phantom(kind: str, out_dir: Path, seed: int = 0, count: int | None = None, size: int | None = None) -> list[Path]:
+def write_phantom(kind: str, out_dir: Path, seed: int = 0, count: int | None = None, size: int | None = None,
+                  markers: tuple[str, ...] | None = None) -> list[Path]:
     """Write phantom images, their ground truth and a README.txt describing what was drawn."""
     import tifffile
 
@@ -146,8 +149,10 @@ def write_phantom(kind: str, out_dir: Path, seed: int = 0, count: int | None = N
             (out / f"field_{i:03d}_planes.json").write_text(json.dumps({"z_offsets_um": p.z_offsets_um}))
         text = ("Brightfield phantoms: field_NNN_planes.tif (Z, Y, X; z offsets in field_NNN_planes.json), "
                 "paired DNA stain field_NNN_fluo.tif and nuclei labels field_NNN_labels.tif.")
+    elif kind == "testis":
+        return write_testis(out, seed=seed, count=count, size=size or 2048, markers=markers or DEFAULT_MARKERS)
     else:
-        raise UserError(f"phantom kind '{kind}' is not available yet (nuclei and brightfield are)")
+        raise UserError(f"unknown phantom kind '{kind}' (nuclei, brightfield or testis)")
     (out / "README.txt").write_text(f"{text}\nSeed {seed}, {count} image(s). Synthetic data with exact ground truth.\n")
     written.append(out / "README.txt")
     return written

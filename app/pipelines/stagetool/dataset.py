@@ -124,8 +124,8 @@ def sections_from_file(path: Path, kind: str, channel: int | str = 0) -> list[Se
 
 
 def sections_from_phantom_folder(folder: Path, kind: str) -> list[Section]:
-    """Phantom sections (image + truth files written by :func:`app.pipelines.stagetool.phantom.write_testis`)."""
-    from app.pipelines.stagetool.phantom import read_testis_truth
+    """Phantom sections (image + truth files written by :func:`app.core.testis_phantom.write_testis`)."""
+    from app.core.testis_phantom import read_testis_truth
 
     found = []
     for truth in read_testis_truth(folder):

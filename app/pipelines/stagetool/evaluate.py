@@ -197,7 +197,7 @@ def format_evaluation(evaluation: dict[str, Any]) -> str:
 
 def load_truth(truth: Path, section: str) -> SectionTruth:
     """The ground truth of ``section`` from a truth file or a folder of phantom truth (phantoms.py)."""
-    from app.pipelines.stagetool.phantom import load_testis_truth
+    from app.core.testis_phantom import load_testis_truth
 
     try:
         data = load_testis_truth(truth, section)

@@ -11,10 +11,10 @@ import pytest
 
 from app.core.images import open_image
 from app.core.testis_classes import STAGES
-from app.pipelines.stagetool.phantom import (
+from app.core.testis_phantom import (
     load_testis_truth, read_testis_truth, render_testis, render_testis_truth, tubule_labels, write_testis,
 )
-from app.pipelines.stagetool.phantom import testis_layout as make_layout  # not a test
+from app.core.testis_phantom import testis_layout as make_layout  # not a test
 
 
 @pytest.fixture(scope="module")

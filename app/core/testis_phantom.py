@@ -1,8 +1,7 @@
 """Synthetic DAPI testis cross-sections with exact ground truth (tubule stages, cell types, antibody channels).
 
-Written here because ``app/core/phantoms.py`` does not draw testis sections yet; the names follow
-the planned core API (``testis_layout``, ``render_testis``, ``render_testis_truth``) so the module
-can move into core unchanged.
+The testis part of :mod:`app.core.phantoms` (which re-exports ``testis_layout``, ``render_testis``,
+``render_testis_truth`` and ``write_testis``); a module of its own because it is the largest phantom.
 
 What is drawn (science.md section 2; 0.5 µm per pixel, so a tubule is ~400 px across):
 
@@ -482,7 +481,7 @@ def write_testis(out_dir: str | Path, seed: int = 0, count: int = 1, size: int =
         atomic_write_json(out / f"{name}{TRUTH_SUFFIX}", truth, indent=None)
         written += [out / f"{name}.ome.tif", out / f"{name}{TUBULES_SUFFIX}", out / f"{name}{TRUTH_SUFFIX}"]
     atomic_write_text(out / "README.txt", (
-        "Synthetic testis phantoms (Stagescope, app/pipelines/stagetool/phantom.py): SYNTHETIC DATA with exact "
+        "Synthetic testis phantoms (Stagescope, app/core/testis_phantom.py): SYNTHETIC DATA with exact "
         "ground truth, for trying and testing the software, not biology.\n"
         f"testis_NNN.ome.tif: channel 0 DAPI, then {', '.join(markers) or 'no'} antibody channel(s); "
         f"{PIXEL_SIZE_UM} um per pixel.\n"
