@@ -65,7 +65,12 @@ def run(
 
 
 class ConsoleProgress:
-    """Prints one line per stage change and throttled updates with time left, for the CLI."""
+    """Prints one line per stage change and throttled updates with time left, for the CLI.
+
+    Each stage keeps its own clock: when stages interleave (train, validate, train ...) the time
+    left of a stage counts from its first event, not from the last switch, so it does not jump.
+    A stage whose count goes back (a new epoch) starts its clock again.
+    """
 
     def __init__(self, stream: Any = None, interval: float = 1.0) -> None:
         import sys
@@ -73,13 +78,24 @@ class ConsoleProgress:
         self.stream = stream if stream is not None else sys.stderr
         self.interval = interval
         self._stage = None
-        self._stage_start = 0.0
+        self._starts: dict[str, tuple[float, int, int]] = {}  # stage -> (start time, done at start, last done)
         self._last = 0.0
+
+    def time_left(self, event: Progress, now: float) -> float | None:
+        """Seconds left in ``event``'s stage from its rate so far, or None when not yet known."""
+        start, done0, last = self._starts.get(event.stage, (now, event.done, event.done))
+        if event.done < last:
+            start, done0 = now, event.done
+        self._starts[event.stage] = (start, done0, event.done)
+        if not event.total or event.done <= done0 or event.done >= event.total:
+            return None
+        return (now - start) / (event.done - done0) * (event.total - event.done)
 
     def __call__(self, event: Progress) -> None:
         now = time.monotonic()
+        left = self.time_left(event, now)
         if event.stage != self._stage:
-            self._stage, self._stage_start, self._last = event.stage, now, 0.0
+            self._stage, self._last = event.stage, 0.0
         final = bool(event.total) and event.done >= event.total
         if not final and now - self._last < self.interval:
             return
@@ -87,8 +103,7 @@ class ConsoleProgress:
         text = f"[{event.stage}]"
         if event.total:
             text += f" {event.done}/{event.total}"
-            if 0 < event.done < event.total:
-                left = (now - self._stage_start) / event.done * (event.total - event.done)
+            if left is not None:
                 text += f" ~{left:.0f}s left"
         if event.message:
             text += f" {event.message}"
