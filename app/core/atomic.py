@@ -108,3 +108,18 @@ def to_json_text(obj: Any, indent: int | None = 2) -> str:
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> Path:
     """Write ``obj`` as JSON to ``path`` atomically; numpy values and paths are converted."""
     return atomic_write_text(path, to_json_text(obj, indent=indent))
+
+
+def read_json(path: str | os.PathLike[str], error: type[Exception], what: str, missing: str | None = None) -> Any:
+    """Parse a JSON file, turning a missing or unreadable one into ``error`` naming the file (and ``what`` it is).
+
+    ``missing`` replaces the message for an absent file (e.g. "not a model folder"); with it None
+    an absent file reads as unreadable too.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise error(missing or f"{what} {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise error(f"{what} {path} is corrupt and cannot be read: {exc}") from exc

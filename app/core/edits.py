@@ -20,7 +20,6 @@ also accepted when reading.  No Qt here: the GUI's undo stack appends and remove
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from app.core.atomic import atomic_write_json
+from app.core.atomic import atomic_write_json, read_json
 from app.core.errors import UserError
 
 EDITS_FILE = "edits.json"
@@ -77,10 +76,7 @@ def read_edits(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
         path = edits_path(path)
     if not path.exists():
         return []
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path}: cannot read edits ({error})") from error
+    data = read_json(path, UserError, "edits file")
     if isinstance(data, dict):
         version = data.get("schema_version", 1)
         if isinstance(version, int) and version > EDITS_SCHEMA_VERSION:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -23,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from app import __version__
-from app.core.atomic import atomic_path, atomic_write_json
+from app.core.atomic import atomic_path, atomic_write_json, read_json
 from app.core.errors import ModelError
 from app.core.paths import bundled_models_dir, user_models_dir
 
@@ -233,12 +232,7 @@ def load_model_card(folder: str | os.PathLike[str]) -> ModelCard:
     if not folder.is_dir():
         raise ModelError(f"model folder not found: {folder}")
     path = folder / CARD_FILE
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise ModelError(f"{folder} is not a model folder: it has no {CARD_FILE}") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"the model card {path} is corrupt: {exc}") from exc
+    data = read_json(path, ModelError, "the model card", missing=f"{folder} is not a model folder: it has no {CARD_FILE}")
     return ModelCard.from_dict(data, folder=folder)
 
 

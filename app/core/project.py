@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from app import __version__
-from app.core.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text
+from app.core.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
 from app.core.errors import ImageError, ProjectError
 
 __all__ = [
@@ -249,12 +249,7 @@ class Run:
         """Read ``folder/run.json``; a missing or corrupt file raises ProjectError naming it."""
         folder = Path(folder)
         path = folder / RUN_FILE
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError as exc:
-            raise ProjectError(f"no run found: {path} does not exist") from exc
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ProjectError(f"run file {path} cannot be read: {exc}") from exc
+        data = read_json(path, ProjectError, "run file", missing=f"no run found: {path} does not exist")
         if not isinstance(data, dict) or "pipeline" not in data:
             raise ProjectError(f"run file {path} is not a Stagescope run (no 'pipeline')")
         version = data.get("schema_version", 1)

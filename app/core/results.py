@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from app.core.atomic import read_json
 from app.core.errors import UserError
 
 RESULTS_SCHEMA_VERSION = 1
@@ -42,10 +43,7 @@ def write_objects(path: Path, image: str, pipeline: str, layers: dict[str, list[
 def read_objects(path: Path) -> dict[str, Any]:
     """Read an objects file; a corrupt or newer one is a user error naming the file."""
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path}: cannot read results ({error})") from error
+    doc = read_json(path, UserError, "results file")
     if doc.get("schema_version", 0) > RESULTS_SCHEMA_VERSION:
         raise UserError(f"{path}: results written by a newer Stagescope (schema {doc['schema_version']})")
     return doc
