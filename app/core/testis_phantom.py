@@ -23,9 +23,16 @@ What is drawn (science.md section 2; 0.5 µm per pixel, so a tubule is ~400 px a
   subset of spermatogonia).
 
 Truth per section: a tubule id image and a JSON file (tubules with stage / kind / usable; cells
-with box, type, tubule and marker positivity).  :func:`write_testis` writes what
-``stagescope phantom testis`` should write: DAPI as channel 0 and the antibody channels after it,
-named in the OME metadata.
+with box, type, tubule and, per marker, the level drawn: 0 = negative).  :func:`write_testis`
+writes what ``stagescope phantom testis`` should write: DAPI as channel 0 and the antibody channels
+after it, named in the OME metadata.
+
+Sections of any size (20000 x 20000 px and more): the layout is geometry only (no section-sized
+array), and :func:`render_testis` / :func:`tubule_labels` draw any window ``region=(y0, x0, y1,
+x1)`` on its own, with exactly the pixels of the same crop of the whole section (see "pixels"
+below for how the randomness is keyed to cells, tubules and noise blocks, not to drawing order).
+:func:`write_testis` streams the section tile by tile into the OME-TIFF, so its memory stays a
+few tiles (plus the layout: ~0.3 kB per cell) whatever the size.
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -67,9 +74,13 @@ BANDS = {
 }
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a 20000 px section holds ~400 000 of them
 class Cell:
-    """One nucleus: centre (y, x), semi-axes (a along ``angle``, b across), type, texture seed, brightness."""
+    """One nucleus: centre (y, x), semi-axes (a along ``angle``, b across), type, brightness, texture seed.
+
+    ``seed`` (unique per layout) drives the cell's chromatin texture and marker draws, so the cell
+    looks the same in whichever window it is rendered.
+    """
 
     cy: float
     cx: float
@@ -80,6 +91,7 @@ class Cell:
     brightness: float
     tubule: int
     stage: str | None = None
+    seed: int = 0
 
     @property
     def box(self) -> tuple[float, float, float, float]:
@@ -119,6 +131,7 @@ class TestisLayout:
     tubules: list[Tubule] = field(default_factory=list)
     cells: list[Cell] = field(default_factory=list)
     distractors: list[Cell] = field(default_factory=list)
+    index: Any = field(default=None, init=False, repr=False, compare=False)  # window-query cache (pixels)
 
 
 # ------------------------------------------------------------------------------------ layout
@@ -274,7 +287,7 @@ def _distractors(rng: np.random.Generator, layout: TestisLayout, tubule_mask_at)
 
 def testis_layout(seed: int = 0, size: int | tuple[int, int] = 2048, damaged: float = 0.05,
                   longitudinal: float = 0.05) -> TestisLayout:
-    """The geometry of a section: outline, tubules with stages, cells; no pixels yet (cheap)."""
+    """The geometry of a section: outline, tubules with stages, cells; no pixels (no section-sized array)."""
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if min(height, width) < 512:
         raise UserError(f"a testis phantom needs at least 512 x 512 pixels (a tubule is ~400 px), not {height} x {width}")
@@ -284,23 +297,109 @@ def testis_layout(seed: int = 0, size: int | tuple[int, int] = 2048, damaged: fl
     layout.tubules = _place_tubules(rng, (height, width), outline, damaged, longitudinal)
     for tubule in layout.tubules:
         layout.cells.extend(_cells_of(tubule, rng))
-    labels = tubule_labels(layout)
-    layout.distractors = _distractors(rng, layout, lambda y, x: 0 <= int(y) < height and 0 <= int(x) < width
-                                      and labels[int(y), int(x)] > 0)
+    tubules_only = _Index(TestisLayout((height, width), seed, outline, layout.tubules))
+    layout.distractors = _distractors(rng, layout, lambda y, x: _in_a_tubule(tubules_only, (height, width), y, x))
+    for number, cell in enumerate(layout.cells + layout.distractors):
+        cell.seed = number
     return layout
 
 
 # ------------------------------------------------------------------------------------ pixels
+#
+# Every pixel is a function of the layout and its global position, so any window renders alone and
+# equals the same crop of the whole section, bit for bit: cell textures and marker draws come from
+# per-cell seeds, damaged-tubule holes from the tubule id, camera noise from fixed NOISE_BLOCK x
+# NOISE_BLOCK blocks of the section grid seeded by (seed, channel, block row, block column), the
+# lighting is analytic, and the blur reads a margin around the window (reflecting only at the
+# section's own border, as a whole-image blur does).
+
+BLUR_SIGMA = 0.9
+BLUR_MARGIN = int(4.0 * BLUR_SIGMA + 0.5)  # scipy's gaussian_filter radius at its default truncate=4
+NOISE_BLOCK = 256
+RENDER_BLOCK = 1024  # a large window is drawn in blocks of this size, so float work stays a few MB
+TIFF_TILE = 512  # write_testis streams tiles of this size, each channel drawn only when its turn comes
+_CELL_STREAM, _TUBULE_STREAM, _MARKER_STREAM, _NOISE_STREAM, _LIGHT_STREAM = 1, 2, 3, 4, 5
+
+Window = tuple[int, int, int, int]  # (y0, x0, y1, x1), end exclusive
 
 
-def _tubule_region(tubule: Tubule, shape: tuple[int, int], scale: float = 1.0):
-    """(slices, inside mask, normalised radius) of a tubule's (wobbly) ellipse, optionally grown by ``scale``."""
-    extent = max(tubule.ry, tubule.rx) * scale * (1 + tubule.wobble[0]) + 3
-    y0, y1 = max(0, int(tubule.cy - extent)), min(shape[0], int(tubule.cy + extent) + 1)
-    x0, x1 = max(0, int(tubule.cx - extent)), min(shape[1], int(tubule.cx + extent) + 1)
-    if y1 <= y0 or x1 <= x0:
-        return None
-    yy, xx = np.mgrid[y0:y1, x0:x1]
+class _Index:
+    """Cells and tubules sorted for window queries, built once per layout (cached on it)."""
+
+    def __init__(self, layout: TestisLayout) -> None:
+        self.key = _index_key(layout)
+        self.seed = layout.seed
+        self.cells = layout.distractors + layout.cells  # drawing order: distractors first
+        cy = np.array([c.cy for c in self.cells], float)
+        self.cx = np.array([c.cx for c in self.cells], float)
+        self.reach = max((max(c.a, c.b) for c in self.cells), default=0.0) + 4.0  # stamp half-size + 1
+        self.order = np.argsort(cy, kind="stable")
+        self.cy_sorted = cy[self.order]
+        self.tubules = list(layout.tubules)
+        self.tubule_yx = np.array([(t.cy, t.cx) for t in self.tubules], float).reshape(-1, 2)
+        self.tubule_reach = np.array([max(t.ry, t.rx) * (1 + t.wobble[0]) + 4 for t in self.tubules], float)
+        self.n_seeds = max((c.seed for c in self.cells), default=0) + 1
+        self._marker_draws: dict[str, np.ndarray] = {}
+
+    def cells_in(self, window: Window, grow: float = 0.0) -> list[Cell]:
+        """The cells whose stamp (grown by ``grow``) may touch ``window``, in drawing order."""
+        y0, x0, y1, x1 = window
+        reach = self.reach + grow
+        lo, hi = np.searchsorted(self.cy_sorted, [y0 - reach, y1 + reach])
+        found = self.order[lo:hi]
+        found = np.sort(found[(self.cx[found] > x0 - reach) & (self.cx[found] < x1 + reach)])
+        return [self.cells[i] for i in found]
+
+    def tubules_in(self, window: Window, scale: float = 1.0) -> list[Tubule]:
+        """The tubules (grown by ``scale``) whose box may touch ``window``, in id order."""
+        y0, x0, y1, x1 = window
+        reach = self.tubule_reach * scale
+        cy, cx = self.tubule_yx[:, 0], self.tubule_yx[:, 1]
+        near = (cy + reach > y0) & (cy - reach < y1) & (cx + reach > x0) & (cx - reach < x1)
+        return [self.tubules[i] for i in np.flatnonzero(near)]
+
+    def marker_draws(self, marker: str) -> np.ndarray:
+        """(2, n_seeds) uniform draws per cell seed: positivity, then level jitter."""
+        if marker not in self._marker_draws:
+            rng = np.random.default_rng((self.seed, _MARKER_STREAM, MARKERS.index(marker)))
+            self._marker_draws[marker] = rng.random((2, self.n_seeds))
+        return self._marker_draws[marker]
+
+
+def _index_key(layout: TestisLayout) -> tuple[int, ...]:
+    """Identity and length of the layout's lists: a changed list rebuilds the index."""
+    return (layout.seed, id(layout.cells), len(layout.cells), id(layout.distractors), len(layout.distractors),
+            id(layout.tubules), len(layout.tubules))
+
+
+def _index(layout: TestisLayout) -> _Index:
+    """The layout's cached :class:`_Index`."""
+    if layout.index is None or layout.index.key != _index_key(layout):
+        layout.index = _Index(layout)
+    return layout.index
+
+
+def _check_region(shape: tuple[int, int], region: Sequence[int] | None) -> Window:
+    """``region`` as ints inside the section (the whole section when None)."""
+    if region is None:
+        return 0, 0, shape[0], shape[1]
+    y0, x0, y1, x1 = (int(v) for v in region)
+    if not (0 <= y0 < y1 <= shape[0] and 0 <= x0 < x1 <= shape[1]):
+        raise ValueError(f"region {tuple(region)} is not a non-empty window of a {shape[0]} x {shape[1]} section")
+    return y0, x0, y1, x1
+
+
+def _blocks(window: Window, block: int):
+    """Sub-windows of ``window`` on the section grid of ``block`` x ``block`` blocks: (row, col, sub-window)."""
+    y0, x0, y1, x1 = window
+    for row in range(y0 // block, (y1 - 1) // block + 1):
+        for col in range(x0 // block, (x1 - 1) // block + 1):
+            yield row, col, (max(y0, row * block), max(x0, col * block),
+                             min(y1, (row + 1) * block), min(x1, (col + 1) * block))
+
+
+def _tubule_geometry(tubule: Tubule, yy: Any, xx: Any, scale: float = 1.0) -> tuple[Any, Any]:
+    """(inside, normalised radius) of the tubule's wobbly ellipse, grown by ``scale``, at pixel indices."""
     dy, dx = yy + 0.5 - tubule.cy, xx + 0.5 - tubule.cx
     ca, sa = math.cos(tubule.angle), math.sin(tubule.angle)
     u = (dx * ca + dy * sa) / tubule.rx
@@ -308,51 +407,86 @@ def _tubule_region(tubule: Tubule, shape: tuple[int, int], scale: float = 1.0):
     rho = np.hypot(u, v)
     amplitude, phase, lobes = tubule.wobble
     limit = scale * (1 + amplitude * np.sin(lobes * np.arctan2(v, u) + phase))
-    return (slice(y0, y1), slice(x0, x1)), rho <= limit, rho / limit
+    return rho <= limit, rho / limit
 
 
-def tubule_labels(layout: TestisLayout) -> np.ndarray:
-    """The tubule id image (uint16, 0 = interstitium or outside)."""
-    labels = np.zeros(layout.shape, np.uint16)
-    for tubule in layout.tubules:
-        region = _tubule_region(tubule, layout.shape)
-        if region is None:
+def _tubule_box(tubule: Tubule, shape: tuple[int, int], scale: float = 1.0) -> Window:
+    """The pixel box holding the tubule (grown by ``scale``), clipped to the section."""
+    extent = max(tubule.ry, tubule.rx) * scale * (1 + tubule.wobble[0]) + 3
+    return (max(0, int(tubule.cy - extent)), max(0, int(tubule.cx - extent)),
+            min(shape[0], int(tubule.cy + extent) + 1), min(shape[1], int(tubule.cx + extent) + 1))
+
+
+def _tubule_region(tubule: Tubule, shape: tuple[int, int], scale: float = 1.0, window: Window | None = None):
+    """(slices into ``window``, inside mask, normalised radius, box) where the tubule meets the window."""
+    wy0, wx0, wy1, wx1 = window or (0, 0, shape[0], shape[1])
+    ty0, tx0, ty1, tx1 = _tubule_box(tubule, shape, scale)
+    y0, x0, y1, x1 = max(ty0, wy0), max(tx0, wx0), min(ty1, wy1), min(tx1, wx1)
+    if y1 <= y0 or x1 <= x0:
+        return None
+    yy, xx = np.ogrid[y0:y1, x0:x1]
+    inside, rho = _tubule_geometry(tubule, yy, xx, scale)
+    return (slice(y0 - wy0, y1 - wy0), slice(x0 - wx0, x1 - wx0)), inside, rho, (y0, x0, y1, x1)
+
+
+def _in_a_tubule(index: _Index, shape: tuple[int, int], y: float, x: float) -> bool:
+    """Whether pixel (int(y), int(x)) is inside the section and a tubule: the tubule label image, without one."""
+    iy, ix = int(y), int(x)
+    if not (0 <= iy < shape[0] and 0 <= ix < shape[1]) or not len(index.tubules):
+        return False
+    near = np.hypot(index.tubule_yx[:, 0] - iy, index.tubule_yx[:, 1] - ix) <= index.tubule_reach
+    return any(bool(_tubule_geometry(index.tubules[i], iy, ix)[0]) for i in np.flatnonzero(near))
+
+
+def tubule_labels(layout: TestisLayout, region: Sequence[int] | None = None) -> np.ndarray:
+    """The tubule id image (uint16, 0 = interstitium or outside), or its ``region`` window (y0, x0, y1, x1)."""
+    window = _check_region(layout.shape, region)
+    labels = np.zeros((window[2] - window[0], window[3] - window[1]), np.uint16)
+    for tubule in _index(layout).tubules_in(window):
+        found = _tubule_region(tubule, layout.shape, window=window)
+        if found is None:
             continue
-        slices, inside, _ = region
+        slices, inside, _, _ = found
         labels[slices][inside & (labels[slices] == 0)] = tubule.id
     return labels
 
 
-def _stamp(image: np.ndarray, cell: Cell, rng: np.random.Generator, value: float | None = None,
+def _stamp(image: np.ndarray, window: Window, cell: Cell, seed: int, value: float | None = None,
            grow: float = 0.0) -> None:
-    """Draw one nucleus (or, with ``value``, a flat signal over its slightly grown shape) into ``image``."""
+    """Draw one nucleus (or, with ``value``, a flat signal over its slightly grown shape) into ``image``.
+
+    The texture is drawn over the cell's whole stamp from its own seed, then cropped to ``window``.
+    """
     a, b = cell.a + grow, cell.b + grow
     extent = int(math.ceil(max(a, b))) + 2
-    y0, x0 = int(math.floor(cell.cy)) - extent, int(math.floor(cell.cx)) - extent
-    y1, x1 = y0 + 2 * extent + 1, x0 + 2 * extent + 1
-    cy0, cx0, cy1, cx1 = max(y0, 0), max(x0, 0), min(y1, image.shape[0]), min(x1, image.shape[1])
-    if cy1 <= cy0 or cx1 <= cx0:
+    sy0, sx0 = int(math.floor(cell.cy)) - extent, int(math.floor(cell.cx)) - extent
+    size = 2 * extent + 1
+    wy0, wx0, wy1, wx1 = window
+    y0, x0, y1, x1 = max(sy0, wy0), max(sx0, wx0), min(sy0 + size, wy1), min(sx0 + size, wx1)
+    if y1 <= y0 or x1 <= x0:
         return
-    yy, xx = np.mgrid[cy0:cy1, cx0:cx1]
+    yy, xx = np.arange(sy0, sy0 + size)[:, None], np.arange(sx0, sx0 + size)[None, :]  # (ogrid is slower)
     dy, dx = yy + 0.5 - cell.cy, xx + 0.5 - cell.cx
     ca, sa = math.cos(cell.angle), math.sin(cell.angle)
     u = (dx * ca + dy * sa) / a
     v = (-dx * sa + dy * ca) / b
     r2 = u * u + v * v
-    inside = r2 <= 1.0
+    crop = (slice(y0 - sy0, y1 - sy0), slice(x0 - sx0, x1 - sx0))
+    inside = r2[crop] <= 1.0
     if not inside.any():
         return
+    target = image[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0]
     if value is not None:
-        image[cy0:cy1, cx0:cx1][inside] = np.maximum(image[cy0:cy1, cx0:cx1][inside], value)
+        target[inside] = np.maximum(target[inside], value)
         return
-    texture = _texture(cell, u, v, r2, rng)
-    image[cy0:cy1, cx0:cx1][inside] = (cell.brightness * texture)[inside]
+    texture = _texture(cell, u, v, r2, np.random.default_rng((seed, _CELL_STREAM, cell.seed)))
+    target[inside] = (cell.brightness * texture)[crop][inside]
 
 
 def _texture(cell: Cell, u: np.ndarray, v: np.ndarray, r2: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Chromatin texture by type: nucleolus, chromocenter, threads, heterochromatin rim, granules, dense."""
     kind = cell.kind
-    noise = rng.normal(0, 1, u.shape)
+    noise = rng.normal(0, 1, r2.shape)
     if kind in ("Sertoli", "leydig"):  # pale, vesicular, one bright nucleolus
         centre = np.exp(-((u * cell.a) ** 2 + (v * cell.b) ** 2) / (2 * 1.3 ** 2))
         return 0.75 + 0.08 * noise + (1.1 if kind == "Sertoli" else 0.5) * centre
@@ -378,82 +512,169 @@ def _texture(cell: Cell, u: np.ndarray, v: np.ndarray, r2: np.ndarray, rng: np.r
     return 0.9 + 0.1 * noise  # endothelial, myoid
 
 
-def render_testis(layout: TestisLayout, markers: tuple[str, ...] = DEFAULT_MARKERS, noise: float = 1.0) -> np.ndarray:
-    """Pixels (C, H, W) uint16: DAPI then one channel per marker, blurred, unevenly lit and noisy."""
-    for marker in markers:
-        if marker not in MARKERS:
-            raise UserError(f"unknown marker {marker!r}; known: {', '.join(MARKERS)}")
-    rng = np.random.default_rng(layout.seed + 1)
-    height, width = layout.shape
-    dapi = np.zeros(layout.shape, np.float32)
+def _section_mask(layout: TestisLayout, window: Window) -> np.ndarray:
+    """Pixels of ``window`` inside the section outline (an ellipse)."""
     cy0, cx0, ry0, rx0 = layout.outline
-    yy, xx = np.ogrid[:height, :width]
-    section = ((yy - cy0) / ry0) ** 2 + ((xx - cx0) / rx0) ** 2 <= 1.0
+    yy, xx = np.ogrid[window[0]:window[2], window[1]:window[3]]
+    return ((yy - cy0) / ry0) ** 2 + ((xx - cx0) / rx0) ** 2 <= 1.0
+
+
+def _holes(layout: TestisLayout, tubule: Tubule) -> np.ndarray:
+    """Where a damaged tubule's epithelium is torn, over its whole (grown) box, from its id."""
+    y0, x0, y1, x1 = _tubule_box(tubule, layout.shape, 1.03)
+    rng = np.random.default_rng((layout.seed, _TUBULE_STREAM, tubule.id))
+    return ndi.gaussian_filter(rng.normal(0, 1, (y1 - y0, x1 - x0)), 6) > 0.12
+
+
+def _dapi(layout: TestisLayout, window: Window, index: _Index, section: np.ndarray) -> np.ndarray:
+    """Unblurred DAPI of ``window``: interstitium, tubule epithelium, basement membrane, lumen, nuclei."""
+    dapi = np.zeros(section.shape, np.float32)
     dapi[section] = 0.07
-    for tubule in layout.tubules:
-        region = _tubule_region(tubule, layout.shape, 1.03)
-        if region is None:
+    for tubule in index.tubules_in(window, 1.03):
+        found = _tubule_region(tubule, layout.shape, 1.03, window)
+        if found is None:
             continue
-        slices, inside, rho = region
+        slices, inside, rho, (y0, x0, y1, x1) = found
         body = np.where(rho < 1 / 1.03, 0.14, 0.22)  # epithelium; the basement membrane a little brighter
         if tubule.kind != "damaged":
             body = np.where(rho < 0.38 / 1.03, 0.05, body)  # lumen
         else:
-            holes = ndi.gaussian_filter(rng.normal(0, 1, inside.shape), 6) > 0.12
-            body = np.where(holes, 0.06, body)
+            by0, bx0, _, _ = _tubule_box(tubule, layout.shape, 1.03)
+            body = np.where(_holes(layout, tubule)[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0], 0.06, body)
         dapi[slices][inside] = body[inside]
-    for cell in layout.distractors + layout.cells:
-        _stamp(dapi, cell, rng)
-    channels = [dapi]
-    for marker in markers:
-        signal = np.zeros(layout.shape, np.float32)
-        signal[section] = 0.05
-        for cell in layout.cells:
-            if cell.stage is None or rng.random() >= positive_fraction(marker, cell.kind):
-                continue
-            level = marker_level(marker, cell.kind, cell.stage)
-            if level > 0:
-                _stamp(signal, cell, rng, value=level * rng.uniform(0.8, 1.2), grow=1.5)
-        channels.append(signal)
-    out = np.empty((len(channels), height, width), np.uint16)
-    light = _illumination(layout.shape, rng)
-    for index, channel in enumerate(channels):
-        blurred = ndi.gaussian_filter(channel, 0.9) * light
-        scale = 3000.0 if index == 0 else 2000.0
-        value = blurred * scale + 100.0
-        value += rng.normal(0, 1, value.shape).astype(np.float32) * (noise * np.sqrt(value) * 1.5)
-        out[index] = np.clip(value, 0, 65535).astype(np.uint16)
-    return out
+    for cell in index.cells_in(window):
+        _stamp(dapi, window, cell, layout.seed)
+    return dapi
 
 
-def _illumination(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """A smooth 0.8-1.2 lighting gradient."""
-    yy = np.linspace(-1, 1, shape[0], dtype=np.float32)[:, None]
-    xx = np.linspace(-1, 1, shape[1], dtype=np.float32)[None, :]
-    gy, gx = rng.uniform(-0.15, 0.15, 2)
+def marker_level_of(layout: TestisLayout, cell: Cell, marker: str) -> float:
+    """The level at which ``marker`` is drawn over ``cell`` (0 = negative): type and stage level, drawn per cell."""
+    if cell.stage is None:
+        return 0.0
+    level = marker_level(marker, cell.kind, cell.stage)
+    if level <= 0:
+        return 0.0
+    draws = _index(layout).marker_draws(marker)
+    if draws[0, cell.seed] >= positive_fraction(marker, cell.kind):
+        return 0.0
+    return level * (0.8 + 0.4 * float(draws[1, cell.seed]))
+
+
+def _marker_signal(layout: TestisLayout, marker: str, window: Window, index: _Index,
+                   section: np.ndarray) -> np.ndarray:
+    """Unblurred antibody channel of ``window``: dim tissue, each positive cell at its level."""
+    signal = np.zeros(section.shape, np.float32)
+    signal[section] = 0.05
+    for cell in index.cells_in(window, grow=1.5):
+        level = marker_level_of(layout, cell, marker)
+        if level > 0:
+            _stamp(signal, window, cell, layout.seed, value=level, grow=1.5)
+    return signal
+
+
+def _illumination(layout: TestisLayout, window: Window) -> np.ndarray:
+    """A smooth 0.8-1.2 lighting gradient over the section, evaluated on ``window``."""
+    height, width = layout.shape
+    gy, gx = np.random.default_rng((layout.seed, _LIGHT_STREAM)).uniform(-0.15, 0.15, 2)
+    yy = (np.arange(window[0], window[2]) * (2.0 / max(height - 1, 1)) - 1.0).astype(np.float32)[:, None]
+    xx = (np.arange(window[1], window[3]) * (2.0 / max(width - 1, 1)) - 1.0).astype(np.float32)[None, :]
     return (1.0 + gy * yy + gx * xx - 0.05 * (yy * yy + xx * xx)).astype(np.float32)
 
 
-def render_testis_truth(layout: TestisLayout, markers: tuple[str, ...] = DEFAULT_MARKERS) -> dict[str, Any]:
-    """Ground truth as JSON-able data: tubules (id, stage, kind, usable, box) and cells (box, type, tubule)."""
-    tubules = []
-    for t in layout.tubules:
-        extent_y, extent_x = max(t.ry, t.rx), max(t.ry, t.rx)
-        tubules.append({"id": t.id, "stage": t.stage, "kind": t.kind, "usable": t.usable,
-                        "centre": [round(t.cy, 2), round(t.cx, 2)], "radii": [round(t.ry, 2), round(t.rx, 2)],
-                        "box": [max(0.0, t.cx - extent_x), max(0.0, t.cy - extent_y),
-                                min(float(layout.shape[1]), t.cx + extent_x), min(float(layout.shape[0]), t.cy + extent_y)]})
-    cells = []
+def _camera_noise(seed: int, channel: int, window: Window) -> np.ndarray:
+    """Unit Gaussian noise of ``window``, drawn per NOISE_BLOCK block of the section from the block's position."""
+    y0, x0, y1, x1 = window
+    out = np.empty((y1 - y0, x1 - x0), np.float32)
+    for row, col, (by0, bx0, by1, bx1) in _blocks(window, NOISE_BLOCK):
+        rng = np.random.default_rng((seed, _NOISE_STREAM, channel, row, col))
+        block = rng.standard_normal((NOISE_BLOCK, NOISE_BLOCK), dtype=np.float32)
+        oy, ox = row * NOISE_BLOCK, col * NOISE_BLOCK
+        out[by0 - y0:by1 - y0, bx0 - x0:bx1 - x0] = block[by0 - oy:by1 - oy, bx0 - ox:bx1 - ox]
+    return out
+
+
+def _check_markers(markers: Sequence[str]) -> None:
+    """Refuse a marker name that is not one of MARKERS."""
+    for marker in markers:
+        if marker not in MARKERS:
+            raise UserError(f"unknown marker {marker!r}; known: {', '.join(MARKERS)}")
+
+
+def render_testis(layout: TestisLayout, markers: tuple[str, ...] = DEFAULT_MARKERS, noise: float = 1.0,
+                  region: Sequence[int] | None = None) -> np.ndarray:
+    """Pixels (C, H, W) uint16: DAPI then one channel per marker, blurred, unevenly lit and noisy.
+
+    ``region`` = (y0, x0, y1, x1) renders only that window; its pixels equal the same crop of the
+    whole render exactly (noise included).  Large windows are drawn block by block, so the float
+    working memory stays a few MB whatever the window.
+    """
+    _check_markers(markers)
+    window = _check_region(layout.shape, region)
+    out = np.empty((1 + len(markers), window[2] - window[0], window[3] - window[1]), np.uint16)
+    for _, _, block in _blocks(window, RENDER_BLOCK):
+        inside = (slice(block[0] - window[0], block[2] - window[0]), slice(block[1] - window[1], block[3] - window[1]))
+        for number, channel in enumerate(("DAPI", *markers)):
+            out[(number, *inside)] = _render_window(layout, channel, noise, block)
+    return out
+
+
+def _render_window(layout: TestisLayout, channel: str, noise: float, window: Window) -> np.ndarray:
+    """One channel ("DAPI" or a marker) of one window, uint16: drawn with a blur margin, blurred, lit, noisy."""
+    height, width = layout.shape
+    y0, x0, y1, x1 = window
+    padded = (max(0, y0 - BLUR_MARGIN), max(0, x0 - BLUR_MARGIN),
+              min(height, y1 + BLUR_MARGIN), min(width, x1 + BLUR_MARGIN))
+    index = _index(layout)
+    section = _section_mask(layout, padded)
+    if channel == "DAPI":
+        key, scale, drawn = 0, 3000.0, _dapi(layout, padded, index, section)
+    else:
+        key, scale, drawn = 1 + MARKERS.index(channel), 2000.0, _marker_signal(layout, channel, padded, index, section)
+    crop = (slice(y0 - padded[0], y1 - padded[0]), slice(x0 - padded[1], x1 - padded[1]))
+    value = ndi.gaussian_filter(drawn, BLUR_SIGMA)[crop] * _illumination(layout, window) * scale + 100.0
+    value += _camera_noise(layout.seed, key, window) * (noise * np.sqrt(value) * 1.5)
+    return np.clip(value, 0, 65535).astype(np.uint16)
+
+
+def _section_tiles(layout: TestisLayout, markers: Sequence[str], tile: int) -> Iterator[np.ndarray]:
+    """The section's tiles in TIFF order (channel by channel, then row by row), each drawn when asked for."""
+    whole = (0, 0, layout.shape[0], layout.shape[1])
+    for channel in ("DAPI", *markers):
+        for _, _, window in _blocks(whole, tile):
+            yield _render_window(layout, channel, 1.0, window)
+
+
+def _cell_truth(layout: TestisLayout, markers: Sequence[str]) -> Iterator[dict[str, Any]]:
+    """Truth per cell inside the section: box, type, tubule, centroid and drawn marker levels (0 = negative)."""
     height, width = layout.shape
     for c in layout.cells:
         x0, y0, x1, y1 = c.box
         if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
             continue
-        cells.append({"type": c.kind, "box": [max(0, x0), max(0, y0), min(width, x1), min(height, y1)],
-                      "tubule": c.tubule, "centroid": [round(c.cy, 2), round(c.cx, 2)]})
+        yield {"type": c.kind, "box": [max(0, x0), max(0, y0), min(width, x1), min(height, y1)],
+               "tubule": c.tubule, "centroid": [round(c.cy, 2), round(c.cx, 2)],
+               "markers": {m: round(marker_level_of(layout, c, m), 3) for m in markers}}
+
+
+def _truth_header(layout: TestisLayout, markers: Sequence[str]) -> dict[str, Any]:
+    """Everything in the truth but the cells: section, classes, markers, tubules (id, stage, kind, usable, box)."""
+    tubules = []
+    for t in layout.tubules:
+        extent = max(t.ry, t.rx)
+        tubules.append({"id": t.id, "stage": t.stage, "kind": t.kind, "usable": t.usable,
+                        "centre": [round(t.cy, 2), round(t.cx, 2)], "radii": [round(t.ry, 2), round(t.rx, 2)],
+                        "box": [max(0.0, t.cx - extent), max(0.0, t.cy - extent),
+                                min(float(layout.shape[1]), t.cx + extent),
+                                min(float(layout.shape[0]), t.cy + extent)]})
     return {"schema_version": 1, "synthetic": True, "shape": list(layout.shape), "pixel_size_um": PIXEL_SIZE_UM,
             "seed": layout.seed, "stages": list(STAGES), "cell_types": list(CELL_TYPES), "markers": list(markers),
-            "tubules": tubules, "cells": cells}
+            "tubules": tubules}
+
+
+def render_testis_truth(layout: TestisLayout, markers: tuple[str, ...] = DEFAULT_MARKERS) -> dict[str, Any]:
+    """Ground truth as JSON-able data: tubules (id, stage, kind, usable, box) and cells (box, type, tubule, markers)."""
+    _check_markers(markers)
+    return {**_truth_header(layout, markers), "cells": list(_cell_truth(layout, markers))}
 
 
 # ------------------------------------------------------------------------------------ files
@@ -462,23 +683,23 @@ def render_testis_truth(layout: TestisLayout, markers: tuple[str, ...] = DEFAULT
 def write_testis(out_dir: str | Path, seed: int = 0, count: int = 1, size: int = 2048,
                  markers: tuple[str, ...] = DEFAULT_MARKERS) -> list[Path]:
     """Write ``count`` sections ``testis_NNN.ome.tif`` (DAPI + markers) with tubule labels, truth JSON, README."""
-    from app.core.atomic import atomic_write_json, atomic_write_text
+    from app.core.atomic import atomic_write_text
     from app.core.images import write_tiff
 
+    _check_markers(markers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for i in range(count):
         layout = testis_layout(seed + i, size)
         name = f"testis_{i:03d}"
-        pixels = render_testis(layout, markers)
-        write_tiff(out / f"{name}.ome.tif", pixels, axes="CYX", channel_names=["DAPI", *markers],
-                   pixel_size_um=PIXEL_SIZE_UM, pyramid=max(layout.shape) > 4096)
-        del pixels
-        write_tiff(out / f"{name}{TUBULES_SUFFIX}", tubule_labels(layout), axes="YX", pixel_size_um=PIXEL_SIZE_UM)
-        truth = render_testis_truth(layout, markers)
-        truth["image"] = f"{name}.ome.tif"
-        atomic_write_json(out / f"{name}{TRUTH_SUFFIX}", truth, indent=None)
+        height, width = layout.shape
+        write_tiff(out / f"{name}.ome.tif", _section_tiles(layout, markers, TIFF_TILE), axes="CYX",
+                   channel_names=["DAPI", *markers], pixel_size_um=PIXEL_SIZE_UM, pyramid=max(layout.shape) > 4096,
+                   tile=(TIFF_TILE, TIFF_TILE), shape=(1 + len(markers), height, width), dtype=np.uint16)
+        write_tiff(out / f"{name}{TUBULES_SUFFIX}", lambda *window: tubule_labels(layout, window),
+                   axes="YX", pixel_size_um=PIXEL_SIZE_UM, shape=(height, width), dtype=np.uint16)
+        _write_truth(out / f"{name}{TRUTH_SUFFIX}", layout, markers, image=f"{name}.ome.tif")
         written += [out / f"{name}.ome.tif", out / f"{name}{TUBULES_SUFFIX}", out / f"{name}{TRUTH_SUFFIX}"]
     atomic_write_text(out / "README.txt", (
         "Synthetic testis phantoms (Stagescope, app/core/testis_phantom.py): SYNTHETIC DATA with exact "
@@ -486,9 +707,21 @@ def write_testis(out_dir: str | Path, seed: int = 0, count: int = 1, size: int =
         f"testis_NNN.ome.tif: channel 0 DAPI, then {', '.join(markers) or 'no'} antibody channel(s); "
         f"{PIXEL_SIZE_UM} um per pixel.\n"
         "testis_NNN_tubules.tif: tubule ids; testis_NNN_truth.json: tubules (stage, kind, usable) and cells "
-        "(box x0 y0 x1 y1, type, tubule id).\n"
+        "(box x0 y0 x1 y1, type, tubule id, level drawn per antibody: 0 = negative).\n"
         f"Seed {seed}, {count} section(s) of {size} x {size} px.\n"))
     return written + [out / "README.txt"]
+
+
+def _write_truth(path: Path, layout: TestisLayout, markers: Sequence[str], image: str) -> None:
+    """Write the truth JSON atomically, one cell at a time (a 20000 px section has ~400 000 cells)."""
+    from app.core.atomic import atomic_path
+
+    head = json.dumps({**_truth_header(layout, markers), "image": image}, ensure_ascii=False)
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as stream:
+        stream.write(head[:-1] + ', "cells": [')
+        for number, cell in enumerate(_cell_truth(layout, markers)):
+            stream.write((", " if number else "") + json.dumps(cell, ensure_ascii=False))
+        stream.write("]}\n")
 
 
 def truth_files(folder: str | Path) -> list[Path]:
