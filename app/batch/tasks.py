@@ -1,0 +1,307 @@
+"""One batch task on a worker: one image through one pipeline, its results renamed into place whole.
+
+A :class:`Task` is plain data (paths, sha256 digests, parameter values) so it pickles small and
+means the same on any machine that sees the shared output folder.  :func:`run_task` writes into
+``OUT/.batch-tmp-<name>-<random>/`` and renames that folder to ``OUT/<name>/`` only when every
+file is written, with ``task.json`` (what the results depend on, where and how long they took)
+inside; so a worker killed mid-task leaves no ``OUT/<name>`` at all, only a temporary folder that
+the runner removes.  Models are loaded once per worker process (:func:`cached_models`), after the
+weights' sha256 was checked against the digest the batch started with.
+
+Kept free of torch and dask at import: a worker imports what the pipeline needs when it runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from app.core.atomic import _fsync_dir, to_json_text
+from app.core.errors import ModelError, UserError
+from app.core.jobs import Progress
+
+TASK_FILE = "task.json"
+TEMP_PREFIX = ".batch-tmp-"
+OLD_PREFIX = ".batch-old-"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model as a task carries it: its folder (seen by the workers) and the sha256 of its weights."""
+
+    kind: str
+    name: str
+    folder: str
+    sha256: str
+
+    def to_dict(self) -> dict[str, str]:
+        """For task.json, run.json and the summary."""
+        return {"kind": self.kind, "name": self.name, "folder": self.folder, "weights_sha256": self.sha256}
+
+
+@dataclass(frozen=True)
+class Task:
+    """One image (``sources``: its file, or a brightfield field's plane files) for ``pipeline``, into ``out/name``.
+
+    ``extras`` names further input files by role (a brightfield field's ``fluorescence`` image).
+    """
+
+    pipeline: str
+    name: str
+    sources: tuple[str, ...]
+    out: str
+    models: tuple[ModelRef, ...] = ()
+    params: dict[str, Any] = field(default_factory=dict)
+    fingerprint: dict[str, Any] = field(default_factory=dict)
+    force: bool = False
+    extras: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def folder(self) -> Path:
+        """Where the finished results live."""
+        return Path(self.out) / self.name
+
+
+def fingerprint(pipeline: str, sources: tuple[str, ...], models: tuple[ModelRef, ...],
+                params: dict[str, Any]) -> dict[str, Any]:
+    """What an image's results depend on; a rerun skips the image only when this is unchanged."""
+    inputs = []
+    for source in sources:
+        path = Path(source)
+        inputs.append({"file": path.name, "bytes": path.stat().st_size if path.is_file() else None})
+    return {"pipeline": pipeline, "inputs": inputs, "models": {m.kind: m.sha256 for m in models},
+            "params": json.loads(json.dumps(params, sort_keys=True, default=str))}
+
+
+def read_task_file(folder: Path) -> dict[str, Any] | None:
+    """The task.json of a finished image folder, or None when there is none (or it is unreadable)."""
+    try:
+        return json.loads((folder / TASK_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def is_finished(folder: Path, wanted: dict[str, Any]) -> bool:
+    """Whether ``folder`` holds complete results made with the same inputs, models and parameters."""
+    record = read_task_file(folder)
+    return record is not None and record.get("fingerprint") == wanted
+
+
+# ----------------------------------------------------------------------------- where we run
+
+
+def worker_identity() -> dict[str, Any]:
+    """The Dask worker's address (or "local"), host name and process id, for the summary."""
+    address = "local"
+    if "distributed" in sys.modules:
+        try:
+            from distributed import get_worker
+
+            address = get_worker().address
+        except ValueError:  # not inside a worker: the local batch
+            pass
+    return {"worker": address, "host": socket.gethostname(), "pid": os.getpid()}
+
+
+def device_label(device: Any) -> str:
+    """``cuda:0 (NVIDIA H100 ...)`` or ``cpu (N threads)``, for a torch device or a plain string."""
+    text = str(device)
+    if text.startswith("cuda"):
+        import torch
+
+        index = torch.device(text).index or 0
+        return f"{text} ({torch.cuda.get_device_name(index)})"
+    if text == "cpu" and "torch" in sys.modules:
+        import torch
+
+        threads = torch.get_num_threads()
+        return f"cpu ({threads} thread{'s' if threads != 1 else ''})"
+    return text
+
+
+# ----------------------------------------------------------------------------- per-worker models
+
+_MODEL_CACHE: dict[tuple, Any] = {}
+_CACHE_LOCK = threading.Lock()
+LOAD_COUNTS: dict[tuple, int] = {}
+"""How often each cache key was loaded in this process (tests and the summary check "once per worker")."""
+
+
+def verify_weights(ref: ModelRef) -> None:
+    """Refuse a model whose weights file differs from the digest the batch was started with."""
+    from app.core.modelcard import WEIGHTS_FILE, sha256_file
+
+    path = Path(ref.folder) / WEIGHTS_FILE
+    if not path.is_file():
+        raise ModelError(f"model {ref.name!r}: {path} is not reachable from this worker "
+                         f"({socket.gethostname()}); model folders must be on a shared or identical path")
+    digest = sha256_file(path)
+    if digest != ref.sha256:
+        raise ModelError(f"model {ref.name!r} ({ref.folder}) changed since the batch started: weights sha256 "
+                         f"{digest[:12]}... instead of {ref.sha256[:12]}...")
+
+
+def cached_models(adapter: Any, task: Task) -> tuple[Any, float, bool]:
+    """The pipeline's loaded models for ``task``, loaded (and verified) once per worker process.
+
+    Returns (loaded, seconds spent loading now, whether this call loaded models: False for a model-less pipeline).
+    """
+    key = (task.pipeline, tuple((m.kind, m.folder, m.sha256) for m in task.models), adapter.load_key(task.params))
+    with _CACHE_LOCK:
+        if key in _MODEL_CACHE:
+            return _MODEL_CACHE[key], 0.0, False
+        start = time.perf_counter()
+        for ref in task.models:
+            verify_weights(ref)
+        loaded = adapter.load({m.kind: m for m in task.models}, task.params)
+        _MODEL_CACHE[key] = loaded
+        LOAD_COUNTS[key] = LOAD_COUNTS.get(key, 0) + 1
+        return loaded, time.perf_counter() - start, bool(task.models)
+
+
+def clear_model_cache() -> None:
+    """Forget this process's loaded models (tests; a GUI that wants memory back)."""
+    with _CACHE_LOCK:
+        _MODEL_CACHE.clear()
+
+
+# ----------------------------------------------------------------------------- atomic folders
+
+
+def temp_folder(out: Path, name: str) -> Path:
+    """A fresh hidden folder in ``out`` for one attempt at ``name``."""
+    folder = out / f"{TEMP_PREFIX}{name}-{secrets.token_hex(4)}"
+    folder.mkdir(parents=True)
+    return folder
+
+
+def publish(tmp: Path, final: Path, wanted: dict[str, Any], force: bool) -> bool:
+    """Rename ``tmp`` to ``final``; False when another attempt already published the same results.
+
+    An older ``final`` (other parameters, or ``force``) is renamed aside first and removed after,
+    so ``final`` always names one complete set of results.
+    """
+    if final.exists():
+        if not force and is_finished(final, wanted):
+            return False
+        old = final.with_name(f"{OLD_PREFIX}{final.name}-{secrets.token_hex(4)}")
+        os.rename(final, old)
+        os.rename(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        try:
+            os.rename(tmp, final)
+        except OSError:  # another attempt won the race between our check and the rename
+            if is_finished(final, wanted):
+                return False
+            raise
+    _fsync_dir(final.parent)
+    return True
+
+
+def stale_temp_folders(out: Path) -> list[Path]:
+    """Temporary folders left by attempts that never finished (killed workers, crashes)."""
+    if not out.is_dir():
+        return []
+    return sorted(p for p in out.iterdir() if p.is_dir() and p.name.startswith((TEMP_PREFIX, OLD_PREFIX)))
+
+
+def remove_stale(out: Path) -> list[str]:
+    """Delete the leftovers of unfinished attempts; returns their names."""
+    removed = []
+    for folder in stale_temp_folders(out):
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(folder.name)
+    return removed
+
+
+# ----------------------------------------------------------------------------- the task
+
+
+PROGRESS_TOPIC = "stagescope-batch-progress"
+REPORT_INTERVAL_S = 0.5
+
+Reporter = Callable[[str, Progress], None]
+"""Receives (image name, progress event of the pipeline's job) while a task runs."""
+
+
+def worker_reporter() -> Reporter | None:
+    """On a Dask worker: send the task's progress to the client as worker events (at most 2 a second)."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:
+        return None
+    last = [0.0]
+
+    def report(image: str, event: Progress) -> None:
+        now = time.monotonic()
+        if now - last[0] >= REPORT_INTERVAL_S:
+            last[0] = now
+            worker.log_event(PROGRESS_TOPIC, progress_message(image, event))
+
+    return report
+
+
+def progress_message(image: str, event: Progress) -> dict[str, Any]:
+    """A task's progress as plain data (for worker events and the progress bar)."""
+    return {"image": image, "stage": event.stage, "done": event.done, "total": event.total, "message": event.message}
+
+
+def _error_text(error: BaseException) -> str:
+    if isinstance(error, UserError):
+        return str(error)
+    return f"{type(error).__name__}: {error}"
+
+
+def run_task(task: Task, report: Reporter | None = None) -> dict[str, Any]:
+    """Run one image on this worker and return its summary record; an error is recorded, never raised.
+
+    ``report`` receives the pipeline's progress events (default: worker events on Dask, none here).
+
+    Statuses: ``done`` (results published), ``skipped`` (finished before with the same fingerprint),
+    ``duplicate`` (another attempt published first: ours was discarded), ``failed`` (``error`` says why).
+    """
+    from app.batch.pipelines import get_adapter
+
+    started = time.time()
+    record: dict[str, Any] = {"image": task.name, "source": task.sources[0] if task.sources else "",
+                              **worker_identity(), "device": "", "started": started}
+    final = task.folder
+    if not task.force and is_finished(final, task.fingerprint):
+        return {**record, "status": "skipped", "seconds": 0.0, "finished": time.time()}
+    tmp = temp_folder(Path(task.out), task.name)
+    try:
+        adapter = get_adapter(task.pipeline)
+        loaded, load_seconds, loaded_now = cached_models(adapter, task)
+        record.update(device=adapter.device_of(loaded), load_seconds=round(load_seconds, 3), model_loaded=loaded_now)
+        work_start = time.perf_counter()
+        report = report or worker_reporter()
+        stats = adapter.process(task, loaded, tmp, (lambda event: report(task.name, event)) if report else None)
+        record.update(stats=json.loads(to_json_text(stats)), work_seconds=round(time.perf_counter() - work_start, 3))
+        record["seconds"] = round(time.time() - started, 3)
+        record["finished"] = time.time()
+        (tmp / TASK_FILE).write_text(to_json_text({**record, "status": "done", "fingerprint": task.fingerprint,
+                                                   "models": [m.to_dict() for m in task.models]}), encoding="utf-8")
+        record["status"] = "done" if publish(tmp, final, task.fingerprint, task.force) else "duplicate"
+    except Exception as error:  # recorded in the summary; the batch goes on with the other images
+        record.update(status="failed", error=_error_text(error), seconds=round(time.time() - started, 3),
+                      finished=time.time())
+        if not isinstance(error, UserError):
+            record["traceback"] = traceback.format_exc()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return record
