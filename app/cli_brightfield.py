@@ -84,6 +84,13 @@ def params_from(args: argparse.Namespace, cls: type, key: str, base: Any = None)
 # ---------------------------------------------------------------- parser
 
 
+def _inputs_and_out(parser: argparse.ArgumentParser, name: str, metavar: str, nargs: str | None, help: str,
+                    out_metavar: str, out_help: str | None = None) -> None:
+    """The input positional and the required ``--out`` that every brightfield action has."""
+    parser.add_argument(name, type=Path, nargs=nargs, metavar=metavar, help=help)
+    parser.add_argument("--out", type=Path, required=True, metavar=out_metavar, help=out_help)
+
+
 def add_parser(subparsers: Any) -> None:
     """Register ``brightfield`` with derive-labels, train, segment and experiment planes|size."""
     from app.pipelines.brightfield.params import ExperimentParams, LabelParams, SegmentParams, TrainParams
@@ -92,8 +99,7 @@ def add_parser(subparsers: Any) -> None:
     sub = parser.add_subparsers(dest="brightfield_command", metavar="ACTION", required=True)
 
     p = sub.add_parser("derive-labels", help="nuclei labels from a fluorescence (DNA stain) image, registered onto brightfield")
-    p.add_argument("fluo", type=Path, metavar="FLUO")
-    p.add_argument("--out", type=Path, required=True, metavar="LABELS.tif")
+    _inputs_and_out(p, "fluo", "FLUO", None, "fluorescence (DNA stain) image of the field", "LABELS.tif")
     p.add_argument("--planes", dest="plane_paths", type=Path, nargs="+", default=None, metavar="PLANES",
                    help="brightfield planes of the field for the registration check "
                         "(default: the plane files beside FLUO, if any)")
@@ -101,10 +107,9 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=cmd_derive_labels)
 
     p = sub.add_parser("train", help="train a U-Net on brightfield planes and nuclei labels")
-    p.add_argument("inputs", type=Path, nargs="+", metavar="PLANES",
-                   help="field folder, plane files or a stack file, then the label image; without a label image "
-                        "the labels are derived from the fluorescence image in the field folder")
-    p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
+    _inputs_and_out(p, "inputs", "PLANES", "+", "field folder, plane files or a stack file, then the label image; "
+                    "without a label image the labels are derived from the fluorescence image in the field folder",
+                    "MODEL_DIR")
     p.add_argument("--name", default=None, help="model name (default: the folder name)")
     p.add_argument("--also", type=Path, action="append", default=[], metavar="FIELD_DIR",
                    help="another training field folder (labels from its fluorescence image); repeatable")
@@ -116,10 +121,8 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("segment", help="segment and count nuclei with a brightfield model (labels TIFF + CSV)")
-    p.add_argument("inputs", type=Path, nargs="+", metavar="FIELD",
-                   help="field folders, a folder of field folders, the plane files of one field (names with "
-                        "Z<position>), or multi-page stack files (one field each)")
-    p.add_argument("--out", type=Path, required=True, metavar="DIR")
+    _inputs_and_out(p, "inputs", "FIELD", "+", "field folders, a folder of field folders, the plane files of one "
+                    "field (names with Z<position>), or multi-page stack files (one field each)", "DIR")
     p.add_argument("--model", default=None, metavar="NAME_OR_DIR", help="default: the shipped brightfield-sephace")
     p.add_argument("--fluo", type=Path, default=None, metavar="FILE",
                    help="fluorescence image to measure per nucleus (default: fl.tif / *dapi* in each field folder)")
@@ -133,15 +136,14 @@ def add_parser(subparsers: Any) -> None:
     for kind, text in (("planes", "error for each single plane, then for the best 1, 2, 3 ... planes"),
                        ("size", "error against the number of training crops or fields")):
         q = ex.add_parser(kind, help=text)
-        q.add_argument("fields", type=Path, nargs="*", metavar="FIELD",
-                       help="field folders with fluorescence; each is tested once, trained on the others")
+        _inputs_and_out(q, "fields", "FIELD", "*", "field folders with fluorescence; each is tested once, trained on "
+                        "the others", "DIR", "table (.txt .csv .json) and plot (.png)")
         q.add_argument("--phantom", type=int, default=None, metavar="N",
                        help="use N synthetic 9-plane phantom fields instead of FIELDs")
         q.add_argument("--phantom-size", type=int, default=256, metavar="PX", help="side of each phantom field")
-        q.add_argument("--out", type=Path, required=True, metavar="DIR", help="table (.txt .csv .json) and plot (.png)")
         q.add_argument("--quick", action="store_true", help="tiny budget (a smoke test, not a result)")
         add_options(q, ExperimentParams, "experiment")
-        add_options(q, TrainParams, "train", only=("scale", "depth", "crop", "batch_size", "boundary", "threads", "device"))
+        add_options(q, TrainParams, "train", only=("scale", "depth", "crop", "batch_size", "lr", "boundary", "threads", "device"))
         add_options(q, LabelParams, "label", only=("sigma", "threshold", "min_area", "split_depth", "max_shift"))
         q.set_defaults(func=cmd_experiment)
 

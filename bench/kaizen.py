@@ -132,20 +132,11 @@ def bench(args: argparse.Namespace) -> None:
     batching(model, data[: min(20, len(data))])
 
 
-def phantom_disks(side: int, count: int, radius: float = 8.0, seed: int = 0) -> np.ndarray:
-    """Blurred disks at random non-overlapping places (for timing only)."""
-    from scipy import ndimage as ndi
+def phantom_nuclei(side: int, count: int, seed: int = 0) -> np.ndarray:
+    """Core phantom nuclei of about 16 px (app.core.phantoms: some touch or overlap), for timing."""
+    from app.core.phantoms import nuclei
 
-    rng = np.random.default_rng(seed)
-    image = np.zeros((side, side), np.float32)
-    yy, xx = np.mgrid[:side, :side]
-    placed = []
-    while len(placed) < count:
-        cy, cx = rng.uniform(radius + 2, side - radius - 2, 2)
-        if all((cy - y) ** 2 + (cx - x) ** 2 > (2.4 * radius) ** 2 for y, x in placed):
-            placed.append((cy, cx))
-            image[(yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2] = rng.uniform(100, 200)
-    return ndi.gaussian_filter(image, 1.0) + 10 + rng.normal(0, 3, image.shape).astype(np.float32)
+    return nuclei(seed=seed, size=side, count=count, radius=(7.0, 9.0)).image
 
 
 def _time(model: KaizenModel, image: np.ndarray, params: DecomposeParams, repeats: int = 3) -> tuple[float, int]:
@@ -169,22 +160,22 @@ def scaling(model: KaizenModel, data, seconds: np.ndarray) -> None:
     slope = np.polyfit(objects, seconds, 1)[0]
     print(f"validation images: {1000 * slope:.1f} ms per object (least squares)")
     params = dataclasses.replace(model.defaults, diameter=16.0)
-    print("phantom disks (diameter 16 px, noise), best of 3:")
+    print("phantom nuclei (app.core.phantoms, diameter ~16 px, 15% overlapping, 20% touching), best of 3:")
     empty = np.zeros((256, 256), np.uint16)
     t, _ = _time(model, empty, params)
     print(f"  empty 256x256: {1000 * t:.2f} ms")
     base = None
     for count in (0, 10, 30, 60, 120):
-        t, n = _time(model, phantom_disks(512, count, seed=count), params)
+        t, n = _time(model, phantom_nuclei(512, count, seed=count), params)
         base = base or t
-        print(f"  512x512 with {count:3d} disks: {t:.3f} s ({n} objects found)")
+        print(f"  512x512 with {count:3d} nuclei: {t:.3f} s ({n} objects found)")
     t256 = None
     for side in (256, 512, 1024):
-        t, n = _time(model, phantom_disks(side, 30, seed=side), params)
+        t, n = _time(model, phantom_nuclei(side, 30, seed=side), params)
         t256 = t256 or t
-        print(f"  {side}x{side} with 30 disks: {t:.3f} s ({n} objects)  x{t / t256:.2f} of 256x256 "
+        print(f"  {side}x{side} with 30 nuclei: {t:.3f} s ({n} objects)  x{t / t256:.2f} of 256x256 "
               f"for x{(side / 256) ** 2:.0f} the pixels")
-    t, n = _time(model, phantom_disks(256, 30, seed=7), params)
+    t, n = _time(model, phantom_nuclei(256, 30, seed=7), params)
     print(f"  256x256 with 30 nuclei (issue target < 1 s): {t:.3f} s ({n} objects)")
 
 

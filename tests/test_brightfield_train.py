@@ -1,8 +1,8 @@
 """Brightfield training, model folders, prediction, experiments and the CLI, on small synthetic stacks.
 
-A tiny U-Net trains for a few seconds on one synthetic field and must beat chance on another.  The
-stacks come from a local stand-in (:func:`_fallback_phantom`) because app.core.phantoms had no
-``brightfield_stack`` when this was written; switch :func:`phantom_field` to it once it exists.
+A tiny U-Net trains for a few seconds on one core phantom field (app.core.phantoms.brightfield_stack:
+defocus contrast that flips sign across focus, touching and overlapping nuclei, paired DNA stain) and
+must beat chance on another.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import torch
 from app.cli import main
 from app.core.errors import ModelError
 from app.core.jobs import Progress, run
+from app.core.phantoms import brightfield_stack
 from app.pipelines.brightfield.experiments import experiment_planes, experiment_size, scores
 from app.pipelines.brightfield.params import ExperimentParams, SegmentParams, TrainParams
 from app.pipelines.brightfield.predict import BrightfieldModel, instances, probability_job, segment
@@ -29,28 +30,17 @@ TINY = TrainParams(scale=1.0, width=4, depth=2, crop=32, batch_size=4, steps_per
 SEGMENT = SegmentParams(min_area=20, split_depth=2, threads=1, device="cpu")
 
 
+def phantom(seed: int, size: int = 64, n_planes: int = 3):
+    """A small core brightfield phantom: ``n_planes`` planes 3 um apart around focus, 6 nuclei, paired DNA stain."""
+    return brightfield_stack(seed=seed, size=size, count=6, n_planes=n_planes, z_step_um=3.0, radius=(5.0, 8.0))
+
+
 def phantom_field(seed: int, size: int = 64, n_planes: int = 3) -> TrainingField:
-    """A small brightfield phantom stack with exact nuclei labels."""
-    planes, labels, z = _fallback_phantom(seed, size, n_planes)
-    return TrainingField(PlaneStack(planes, z, [f"z{v:g}" for v in z], f"phantom{seed}"), labels, f"phantom{seed}")
-
-
-def _fallback_phantom(seed, size, n_planes):
-    """Stand-in for app.core.phantoms.brightfield_stack: discs, defocus blur and a sign flip across focus."""
-    from scipy import ndimage as ndi
-
-    rng = np.random.default_rng(seed)
-    labels = np.zeros((size, size), np.int32)
-    yy, xx = np.mgrid[:size, :size]
-    for i in range(1, 6):
-        cy, cx, r = rng.uniform(8, size - 8), rng.uniform(8, size - 8), rng.uniform(5, 8)
-        labels[((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r) & (labels == 0)] = i
-    z = list(np.linspace(-4, 4, n_planes))
-    planes = []
-    for dz in z:
-        nucleus = ndi.gaussian_filter((labels > 0).astype(float), 0.5 + abs(dz) / 2)
-        planes.append(150 + 30 * np.sign(dz + 1e-3) * nucleus - 20 * (labels > 0) * (abs(dz) < 1) + rng.normal(0, 4, labels.shape))
-    return np.stack(planes).astype(np.float32), labels, [float(v) for v in z]
+    """The phantom as a training field; planes scaled x150 so they survive being written as 8-bit files."""
+    p = phantom(seed, size, n_planes)
+    z = [float(v) for v in p.z_um]
+    return TrainingField(PlaneStack(p.planes * 150, z, [f"z{v:g}" for v in z], f"phantom{seed}"), p.labels,
+                         f"phantom{seed}")
 
 
 @pytest.fixture(scope="module")
@@ -137,12 +127,12 @@ def test_experiments_write_tables(fields, tmp_path):
 
 
 def write_field_folder(folder, field: TrainingField, with_fluo: bool = True):
+    """A field folder as a microscope writes it: 8-bit planes named by z, and the phantom's DNA stain as fl.tif."""
     folder.mkdir(parents=True)
     for plane, z in zip(field.stack.data, field.stack.z):
         tifffile.imwrite(folder / f"bf_Z{z:.2f}.tif", np.clip(plane, 0, 255).astype(np.uint8))
     if with_fluo:
-        fluo = np.where(field.labels > 0, 200, 20).astype(np.uint8)
-        tifffile.imwrite(folder / "fl.tif", fluo)
+        tifffile.imwrite(folder / "fl.tif", phantom(int(field.name.removeprefix("phantom"))).fluorescence)
     return folder
 
 
@@ -227,3 +217,16 @@ def test_cli_experiment_quick(fields, tmp_path, capsys):
     table = json.loads((out / "planes.json").read_text())
     assert len(table["rows"]) == 4 and table["runs"][0]["fold"] == "f1 -> f2"
     assert (out / "planes.png").stat().st_size > 1000
+
+
+def test_cli_experiment_on_phantom_stacks(tmp_path, capsys):
+    out = tmp_path / "exp"
+    assert main(["brightfield", "experiment", "size", "--phantom", "2", "--phantom-size", "128", "--out", str(out),
+                 "--quick", "--folds", "1", "--sizes", "2", "--width", "4", "--depth", "2", "--threads", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "phantom0 -> phantom1" in text and "--quick" in text
+    table = json.loads((out / "size.json").read_text())
+    assert [row["training crops"] for row in table["rows"]] == [2]
+    assert table["params"]["segment"]["min_area"] == 30  # the phantom default, not sephaCe's 1000 px
+    assert main(["brightfield", "experiment", "planes", "--phantom", "2", str(tmp_path), "--out", str(out)]) == 2
+    assert "not both" in capsys.readouterr().err

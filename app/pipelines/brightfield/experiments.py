@@ -16,7 +16,7 @@ import csv
 import io
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,35 @@ def _run(fold: Fold, train_params: TrainParams, segment: SegmentParams, label: s
             "epochs": len(result.history), "train_seconds": result.seconds}
 
 
+def _empty_table(title: str, key: str, folds: Sequence[Fold], params: ExperimentParams,
+                 segment: SegmentParams) -> ExperimentTable:
+    """A table titled with its folds, recording the experiment's parameters."""
+    return ExperimentTable(f"{title} ({', '.join(f.name for f in folds)})", key,
+                           params={"experiment": to_dict(params), "segment": to_dict(segment)})
+
+
+@dataclass
+class _Tally:
+    """Training runs done out of ``total`` in an experiment (for progress)."""
+
+    total: int
+    done: int = 0
+
+
+def _runs(folds: Sequence[Fold], repeats: int, tally: _Tally, key: str, setting: Any, label: str,
+          segment: SegmentParams, make_params: Callable[[int], TrainParams],
+          fold_for: Callable[[Fold], Fold] | None = None) -> Job[list[dict[str, Any]]]:
+    """Train and test one setting on every fold, ``repeats`` seeds each; the runs, tagged ``key: setting``."""
+    runs = []
+    for fold in folds:
+        for r in range(repeats):
+            yield Progress("experiment", tally.done, tally.total, f"{label}, {fold.name}, seed {r}")
+            measured = yield from _run(fold_for(fold) if fold_for else fold, make_params(r), segment, label)
+            runs.append({key: setting, **measured})
+            tally.done += 1
+    return runs
+
+
 def _relabel(job: Job[Any], prefix: str) -> Job[Any]:
     """Pass a sub-job's progress on with ``prefix`` in the message; returns its result."""
     while True:
@@ -191,25 +220,15 @@ def experiment_planes(
     segment: SegmentParams | None = None,
 ) -> Job[ExperimentTable]:
     """Error for each single plane, then for the best 1, 2, 3 ... planes together (see module doc)."""
-    params = params or ExperimentParams()
-    segment = segment or SegmentParams()
+    params, segment = params or ExperimentParams(), segment or SegmentParams()
     folds = make_folds(fields, params.folds)
-    stack = fields[0].stack
-    n = stack.n_planes
-    offsets = stack.z_offsets()
-    table = ExperimentTable(f"planes: error on the held-out field ({', '.join(f.name for f in folds)})",
-                            "planes", params={"experiment": to_dict(params), "segment": to_dict(segment)})
-    total = (n + max(0, min(params.max_planes or n, n) - 1)) * len(folds) * params.repeats
-    done = 0
+    n, offsets = fields[0].stack.n_planes, fields[0].stack.z_offsets()
+    table = _empty_table("planes: error on the held-out field", "planes", folds, params, segment)
+    tally = _Tally((n + max(0, min(params.max_planes or n, n) - 1)) * len(folds) * params.repeats)
     singles = []
     for i in range(n):
-        runs = []
-        for fold in folds:
-            for r in range(params.repeats):
-                tp = _plane_params(params, base, (i,), r)
-                yield Progress("experiment", done, total, f"plane {i}, {fold.name}, seed {r}")
-                runs.append({"planes": (i,), **(yield from _run(fold, tp, segment, f"plane {i}"))})
-                done += 1
+        runs = yield from _runs(folds, params.repeats, tally, "planes", (i,), f"plane {i}", segment,
+                                lambda r, i=i: _plane_params(params, base, (i,), r))
         table.runs.extend(runs)
         row = _mean_row("planes", (i,), runs, kind="single", z_offsets_um=[offsets[i]] if offsets else None)
         singles.append(row)
@@ -218,17 +237,12 @@ def experiment_planes(
     table.notes.append(f"best-first order from the training fields' validation loss: planes {order}")
     for k in range(2, min(params.max_planes or n, n) + 1):
         chosen = tuple(sorted(order[:k]))
-        runs = []
-        for fold in folds:
-            for r in range(params.repeats):
-                yield Progress("experiment", done, total, f"planes {chosen}, {fold.name}, seed {r}")
-                tp = _plane_params(params, base, chosen, r)
-                runs.append({"planes": chosen, **(yield from _run(fold, tp, segment, f"{k} planes"))})
-                done += 1
+        runs = yield from _runs(folds, params.repeats, tally, "planes", chosen, f"{k} planes {chosen}", segment,
+                                lambda r, chosen=chosen: _plane_params(params, base, chosen, r))
         table.runs.extend(runs)
         table.rows.append(_mean_row("planes", chosen, runs, kind=f"best {k}",
                                     z_offsets_um=[offsets[i] for i in chosen] if offsets else None))
-    yield Progress("experiment", total, total, "done")
+    yield Progress("experiment", tally.total, tally.total, "done")
     return table
 
 
@@ -249,37 +263,34 @@ def experiment_size(
     """Error against the number of training crops (``by='crops'``) or training fields (``by='fields'``)."""
     import dataclasses
 
-    params = params or ExperimentParams()
-    segment = segment or SegmentParams()
+    params, segment = params or ExperimentParams(), segment or SegmentParams()
     if params.by not in ("crops", "fields"):
         from app.core.errors import UserError
 
         raise UserError(f"experiment size counts crops or fields, not {params.by!r}")
     folds = make_folds(fields, params.folds)
     key = "training " + params.by
-    table = ExperimentTable(f"size: error on the held-out field against {key} ({', '.join(f.name for f in folds)})",
-                            key, params={"experiment": to_dict(params), "segment": to_dict(segment)})
+    table = _empty_table(f"size: error on the held-out field against {key}", key, folds, params, segment)
     sizes = list(params.sizes)
     if params.by == "fields":
         sizes = [s for s in sizes if s <= len(fields) - 1] or [len(fields) - 1]
-    total = len(sizes) * len(folds) * params.repeats
-    done = 0
+    tally = _Tally(len(sizes) * len(folds) * params.repeats)
     for size in sizes:
-        runs = []
-        for fold in folds:
-            for r in range(params.repeats):
-                tp = params.train_params(base)
-                tp = dataclasses.replace(tp, seed=tp.seed + r, max_crops=size if params.by == "crops" else None)
-                sub = fold if params.by == "crops" else Fold(fold.train[:size], fold.test)
-                yield Progress("experiment", done, total, f"{size} {params.by}, {fold.name}, seed {r}")
-                runs.append({key: size, **(yield from _run(sub, tp, segment, f"{size} {params.by}"))})
-                done += 1
+        def size_params(r: int, size: int = size) -> TrainParams:
+            tp = params.train_params(base)
+            return dataclasses.replace(tp, seed=tp.seed + r, max_crops=size if params.by == "crops" else None)
+
+        def fewer_fields(fold: Fold, size: int = size) -> Fold:
+            return Fold(fold.train[:size], fold.test)
+
+        runs = yield from _runs(folds, params.repeats, tally, key, size, f"{size} {params.by}", segment, size_params,
+                                fewer_fields if params.by == "fields" else None)
         table.runs.extend(runs)
         table.rows.append(_mean_row(key, size, runs))
     if params.by == "crops":
         table.notes.append("every run trains for the same number of steps; only the number of distinct crops changes "
                            "(augmentation still varies each crop)")
-    yield Progress("experiment", total, total, "done")
+    yield Progress("experiment", tally.total, tally.total, "done")
     return table
 
 

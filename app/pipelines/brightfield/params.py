@@ -20,6 +20,16 @@ def _p(default: Any, help: str) -> Any:
     return field(default=default, metadata={"help": help})
 
 
+def _threads() -> Any:
+    """The ``threads`` field shared by training and segmentation."""
+    return _p(None, "torch CPU threads (default: half the cores, 1 to 4)")
+
+
+def _device() -> Any:
+    """The ``device`` field shared by training and segmentation."""
+    return _p("auto", "auto (cuda when available), cpu or cuda")
+
+
 @dataclass
 class LabelParams:
     """How nuclei labels are derived from the fluorescence (DNA stain) image."""
@@ -61,8 +71,8 @@ class TrainParams:
     high_percentile: float = _p(99.0, "per-plane normalisation: this percentile -> 1")
     time_budget_s: float | None = _p(None, "stop after this many seconds, keeping the best epoch")
     seed: int = _p(0, "random seed")
-    threads: int | None = _p(None, "torch CPU threads (default: half the cores, 1 to 4)")
-    device: str = _p("auto", "auto (cuda when available), cpu or cuda")
+    threads: int | None = _threads()
+    device: str = _device()
 
 
 @dataclass
@@ -76,8 +86,8 @@ class SegmentParams:
     tile_size: int = _p(1024, "tile side at model scale (a field up to 4096 px at scale 0.25 is one tile)")
     overlap: int = _p(64, "tile overlap at model scale, blended when stitching")
     save_probability: bool = _p(False, "also write the probability map (uint8 TIFF, 0-255)")
-    threads: int | None = _p(None, "torch CPU threads (default: half the cores, 1 to 4)")
-    device: str = _p("auto", "auto (cuda when available), cpu or cuda")
+    threads: int | None = _threads()
+    device: str = _device()
 
 
 @dataclass
