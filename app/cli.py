@@ -11,6 +11,7 @@ import argparse
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -335,6 +336,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("stagescope: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `stagescope info ... | head` closed the pipe: not an error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so Python's exit flush does not raise again
+        return EXIT_OK
 
 
 if __name__ == "__main__":

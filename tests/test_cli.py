@@ -225,3 +225,14 @@ def test_brightfield_phantom_nucleus_contrast_lowest_in_focus():
     inside = p.labels > 0
     contrast = [abs(plane[inside].mean() - plane[~inside].mean()) for plane in p.planes]
     assert contrast[4] < contrast[0] and contrast[4] < contrast[8]
+
+
+def test_output_into_a_closed_pipe_is_quiet(tmp_path):
+    """`stagescope info ... | head -1`: the reader leaves early; no BrokenPipe traceback, exit 0."""
+    from app.core.phantoms import write_phantom
+
+    images = [p for p in write_phantom("nuclei", tmp_path, count=3, size=64) if p.suffix == ".tif"]
+    script = (f"{sys.executable} -m app info {' '.join(str(p) for p in images * 200)} | head -n 1")
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True, text=True, timeout=120)
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
+    assert proc.returncode == 0, proc.stderr
