@@ -9,8 +9,12 @@
 3. Frame time of pan and zoom with ``--cells`` cell boxes (9 types) and about 800 tubule polygons
    drawn, at three zoom levels (target < 33 ms a frame): median and worst of synchronous repaints.
 4. The longest stall of the GUI thread while jobs run in the queue (target < 100 ms): a 2 ms timer
-   records the gaps between its ticks while the view pans every 30 ms, (a) idle, (b) during a
-   torch + numpy + Python "analysis" job, (c) during a pyramid build.
+   records the gaps between its ticks while the view pans every 30 ms (and, on Linux, how much of a
+   gap the thread spent waiting for a CPU: on a busy machine that, not the app, makes most stalls),
+   (a) idle, (b) during a torch + numpy + Python "analysis" job, (c) during a pyramid build in a
+   worker thread (how the app built it before), (d) the same with the start-up heap frozen
+   (``gc.freeze``: a full garbage collection of the ~250 000 start-up objects holds the GIL for
+   100-250 ms) and (e) in a child process with the heap frozen (how the app builds it now).
 
 Runs offscreen (QT_QPA_PLATFORM=offscreen) unless a display is set.  Prints each figure with its
 target and the ratio target / measured (> 1 is better than the target).
@@ -19,11 +23,13 @@ target and the ratio target / measured (> 1 is better than the target).
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import shutil
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -99,16 +105,39 @@ def analysis_job(seconds: float):
     return step
 
 
-def measure_stall(app, viewer, queue, factory, seconds: float) -> tuple[float, int]:
-    """Longest gap (ms) between 2 ms timer ticks while panning, with ``factory``'s job running."""
+class CpuWait:
+    """Seconds this thread has waited for a CPU while runnable (Linux schedstat), to tell a stall
+    caused by a busy machine from one caused by this process (GIL, I/O); 0 where unavailable."""
+
+    def __init__(self) -> None:
+        try:
+            self.file = open(f"/proc/self/task/{threading.get_native_id()}/schedstat", "rb")  # noqa: SIM115
+        except OSError:
+            self.file = None
+
+    def __call__(self) -> float:
+        if self.file is None:
+            return 0.0
+        self.file.seek(0)
+        return int(self.file.read().split()[1]) / 1e9
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def measure_stall(app, viewer, queue, factory, seconds: float) -> tuple[float, int, float]:
+    """While panning with ``factory``'s job running: the longest gap (ms) between 2 ms timer ticks, the
+    number of gaps over 100 ms, and the longest gap less the time the GUI thread waited for a CPU."""
     from PySide6.QtCore import QTimer
 
-    gaps, last = [], [time.perf_counter()]
+    cpu_wait = CpuWait()
+    gaps, last = [], [time.perf_counter(), cpu_wait()]
 
     def tick() -> None:
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
+        now, waited = time.perf_counter(), cpu_wait()
+        gaps.append((now - last[0], waited - last[1]))
+        last[:] = [now, waited]
 
     timer = QTimer()
     timer.timeout.connect(tick)
@@ -125,13 +154,17 @@ def measure_stall(app, viewer, queue, factory, seconds: float) -> tuple[float, i
     pan.start(30)
     record = queue.submit("bench job", factory) if factory is not None else None
     end = time.monotonic() + seconds
-    last[0] = time.perf_counter()
+    last[:] = [time.perf_counter(), cpu_wait()]
     while time.monotonic() < end or (record is not None and record.active):
         app.processEvents()
         time.sleep(0.001)
     timer.stop()
     pan.stop()
-    return 1000 * max(gaps[1:] or [0.0]), len(gaps)
+    cpu_wait.close()
+    measured = gaps[1:] or [(0.0, 0.0)]
+    longest = max(g for g, _ in measured)
+    own = max(g - w for g, w in measured)
+    return 1000 * longest, sum(g > 0.1 for g, _ in measured), 1000 * own
 
 
 def frame_times(app, viewer, rect, frames: int = 20) -> list[float]:
@@ -167,6 +200,8 @@ def main() -> int:
     parser.add_argument("--cells", type=int, default=50000)
     parser.add_argument("--keep", type=Path, default=None, help="keep the section and its cache in this folder")
     parser.add_argument("--job-seconds", type=float, default=6.0)
+    parser.add_argument("--rounds", type=int, default=1, help="pyramid-build stall measurements of each kind")
+    parser.add_argument("--stall-only", action="store_true", help="only the GUI-thread stalls (part 4)")
     args = parser.parse_args()
 
     from app.core.images import write_tiff
@@ -197,6 +232,7 @@ def main() -> int:
     from app.gui.job_queue import JobQueue
     from app.gui.main import configure_pyqtgraph
     from app.gui.tile_viewer import TileViewer
+    from app.gui.workers import freeze_gc_heap
 
     configure_pyqtgraph()
     app = QApplication.instance() or QApplication([])
@@ -213,61 +249,86 @@ def main() -> int:
             app.processEvents()
             time.sleep(0.001)
 
-    print("time to first picture (pyramid cached):")
-    firsts = []
-    for attempt in range(3):
-        opened = []
-        viewer.image_opened.connect(opened.append)
-        start = time.perf_counter()
+    if args.stall_only:  # open the section and go to 1:1, as the full run leaves the view
         viewer.open_image("section", section, cache)
-        wait(lambda: bool(opened))
-        firsts.append(time.perf_counter() - start)
-        viewer.image_opened.disconnect(opened.append)
+        wait(lambda: viewer.pyramid is not None and viewer.is_idle())
+        viewer.view.setRange(QRectF(size / 2, size / 2, 1400, 900), padding=0)
+        wait(lambda: viewer.is_idle() and viewer.detail_level() == 0)
+    else:
+        print("time to first picture (pyramid cached):")
+        firsts = []
+        for attempt in range(3):
+            opened = []
+            viewer.image_opened.connect(opened.append)
+            start = time.perf_counter()
+            viewer.open_image("section", section, cache)
+            wait(lambda: bool(opened))
+            firsts.append(time.perf_counter() - start)
+            viewer.image_opened.disconnect(opened.append)
+            wait(viewer.is_idle)
+        report("open -> whole section on screen (best of 3)", 1000 * min(firsts), 1000, "ms")
+        print(f"  (attempts: {', '.join(f'{1000 * t:.0f}' for t in firsts)} ms; overview level "
+              f"{viewer._overview.level}, factor {viewer.pyramid.levels[viewer._overview.level].factor:g})")
+        start = time.perf_counter()
+        viewer.view.setRange(QRectF(size / 2, size / 2, 1400, 900), padding=0)
+        wait(lambda: viewer.is_idle() and viewer.detail_level() == 0)
+        report("zoom to 1:1 -> full-resolution detail on screen", 1000 * (time.perf_counter() - start), 1000, "ms")
+
+        print(f"pan and zoom frame time with {args.cells} cells + tubules:")
+        from app.gui.overlays import prepare_document
+
+        doc = fake_objects(size, args.cells)
+        start = time.perf_counter()
+        prepared = prepare_document(doc)
+        middle = time.perf_counter()
+        viewer.overlays.set_document(doc, prepared)
+        app.processEvents()
+        viewer.graphics.viewport().repaint()
+        print(f"  overlays prepared in {1000 * (middle - start):.0f} ms (reader thread in the app), items made and "
+              f"first drawn in {1000 * (time.perf_counter() - middle):.0f} ms on the GUI thread "
+              f"({viewer.overlays.object_count()} objects, {viewer.overlays.item_count()} items shown now)")
+        worst = 0.0
+        views = (("whole section", (0, 0, size, size)), ("a quarter", (size / 4, size / 4, size / 2, size / 2)),
+                 ("1:1 (1400 x 900 px)", (size / 2, size / 2, 1400, 900)))
+        for label, rect in views:
+            times = frame_times(app, viewer, rect)
+            worst = max(worst, max(times))
+            report(f"{label}: median frame", statistics.median(times), 33, "ms")
+            print(f"    worst frame {max(times):.1f} ms")
         wait(viewer.is_idle)
-    report("open -> whole section on screen (best of 3)", 1000 * min(firsts), 1000, "ms")
-    print(f"  (attempts: {', '.join(f'{1000 * t:.0f}' for t in firsts)} ms; overview level "
-          f"{viewer._overview.level}, factor {viewer.pyramid.levels[viewer._overview.level].factor:g})")
-    start = time.perf_counter()
-    viewer.view.setRange(QRectF(size / 2, size / 2, 1400, 900), padding=0)
-    wait(lambda: viewer.is_idle() and viewer.detail_level() == 0)
-    report("zoom to 1:1 -> full-resolution detail on screen", 1000 * (time.perf_counter() - start), 1000, "ms")
-
-    print(f"pan and zoom frame time with {args.cells} cells + tubules:")
-    from app.gui.overlays import prepare_document
-
-    doc = fake_objects(size, args.cells)
-    start = time.perf_counter()
-    prepared = prepare_document(doc)
-    middle = time.perf_counter()
-    viewer.overlays.set_document(doc, prepared)
-    app.processEvents()
-    viewer.graphics.viewport().repaint()
-    print(f"  overlays prepared in {1000 * (middle - start):.0f} ms (reader thread in the app), items made and "
-          f"first drawn in {1000 * (time.perf_counter() - middle):.0f} ms on the GUI thread "
-          f"({viewer.overlays.object_count()} objects, {viewer.overlays.item_count()} items shown now)")
-    worst = 0.0
-    for label, rect in (("whole section", (0, 0, size, size)), ("a quarter", (size / 4, size / 4, size / 2, size / 2)),
-                        ("1:1 (1400 x 900 px)", (size / 2, size / 2, 1400, 900))):
-        times = frame_times(app, viewer, rect)
-        worst = max(worst, max(times))
-        report(f"{label}: median frame", statistics.median(times), 33, "ms")
-        print(f"    worst frame {max(times):.1f} ms")
-    wait(viewer.is_idle)
 
     print("longest GUI-thread stall while panning:")
     queue = JobQueue()
     start = time.perf_counter()
     import torch  # noqa: F401  (the app imports it once at start-up, on the device-detection thread)
 
+    freeze_gc_heap()  # as the app does once the window is up and again after device detection
     print(f"  (torch imported in {time.perf_counter() - start:.1f} s before measuring; the app does this in the "
           "background at start-up)")
-    idle, ticks = measure_stall(app, viewer, queue, None, 2.0)
+    idle, _, own = measure_stall(app, viewer, queue, None, 2.0)
     report("no job", idle, 100, "ms")
-    stall, ticks = measure_stall(app, viewer, queue, lambda: analysis_job(args.job_seconds), 0.5)
+    print(f"    ({own:.0f} ms of it not waiting for a CPU)")
+    stall, _, own = measure_stall(app, viewer, queue, lambda: analysis_job(args.job_seconds), 0.5)
     report("torch + numpy + Python analysis job", stall, 100, "ms")
-    shutil.rmtree(folder / "cache2", ignore_errors=True)
-    stall2, _ = measure_stall(app, viewer, queue, lambda: build_pyramid(section, folder / "cache2"), 0.5)
-    report("pyramid build job (reading the whole section)", stall2, 100, "ms")
+    print(f"    ({own:.0f} ms of it not waiting for a CPU)")
+    from app.core.pyramid import build_pyramid_in_process
+
+    kinds = (("pyramid build in a worker thread (before)", build_pyramid, False),
+             ("pyramid build in a worker thread + gc.freeze", build_pyramid, True),
+             ("pyramid build in a child process + gc.freeze (app)", build_pyramid_in_process, True))
+    for _round in range(args.rounds):  # alternating, so that a busy machine hurts each alike
+        for label, build, frozen in kinds:
+            if frozen:
+                freeze_gc_heap()
+            else:
+                gc.unfreeze()
+            shutil.rmtree(folder / "cache2", ignore_errors=True)
+            start = time.perf_counter()
+            stall2, over, own = measure_stall(app, viewer, queue,
+                                              lambda build=build: build(section, folder / "cache2"), 0.5)
+            report(label, stall2, 100, "ms")
+            print(f"    (longest not waiting for a CPU {own:.0f} ms; {over} stalls over 100 ms; build "
+                  f"{time.perf_counter() - start:.1f} s; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)")
     viewer.shutdown()
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)

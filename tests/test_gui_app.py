@@ -325,3 +325,50 @@ def test_unexpected_exceptions_are_shown_in_the_window(window, monkeypatch):
         sys.excepthook(*sys.exc_info())
     title, message, details = window.errors[-1]
     assert title == "Unexpected error" and message == "RuntimeError: a bug in a slot" and "Traceback" in details
+
+
+def test_runs_on_several_images_go_to_the_settings_cluster(window, qtbot, tmp_path, monkeypatch):
+    """With a run queue set (batch_cluster), a run on several images is one app.batch batch into a project run."""
+    pytest.importorskip("app.batch.runner")
+    from types import SimpleNamespace
+
+    import app.batch.pipelines as batch_pipelines
+    import app.batch.runner as batch_runner
+    from app.core.project import Run, now_iso
+    from app.core.results import write_objects
+
+    from gui_fakes import FakeParams, fake_layers
+
+    calls = []
+
+    def fake_batch_job(pipeline, paths, out, cluster, models, params):
+        calls.append({"pipeline": pipeline, "paths": [p.name for p in paths], "out": out, "cluster": cluster,
+                      "models": models, "params": params})
+        run = Run(folder=out, id=out.name, pipeline=pipeline, parameters=params, models={}, started=now_iso())
+        out.mkdir(parents=True)
+        run.save()
+        for path in paths:
+            name = path.name.split(".")[0]
+            objects = write_objects(out / name / "objects.json", name, pipeline, fake_layers(600, 800))
+            run.mark_image_done(name, {"objects": objects})
+        run.finish("finished")
+        yield from ()
+        return {"folder": out}
+
+    adapter = SimpleNamespace(model_kinds={"cells": "fake-cells"})
+    monkeypatch.setattr(batch_runner, "batch_job", fake_batch_job)
+    monkeypatch.setattr(batch_pipelines, "get_adapter", lambda name: adapter)
+    project = make_project(tmp_path, n_images=2)
+    window.settings.batch_cluster = "local:2"
+    assert window.open_project(project.folder) and window.wait_until_ready(20)
+    _run_fake(window, qtbot, all_images=True, cells_per_tubule=3)
+    [call] = calls
+    assert call["cluster"] == "local:2" and call["pipeline"] == FAKE_NAME
+    assert call["paths"] == ["section1.ome.tif", "section2.ome.tif"] and call["out"].parent == project.runs_dir
+    assert call["params"]["cells_per_tubule"] == 3 and set(call["params"]) == set(vars(FakeParams()))
+    assert "local:2" in window.queue.records[-1].title
+    [run] = project.runs()
+    assert run.folder == call["out"] and set(run.results) == {"section1", "section2"}
+    assert set(window.viewer.overlays.layers) == {"tubules", "cells"}  # shown without a reload
+    _run_fake(window, qtbot, all_images=False)  # one image stays on this computer
+    assert len(calls) == 1 and len(project.runs()) == 2

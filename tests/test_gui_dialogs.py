@@ -100,6 +100,45 @@ def test_settings_dialog_edits_the_settings(qtbot, tmp_path):
     assert settings.last_folders == {} and settings.recent_projects == []
 
 
+def test_settings_dialog_run_queue_choice_is_stored_as_batch_cluster(qtbot):
+    from app.core.settings import load_settings, save_settings
+    from app.gui.settings_dialog import SettingsDialog
+
+    settings = Settings(batch_cluster="local:3")
+    dialog = SettingsDialog(settings)
+    qtbot.addWidget(dialog)
+    queue = dialog.run_queue
+    assert queue.local.isChecked() and queue.workers.value() == 3 and not queue.address.isEnabled()
+    queue.address.setText("lab-server")  # typing an address picks the scheduler choice
+    queue.address.textEdited.emit("lab-server")
+    assert queue.scheduler.isChecked()
+    dialog.accept()
+    assert settings.batch_cluster == "tcp://lab-server:8786"
+    save_settings(settings)
+    assert load_settings().batch_cluster == "tcp://lab-server:8786"
+
+    dialog = SettingsDialog(settings)
+    qtbot.addWidget(dialog)
+    dialog.run_queue.address.setText("http://lab-server")
+    dialog.accept()  # refused: the dialog stays open and says why
+    assert settings.batch_cluster == "tcp://lab-server:8786" and "tcp://host:8786" in dialog.run_queue.error.text()
+    dialog.run_queue.here.setChecked(True)
+    dialog.accept()
+    assert settings.batch_cluster == "" and dialog.run_queue.error.text() == ""
+
+
+def test_batch_cluster_setting_values():
+    from app.core.settings import check_batch_cluster
+
+    assert check_batch_cluster("") == "" and check_batch_cluster(" local:4 ") == "local:4"
+    assert check_batch_cluster("host:9000") == "tcp://host:9000" and check_batch_cluster("tls://h") == "tls://h:8786"
+    for bad in ("local:0", "local:many", "http://h", "tcp://:8786", "tcp://h:port"):
+        with pytest.raises(ValueError):
+            check_batch_cluster(bad)
+    assert Settings.from_dict({"batch_cluster": "local:0"}).batch_cluster == ""  # a bad file value is dropped
+    assert Settings.from_dict({"batch_cluster": "local:2"}).batch_cluster == "local:2"
+
+
 # ----------------------------------------------------------------------------- report exporter
 
 

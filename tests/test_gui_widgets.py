@@ -241,6 +241,47 @@ def test_generated_object_images_are_summed_in_place():
     assert rgba[1, 2, :3].tolist() == [255, 0, 0]
 
 
+def test_kaizen_objects_get_the_outline_of_their_whole_mask():
+    from app.gui.overlays import outline_objects_from_stack
+
+    masks = np.zeros((2, 8, 8), bool)
+    masks[0, 2:6, 1:5] = True  # a 4 x 4 square at crop (2, 1)
+    masks[1, :3, :3] = True
+    stack = {"masks": masks, "offsets": np.array([[10, 20], [0, 0]]), "shapes": np.array([[8, 8], [3, 3]]),
+             "ids": np.array([7, 8])}
+    kept = [[0.0, 0.0], [1.0, 0.0], [1.0, 1.0]]
+    objects = [{"id": 7, "box": [21, 12, 25, 16]}, {"id": 8, "box": [0, 0, 3, 3], "polygon": kept},
+               {"id": 9, "box": [0, 0, 1, 1]}]
+    doc = {"layers": {"objects": objects}}
+    assert outline_objects_from_stack(doc, stack) == 1
+    first, second, third = doc["layers"]["objects"]
+    ring = np.array(first["polygon"])
+    # pixels x 21..24, y 12..15 of the image (crop offset + mask position); the outline follows their edges,
+    # as the object's box [21, 12, 25, 16] does
+    assert ring[:, 0].min() == pytest.approx(21) and ring[:, 0].max() == pytest.approx(25)
+    assert ring[:, 1].min() == pytest.approx(12) and ring[:, 1].max() == pytest.approx(16)
+    assert second["polygon"] == kept and "polygon" not in third  # own outline kept; no mask, no outline
+
+
+def test_run_panel_follows_the_results_until_the_user_picks_a_pipeline(qtbot):
+    from app.core.settings import Settings
+    from app.gui.run_panel import RunPanel
+
+    panel = RunPanel(Settings())
+    qtbot.addWidget(panel)
+    panel.suggest_pipeline("kaizen")
+    assert panel.pipeline_combo.currentData() == "kaizen"
+    index = panel.pipeline_combo.findData("stagetool")
+    panel.pipeline_combo.setCurrentIndex(index)
+    panel.pipeline_combo.activated.emit(index)  # what a click on the list does
+    panel.suggest_pipeline("kaizen")
+    assert panel.pipeline_combo.currentData() == "stagetool"
+    remembered = RunPanel(Settings(pipeline_params={"__last__": {"pipeline": "brightfield"}}))
+    qtbot.addWidget(remembered)
+    remembered.suggest_pipeline("kaizen")
+    assert remembered.pipeline_combo.currentData() == "brightfield"
+
+
 def test_excluded_tubules_are_drawn_apart():
     from app.gui.overlays import EXCLUDED, prepare_layer
 

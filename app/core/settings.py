@@ -27,6 +27,7 @@ SETTINGS_SCHEMA_VERSION = 1
 DEVICES = ("auto", "cpu", "cuda", "mps")
 THEMES = ("system", "light", "dark")
 MAX_RECENT = 10
+DASK_PORT = 8786  # the Dask scheduler's default port
 
 
 @dataclass
@@ -42,6 +43,8 @@ class Settings:
     pipeline_params: dict[str, dict[str, Any]] = field(default_factory=dict)  # pipeline -> last used parameters
     antibody_thresholds: dict[str, float] = field(default_factory=dict)  # marker name -> threshold T
     window: dict[str, str] = field(default_factory=dict)  # saved geometry/state (base64), GUI only
+    # where queued batches run: "" this computer, "tcp://host:8786" a Dask scheduler, "local:N" N local workers
+    batch_cluster: str = ""
 
     def add_recent_project(self, folder: str | os.PathLike[str]) -> None:
         """Put ``folder`` first in the recent projects (no duplicates, at most :data:`MAX_RECENT`)."""
@@ -85,7 +88,33 @@ class Settings:
         settings.schema_version = SETTINGS_SCHEMA_VERSION
         if settings.theme not in THEMES:
             settings.theme = "system"
+        try:
+            settings.batch_cluster = check_batch_cluster(settings.batch_cluster)
+        except ValueError as error:
+            log.warning("settings: ignoring batch_cluster: %s", error)
+            settings.batch_cluster = ""
         return settings
+
+
+def check_batch_cluster(text: str) -> str:
+    """The run-queue setting in its stored form ("", "tcp://host:port" or "local:N"); ValueError says what is wrong.
+
+    A bare "host:port" gets the ``tcp://`` prefix; a scheduler address without a port gets Dask's 8786.
+    """
+    text = (text or "").strip()
+    if not text:
+        return ""
+    if text.lower().startswith("local:"):
+        count = text.split(":", 1)[1].strip()
+        if not count.isdigit() or int(count) < 1:
+            raise ValueError(f"a local cluster needs a number of workers of at least 1, as in local:4 (not {text!r})")
+        return f"local:{int(count)}"
+    address = text if "://" in text else f"tcp://{text}"
+    scheme, rest = address.split("://", 1)
+    host, _, port = rest.partition(":")
+    if scheme not in ("tcp", "tls") or not host or "/" in rest or (port and not port.isdigit()):
+        raise ValueError(f"a Dask scheduler address looks like tcp://host:8786 (not {text!r})")
+    return f"{scheme}://{host}:{port or DASK_PORT}"
 
 
 def _migrate_0_to_1(data: dict[str, Any]) -> dict[str, Any]:

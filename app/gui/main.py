@@ -125,6 +125,7 @@ def main(args: Any) -> int:
 
     from app.core.settings import load_settings
     from app.gui.main_window import MainWindow
+    from app.gui.workers import freeze_gc_heap
 
     configure_pyqtgraph()
     app = QApplication.instance() or QApplication([sys.argv[0]])
@@ -133,6 +134,7 @@ def main(args: Any) -> int:
     settings = load_settings()
     apply_theme(app, settings.theme)
     window = MainWindow(settings, save_settings_on_close=screenshot is None)
+    freeze_gc_heap()  # short garbage-collector pauses from now on (see its docstring)
     install_excepthook(window)
     if screenshot is not None:
         window.resize(*SCREENSHOT_SIZE)

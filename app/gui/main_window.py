@@ -22,19 +22,19 @@ from PySide6.QtWidgets import (
 from app import __version__
 from app.core.edits import apply_edits, make_edit, next_object_id
 from app.core.errors import UserError
-from app.core.pyramid import build_pyramid, pyramid_cache_dir
+from app.core.pyramid import build_pyramid_in_process, pyramid_cache_dir
 from app.core.results import read_objects
 from app.core.settings import Settings, save_settings
 from app.gui.curation import (
     CurationSession, base_objects_file, latest_run_with_results, objects_file, seed_edits, stack_file,
 )
 from app.gui.job_queue import JobQueue, JobQueueWidget
-from app.gui.overlays import generated_objects_rgba, prepare_document, prepare_layer
+from app.gui.overlays import generated_objects_rgba, outline_objects_from_stack, prepare_document, prepare_layer
 from app.gui.project_browser import IMAGE_SUFFIXES, ProjectBrowser
 from app.gui.properties_panel import PropertiesPanel
-from app.gui.run_panel import RunPanel, RunRequest
+from app.gui.run_panel import RunPanel, RunRequest, batch_adapter, cluster_batch_job
 from app.gui.tile_viewer import ChannelPanel, TileViewer
-from app.gui.workers import BackgroundRunner
+from app.gui.workers import BackgroundRunner, freeze_gc_heap
 
 log = logging.getLogger(__name__)
 
@@ -46,13 +46,15 @@ BACKGROUND_EDIT_OBJECTS = 5000  # layers this big are redrawn after an edit on a
 def _load_results_task(path: Path, edits: list[dict], image: str, stack: Path | None = None) -> dict[str, Any]:
     """Reader thread: read an objects file, apply the edits and prepare the drawing arrays."""
     doc = read_objects(path)
-    applied = apply_edits(doc, edits)
     generated = None
     if stack is not None:
         import numpy as np
 
         with np.load(stack) as data:
-            generated = generated_objects_rgba({key: data[key] for key in data.files})
+            arrays = {key: data[key] for key in data.files}
+        generated = generated_objects_rgba(arrays)
+        outline_objects_from_stack(doc, arrays)  # Kaizen: outlines of the whole objects, not boxes
+    applied = apply_edits(doc, edits)
     return {"doc": doc, "applied": applied, "prepared": prepare_document(applied), "path": path, "image": image,
             "generated": generated}
 
@@ -549,6 +551,8 @@ class MainWindow(QMainWindow):
     def show_results(self, run: Any, image: str) -> None:
         """Load a run's objects for an image (in the background) and draw them as overlays."""
         self.current_run = run
+        if run is not None:
+            self.run_panel.suggest_pipeline(run.pipeline)  # the panel shows what made these results
         path = base_objects_file(run, image) if run is not None else None
         if path is None:
             self._doc = self._doc_key = None
@@ -764,6 +768,12 @@ class MainWindow(QMainWindow):
         project, params, models = self.project, request.params, dict(request.models)
         title = f"{spec.title} on {images[0]}" if len(images) == 1 else f"{spec.title} on {len(images)} images"
         self.save_settings()
+        adapter = batch_adapter(request.pipeline, self.settings, project, images)
+        if adapter is not None:  # the settings' run queue: a Dask scheduler or a local cluster
+            cluster = self.settings.batch_cluster
+            return self.queue.submit(f"{title} ({cluster})", lambda: cluster_batch_job(
+                project, request.pipeline, adapter, images, params, models, cluster), kind="analyze",
+                on_success=self._run_finished)
         return self.queue.submit(title, lambda: spec.analyze(project, images, params, models), kind="analyze",
                                  on_success=self._run_finished)
 
@@ -799,7 +809,8 @@ class MainWindow(QMainWindow):
             if self.current_image == name:
                 self.viewer.reopen()
 
-        record = self.queue.submit(f"Overview levels of {name}", lambda: build_pyramid(path, cache), kind="pyramid",
+        record = self.queue.submit(f"Overview levels of {name}", lambda: build_pyramid_in_process(path, cache),
+                                   kind="pyramid",
                                    on_success=done, lane="images")
         self.queue.failed.connect(lambda r: self._pyramid_jobs.discard(name) if r is record else None)
 
@@ -907,6 +918,7 @@ class MainWindow(QMainWindow):
 
     def _device_done(self, _key: Any, text: str) -> None:
         self.device_label.setText(f"Device: {text}")
+        freeze_gc_heap()  # torch is imported now: keep its objects out of later full collections
 
     def _mouse_moved(self, x: float, y: float) -> None:
         size = self.viewer.image_size()

@@ -652,3 +652,31 @@ def generated_objects_rgba(stack: dict[str, np.ndarray], colour: str = "#ff4fd8"
         rgba[..., channel] = (level * value).astype(np.uint8)
     rgba[..., 3] = (level * 255).astype(np.uint8)
     return rgba, (0.0, 0.0, float(width), float(height))
+
+
+def outline_objects_from_stack(doc: dict, stack: dict[str, np.ndarray], tolerance: float = 0.5) -> int:
+    """Give objects without a ``polygon`` the outline of their mask in a Kaizen object stack (by id).
+
+    Kaizen's objects.json holds boxes; its ``objects.npz`` holds each object's whole mask (overlaps
+    kept), so the viewer draws outlines rather than boxes.  Changes ``doc`` in place; returns how
+    many objects got an outline.  No Qt: runs on the reader thread.
+    """
+    from app.core.annotations import mask_to_polygons
+
+    if "masks" not in stack or "offsets" not in stack:
+        return 0
+    ids = stack.get("ids", np.arange(1, len(stack["masks"]) + 1))
+    shapes = stack.get("shapes", np.array([m.shape for m in stack["masks"]]))
+    by_id = {int(i): k for k, i in enumerate(ids)}
+    count = 0
+    for objects in (doc.get("layers") or {}).values():
+        for obj in objects:
+            k = by_id.get(int(obj.get("id", -1))) if not obj.get("polygon") else None
+            if k is None:
+                continue
+            h, w = (int(v) for v in shapes[k])
+            rings = mask_to_polygons(stack["masks"][k][:h, :w], tolerance, tuple(int(v) for v in stack["offsets"][k]))
+            if rings:
+                obj["polygon"] = max(rings, key=len).tolist()
+                count += 1
+    return count

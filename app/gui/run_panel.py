@@ -3,12 +3,15 @@
 Everything comes from the pipeline registry (app/pipelines/registry.py): the pipeline list, the
 models each one needs (``model_pipelines``, filled from the model library), and the parameter form
 built from the pipeline's parameters dataclass.  A new pipeline therefore appears here without
-GUI changes.  Last-used parameters and models are remembered in the user's settings.
+GUI changes.  Last-used parameters and models are remembered in the user's settings.  With a run
+queue set in the settings (``batch_cluster``: a Dask scheduler or a local cluster), a run on several
+images is dispatched as one batch (:func:`cluster_batch_job`, app.batch) into a new run folder.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Signal
@@ -43,6 +46,38 @@ def list_models(model_pipeline: str) -> list[Any]:
         return []
 
 
+def batch_adapter(pipeline: str, settings: Settings, project: Any, images: list[str]) -> Any:
+    """The app.batch adapter when this run should go to the settings' cluster, else None.
+
+    Only runs on several images go there, and only when app.batch knows the pipeline and names each
+    image as the project does (its per-image result folders must match the project's image names).
+    """
+    if not settings.batch_cluster or len(images) < 2:
+        return None
+    try:
+        from app.batch.pipelines import get_adapter, image_name
+
+        adapter = get_adapter(pipeline)
+    except Exception:  # noqa: BLE001 - app.batch missing, or a pipeline it does not run: run here
+        return None
+    same_names = all(image_name(project.image_path(name)) == name for name in images)
+    return adapter if same_names else None
+
+
+def cluster_batch_job(project: Any, pipeline: str, adapter: Any, images: list[str], params: Any,
+                      models: dict[str, str], cluster: str) -> Any:
+    """Job: the images as one app.batch batch on ``cluster``, written as a new run of the project; returns it."""
+    from app.batch.runner import batch_job
+    from app.core.project import new_run_id
+
+    kinds = {pipeline_name: kind for kind, pipeline_name in adapter.model_kinds.items()}
+    batch_models = {kinds.get(key, key): value for key, value in models.items() if value}
+    out = Path(project.runs_dir) / new_run_id()
+    paths = [project.image_path(name) for name in images]
+    yield from batch_job(pipeline, paths, out, cluster, batch_models, jsonable_params(params))
+    return out
+
+
 class RunPanel(QWidget):
     """Pipeline, models, parameters and scope; ``run_requested`` carries a :class:`RunRequest`."""
 
@@ -54,6 +89,8 @@ class RunPanel(QWidget):
         self.specs: dict[str, Any] = {}
         self.pipeline_combo = QComboBox()
         self.pipeline_combo.currentIndexChanged.connect(self._pipeline_changed)
+        self._chosen = bool(settings.pipeline_params.get("__last__"))  # the user picked a pipeline (now or before)
+        self.pipeline_combo.activated.connect(lambda _index: setattr(self, "_chosen", True))
         self.description = QLabel("")
         self.description.setWordWrap(True)
         self.models_box = QGroupBox("Models")
@@ -123,6 +160,11 @@ class RunPanel(QWidget):
         name = self.pipeline_combo.currentData()
         return self.specs.get(name)
 
+    def suggest_pipeline(self, name: str) -> None:
+        """Show ``name`` (the pipeline of the results in view) unless the user has picked a pipeline."""
+        if not self._chosen:
+            self.select_pipeline(name)
+
     def select_pipeline(self, name: str) -> None:
         index = self.pipeline_combo.findData(name)
         if index >= 0:
@@ -191,6 +233,7 @@ class RunPanel(QWidget):
         """Keep the parameters and models as the user's last used ones."""
         self.settings.pipeline_params[request.pipeline] = jsonable_params(request.params)
         self.settings.pipeline_params["__last__"] = {"pipeline": request.pipeline}
+        self._chosen = True
         for role, folder in request.models.items():
             self.settings.default_models[role] = folder
 

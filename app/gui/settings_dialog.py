@@ -1,4 +1,4 @@
-"""The settings dialog: device, theme, default models per pipeline, remembered folders and projects.
+"""The settings dialog: device, theme, run queue, default models per pipeline, remembered folders and projects.
 
 It edits the :class:`app.core.settings.Settings` object in place when accepted; the main window
 saves it (atomically, under platformdirs) and applies the theme.
@@ -7,11 +7,12 @@ saves it (atomically, under platformdirs) and applies the theme.
 from __future__ import annotations
 
 from PySide6.QtWidgets import (
-    QComboBox, QDialog, QDialogButtonBox, QFormLayout, QGroupBox, QLabel, QPushButton, QVBoxLayout, QWidget,
+    QButtonGroup, QComboBox, QDialog, QDialogButtonBox, QFormLayout, QGridLayout, QGroupBox, QLabel, QLineEdit,
+    QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget,
 )
 
 from app.core.paths import settings_path
-from app.core.settings import DEVICES, THEMES, Settings
+from app.core.settings import DEVICES, THEMES, Settings, check_batch_cluster
 
 NO_DEFAULT = "(first available)"
 
@@ -35,6 +36,8 @@ class SettingsDialog(QDialog):
         form = QFormLayout(general)
         form.addRow("Device", self.device)
         form.addRow("Theme", self.theme)
+
+        self.run_queue = RunQueueChoice(settings.batch_cluster)
 
         models = QGroupBox("Default models")
         models_form = QFormLayout(models)
@@ -71,6 +74,7 @@ class SettingsDialog(QDialog):
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)
         layout.addWidget(general)
+        layout.addWidget(self.run_queue)
         layout.addWidget(models)
         layout.addWidget(memory)
         layout.addWidget(QLabel(f"Stored in {settings_path()}"))
@@ -82,8 +86,9 @@ class SettingsDialog(QDialog):
         self.recent_label.setText("")
 
     def apply(self) -> None:
-        """Copy the dialog's values into the settings object."""
+        """Copy the dialog's values into the settings object (the run queue only when its value is valid)."""
         self.settings.device = self.device.currentText().strip() or "auto"
+        self.settings.batch_cluster = self.run_queue.value()
         self.settings.theme = self.theme.currentText()
         for pipeline, combo in self.model_combos.items():
             folder = combo.currentData()
@@ -96,5 +101,89 @@ class SettingsDialog(QDialog):
             self.settings.recent_projects.clear()
 
     def accept(self) -> None:  # noqa: D102 - Qt's name
+        problem = self.run_queue.problem()
+        if problem:
+            self.run_queue.error.setText(problem)
+            self.run_queue.address.setFocus()
+            return
         self.apply()
         super().accept()
+
+
+class RunQueueChoice(QGroupBox):
+    """Where queued batches run: this computer, a Dask scheduler (address) or a local cluster of N workers.
+
+    The value is the ``batch_cluster`` setting: "", "tcp://host:8786" or "local:N".
+    """
+
+    def __init__(self, value: str, parent: QWidget | None = None) -> None:
+        super().__init__("Run queue", parent)
+        self.here = QRadioButton("This computer")
+        self.scheduler = QRadioButton("Dask scheduler at")
+        self.local = QRadioButton("Local cluster with")
+        self.group = QButtonGroup(self)
+        for button in (self.here, self.scheduler, self.local):
+            self.group.addButton(button)
+        self.address = QLineEdit()
+        self.address.setPlaceholderText("tcp://host:8786")
+        self.workers = QSpinBox()
+        self.workers.setRange(1, 256)
+        self.workers.setValue(2)
+        self.workers.setSuffix(" workers")
+        self.error = QLabel("")
+        self.error.setStyleSheet("color: #d32f2f")
+        self.error.setWordWrap(True)
+        note = QLabel("Batches of sections run there (stagescope batch analyze --scheduler / --cluster); "
+                      "a single run from the run panel stays on this computer.")
+        note.setWordWrap(True)
+        grid = QGridLayout(self)
+        grid.addWidget(self.here, 0, 0, 1, 2)
+        grid.addWidget(self.scheduler, 1, 0)
+        grid.addWidget(self.address, 1, 1)
+        grid.addWidget(self.local, 2, 0)
+        grid.addWidget(self.workers, 2, 1)
+        grid.addWidget(note, 3, 0, 1, 2)
+        grid.addWidget(self.error, 4, 0, 1, 2)
+        self.address.textEdited.connect(lambda _text: self.scheduler.setChecked(True))
+        self.workers.valueChanged.connect(lambda _n: self.local.setChecked(True))
+        self.group.buttonToggled.connect(lambda *_: self._sync())
+        self.set_value(value)
+
+    def set_value(self, value: str) -> None:
+        """Show a stored ``batch_cluster`` value (an invalid one shows as this computer)."""
+        try:
+            value = check_batch_cluster(value)
+        except ValueError:
+            value = ""
+        if value.startswith("local:"):
+            self.workers.setValue(int(value.split(":", 1)[1]))
+            self.local.setChecked(True)
+        elif value:
+            self.address.setText(value)
+            self.scheduler.setChecked(True)
+        else:
+            self.here.setChecked(True)
+        self._sync()
+
+    def _sync(self) -> None:
+        self.address.setEnabled(not self.local.isChecked())
+        self.workers.setEnabled(not self.scheduler.isChecked())
+        self.error.setText("")
+
+    def problem(self) -> str:
+        """Why the chosen value cannot be stored, or "" when it can."""
+        try:
+            self.value()
+        except ValueError as error:
+            return str(error)
+        return ""
+
+    def value(self) -> str:
+        """The chosen value in its stored form; ValueError for a scheduler address that is not one."""
+        if self.local.isChecked():
+            return f"local:{self.workers.value()}"
+        if self.scheduler.isChecked():
+            if not self.address.text().strip():
+                raise ValueError("type the Dask scheduler's address, as in tcp://host:8786")
+            return check_batch_cluster(self.address.text())
+        return ""

@@ -1,27 +1,23 @@
 """The training wizard (QWizard): pipeline -> data -> parameters -> training with live curves -> result.
 
-Training code belongs to the pipelines.  A pipeline offers training to the desktop app by listing
-trainers, either as ``trainers`` on its registry spec or as ``TRAINERS`` in its package (a dict
-``model_pipeline -> Trainer`` or a sequence of them, where a trainer has ``model_pipeline``,
-``title``, ``params`` (a dataclass; the form is built from it) and ``train(sources, params, out_dir,
-resume) -> Job[Path]`` that writes a model folder (card.json + weights.pt) and returns it).
-``sources`` is a list of :class:`TrainingSource`: images of the project with annotations,
-corrected predictions (a run's results with the edits applied: human-in-the-loop retraining), or
-imported COCO / QuPath GeoJSON files.  The job's progress drives the curves: numeric values in
-``Progress.data`` and a "loss X" in the message.  Training runs in the job queue (worker thread),
-can be cancelled and resumed (the trainer checkpoints into ``out_dir``), and the result is saved
-into the user's model library under a chosen name.
+Training code belongs to the pipelines.  A pipeline offers training by listing ``trainers`` on its
+registry spec (:class:`app.pipelines.registry.TrainerSpec`: ``model_pipeline``, ``title``, ``params``
+(a dataclass; the form is built from it) and ``train(sources, params, out_dir, resume,
+validation_fraction) -> Job[Path]`` that writes a model folder (card.json + weights.pt) and returns
+it).  ``sources`` is a list of :class:`~app.pipelines.registry.TrainingSource`: images of the
+project with annotations, corrected predictions (a run's results with the edits applied:
+human-in-the-loop retraining), or imported COCO / QuPath GeoJSON files.  The job's progress drives
+the curves: numeric values in ``Progress.data`` and a "loss X" in the message.  Training runs in
+the job queue (worker thread), can be cancelled and resumed (the trainer checkpoints into
+``out_dir``), and the result is saved into the user's model library under a chosen name.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import re
 import shutil
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,31 +35,14 @@ from app.core.jobs import Progress
 from app.core.paths import user_models_dir
 from app.core.settings import Settings
 from app.gui.forms import DataclassForm, jsonable_params
+from app.pipelines.registry import TrainerSpec, TrainingSource
 
 NO_PRETRAINED = ("No pretrained weights can be downloaded here: networks start from random weights "
                  "(or from a model of your library), so give them enough annotated data and epochs.")
 _LOSS = re.compile(r"\bloss\s*[=:]?\s*([0-9.eE+-]+)")
 
 
-@dataclass(frozen=True)
-class Trainer:
-    """A pipeline's offer to train one kind of model from the desktop app."""
-
-    model_pipeline: str
-    title: str
-    params: type
-    train: Callable[..., Any]  # (sources, params, out_dir, resume) -> Job[Path]
-    description: str = ""
-
-
-@dataclass(frozen=True)
-class TrainingSource:
-    """One piece of training data: ``kind`` is "annotations", "corrected" or "file"."""
-
-    kind: str
-    image: str | None = None
-    path: Path | None = None  # annotation file, or the objects file of corrected predictions
-    run_folder: Path | None = None
+Trainer = TrainerSpec  # the wizard's name for a pipeline's training offer
 
 
 def _as_trainer(item: Any, key: str | None = None) -> Trainer | None:
@@ -80,29 +59,17 @@ def _as_trainer(item: Any, key: str | None = None) -> Trainer | None:
 
 
 def find_trainers() -> dict[str, Trainer]:
-    """Trainers the installed pipelines offer (registry spec ``trainers`` or package ``TRAINERS``)."""
+    """Trainers the installed pipelines offer on their registry specs, by model pipeline name."""
     from app.pipelines import registry
 
     found: dict[str, Trainer] = {}
-    specs = registry.pipelines()
-    modules = set(registry.PIPELINE_MODULES) | {f"app.pipelines.{name}" for name in specs}
-    offers: list[tuple[Any, str | None]] = []
-    for spec in specs.values():
-        offers += [(t, None) for t in getattr(spec, "trainers", ()) or ()]
-    for name in sorted(modules):
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        trainers = getattr(module, "TRAINERS", None)
-        if isinstance(trainers, dict):
-            offers += [(t, key) for key, t in trainers.items()]
-        elif trainers:
-            offers += [(t, None) for t in trainers]
-    for item, key in offers:
-        trainer = _as_trainer(item, key)
-        if trainer is not None and trainer.model_pipeline:
-            found[trainer.model_pipeline] = trainer
+    for spec in registry.pipelines().values():
+        trainers = getattr(spec, "trainers", None) or {}
+        offers = trainers.items() if isinstance(trainers, dict) else [(None, t) for t in trainers]
+        for key, item in offers:
+            trainer = _as_trainer(item, key)
+            if trainer is not None and trainer.model_pipeline:
+                found[trainer.model_pipeline] = trainer
     return found
 
 
@@ -117,14 +84,23 @@ def project_sources(project: Any) -> list[TrainingSource]:
     for entry in project.images():
         path = project.annotations_dir / f"{entry.name}.json"
         if path.is_file():
-            sources.append(TrainingSource("annotations", entry.name, path))
+            sources.append(TrainingSource("annotations", entry.name, path, image_path=project.image_path(entry.name)))
     for run in reversed(project.runs()):
         edited = {e.get("image") for e in read_edits(run.folder)} if (run.folder / "edits.json").exists() else set()
         for image in run.results:
             path = base_objects_file(run, image)
             if path is not None and (image in edited or None in edited):
-                sources.append(TrainingSource("corrected", image, path, Path(run.folder)))
+                sources.append(TrainingSource("corrected", image, path, Path(run.folder),
+                                              _image_path(project, image)))
     return sources
+
+
+def _image_path(project: Any, image: str) -> Path | None:
+    """The project's file of ``image``, or None when the image was removed from the project."""
+    try:
+        return project.image_path(image)
+    except UserError:
+        return None
 
 
 def class_counts(sources: list[TrainingSource]) -> dict[str, int]:

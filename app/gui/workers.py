@@ -30,6 +30,19 @@ PROGRESS_INTERVAL_S = 0.05  # at most 20 progress signals a second reach the GUI
 JOB_NICE = 10  # jobs run at a lower CPU priority than the GUI thread (Linux nice value)
 
 
+
+def freeze_gc_heap() -> None:
+    """Take every object alive now out of the cyclic garbage collector's scans (``gc.freeze``).
+
+    With Qt, pyqtgraph and torch imported, a full collection walks ~250 000 objects and holds the
+    interpreter lock for 100-250 ms in whichever thread triggers it, so the GUI thread stalls while a
+    job allocates.  Objects alive after start-up live for the whole session: they need no scanning.
+    Called once the window is up and again after torch is imported (device detection).
+    """
+    import gc
+
+    gc.freeze()
+
 class _ThreadLogHandler(logging.Handler):
     """Collects the log records of one thread into a list (the job's "details" log)."""
 

@@ -3,7 +3,15 @@
 A pipeline registers a :class:`PipelineSpec`; the GUI builds its run form from ``params`` (a
 dataclass), lists models whose card pipeline is in ``model_pipelines``, and starts
 ``analyze(project, image_names, params, models)``, a job generator (app.core.jobs) that writes a
-run folder in the project and returns its path.  Nothing here imports Qt.
+run folder in the project and returns its path.
+
+A pipeline that can learn from annotations also lists ``trainers`` (model pipeline name ->
+:class:`TrainerSpec`): a parameters dataclass and ``train(sources, params, out_dir, resume=False,
+validation_fraction=0.2)``, a job that writes a model folder (card.json + weights.pt) and returns
+it.  ``sources`` are :class:`TrainingSource` items (annotated project images, corrected predictions
+of a run, imported COCO / QuPath GeoJSON files); :func:`training_images` turns them into images
+with their objects, so each trainer only converts objects to what its network learns from.
+Nothing here imports Qt: the training wizard and any script drive the same jobs.
 """
 
 from __future__ import annotations
@@ -33,6 +41,45 @@ class PipelineSpec:
     analyze: Callable[..., Job[Path]]  # (project, image_names, params, models: dict[str, str]) -> run folder
     image_kinds: tuple[str, ...] = field(default_factory=tuple)  # hints: "fluorescence", "brightfield-stack", "section"
     layers: tuple[str, ...] = field(default_factory=tuple)  # result layers it writes (objects.json)
+    # model pipeline name (card.json "pipeline") -> how to train such a model from annotations
+    trainers: dict[str, TrainerSpec] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class TrainerSpec:
+    """How to train one kind of model: ``train(sources, params, out_dir, resume=False,
+    validation_fraction=0.2) -> Job[Path]`` writes the model folder ``out_dir`` and returns it."""
+
+    model_pipeline: str
+    title: str
+    params: type
+    train: Callable[..., Job[Path]]
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class TrainingSource:
+    """One piece of training data chosen by a user.
+
+    ``kind`` "annotations": ``path`` is the image's COCO file in the project; "corrected": ``path`` is
+    a run's objects.json of ``image`` whose edits (in ``run_folder``) are applied; "file": an imported
+    COCO JSON (images named inside it) or QuPath GeoJSON (image = same stem beside it, or ``image_path``).
+    """
+
+    kind: str
+    image: str | None = None
+    path: Path | None = None
+    run_folder: Path | None = None
+    image_path: Path | None = None  # the pixels (project images: resolved by the caller)
+
+
+@dataclass
+class TrainingImage:
+    """An image file with the objects annotated on it (app.core.annotations objects, section pixels)."""
+
+    name: str
+    image_path: Path
+    objects: list[Any]
 
 
 _REGISTRY: dict[str, PipelineSpec] = {}
@@ -68,3 +115,96 @@ def params_from_dict(params_type: type, values: dict[str, Any] | None) -> Any:
 
     names = {f.name for f in dataclasses.fields(params_type)}
     return params_type(**{k: v for k, v in (values or {}).items() if k in names})
+
+
+# ---------------------------------------------------------------------------------- training data
+
+
+def training_images(sources: list[TrainingSource]) -> list[TrainingImage]:
+    """The images and objects of the chosen sources (edits applied, excluded objects left out).
+
+    A source whose image cannot be found, or whose file cannot be read, is a UserError naming it.
+    """
+    from app.core.errors import UserError
+
+    out: list[TrainingImage] = []
+    for source in sources:
+        if source.kind == "corrected":
+            out.append(_corrected_image(source))
+        elif source.kind in ("annotations", "file"):
+            out += _annotation_file_images(source)
+        else:
+            raise UserError(f"unknown kind of training data {source.kind!r}")
+    if not out:
+        raise UserError("no training images: choose annotated images or corrected predictions")
+    return out
+
+
+def _corrected_image(source: TrainingSource) -> TrainingImage:
+    """A run's objects of one image with the project's curation edits applied."""
+    from app.core.edits import apply_edits, edits_for_image, read_edits
+    from app.core.results import read_objects
+
+    doc = read_objects(Path(source.path))
+    if source.run_folder is not None and (Path(source.run_folder) / "edits.json").exists():
+        doc = apply_edits(doc, edits_for_image(read_edits(source.run_folder), source.image or doc.get("image")))
+    objects = []
+    for layer in (doc.get("layers") or {}).values():
+        objects += [_result_object(obj, len(objects) + 1) for obj in layer if not obj.get("excluded")]
+    name = source.image or str(doc.get("image") or Path(source.path).parent.name)
+    return TrainingImage(name, _need_image(source.image_path, source), objects)
+
+
+def _result_object(obj: dict[str, Any], number: int) -> Any:
+    """An objects.json entry (class, box, polygon) as an annotation object with a fresh id."""
+    from app.core.annotations import AnnotatedObject
+
+    polygon = obj.get("polygon")
+    return AnnotatedObject(id=number, category=str(obj.get("class")), box=obj.get("box"),
+                           polygons=[polygon] if polygon else [], score=obj.get("score"))
+
+
+def _annotation_file_images(source: TrainingSource) -> list[TrainingImage]:
+    """Images of a COCO JSON or QuPath GeoJSON file, each paired with its image file."""
+    from app.core.annotations import read_coco, read_geojson
+
+    path = Path(source.path)
+    if path.suffix.lower() == ".geojson" or path.name.lower().endswith(".geo.json"):
+        image_path = source.image_path or _beside(path)
+        annotated = [read_geojson(path, image_file=str(image_path) if image_path else None)]
+    else:
+        annotated = read_coco(path)
+    out = []
+    for item in annotated:
+        image_path = source.image_path if source.kind == "annotations" or len(annotated) == 1 else None
+        image_path = image_path or _resolve(item.file_name, path.parent)
+        out.append(TrainingImage(source.image or Path(item.file_name).stem, _need_image(image_path, source),
+                                 list(item.objects)))
+    return out
+
+
+def _beside(path: Path) -> Path | None:
+    """An image with the annotation file's stem in its folder (QuPath exports sit beside the image)."""
+    stem = path.name.split(".")[0]
+    found = [p for p in path.parent.glob(f"{stem}.*") if p.suffix.lower() in (".tif", ".tiff", ".png")]
+    return sorted(found)[0] if found else None
+
+
+def _resolve(file_name: str | None, base: Path) -> Path | None:
+    """An image named in an annotation file: as given, or relative to the file's folder."""
+    if not file_name:
+        return None
+    for candidate in (Path(file_name), base / file_name, base / Path(file_name).name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _need_image(image_path: Path | None, source: TrainingSource) -> Path:
+    from app.core.errors import AnnotationError
+
+    if image_path is None or not Path(image_path).is_file():
+        what = source.path or source.image
+        raise AnnotationError(f"{what}: the annotated image was not found"
+                              + (f" ({image_path})" if image_path else " (put it beside the annotation file)"))
+    return Path(image_path)

@@ -77,10 +77,44 @@ def analyze_project(project: Any, image_names: list[str], params: Any, models: d
     return Path(run.folder)
 
 
+def train_from_sources(sources: list[Any], params: Any, out_dir: Any, resume: bool = False,
+                       validation_fraction: float = 0.2) -> Any:
+    """Registry trainer: a U-Net from annotated brightfield stacks (nuclei outlines painted into labels).
+
+    ``validation_fraction`` replaces ``params.val_fraction`` (the bottom strip of each field kept for
+    validation).  Training restarts from scratch on ``resume`` (the U-Net trains in minutes; only the best
+    weights are checkpointed).  Writes and returns the model folder ``out_dir``.
+    """
+    import dataclasses
+    from pathlib import Path
+
+    from app.core.annotations import objects_to_labels
+    from app.core.jobs import Progress
+    from app.pipelines.brightfield.stack import load_stack
+    from app.pipelines.brightfield.train import TrainingField, save_trained, train
+    from app.pipelines.registry import training_images
+
+    yield Progress("data", 0, len(sources), "reading the annotated stacks"
+                   + (" (brightfield training restarts from scratch)" if resume else ""))
+    fields = []
+    for item in training_images(sources):
+        stack = load_stack(item.image_path)
+        objects = [dataclasses.replace(o, id=i) for i, o in enumerate(item.objects, 1)]
+        labels = objects_to_labels(objects, stack.data.shape[-2:]).astype("int32")
+        fields.append(TrainingField(stack, labels, item.name))
+    params = dataclasses.replace(params, val_fraction=validation_fraction)
+    result = yield from train(fields, params, checkpoint_dir=Path(out_dir))
+    best = next((r for r in result.history if r.get("epoch") == result.best_epoch), {})
+    metrics = {"validation": {"data": f"bottom {validation_fraction:.0%} strip of each training field",
+                              **{k: v for k, v in best.items() if k.startswith("val_")}}} if best else {}
+    save_trained(result, Path(out_dir), Path(out_dir).name, metrics, data=", ".join(f.name for f in fields))
+    return Path(out_dir)
+
+
 def _register() -> None:
     """Describe the pipeline to the GUI and batch runner (app.pipelines.registry)."""
-    from app.pipelines.brightfield.params import SegmentParams
-    from app.pipelines.registry import PipelineSpec, register
+    from app.pipelines.brightfield.params import SegmentParams, TrainParams
+    from app.pipelines.registry import PipelineSpec, TrainerSpec, register
 
     register(PipelineSpec(
         name="brightfield",
@@ -92,6 +126,11 @@ def _register() -> None:
         analyze=analyze_project,
         image_kinds=("brightfield-stack",),
         layers=("nuclei",),
+        trainers={"brightfield": TrainerSpec(
+            model_pipeline="brightfield", title="Brightfield U-Net (nuclei from z-planes)", params=TrainParams,
+            train=train_from_sources,
+            description="Learns nuclei from annotated brightfield z-stacks (annotations from the paired "
+                        "fluorescence, e.g. `stagescope brightfield derive-labels`, or drawn by hand).")},
     ))
 
 

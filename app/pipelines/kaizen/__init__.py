@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from app.core.jobs import Job, Progress
-from app.pipelines.kaizen.params import DecomposeParams
-from app.pipelines.registry import PipelineSpec, register
+from app.pipelines.kaizen.params import DecomposeParams, TrainParams
+from app.pipelines.registry import PipelineSpec, TrainerSpec, TrainingSource, register
 
 
 def analyze_project(project: Any, image_names: list[str], params: DecomposeParams,
@@ -57,6 +57,43 @@ def analyze_project(project: Any, image_names: list[str], params: DecomposeParam
     return Path(run.folder)
 
 
+def train_from_sources(sources: list[TrainingSource], params: TrainParams, out_dir: Path, resume: bool = False,
+                       validation_fraction: float = 0.2) -> Job[Path]:
+    """Registry trainer: a Kaizen model from annotated images (objects painted into label images).
+
+    Images are split by the fixed hash rule of :func:`.train.is_validation` (all of them train when
+    the rule would leave none); returns the model folder ``out_dir``.
+    """
+    import numpy as np
+
+    from app.core.annotations import objects_to_labels
+    from app.pipelines.kaizen.decompose import read_gray
+    from app.pipelines.kaizen.train import SPLIT_RULE, is_validation, train_job
+    from app.pipelines.registry import training_images
+
+    yield Progress("data", 0, len(sources), "reading the annotated images")
+    percent = int(round(100 * validation_fraction))
+    train, val = [], []
+    for item in training_images(sources):
+        image = read_gray(item.image_path)
+        labels = objects_to_labels([_renumbered(o, i) for i, o in enumerate(item.objects, 1)], image.shape)
+        (val if percent and is_validation(item.name, percent) else train).append(
+            (item.name, image, labels.astype(np.int32)))
+    if not train:
+        train, val = val, []
+    info = {"data": ", ".join(name for name, _, _ in train + val),
+            "split_rule": SPLIT_RULE.replace("< 20", f"< {percent}"),
+            "train_images_total": len(train), "validation_images_total": len(val)}
+    return (yield from train_job(train, val, Path(out_dir), params, resume=resume, data_info=info))
+
+
+def _renumbered(obj: Any, number: int) -> Any:
+    """An annotation object with id ``number`` (label values must be unique and positive)."""
+    import dataclasses
+
+    return dataclasses.replace(obj, id=number)
+
+
 SPEC = register(PipelineSpec(
     name="kaizen",
     title="Kaizen: decompose fluorescence images into objects",
@@ -67,4 +104,9 @@ SPEC = register(PipelineSpec(
     analyze=analyze_project,
     image_kinds=("fluorescence",),
     layers=("objects",),
+    trainers={"kaizen": TrainerSpec(
+        model_pipeline="kaizen", title="Kaizen VQ-VAE (nuclei or whole cells)", params=TrainParams,
+        train=train_from_sources,
+        description="Learns to redraw the central object of a patch from instance-annotated fluorescence images "
+                    "(patch 40 for nuclei, 120 for whole cells).")},
 ))
