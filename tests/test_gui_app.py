@@ -166,7 +166,7 @@ def test_closing_with_a_running_job_asks_first(window, qtbot, tmp_path):
     window.open_project(project.folder)
     assert window.wait_until_ready(20)
     window.run_panel.select_pipeline(FAKE_NAME)
-    window.run_panel.form.editors["delay_s"].set_value(0.2)
+    window.run_panel.form.editors["delay_s"].set_value(1.0)  # 5 s in all: still running when we close, even under load
     window.run_pipeline(True)
     qtbot.waitUntil(lambda: window.queue.running is not None, timeout=5000)
     asked = []
