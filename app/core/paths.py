@@ -18,6 +18,8 @@ import platformdirs
 APP_NAME = "Stagescope"
 DATA_DIR_ENV = "STAGESCOPE_DATA_DIR"
 CONFIG_DIR_ENV = "STAGESCOPE_CONFIG_DIR"
+DOCUMENTS_DIR_ENV = "STAGESCOPE_DOCUMENTS_DIR"
+SAMPLE_PROJECT_DIR = "sample-project"  # bundle-root folder the PyInstaller spec fills with the built sample
 SETTINGS_FILE = "settings.json"
 
 
@@ -27,11 +29,15 @@ def _env_path(variable: str) -> Path | None:
     return Path(value).expanduser().absolute() if value else None
 
 
+def is_frozen() -> bool:
+    """True inside a PyInstaller bundle (the installed app), False when running from source."""
+    return bool(getattr(sys, "frozen", False) and getattr(sys, "_MEIPASS", None))
+
+
 def bundle_root() -> Path:
     """Root of the bundled files: ``sys._MEIPASS`` when frozen by PyInstaller, else the repository."""
-    meipass = getattr(sys, "_MEIPASS", None)
-    if getattr(sys, "frozen", False) and meipass:
-        return Path(meipass)
+    if is_frozen():
+        return Path(sys._MEIPASS)  # type: ignore[attr-defined]
     return Path(__file__).resolve().parents[2]
 
 
@@ -43,6 +49,16 @@ def resource_dir() -> Path:
 def bundled_models_dir() -> Path:
     """Folder of the models shipped with the app (one sub-folder per model)."""
     return bundle_root() / "models"
+
+
+def bundled_sample_project_dir() -> Path:
+    """The ready-made sample project inside an installed app (absent from source: it is generated there)."""
+    return bundle_root() / SAMPLE_PROJECT_DIR
+
+
+def documents_dir() -> Path:
+    """Where the user's projects go by default (``$STAGESCOPE_DOCUMENTS_DIR`` or ~/Documents/Stagescope)."""
+    return _env_path(DOCUMENTS_DIR_ENV) or platformdirs.user_documents_path() / APP_NAME
 
 
 def user_data_dir() -> Path:
