@@ -164,8 +164,8 @@ def add_parser(subparsers: Any) -> None:
     q = sub.add_parser("analyze", help="whole sections -> tubules, cells, antigen profiles, Excel")
     q.add_argument("sections", nargs="+", type=Path, metavar="SECTION")
     q.add_argument("--out", type=Path, required=True, metavar="DIR")
-    q.add_argument("--tubule-model", default=None, metavar="NAME_OR_DIR", help="default: stagetool-demo-tubules")
-    q.add_argument("--cell-model", default=None, metavar="NAME_OR_DIR", help="default: stagetool-demo-cells")
+    q.add_argument("--tubule-model", default=None, metavar="NAME_OR_DIR", help="default: the shipped stagetool-tubules-demo")
+    q.add_argument("--cell-model", default=None, metavar="NAME_OR_DIR", help="default: the shipped stagetool-cells-demo")
     q.add_argument("--dapi", default="0", metavar="CHANNEL", help="DAPI channel name or index (default 0)")
     q.add_argument("--antibody", action="append", metavar="NAME=CHANNEL[:T]",
                    help="an antibody channel (repeatable); without T a threshold is suggested from the data")

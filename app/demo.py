@@ -44,7 +44,8 @@ def build_sample_project(folder: Path, force: bool = False):
     raw = folder / "raw"
     for entry in recipe["phantoms"]:
         out = raw / entry["kind"]
-        write_phantom(entry["kind"], out, seed=entry["seed"], count=entry["count"], size=entry["size"])
+        markers = tuple(entry["markers"]) if entry.get("markers") else None
+        write_phantom(entry["kind"], out, seed=entry["seed"], count=entry["count"], size=entry["size"], markers=markers)
         for image in sorted(out.iterdir()):
             if _is_input_image(image, entry["kind"]):
                 project.add_image(image, mode="link", group=entry["group"])
@@ -70,9 +71,17 @@ def _kaizen_step(project, folder: Path) -> list[str]:
     return sorted(str(p) for p in Path(run_folder).rglob("*.tif"))
 
 
+def _stagetool_step(project, folder: Path) -> list[str]:
+    """Stage the sample's testis section with the shipped demo models; the batch workbook goes to reports."""
+    from app.pipelines.stagetool.batch import demo_step
+
+    return demo_step(project, folder)
+
+
 def pipeline_steps() -> list[tuple[str, DemoStep]]:
     """Pipelines that can run in the demo with their shipped models (added as they land)."""
-    return [("kaizen (shipped kaizen-nuclei model)", _kaizen_step)]
+    return [("kaizen (shipped kaizen-nuclei model)", _kaizen_step),
+            ("stagetool (shipped stagetool-tubules-demo and stagetool-cells-demo models)", _stagetool_step)]
 
 
 def run_demo(out: Path | None = None, force: bool = False) -> int:

@@ -13,17 +13,7 @@ from app.core.images import write_tiff
 from app.core.modelcard import ModelCard, save_model
 from app.core.testis_classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool.models import ModelConfig, build_model
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a busy machine two threads spin against each other (tens of times slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+from stagetool_testing import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 def tiny_model(folder, kind: str, tile: int = 128):

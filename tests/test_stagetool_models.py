@@ -7,17 +7,7 @@ import torch
 
 from app.core.errors import ModelError
 from app.pipelines.stagetool.models import ModelConfig, build_backbone, build_model, count_parameters, load_network
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a busy machine two threads spin against each other (tens of times slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
+from stagetool_testing import one_torch_thread  # noqa: F401  (autouse fixture)
 
 
 def tiny(kind: str, tile: int = 64) -> ModelConfig:

@@ -26,19 +26,9 @@ from app.pipelines.stagetool.batch import run_sections, write_section_outputs
 from app.pipelines.stagetool.evaluate import SectionTruth, evaluate_section
 from app.pipelines.stagetool.models import ModelConfig
 from app.pipelines.stagetool.params import AnalyzeParams
+from stagetool_testing import one_torch_thread  # noqa: F401  (autouse fixture)
 
 SCALE = 1000.0  # raw intensity of 1.0
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a busy machine two threads spin against each other (tens of times slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 
 class Oracle(torch.nn.Module):
@@ -231,3 +221,27 @@ def test_missing_channel_is_a_clear_error(section, tmp_path):
     with pytest.raises(ImageError, match="no channel 'SALL4'"):
         run(predict.analyze_section(path, tmp_path / "o", oracle_model("tubules", 64), oracle_model("cells", 64), params))
     assert not (tmp_path / "o").exists()
+
+
+def test_pooled_evaluation_sums_sections():
+    from app.pipelines.stagetool.evaluate import cell_scores, pool_stages
+
+    def stages(matrix):
+        return {"confusion": {"matrix": matrix}}
+
+    one = [[1, 0, 0, 0, 0, 1]] + [[0] * 6] * 4  # I-V: one agrees, one missed
+    two = [[0] * 6, [0, 2, 0, 0, 0, 0], [0, 1, 0, 0, 0, 0], [0] * 6, [0] * 6]  # VI-VIII twice right, IX taken for VI-VIII
+    pooled = pool_stages([stages(one), stages(two)])
+    assert (pooled["n_tubules"], pooled["agree"], pooled["missed"]) == (5, 3, 1)
+    assert pooled["agreement"] == pytest.approx(3 / 5)
+    # cells: a perfect section and a section with one false positive pool to 2 TP + 1 FP for Sertoli
+    gt = [{"boxes": np.array([[0, 0, 10, 10]], float), "labels": np.array([0])},
+          {"boxes": np.array([[20, 20, 30, 30]], float), "labels": np.array([0])}]
+    pred = [{"boxes": np.array([[0, 0, 10, 10]], float), "labels": np.array([0]), "scores": np.array([0.9])},
+            {"boxes": np.array([[20, 20, 30, 30], [50, 50, 60, 60]], float), "labels": np.array([0, 0]),
+             "scores": np.array([0.9, 0.4])}]
+    scores = cell_scores(gt, pred)
+    assert scores["per_class"]["Sertoli"]["precision"] == pytest.approx(2 / 3)
+    assert scores["per_class"]["Sertoli"]["sensitivity"] == 1.0 and scores["n_predicted"] == 3
+    strict = cell_scores(gt, pred, score_threshold=0.5)  # the weak false positive is cut
+    assert strict["mean_precision"] == 1.0 and strict["n_predicted"] == 2

@@ -16,18 +16,8 @@ from app.core.testis_classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool.dataset import Crop, CropSampler, Section, augment
 from app.pipelines.stagetool.params import TrainParams
 from app.pipelines.stagetool.train import cell_metrics, train
+from stagetool_testing import one_torch_thread  # noqa: F401  (autouse fixture)
 from test_stagetool_section import draw_section
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One torch thread: on a busy machine two threads spin against each other (tens of times slower)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def drawn_sections(kind: str, seeds=(0, 1)) -> list[Section]:
@@ -129,3 +119,61 @@ def test_cli_trains_cells_from_coco(tmp_path, capsys):
     card = json.loads((tmp_path / "model" / "card.json").read_text())
     assert card["pipeline"] == "stagetool-cells" and "AP50" in card["metrics"]["val"]
     assert card["training"]["class_counts"] == {t: truth.cell_types.count(t) for t in CELL_TYPES if t in truth.cell_types}
+
+
+def test_background_batches_are_the_same_crops_as_inline_ones():
+    from app.pipelines.stagetool.train import batches
+
+    sampler = CropSampler(drawn_sections("cells"), "cells", crop_size=64)
+    inline = batches(sampler, np.random.default_rng(5), 3, threads=0)
+    threaded = batches(sampler, np.random.default_rng(5), 3, threads=2)
+    for _ in range(3):
+        a, b = next(inline), next(threaded)
+        assert len(a) == len(b) == 3
+        for x, y in zip(a, b):
+            np.testing.assert_array_equal(x.image, y.image)
+            np.testing.assert_array_equal(x.boxes, y.boxes)
+    threaded.close()
+
+
+def test_given_validation_sections_are_held_out(tmp_path):
+    params = TrainParams(kind="cells", backbone="tiny", crop_size=64, epochs=1, crops_per_epoch=2, batch_size=2,
+                         val_crops=2, half=True)
+    sections = drawn_sections("cells", seeds=(0, 1, 2))
+    card = run(train([], tmp_path / "m", params, sections=sections[:2], val_sections=sections[2:],
+                     data_description="drawn", synthetic=True))
+    assert card.training["sections"] == ["s0", "s1", "s2"] and card.training["steps"] == 1
+    assert "held-out sections" in card.metrics["val"]["data"]
+
+
+def test_best_epoch_score_breaks_ties_by_a_second_metric():
+    from app.pipelines.stagetool.train import validation_score
+
+    nothing_found = {"mean_f1": 0.0, "AP50": 0.03, "mean_precision": float("nan")}
+    nearly = {"mean_f1": 0.0, "AP50": 1.5}
+    assert validation_score("cells", nearly) > validation_score("cells", nothing_found)
+    assert validation_score("cells", {"mean_f1": 0.01, "AP50": 0.0}) > validation_score("cells", {"mean_f1": 0.0, "AP50": 99.0})
+    assert validation_score("tubules", {"mean_iou": 0.2, "mean_accuracy": 0.1}) > \
+        validation_score("tubules", {"mean_iou": 0.1999, "mean_accuracy": 0.0}) > validation_score("tubules", {"mean_iou": None})
+
+
+def test_a_backbone_can_start_from_another_stagetool_model(tmp_path):
+    import torch
+
+    from app.core.errors import ModelError
+    from app.core.modelcard import ModelCard, save_model
+    from app.pipelines.stagetool.models import build_model, default_config
+    from app.pipelines.stagetool.train import init_backbone
+
+    torch.manual_seed(0)
+    cells = build_model(default_config("cells", "tiny", tile_size=64))
+    save_model(tmp_path / "cells", ModelCard(name="c", pipeline="stagetool-cells", architecture="t",
+                                             classes=list(CELL_TYPES)), cells.state_dict())
+    tubules = build_model(default_config("tubules", "tiny", tile_size=64))
+    note = init_backbone(tubules, tmp_path / "cells")
+    assert "'c'" in note
+    key = "backbone.body.conv1.weight"
+    torch.testing.assert_close(tubules.state_dict()[key], cells.state_dict()[key])
+    other = build_model(default_config("tubules", "lite-s", tile_size=64))
+    with pytest.raises(ModelError, match="does not fit"):
+        init_backbone(other, tmp_path / "cells")

@@ -315,4 +315,8 @@ def write_batch_workbook(path: str | os.PathLike[str], summaries: list[dict[str,
         for name, evaluation in evaluations.items():
             ev.append([name, *[_value(evaluation.get(a, {}).get(b)) for a, b in keys]])
         ev.append(["measured on synthetic phantom sections, which are easier than tissue"])
+        for evaluation in evaluations.values():
+            if (evaluation.get("n_sections") or 1) > 1:  # pooled over sections: the full tables
+                _evaluation_sheet(wb, evaluation, "Evaluation pooled")
+                break
     return _save(wb, path)

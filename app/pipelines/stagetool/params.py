@@ -130,6 +130,10 @@ class TrainParams:
     half: bool = _help("store weights as float16 (half the file)", default=True)
     time_limit_s: float = _help("stop after this many seconds (0 = no limit); the best epoch is kept", default=0.0)
     num_threads: int = _help("CPU threads for torch (0 = torch's default)", default=0)
+    init_from: str = _help("model folder whose backbone starts this one (e.g. the cell model for the tubule model: "
+                           "the nearest thing to pretraining without ImageNet weights); empty = random", default="")
+    loader_threads: int = _help("threads preparing training crops in the background (0 = in the training loop)",
+                                default=0)
 
     def validate(self) -> None:
         """Raise UserError for values that cannot work, naming the parameter."""

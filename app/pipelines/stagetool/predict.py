@@ -40,7 +40,7 @@ from app.pipelines.stagetool.models import ModelConfig, load_network, normalise,
 from app.pipelines.stagetool.params import AnalyzeParams
 
 PIPELINE = "stagetool"
-DEMO_MODELS = {"tubules": "stagetool-demo-tubules", "cells": "stagetool-demo-cells"}
+DEMO_MODELS = {"tubules": "stagetool-tubules-demo", "cells": "stagetool-cells-demo"}
 PREDICTIONS_FILE = "predictions.json"
 OBJECTS_FILE = "objects.json"
 SUMMARY_FILE = "summary.json"

@@ -17,7 +17,7 @@ from __future__ import annotations
 import io
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -93,9 +93,18 @@ def cell_metrics(crops: Sequence[Crop], outputs: Sequence[dict], score: float = 
 
 
 def validation_score(kind: str, metrics: dict[str, Any]) -> float:
-    """The number that picks the best epoch: tubules mIoU, cells mean F1 at IoU 0.5 (NaN counts as 0)."""
-    value = metrics.get("mean_iou" if kind == "tubules" else "mean_f1", 0.0)
-    return 0.0 if value is None or not math.isfinite(value) else float(value)
+    """The number that picks the best epoch: tubules mIoU, cells mean F1 at IoU 0.5 (NaN counts as 0).
+
+    A small share of a second metric (tubules mean accuracy, cells AP50) breaks ties, so an early
+    network that finds nothing above the score threshold is not kept over a later one that nearly does.
+    """
+    def value(key: str) -> float:
+        number = metrics.get(key)
+        return 0.0 if number is None or not math.isfinite(number) else float(number)
+
+    if kind == "tubules":
+        return value("mean_iou") + 1e-3 * value("mean_accuracy")
+    return value("mean_f1") + 1e-5 * value("AP50")
 
 
 # ------------------------------------------------------------------------------------ training
@@ -144,21 +153,70 @@ def make_card(name: str, kind: str, config: ModelConfig, params: TrainParams, da
                        "downsample": config.downsample, "tile_size": config.tile_size},
         training={"data": data.get("description"), "sections": data.get("sections"),
                   "class_counts": data.get("class_counts"), "recipe": params.to_dict(),
-                  "pretraining": PRETRAINING_NOTE, "epochs_done": len(history), "history": history,
-                  "parameters": data.get("n_parameters"), "seconds": data.get("seconds")},
+                  "pretraining": (f"no ImageNet weights (none can be downloaded here); {data['start']}"
+                                  if data.get("start") else PRETRAINING_NOTE),
+                  "epochs_done": len(history), "history": history,
+                  "parameters": data.get("n_parameters"), "seconds": data.get("seconds"), "steps": data.get("steps")},
         metrics={"val": {"data": data.get("val_description"), **metrics}},
         extra={"model": config.to_dict(), "synthetic": data.get("synthetic", False),
                **({"note": SYNTHETIC_NOTE} if data.get("synthetic") else {})},
     )
 
 
+def batches(sampler: CropSampler, rng: np.random.Generator, batch_size: int, threads: int = 0) -> Iterator[list[Crop]]:
+    """Endless training batches; with ``threads`` > 0 the next batches are prepared in background threads.
+
+    Each crop draws from its own generator seeded by ``rng``, so the crops are the same whatever
+    the number of threads (numpy and scipy release the GIL for most of the work).
+    """
+    def one_batch(seeds: np.ndarray) -> list[Crop]:
+        return [sampler.sample(np.random.default_rng(int(seed))) for seed in seeds]
+
+    if threads <= 0:
+        while True:
+            yield one_batch(rng.integers(0, 2 ** 63 - 1, batch_size))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(threads) as pool:
+        ahead = [pool.submit(one_batch, rng.integers(0, 2 ** 63 - 1, batch_size)) for _ in range(2 * threads)]
+        while True:
+            batch = ahead.pop(0).result()
+            ahead.append(pool.submit(one_batch, rng.integers(0, 2 ** 63 - 1, batch_size)))
+            yield batch
+
+
+def init_backbone(net: torch.nn.Module, folder: str | Path) -> str:
+    """Start ``net``'s backbone (body + FPN) from another Stagetool model's; returns a note for the card.
+
+    Without downloadable ImageNet weights, a cell model trained on the same stain is the nearest thing
+    to pretraining for a tubule model (and the reverse).  Tensors whose names or shapes differ are left
+    as they are; none matching is a ModelError.
+    """
+    from app.core.modelcard import load_model_card, load_state_dict
+
+    card = load_model_card(folder)
+    if not card.pipeline.startswith("stagetool-"):
+        raise ModelError(f"{folder}: a {card.pipeline} model cannot start a Stagetool backbone")
+    source = load_state_dict(folder)
+    own = net.state_dict()
+    shared = {k: v for k, v in source.items() if k.startswith("backbone.") and k in own and own[k].shape == v.shape}
+    if not shared:
+        raise ModelError(f"{folder}: its backbone does not fit this network's ({card.backbone}); "
+                         "choose a model with the same backbone")
+    net.load_state_dict(shared, strict=False)
+    return (f"backbone ({len(shared)} tensors) started from model {card.name!r} (sha256 {card.weights_sha256[:12]}), "
+            f"trained on {card.training.get('data') or 'unknown data'}")
+
+
 def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParams | None = None,
           name: str | None = None, resume: bool = False, sections: Sequence[Any] | None = None,
-          data_description: str | None = None, synthetic: bool | None = None) -> Job[Any]:
+          data_description: str | None = None, synthetic: bool | None = None,
+          val_sections: Sequence[Any] | None = None) -> Job[Any]:
     """Train a model of ``params.kind`` and write it to ``out``; returns the written ModelCard.
 
     ``annotations`` are COCO/GeoJSON files or phantom folders; ``sections`` (already loaded
-    :class:`~app.pipelines.stagetool.dataset.Section` objects) may be given instead.
+    :class:`~app.pipelines.stagetool.dataset.Section` objects) may be given instead, and
+    ``val_sections`` then fixes the validation sections (else ``val_fraction`` of them are held out).
     """
     from app.core.modelcard import save_model
 
@@ -173,7 +231,11 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
     device = pick_device(params.device)
     yield Progress("data", 0, 1, "reading annotations")
     all_sections = list(sections) if sections is not None else load_sections(annotations, kind)
-    train_sections, val_sections = split_sections(all_sections, params.val_fraction, params.seed)
+    if val_sections is not None:
+        train_sections, val_sections = all_sections, list(val_sections)
+        all_sections = train_sections + val_sections
+    else:
+        train_sections, val_sections = split_sections(all_sections, params.val_fraction, params.seed)
     val_note = "held-out sections"
     if not val_sections:
         val_sections, val_note = train_sections, "the training sections (only one section was given)"
@@ -186,7 +248,9 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
                                  f"objects per class {sampler.class_counts}")
 
     config = default_config(kind, params.backbone, tile_size=params.crop_size, downsample=params.downsample)
-    net = build_model(config).to(device)
+    net = build_model(config)
+    start_note = init_backbone(net, params.init_from) if params.init_from and not resume else None
+    net = net.to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     steps_per_epoch = max(1, params.crops_per_epoch // params.batch_size)
     total_steps = steps_per_epoch * params.epochs
@@ -209,11 +273,12 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
     started = time.monotonic() - elapsed
     out.mkdir(parents=True, exist_ok=True)
     stopped_early = False
+    feed = batches(sampler, rng, params.batch_size, params.loader_threads)
     for epoch in range(start_epoch, params.epochs):
         net.train()
         losses = []
         for step in range(steps_per_epoch):
-            crops = [sampler.sample(rng) for _ in range(params.batch_size)]
+            crops = next(feed)
             images = [torch.from_numpy(c.image)[None].to(device) for c in crops]
             targets = [{k: v.to(device) for k, v in c.target().items()} for c in crops]
             loss_parts = net(images, targets)
@@ -239,7 +304,7 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
         score = validation_score(kind, metrics)
         history.append({"epoch": epoch + 1, "loss": _clean(np.mean(losses)) if losses else None,
                         **{k: _clean(v) for k, v in metrics.items()}})
-        if score > best:
+        if score >= best:  # ties go to the later (further annealed) epoch
             best = score
             best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
             best_metrics = metrics
@@ -251,6 +316,7 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
                        " ".join(f"{k} {v:.3f}" for k, v in metrics.items()) + f" (best {best:.3f})")
         if stopped_early:
             break
+    feed.close()
     if best_state is None:
         raise UserError(f"{out}: no epoch finished; nothing to save")
     if "best_metrics" not in locals():
@@ -262,10 +328,10 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
         description = f"{len(all_sections)} synthetic phantom testis sections ({description})"
     data = {"description": description,
             "sections": [s.name for s in all_sections], "class_counts": sampler.class_counts,
-            "n_parameters": count_parameters(net), "seconds": round(time.monotonic() - started, 1),
+            "n_parameters": count_parameters(net), "seconds": round(time.monotonic() - started, 1), "steps": step_count,
             "val_description": f"{len(val_crops)} random {params.crop_size} px crops of {val_note}"
                                + (" (synthetic phantoms, easier than tissue)" if is_synthetic else ""),
-            "synthetic": is_synthetic}
+            "synthetic": is_synthetic, "start": start_note}
     pixel = next((getattr(s, "pixel_size_um", None) for s in all_sections if getattr(s, "pixel_size_um", None)), None)
     card = make_card(name or out.name, kind, config, params, data, {k: _clean(v) for k, v in best_metrics.items()},
                      history, pixel)
