@@ -50,6 +50,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_fit_stager(args: argparse.Namespace) -> int:
+    from app.pipelines.stagetool.composition import fit_into_model
+
+    stager, accuracy = fit_into_model(list(args.truth), args.model)
+    print(f"composition stager fitted on {stager.n_train} annotated tubules (accuracy on them {accuracy:.3f}, "
+          f"a training figure) and stored in {args.model}/card.json; evaluate it on held-out sections")
+    return EXIT_OK
+
+
 def cmd_analyze(args: argparse.Namespace) -> int:
     from app.core.edits import read_edits
     from app.core.jobs import run
@@ -190,6 +199,15 @@ def add_parser(subparsers: Any) -> None:
     q.add_argument("truth", type=Path, metavar="TRUTH", help="truth file or folder (phantom truth JSON)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_evaluate)
+
+    q = sub.add_parser("fit-stager", help="fit the tubule model's stager on annotated tubules and their cells",
+                       description="Stage tubules from the cell types found in them (our addition to the paper): a "
+                                   "logistic regression on cell-type shares, stored in the tubule model's card. "
+                                   "TRUTH: truth JSON files or folders (tubules with stage and usable, cells with "
+                                   "type, box and tubule id), as `stagescope phantom testis` writes them.")
+    q.add_argument("truth", nargs="+", type=Path, metavar="TRUTH")
+    q.add_argument("--model", type=Path, required=True, metavar="TUBULE_MODEL_DIR")
+    q.set_defaults(func=cmd_fit_stager)
 
     q = sub.add_parser("export", help="curated results as COCO training annotations")
     q.add_argument("results", type=Path, metavar="RESULTS_DIR")

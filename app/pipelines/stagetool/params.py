@@ -26,8 +26,9 @@ PAPER_BACKBONES = {"tubules": "resnet50", "cells": "resnext101_32x8d"}
 KINDS = ("tubules", "cells")
 
 
-def _help(text: str, **kwargs: Any) -> Any:
-    return field(metadata={"help": text}, **kwargs)
+def _help(text: str, choices: tuple[str, ...] | None = None, **kwargs: Any) -> Any:
+    """A dataclass field with its help text (and the values a form may offer, as a combo box)."""
+    return field(metadata={"help": text, **({"choices": choices} if choices else {})}, **kwargs)
 
 
 @dataclass
@@ -39,7 +40,7 @@ class AnalyzeParams:
                             "without T a threshold is suggested from the data", default="")
     tta: str = _help("cell test-time augmentation: off (one pass), full (every tile at 0/90/180/270 degrees, the "
                      "paper), adaptive (one pass, then rotations only for the blocks of a tile that hold an "
-                     "uncertain cell)", default="adaptive")
+                     "uncertain cell)", default="adaptive", choices=TTA_MODES)
     overlap: int = _help("tile overlap in section pixels (a cell or tubule part on a seam is seen whole once)",
                          default=128)
     cell_tile: int = _help("cell model tile side in model pixels (0 = the size it was trained on)", default=0)
@@ -48,6 +49,10 @@ class AnalyzeParams:
     device: str = _help("auto, cpu, cuda or mps", default="auto")
     threads: int = _help("CPU threads for torch (0 = torch's default; 1 is fastest on a busy machine)", default=0)
     tubule_score: float = _help("minimum class score of a tubule mask from one tile", default=0.3)
+    stage_from: str = _help("tubule stage from: masks (the paper: weighted vote of the tubule model), cells (the "
+                            "cell types found in the tubule, if the tubule model has a composition stager) or auto "
+                            "(cells where a tubule holds at least 20 cells, else masks)", default="auto",
+                            choices=("auto", "cells", "masks"))
     cell_score: float = _help("minimum class score of a cell in one pass", default=0.5)
     min_votes: int = _help("with rotations: passes (of 4) that must see a cell for it to be kept", default=2)
     adaptive_low: float = _help("adaptive TTA: scores from here ...", default=0.3)
@@ -64,6 +69,8 @@ class AnalyzeParams:
 
     def validate(self) -> None:
         """Raise UserError for values that cannot work, naming the parameter."""
+        if self.stage_from not in ("masks", "cells", "auto"):
+            raise UserError(f"stage_from must be masks, cells or auto, not {self.stage_from!r}")
         if self.tta not in TTA_MODES:
             raise UserError(f"tta must be one of {', '.join(TTA_MODES)}, not {self.tta!r}")
         if self.overlap < 0:

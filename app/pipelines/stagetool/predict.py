@@ -34,7 +34,7 @@ from app.core.errors import ImageError, ModelError, UserError
 from app.core.jobs import Job, Progress
 from app.core.testis_classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool import antigen as antigen_mod
-from app.pipelines.stagetool import merge
+from app.pipelines.stagetool import composition, merge
 from app.pipelines.stagetool.antigen import Antibody
 from app.pipelines.stagetool.models import ModelConfig, load_network, normalise, pick_device, set_inference
 from app.pipelines.stagetool.params import AnalyzeParams
@@ -79,6 +79,12 @@ def load_model(name_or_path: str | Path | None, kind: str, device: str = "auto")
     if config.kind != kind:
         raise ModelError(f"model {card.name!r} describes a {config.kind} network but is filed as {pipeline}")
     return LoadedModel(card, net, config, torch_device)
+
+
+def stager_of(model: LoadedModel) -> composition.Stager | None:
+    """The composition stager a tubule model's card carries (``extra.composition``), if any."""
+    data = (model.card.extra or {}).get("composition")
+    return composition.Stager.from_dict(data) if data else None
 
 
 @torch.no_grad()
@@ -543,6 +549,7 @@ def analyze_section(path: str | Path, out_dir: str | Path, tubule_model: LoadedM
         "timing_s": {k: round(v, 3) for k, v in timing.items()}, "app_version": __version__,
     }
     layers = {"tubules": tubule_objects(tubules, map_scale), "cells": cell_objects}
+    composition.stage_tubules(layers["tubules"], cell_objects, stager_of(tubule_model), params.stage_from)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_objects(out_dir / PREDICTIONS_FILE, name, PIPELINE, layers, meta)
     yield Progress("write", 1, 1, f"{name}: {len(tubules)} tubules, {len(cells)} cells")

@@ -1,0 +1,161 @@
+"""Stage a tubule from the cells found in it: the cell associations that define the stages.
+
+Experts stage a tubule by which germ cells sit together (science.md / thesis figure 7: m2m and
+secondary spermatocytes only at XII, late elongating spermatids up to VIII, early elongating
+spermatids from IX and longer with each stage).  The paper's Mask R-CNN stages a tubule from its
+pixels alone; this module is our addition: a multinomial logistic regression on the share of each
+of the 9 cell types among a tubule's cells and the elongation of its elongating spermatids,
+fitted on annotated tubules (their truth cells) and stored in the tubule model's card
+(``extra.composition``), so a model folder carries its stager.  ``AnalyzeParams.stage_from``
+chooses masks (the paper), cells (this) or auto (cells where a tubule has enough of them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from app.core.errors import UserError
+from app.core.testis_classes import CELL_TYPES, STAGES
+
+ELONGATED = ("early elongating spermatid", "late elongating spermatid")
+FEATURES = tuple(f"share {t}" for t in CELL_TYPES) + tuple(f"elongation {t}" for t in ELONGATED) + ("log cells",)
+MIN_CELLS = 20  # fewer cells than this (a tubule cut at the section edge, a missed one): too few to count
+
+
+def features(types: Sequence[str], boxes: np.ndarray) -> np.ndarray:
+    """The feature vector of one tubule from its cells' types and boxes (x0, y0, x1, y1)."""
+    types = list(types)
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    n = max(len(types), 1)
+    shares = [sum(1 for t in types if t == name) / n for name in CELL_TYPES]
+    sides = np.sort(np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1), 1) if len(boxes) else None
+    elongation = []
+    for name in ELONGATED:
+        rows = [i for i, t in enumerate(types) if t == name]
+        elongation.append(float(np.mean(sides[rows, 1] / np.maximum(sides[rows, 0], 1.0))) - 1.0 if rows else 0.0)
+    return np.array(shares + elongation + [np.log1p(len(types))], np.float64)
+
+
+@dataclass
+class Stager:
+    """Standardisation and multinomial logistic regression weights (features -> 5 stage probabilities)."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+    weights: np.ndarray  # (n_features + 1, n_stages), last row the bias
+    n_train: int = 0
+
+    def probabilities(self, x: np.ndarray) -> np.ndarray:
+        """Stage probabilities for one feature vector (or rows of them)."""
+        z = (np.atleast_2d(x) - self.mean) / self.scale
+        logits = np.hstack([z, np.ones((len(z), 1))]) @ self.weights
+        logits -= logits.max(1, keepdims=True)
+        p = np.exp(logits)
+        return p / p.sum(1, keepdims=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"features": list(FEATURES), "stages": list(STAGES), "mean": self.mean.round(6).tolist(),
+                "scale": self.scale.round(6).tolist(), "weights": self.weights.round(6).tolist(),
+                "n_train": self.n_train, "min_cells": MIN_CELLS}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Stager:
+        if list(data.get("features", [])) != list(FEATURES) or list(data.get("stages", [])) != list(STAGES):
+            raise UserError("the tubule model's composition stager was made for other features or stages")
+        return cls(np.array(data["mean"]), np.array(data["scale"]), np.array(data["weights"]), int(data["n_train"]))
+
+
+def fit(x: np.ndarray, stages: Sequence[str], l2: float = 1e-2, steps: int = 3000, lr: float = 0.5) -> Stager:
+    """Fit the stager by gradient descent on the mean cross-entropy (plus L2 on the weights)."""
+    x = np.asarray(x, np.float64)
+    y = np.array([STAGES.index(s) for s in stages])
+    if len(set(y.tolist())) < 2:
+        raise UserError("a composition stager needs annotated tubules of at least two stages")
+    mean, scale = x.mean(0), x.std(0)
+    scale[scale < 1e-9] = 1.0
+    z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
+    onehot = np.eye(len(STAGES))[y]
+    w = np.zeros((z.shape[1], len(STAGES)))
+    for _ in range(steps):
+        logits = z @ w
+        logits -= logits.max(1, keepdims=True)
+        p = np.exp(logits)
+        p /= p.sum(1, keepdims=True)
+        grad = z.T @ (p - onehot) / len(z) + l2 * np.vstack([w[:-1], np.zeros((1, w.shape[1]))])
+        w -= lr * grad
+    return Stager(mean, scale, w, len(x))
+
+
+def truth_examples(sections: Sequence[dict[str, Any]]) -> tuple[np.ndarray, list[str]]:
+    """Training rows from truth documents (the phantom truth JSON: tubules with stage/usable, cells with tubule)."""
+    rows, stages = [], []
+    for doc in sections:
+        by_tubule: dict[int, list[dict[str, Any]]] = {}
+        for cell in doc["cells"]:
+            if cell.get("tubule"):
+                by_tubule.setdefault(int(cell["tubule"]), []).append(cell)
+        for tubule in doc["tubules"]:
+            cells = by_tubule.get(int(tubule["id"]), [])
+            if tubule.get("usable", True) and len(cells) >= MIN_CELLS:
+                rows.append(features([c["type"] for c in cells], np.array([c["box"] for c in cells])))
+                stages.append(tubule["stage"])
+    if not rows:
+        raise UserError("no usable annotated tubule with its cells was found to fit a composition stager")
+    return np.array(rows), stages
+
+
+def stage_tubules(tubules: list[dict[str, Any]], cells: list[dict[str, Any]], stager: Stager | None,
+                  mode: str) -> None:
+    """Set each tubule's ``class`` and ``score`` from its cells (``mode`` cells or auto) and record why.
+
+    The mask vote stays in ``stage_weights``; ``stage_from_cells`` holds the composition
+    probabilities and ``stage_source`` says which one decided.
+    """
+    if mode not in ("masks", "cells", "auto"):
+        raise UserError(f"stage_from must be masks, cells or auto, not {mode!r}")
+    for t in tubules:
+        t["stage_source"] = "masks"
+    if mode == "masks" or stager is None:
+        if mode == "cells":
+            raise UserError("stage_from=cells needs a tubule model with a composition stager (extra.composition)")
+        return
+    members: dict[int, list[dict[str, Any]]] = {}
+    for cell in cells:
+        if cell.get("tubule_id"):
+            members.setdefault(int(cell["tubule_id"]), []).append(cell)
+    for t in tubules:
+        own = members.get(int(t["id"]), [])
+        if len(own) < MIN_CELLS and mode == "auto":
+            continue
+        p = stager.probabilities(features([c["class"] for c in own], np.array([c["box"] for c in own])))[0]
+        t["stage_from_cells"] = {s: round(float(v), 4) for s, v in zip(STAGES, p)}
+        t["class"], t["score"], t["stage_source"] = STAGES[int(p.argmax())], round(float(p.max()), 4), "cells"
+
+
+def fit_into_model(truth: Sequence[str | Path], model_dir: str | Path) -> tuple[Stager, float]:
+    """Fit a stager on truth files/folders and store it in a tubule model's card; returns it and its training accuracy."""
+    from app.core.atomic import atomic_write_json, read_json
+    from app.core.errors import ModelError
+    from app.core.modelcard import CARD_FILE, load_model_card
+    from app.core.testis_phantom import truth_files
+
+    card = load_model_card(model_dir)
+    if card.pipeline != "stagetool-tubules":
+        raise ModelError(f"{model_dir} is a {card.pipeline} model, not a Stagetool tubule model")
+    docs = [read_json(path, UserError, "truth file") for folder in truth for path in truth_files(folder)]
+    if not docs:
+        raise UserError(f"no truth JSON found in {', '.join(str(t) for t in truth)}")
+    x, stages = truth_examples(docs)
+    stager = fit(x, stages)
+    accuracy = float(np.mean([STAGES[i] == s for i, s in zip(stager.probabilities(x).argmax(1), stages)]))
+    path = Path(model_dir) / CARD_FILE
+    data = read_json(path, ModelError, "the model card")
+    data.setdefault("extra", {})["composition"] = {**stager.to_dict(), "train_accuracy": round(accuracy, 4),
+                                                   "data": f"{len(docs)} truth file(s)"}
+    atomic_write_json(path, data)
+    return stager, accuracy
