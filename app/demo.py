@@ -71,6 +71,18 @@ def _kaizen_step(project, folder: Path) -> list[str]:
     return sorted(str(p) for p in Path(run_folder).rglob("*.tif"))
 
 
+def _brightfield_step(project, folder: Path) -> list[str]:
+    """Count nuclei in the sample's brightfield field with the shipped phantom-trained model (it has 9 planes)."""
+    from app.core.jobs import ConsoleProgress, run
+    from app.pipelines.registry import get
+
+    spec = get("brightfield")
+    names = [e.name for e in project.images() if e.group == "brightfield fields" and "planes" in e.name]
+    run_folder = run(spec.analyze(project, names, spec.params(), {"brightfield": "brightfield-phantom-demo"}),
+                     ConsoleProgress())
+    return sorted(str(p) for p in Path(run_folder).rglob("*") if p.suffix in (".tif", ".csv"))
+
+
 def _stagetool_step(project, folder: Path) -> list[str]:
     """Stage the sample's testis section with the shipped demo models; the batch workbook goes to reports."""
     from app.pipelines.stagetool.batch import demo_step
@@ -81,6 +93,7 @@ def _stagetool_step(project, folder: Path) -> list[str]:
 def pipeline_steps() -> list[tuple[str, DemoStep]]:
     """Pipelines that can run in the demo with their shipped models (added as they land)."""
     return [("kaizen (shipped kaizen-nuclei model)", _kaizen_step),
+            ("brightfield (shipped brightfield-phantom-demo model)", _brightfield_step),
             ("stagetool (shipped stagetool-tubules-demo and stagetool-cells-demo models)", _stagetool_step)]
 
 

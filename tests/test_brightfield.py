@@ -238,3 +238,23 @@ def test_measure_rows():
     assert rows[1]["area_px"] == 8 and rows[1]["centroid_y"] == 6.5
     assert rows[0]["mean_brightfield"] == 15.0 and rows[1]["mean_fluorescence"] == 100.0
     assert measure(labels, planes)[0]["mean_fluorescence"] is None
+
+
+def test_project_run_keeps_the_model_cards_segment_settings(tmp_path):
+    """The GUI and batches pass default parameters: the card's min_area (40 for the phantom model) must survive."""
+    from app.core.jobs import run
+    from app.core.phantoms import write_phantom
+    from app.core.project import Project
+    from app.pipelines.brightfield import analyze_project, with_model_defaults
+    from app.pipelines.brightfield.params import SegmentParams
+
+    card = SegmentParams(min_area=40, split_depth=2.0)
+    merged = with_model_defaults(SegmentParams(threshold=0.4), card)
+    assert (merged.min_area, merged.split_depth, merged.threshold) == (40, 2.0, 0.4)  # the user's choice stays
+    write_phantom("brightfield", tmp_path / "raw", seed=101, count=1, size=512)
+    project = Project.create(tmp_path / "p", name="p")
+    project.add_image(tmp_path / "raw" / "field_000_planes.tif", mode="link")
+    name = project.images()[0].name
+    folder = run(analyze_project(project, [name], SegmentParams(), {"brightfield": "brightfield-phantom-demo"}))
+    rows = (folder / name / "nuclei.csv").read_text().splitlines()
+    assert len(rows) - 1 >= 20  # 30 nuclei drawn; the shipped phantom model found 26 of them on a held-out field

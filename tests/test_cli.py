@@ -236,3 +236,14 @@ def test_output_into_a_closed_pipe_is_quiet(tmp_path):
     proc = subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True, text=True, timeout=120)
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr, proc.stderr
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("kind,size", [("nuclei", 64), ("testis", 512)])
+def test_phantom_never_overwrites_files(capsys, tmp_path, kind, size):
+    """A second phantom into the same folder is refused, and the first one's files are left as they were."""
+    code, _, err = run_cli(capsys, "phantom", kind, "--out", tmp_path, "--count", "1", "--size", str(size), "--seed", "1")
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    code, _, err = run_cli(capsys, "phantom", kind, "--out", tmp_path, "--count", "1", "--size", str(size), "--seed", "2")
+    assert code == 2 and "never overwrite" in err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

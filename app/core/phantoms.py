@@ -19,7 +19,7 @@ from scipy import ndimage as ndi
 
 from app.core.errors import UserError
 from app.core.testis_phantom import (  # noqa: F401  (re-exported: the testis phantom API)
-    DEFAULT_MARKERS, TestisLayout, render_testis, render_testis_truth, testis_layout, write_testis)
+    DEFAULT_MARKERS, TestisLayout, refuse_overwrite, render_testis, render_testis_truth, testis_layout, write_testis)
 
 
 @dataclass
@@ -396,6 +396,10 @@ def write_phantom(kind: str, out_dir: Path, seed: int = 0, count: int | None = N
     from app.core.atomic import atomic_path
 
     out = Path(out_dir)
+    count = count or 3
+    if kind in ("nuclei", "brightfield"):
+        prefix = "nuclei" if kind == "nuclei" else "field"
+        refuse_overwrite(out, ["README.txt"] + [p.name for i in range(count) for p in out.glob(f"{prefix}_{i:03d}*")])
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
 
@@ -405,7 +409,6 @@ def write_phantom(kind: str, out_dir: Path, seed: int = 0, count: int | None = N
             tifffile.imwrite(tmp, data, **kwargs)
         written.append(path)
 
-    count = count or 3
     if kind == "nuclei":
         for i in range(count):
             p = nuclei(seed=seed + i, size=size or 256)

@@ -680,6 +680,15 @@ def render_testis_truth(layout: TestisLayout, markers: tuple[str, ...] = DEFAULT
 # ------------------------------------------------------------------------------------ files
 
 
+def refuse_overwrite(folder: Path, names: list[str]) -> None:
+    """Phantoms never replace files: a folder that already holds one of ``names`` is a user error."""
+    taken = [n for n in names if (folder / n).exists()]
+    if taken:
+        raise UserError(f"{folder} already holds {taken[0]}"
+                        + (f" and {len(taken) - 1} other file(s)" if len(taken) > 1 else "")
+                        + ": choose an empty folder (phantoms never overwrite files)")
+
+
 def write_testis(out_dir: str | Path, seed: int = 0, count: int = 1, size: int = 2048,
                  markers: tuple[str, ...] = DEFAULT_MARKERS) -> list[Path]:
     """Write ``count`` sections ``testis_NNN.ome.tif`` (DAPI + markers) with tubule labels, truth JSON, README."""
@@ -688,6 +697,8 @@ def write_testis(out_dir: str | Path, seed: int = 0, count: int = 1, size: int =
 
     _check_markers(markers)
     out = Path(out_dir)
+    names = [f"testis_{i:03d}{suffix}" for i in range(count) for suffix in (".ome.tif", TUBULES_SUFFIX, TRUTH_SUFFIX)]
+    refuse_overwrite(out, names + ["README.txt"])
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for i in range(count):

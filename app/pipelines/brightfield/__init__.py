@@ -40,6 +40,22 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)
 
 
+def with_model_defaults(params: Any, card_params: Any) -> Any:
+    """Segment parameters where every field left at its default takes the model card's value.
+
+    A model trained on small phantom nuclei stores min_area 40, the sephaCe one 1000: a form or
+    batch that passes the defaults must not undo what the card says (as ``brightfield segment``).
+    """
+    import dataclasses
+
+    if params is None:
+        return card_params
+    defaults = type(params)()
+    changes = {f.name: getattr(card_params, f.name) for f in dataclasses.fields(params)
+               if getattr(params, f.name) == getattr(defaults, f.name) and hasattr(card_params, f.name)}
+    return dataclasses.replace(params, **changes)
+
+
 def analyze_project(project: Any, image_names: list[str], params: Any, models: dict[str, str] | None = None) -> Any:
     """Registry entry point: segment project images (each a brightfield z-stack file) into a new run folder.
 
@@ -55,6 +71,8 @@ def analyze_project(project: Any, image_names: list[str], params: Any, models: d
 
     model = BrightfieldModel.load((models or {}).get("brightfield"))
     from app.pipelines.brightfield.params import to_dict
+
+    params = with_model_defaults(params, model.segment)
 
     run = project.new_run("brightfield", to_dict(params), {"brightfield": model.model_id})
     status = "failed"  # also when a user error stops it; "cancelled" when the consumer closes the job
