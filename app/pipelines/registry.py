@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.core.jobs import Job
+from app.core.jobs import Job, Progress
 
 # modules that call register() on import; missing ones are skipped (a pipeline not built yet)
 PIPELINE_MODULES = ("app.pipelines.brightfield", "app.pipelines.stagetool", "app.pipelines.kaizen")
@@ -208,3 +208,25 @@ def _need_image(image_path: Path | None, source: TrainingSource) -> Path:
         raise AnnotationError(f"{what}: the annotated image was not found"
                               + (f" ({image_path})" if image_path else " (put it beside the annotation file)"))
     return Path(image_path)
+
+
+def analyze_images(run: Any, image_names: list[str], analyze_one: Callable[[str, Path], Job[dict]]) -> Job[Path]:
+    """Job: ``analyze_one(name, image_folder)`` (a job returning the outputs to record) for each image of a run.
+
+    Each image is marked done as it finishes; the run ends "finished", "cancelled" (the consumer
+    closed the job) or "failed" (anything raised, user errors too).  Returns the run folder.
+    """
+    status = "failed"
+    try:
+        for i, name in enumerate(image_names):
+            yield Progress("images", i, len(image_names), name)
+            outputs = yield from analyze_one(name, run.image_dir(name))
+            run.mark_image_done(name, outputs)
+        yield Progress("images", len(image_names), len(image_names), "done")
+        status = "finished"
+    except GeneratorExit:
+        status = "cancelled"
+        raise
+    finally:
+        run.finish(status)
+    return Path(run.folder)

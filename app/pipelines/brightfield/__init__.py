@@ -65,9 +65,10 @@ def analyze_project(project: Any, image_names: list[str], params: Any, models: d
     from pathlib import Path
 
     from app.core.images import write_tiff
-    from app.core.jobs import Progress
+    from app.core.jobs import Job
     from app.pipelines.brightfield.predict import BrightfieldModel, segment, write_csv, write_objects_json
     from app.pipelines.brightfield.stack import load_stack
+    from app.pipelines.registry import analyze_images
 
     model = BrightfieldModel.load((models or {}).get("brightfield"))
     from app.pipelines.brightfield.params import to_dict
@@ -75,24 +76,15 @@ def analyze_project(project: Any, image_names: list[str], params: Any, models: d
     params = with_model_defaults(params, model.segment)
 
     run = project.new_run("brightfield", to_dict(params), {"brightfield": model.model_id})
-    status = "failed"  # also when a user error stops it; "cancelled" when the consumer closes the job
-    try:
-        for i, name in enumerate(image_names):
-            yield Progress("images", i, len(image_names), name)
-            result = yield from segment(model, load_stack(project.image_path(name)), params, name=name)
-            folder = run.image_dir(name)
-            written = {"labels": write_tiff(folder / "labels.tif", result.labels, axes="YX"),
-                       "nuclei": write_csv(folder / "nuclei.csv", result.rows),
-                       "objects": write_objects_json(folder / "objects.json", result, name, model)}
-            run.mark_image_done(name, {**written, "count": result.count})
-        yield Progress("images", len(image_names), len(image_names), "done")
-        status = "finished"
-    except GeneratorExit:
-        status = "cancelled"
-        raise
-    finally:
-        run.finish(status)
-    return Path(run.folder)
+
+    def one(name: str, folder: Path) -> Job[dict]:
+        result = yield from segment(model, load_stack(project.image_path(name)), params, name=name)
+        written = {"labels": write_tiff(folder / "labels.tif", result.labels, axes="YX"),
+                   "nuclei": write_csv(folder / "nuclei.csv", result.rows),
+                   "objects": write_objects_json(folder / "objects.json", result, name, model)}
+        return {**written, "count": result.count}
+
+    return (yield from analyze_images(run, image_names, one))
 
 
 def train_from_sources(sources: list[Any], params: Any, out_dir: Any, resume: bool = False,

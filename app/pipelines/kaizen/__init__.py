@@ -21,7 +21,7 @@ from typing import Any
 
 from app.core.jobs import Job, Progress
 from app.pipelines.kaizen.params import DecomposeParams, TrainParams
-from app.pipelines.registry import PipelineSpec, TrainerSpec, TrainingSource, register
+from app.pipelines.registry import PipelineSpec, TrainerSpec, TrainingSource, analyze_images, register
 
 
 def analyze_project(project: Any, image_names: list[str], params: DecomposeParams,
@@ -36,25 +36,15 @@ def analyze_project(project: Any, image_names: list[str], params: DecomposeParam
     models = models or {}
     model = load_kaizen_model(models.get("kaizen"), device=resolve_device(params.device))
     run = project.new_run("kaizen", params.to_dict(), {"kaizen": model.card.model_id()})
-    status = "failed"  # also when a user error stops it; "cancelled" when the consumer closes the job
-    try:
-        for i, name in enumerate(image_names):
-            yield Progress("images", i, len(image_names), name)
-            image = read_gray(project.image_path(name))
-            result = yield from decompose_job(image, model, params, name=name)
-            folder = run.image_dir(name)
-            written = write_outputs(folder, "kaizen", result, source=name)
-            written["objects"] = write_objects(folder / "objects.json", name, "kaizen",
-                                               {"objects": [o.to_dict() for o in result.objects]})
-            run.mark_image_done(name, {**written, "count": len(result.objects)})
-        yield Progress("images", len(image_names), len(image_names), "done")
-        status = "finished"
-    except GeneratorExit:
-        status = "cancelled"
-        raise
-    finally:
-        run.finish(status)
-    return Path(run.folder)
+
+    def one(name: str, folder: Path) -> Job[dict]:
+        result = yield from decompose_job(read_gray(project.image_path(name)), model, params, name=name)
+        written = write_outputs(folder, "kaizen", result, source=name)
+        written["objects"] = write_objects(folder / "objects.json", name, "kaizen",
+                                           {"objects": [o.to_dict() for o in result.objects]})
+        return {**written, "count": len(result.objects)}
+
+    return (yield from analyze_images(run, image_names, one))
 
 
 def train_from_sources(sources: list[TrainingSource], params: TrainParams, out_dir: Path, resume: bool = False,
