@@ -314,8 +314,8 @@ def main() -> int:
     from app.core.pyramid import build_pyramid_in_process
 
     kinds = (("pyramid build in a worker thread (before)", build_pyramid, False),
-             ("pyramid build in a worker thread + gc.freeze", build_pyramid, True),
-             ("pyramid build in a child process + gc.freeze (app)", build_pyramid_in_process, True))
+             ("pyramid build in a worker thread + gc.freeze (app)", build_pyramid, True),
+             ("pyramid build in a child process + gc.freeze", build_pyramid_in_process, True))
     for _round in range(args.rounds):  # alternating, so that a busy machine hurts each alike
         for label, build, frozen in kinds:
             if frozen:

@@ -22,7 +22,7 @@ from PySide6.QtWidgets import (
 from app import __version__
 from app.core.edits import apply_edits, make_edit, next_object_id
 from app.core.errors import UserError
-from app.core.pyramid import build_pyramid_in_process, pyramid_cache_dir
+from app.core.pyramid import build_pyramid, pyramid_cache_dir
 from app.core.results import read_objects
 from app.core.settings import Settings, save_settings
 from app.gui.curation import (
@@ -809,7 +809,9 @@ class MainWindow(QMainWindow):
             if self.current_image == name:
                 self.viewer.reopen()
 
-        record = self.queue.submit(f"Overview levels of {name}", lambda: build_pyramid_in_process(path, cache),
+        # a worker thread: with the heap frozen (gc.freeze) it stalls the GUI 10-15 ms on a quiet machine, while
+        # a child process stalled it 135-240 ms (bench/gui.py --stall-only, 2026-11-26)
+        record = self.queue.submit(f"Overview levels of {name}", lambda: build_pyramid(path, cache),
                                    kind="pyramid",
                                    on_success=done, lane="images")
         self.queue.failed.connect(lambda r: self._pyramid_jobs.discard(name) if r is record else None)
