@@ -343,3 +343,39 @@ def test_pixel_auroc_equals_pair_counting():
     pos, neg = scores[truth], scores[~truth]
     brute = ((pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()) / (pos.size * neg.size)
     assert M.pixel_auroc(truth, scores) == pytest.approx(brute, abs=1e-12)
+
+
+def test_sparse_box_pairs_equal_the_dense_matrix():
+    rng = np.random.default_rng(3)
+    xy = rng.uniform(0, 300, (700, 2))
+    a = np.hstack([xy, xy + rng.uniform(2, 30, (700, 2))])
+    xy = rng.uniform(0, 300, (500, 2))
+    b = np.hstack([xy, xy + rng.uniform(2, 30, (500, 2))])
+    dense = M.box_iou(a, b)
+    for threshold in (0.0, 0.3):
+        rows, cols, vals = M.box_iou_pairs(a, b, threshold, chunk=64)
+        want_r, want_c = np.nonzero((dense > 0) & (dense >= threshold))
+        np.testing.assert_array_equal(rows, want_r)
+        np.testing.assert_array_equal(cols, want_c)
+        np.testing.assert_allclose(vals, dense[want_r, want_c])
+    assert all(len(x) == 0 for x in M.box_iou_pairs(np.zeros((0, 4)), b))
+
+
+def test_whole_section_cell_matching_does_not_build_a_dense_matrix():
+    """40 000 cells against 40 000: a dense IoU matrix would need > 10 GB; the sparse path stays small."""
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    side = 200  # a 200 x 200 grid of 10 px cells, 20 px apart (an 4000 x 4000 px section)
+    yy, xx = np.mgrid[0:side, 0:side].reshape(2, -1) * 20.0
+    truth = np.stack([xx, yy, xx + 10, yy + 10], 1)
+    pred = truth + rng.uniform(-1.5, 1.5, truth.shape)
+    gt = [{"boxes": truth, "labels": np.zeros(len(truth), int)}]
+    dt = [{"boxes": pred, "labels": np.zeros(len(pred), int), "scores": rng.uniform(0.5, 1, len(pred))}]
+    tracemalloc.start()
+    scores = M.detection_scores(gt, dt, n_classes=1, iou=0.5)
+    ap = M.box_ap(gt, dt, 0.5, None)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert scores["tp"] == [len(truth)] and ap > 0.99
+    assert peak < 300e6, f"peak {peak / 1e6:.0f} MB"

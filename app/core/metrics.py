@@ -306,6 +306,41 @@ def box_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
         return np.where(union > 0, inter / union, 0.0)
 
 
+def box_iou_pairs(boxes_a: np.ndarray, boxes_b: np.ndarray, min_iou: float = 0.0,
+                  chunk: int = 256) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(rows, cols, iou) of the box pairs whose IoU is > 0 and >= ``min_iou``, sorted by row then column.
+
+    A whole section holds tens of thousands of cells: a dense (N, M) IoU matrix would take
+    gigabytes.  Rows are taken in chunks along x, and each chunk is compared only with the boxes
+    that overlap its x-range, so memory grows with the number of overlapping pairs.
+    """
+    a = np.asarray(boxes_a, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(boxes_b, dtype=np.float64).reshape(-1, 4)
+    empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0))
+    if not len(a) or not len(b):
+        return empty
+    order_a = np.argsort(a[:, 0], kind="stable")
+    order_b = np.argsort(b[:, 0], kind="stable")
+    b_x0 = b[order_b, 0]
+    parts = []
+    for start in range(0, len(a), chunk):
+        rows = order_a[start:start + chunk]
+        hi = np.searchsorted(b_x0, a[rows, 2].max(), side="left")  # b.x0 < max a.x1
+        cand = order_b[:hi]
+        cand = cand[b[cand, 2] > a[rows, 0].min()]  # b.x1 > min a.x0
+        if not cand.size:
+            continue
+        iou = box_iou(a[rows], b[cand])
+        r, c = np.nonzero((iou > 0) & (iou >= min_iou))
+        if r.size:
+            parts.append((rows[r], cand[c], iou[r, c]))
+    if not parts:
+        return empty
+    rows, cols, vals = (np.concatenate(x) for x in zip(*parts))
+    order = np.lexsort((cols, rows))
+    return rows[order], cols[order], vals[order]
+
+
 def _image_boxes(item: Mapping[str, Any], need_scores: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validated (boxes (N, 4), labels (N,), scores (N,)) of one image's box dict."""
     boxes = np.asarray(item["boxes"], dtype=np.float64).reshape(-1, 4)
@@ -329,16 +364,24 @@ def _check_lengths(ground_truth: Sequence, predictions: Sequence) -> None:
         raise ValueError(f"{len(ground_truth)} ground-truth images but {len(predictions)} prediction images")
 
 
-def _coco_greedy(ious: np.ndarray, threshold: float) -> np.ndarray:
-    """COCO's matching: detections (rows, by score) take the best still-free truth at IoU >= threshold."""
+def _coco_greedy(detections: np.ndarray, truth: np.ndarray, threshold: float) -> np.ndarray:
+    """COCO's matching: detections (by score) take the best still-free truth box at IoU >= threshold.
+
+    Works on the sparse overlapping pairs (:func:`box_iou_pairs`), so whole sections fit in memory.
+    """
     threshold = min(threshold, 1 - 1e-10)
-    taken = np.zeros(ious.shape[1], bool)
-    matched = np.zeros(ious.shape[0], bool)
-    for d in range(ious.shape[0]):
-        row = np.where(taken | (ious[d] < threshold), -np.inf, ious[d])
-        if row.size == 0 or not np.isfinite(row.max()):
+    rows, cols, vals = box_iou_pairs(detections, truth, threshold)
+    taken = np.zeros(len(truth), bool)
+    matched = np.zeros(len(detections), bool)
+    starts = np.searchsorted(rows, np.arange(len(detections) + 1))
+    for d in range(len(detections)):
+        c, v = cols[starts[d]:starts[d + 1]], vals[starts[d]:starts[d + 1]]
+        free = ~taken[c]
+        if not free.any():
             continue
-        g = row.size - 1 - int(np.argmax(row[::-1]))  # COCO keeps the last of equal best IoUs
+        c, v = c[free], v[free]
+        best = np.flatnonzero(v == v.max())
+        g = c[best[-1]]  # COCO keeps the last of equal best IoUs (columns are sorted)
         taken[g] = matched[d] = True
     return matched
 
@@ -380,7 +423,7 @@ def box_ap_per_class(ground_truth: Sequence[Mapping[str, Any]], predictions: Seq
             order = np.argsort(-d_scores, kind="mergesort")[:max_detections]
             n_truth += len(g)
             scores.append(d_scores[order])
-            hits.append(_coco_greedy(box_iou(d_boxes[order], g), iou_threshold))
+            hits.append(_coco_greedy(d_boxes[order], g, iou_threshold))
         out[c] = _coco_precision_ap(np.concatenate(scores), np.concatenate(hits), n_truth)
     return out
 
@@ -426,9 +469,8 @@ def detection_scores(ground_truth: Sequence[Mapping[str, Any]], predictions: Seq
         for labels in (gl, dl):
             if labels.size and (labels.min() < 0 or labels.max() >= n):
                 raise ValueError(f"box labels must lie in [0, {n})")
-        ious = box_iou(gb, db)
-        rows, cols = np.nonzero(ious >= iou)
-        chosen = _assign(rows, cols, ious[rows, cols], iou)
+        rows, cols, values = box_iou_pairs(gb, db, iou)
+        chosen = _assign(rows, cols, values, iou)
         mt, mp = rows[chosen], cols[chosen]
         np.add.at(cm, (gl[mt], dl[mp]), 1)
         np.add.at(cm, (np.delete(gl, mt), n), 1)  # missed truth -> background column
