@@ -155,3 +155,19 @@ def test_phantom_analyze_with_truth_and_evaluate(capsys, tmp_path, models):
     assert code == 0 and "whole-section stages" in stdout and "synthetic" in stdout
     code, _, err = cli(capsys, "stagetool", "evaluate", out, tmp_path / "nowhere")
     assert code == 2 and "nowhere" in err
+
+
+def test_reanalysing_drops_the_evaluation_of_the_old_predictions(capsys, tmp_path, models, section):
+    """An evaluation describes the predictions it was made from: --force without truth must not keep it."""
+    out = tmp_path / "out"
+    args = ["stagetool", "analyze", section, "--out", out, "--tubule-model", models[0], "--cell-model", models[1],
+            "--tta", "off", "--overlap", "16"]
+    assert cli(capsys, *args)[0] == 0
+    stale = {"stale": True}
+    (out / "sec" / "evaluation.json").write_text(json.dumps(stale))  # as left by an earlier --truth run
+    (out / "evaluation.json").write_text(json.dumps(stale))
+    assert cli(capsys, *args)[0] == 0  # finished and unchanged: skipped, its evaluation kept
+    assert (out / "sec" / "evaluation.json").exists()
+    assert cli(capsys, *args, "--force")[0] == 0
+    assert not (out / "sec" / "evaluation.json").exists() and not (out / "evaluation.json").exists()
+    assert "Evaluation" not in load_workbook(out / "sec" / "sec.xlsx").sheetnames

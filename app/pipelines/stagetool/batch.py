@@ -134,6 +134,8 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
         try:
             fresh = force or not run.is_done(name) or _stored_fingerprint(section_dir) != wanted
             if fresh:
+                for stale in (section_dir / EVALUATION_FILE, out / EVALUATION_FILE):  # about the old predictions
+                    stale.unlink(missing_ok=True)
                 yield from analyze_section(path, section_dir, tubule_model, cell_model, params, name=name,
                                            synthetic=synthetic)
             else:
