@@ -97,6 +97,18 @@ def test_section_workbook_matches_json(tmp_path):
     methods = [r for r in sheet_rows(wb["Methods"])]
     text = " ".join(str(v) for r in methods for v in r if v is not None)
     assert "ab" * 32 in text and "retype_cell" in text and "SYNTHETIC" in text and "65%" in text
+    stage_rows = [r for r in methods if r and r[0] == "tubule stage"]
+    assert stage_rows and "(the paper)" in stage_rows[0][1]  # these results carry no stage_from: the mask vote
+
+
+def test_methods_say_how_tubules_were_staged(tmp_path):
+    """A run staged from the cells (stage_from auto) must not claim the paper's mask vote alone."""
+    doc = curation.apply(section_doc("a", synthetic=True), [])
+    doc["meta"]["params"]["stage_from"] = "auto"
+    summary = json.loads(json.dumps(tables.summarise(doc)))
+    path = write_section_workbook(tmp_path / "a.xlsx", summary, tables.tubule_rows(doc), tables.cell_rows(doc))
+    rows = {r[0]: r[1] for r in sheet_rows(load_workbook(path)["Methods"]) if r and r[0]}
+    assert "composition stager" in rows["tubule stage"] and "at least 20 cells" in rows["tubule stage"]
 
 
 def test_evaluation_sheet_and_batch_workbook(tmp_path):

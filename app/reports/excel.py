@@ -176,7 +176,8 @@ def _antigen_sheet(wb: Workbook, antigen: dict[str, Any], stages: Sequence[str],
     for name, prof in antigen.items():
         ws.append([])
         threshold = thresholds.get(name, {})
-        ws.append([f"{name}", "threshold T", _value(threshold.get("threshold", prof.get("threshold"))),
+        value = threshold.get("threshold", prof.get("threshold"))
+        ws.append([f"{name}", "threshold T", _value(value) if value is not None else "per section: see Methods",
                    "source", threshold.get("threshold_source", "")])
         row += 2
         first = row + 1
@@ -192,6 +193,17 @@ def _antigen_sheet(wb: Workbook, antigen: dict[str, Any], stages: Sequence[str],
         while row < first + 17:
             ws.append([])
             row += 1
+
+
+MASK_VOTE = "weighted majority of the tile masks: class score x the mask's share of the tubule area (the paper)"
+STAGE_METHODS = {
+    "masks": MASK_VOTE,
+    "cells": ("from the cell types found in the tubule: the tubule model card's composition stager (logistic "
+              "regression on cell-type shares and spermatid elongation; Stagescope's addition to the paper)"),
+    "auto": ("from the cell types found in the tubule (the tubule model card's composition stager: logistic "
+             "regression on cell-type shares and spermatid elongation; Stagescope's addition to the paper) when "
+             "the tubule holds at least 20 cells and the card has a stager; otherwise " + MASK_VOTE),
+}
 
 
 def _methods_sheet(wb: Workbook, summaries: Sequence[dict[str, Any]]) -> None:
@@ -220,7 +232,7 @@ def _methods_sheet(wb: Workbook, summaries: Sequence[dict[str, Any]]) -> None:
         ws.append([f"edits applied ({s.get('section')})", s.get("edits_applied", 0)])
         for edit in s.get("edits", []):
             ws.append(["edit", edit.get("action"), str({k: v for k, v in edit.items() if k != "action"})])
-    ws.append(["tubule stage", "weighted majority of the tile masks: class score x the mask's share of the tubule area"])
+    ws.append(["tubule stage", STAGE_METHODS.get(first.get("params", {}).get("stage_from", "masks"), STAGE_METHODS["masks"])])
     ws.append(["excluded tubules", "kept in the Tubules and Cells sheets, left out of the stage and antigen tables"])
 
 
