@@ -80,36 +80,29 @@ def fake_analyze(project: Any, image_names: list[str], params: FakeParams, model
     """Job: write fake tubules and cells for each image into a new run; returns the run folder."""
     from app.core.results import OBJECTS_FILE, write_objects
 
+    from app.pipelines.registry import analyze_images
+
     run = project.new_run(FAKE_NAME, params, models)
-    status = "failed"
-    try:
-        for number, name in enumerate(image_names):
-            yield Progress("analyse", number, len(image_names), f"image {name}")
-            for step in range(5):
-                if params.delay_s:
-                    time.sleep(params.delay_s)
-                yield Progress("tiles", step + 1, 5, f"{name}: tile {step + 1}/5")
-            if params.fail:
-                raise ValueError(f"fake failure on {name}")
-            with project.open_image(name) as image:
-                height, width = image.info.height, image.info.width
-            path = run.image_dir(name) / OBJECTS_FILE
-            write_objects(path, name, FAKE_NAME, fake_layers(height, width, params.cells_per_tubule))
-            outputs = {"objects": path}
-            if params.stack:
-                outputs["stack"] = run.image_dir(name) / f"{name}.objects.npz"
-                images = np.ones((2, 4, 4), np.float32)
-                np.savez_compressed(outputs["stack"], images=images, offsets=np.array([[10, 20], [12, 22]]),
-                                    shapes=np.array([[4, 4], [4, 4]]), ids=np.array([1, 2]))
-            run.mark_image_done(name, outputs)
-        yield Progress("analyse", len(image_names), len(image_names), "done")
-        status = "finished"
-    except GeneratorExit:
-        status = "cancelled"
-        raise
-    finally:
-        run.finish(status)
-    return run.folder
+
+    def one(name: str, folder: Path):
+        for step in range(5):
+            if params.delay_s:
+                time.sleep(params.delay_s)
+            yield Progress("tiles", step + 1, 5, f"{name}: tile {step + 1}/5")
+        if params.fail:
+            raise ValueError(f"fake failure on {name}")
+        with project.open_image(name) as image:
+            height, width = image.info.height, image.info.width
+        outputs = {"objects": folder / OBJECTS_FILE}
+        write_objects(outputs["objects"], name, FAKE_NAME, fake_layers(height, width, params.cells_per_tubule))
+        if params.stack:
+            outputs["stack"] = folder / f"{name}.objects.npz"
+            images = np.ones((2, 4, 4), np.float32)
+            np.savez_compressed(outputs["stack"], images=images, offsets=np.array([[10, 20], [12, 22]]),
+                                shapes=np.array([[4, 4], [4, 4]]), ids=np.array([1, 2]))
+        return outputs
+
+    return (yield from analyze_images(run, image_names, one))
 
 
 def register_fake() -> Any:
