@@ -311,11 +311,9 @@ def main() -> int:
     stall, _, own = measure_stall(app, viewer, queue, lambda: analysis_job(args.job_seconds), 0.5)
     report("torch + numpy + Python analysis job", stall, 100, "ms")
     print(f"    ({own:.0f} ms of it not waiting for a CPU)")
-    from app.core.pyramid import build_pyramid_in_process
 
     kinds = (("pyramid build in a worker thread (before)", build_pyramid, False),
-             ("pyramid build in a worker thread + gc.freeze (app)", build_pyramid, True),
-             ("pyramid build in a child process + gc.freeze", build_pyramid_in_process, True))
+             ("pyramid build in a worker thread + gc.freeze (app)", build_pyramid, True))
     for _round in range(args.rounds):  # alternating, so that a busy machine hurts each alike
         for label, build, frozen in kinds:
             if frozen:

@@ -1,4 +1,4 @@
-"""Pyramid builds in a child process (no GUI stall) and Z-stacks read as planes, never as channels."""
+"""Pyramid builds that leave nothing behind when cancelled or broken, and Z-stacks read as planes, never as channels."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import tifffile
 
 from app.core.errors import UserError
 from app.core.jobs import run
-from app.core.pyramid import build_pyramid, build_pyramid_in_process, cache_ready, open_pyramid
+from app.core.pyramid import build_pyramid, cache_ready, open_pyramid
 
 
 def _section(path, shape=(2, 900, 700)):
@@ -17,23 +17,10 @@ def _section(path, shape=(2, 900, 700)):
     return data
 
 
-def test_build_in_a_child_process_matches_the_build_in_this_thread(tmp_path):
-    source = tmp_path / "s.ome.tif"
-    _section(source)
-    events = []
-    result = run(build_pyramid_in_process(source, tmp_path / "child", min_side=128, strip_bytes=100_000),
-                 on_progress=events.append)
-    run(build_pyramid(source, tmp_path / "here", min_side=128, strip_bytes=100_000))
-    assert result == tmp_path / "child" and cache_ready(source, result)
-    assert events[-1].done == events[-1].total > 0 and events[0].stage == "pyramid"
-    for level in ("level1.npy", "level2.npy", "level3.npy"):
-        assert np.array_equal(np.load(result / level), np.load(tmp_path / "here" / level))
-
-
-def test_cancelling_the_child_build_leaves_nothing_behind(tmp_path):
+def test_cancelling_a_build_leaves_nothing_behind(tmp_path):
     source = tmp_path / "s.ome.tif"
     _section(source, (1, 3000, 2000))
-    job = build_pyramid_in_process(source, tmp_path / "cache", min_side=64, strip_bytes=20_000)
+    job = build_pyramid(source, tmp_path / "cache", min_side=64, strip_bytes=20_000)
     first = next(job)
     assert first.stage == "pyramid"
     job.close()  # what the job queue does on cancel
@@ -41,10 +28,10 @@ def test_cancelling_the_child_build_leaves_nothing_behind(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["s.ome.tif"]  # no half-built .tmp folder
 
 
-def test_child_build_errors_reach_the_caller_as_user_errors(tmp_path):
+def test_build_errors_reach_the_caller_as_user_errors(tmp_path):
     (tmp_path / "broken.tif").write_bytes(b"not a tiff")
     with pytest.raises(UserError, match="broken.tif"):
-        run(build_pyramid_in_process(tmp_path / "broken.tif", tmp_path / "cache"))
+        run(build_pyramid(tmp_path / "broken.tif", tmp_path / "cache"))
 
 
 @pytest.mark.parametrize("axes, shape", [("ZYX", (3, 1200, 1000)), ("ZCYX", (3, 2, 1200, 1000)),

@@ -11,18 +11,15 @@ its coarsest one.  Cached levels are plain ``.npy`` files read through memory ma
 overview of a 20000 x 20000 section costs a few milliseconds.  A cache whose source file changed
 (size or modification time) is ignored and rebuilt.  No Qt here.
 
-:func:`build_pyramid_in_process` runs the same build in a child process: decoding a compressed
-section in a worker *thread* holds the interpreter lock for 100-200 ms at a time (tifffile / zarr
-chunk assembly), which froze the desktop app's event loop while a pyramid was built.
+The app builds in a worker thread; with its start-up heap frozen (``gc.freeze``) that stalls its
+event loop 10-20 ms, less than a child process did (bench/gui.py --stall-only).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import queue
 import shutil
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -39,7 +36,6 @@ PYRAMID_SCHEMA_VERSION = 1
 OVERVIEW_SIDE = 2048  # an overview must fit this many pixels on its longest side
 MIN_SIDE = 512  # cached levels stop when the longest side fits this
 STRIP_BYTES = 64 << 20  # input read per step while building (small steps: short GIL holds)
-CHILD_NICENESS = 10  # build_pyramid_in_process: the child yields the CPU to the app on a busy machine
 
 
 @dataclass(frozen=True)
@@ -308,74 +304,6 @@ def build_pyramid(
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
     return cache_dir
-
-
-def build_pyramid_in_process(image_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str],
-                             min_side: int = MIN_SIDE, strip_bytes: int = STRIP_BYTES) -> Job[Path]:
-    """Job: :func:`build_pyramid` in a child process, relaying its progress; returns the cache folder.
-
-    The caller's interpreter only waits on a queue, so a GUI thread beside it never stalls on the
-    build.  Closing the job (cancel) stops the child and removes its half-built folder.  A frozen
-    app without ``multiprocessing.freeze_support()`` would start itself again, so there (and where
-    no process can be started) the build runs in the calling thread instead.
-    """
-    import multiprocessing
-
-    if getattr(sys, "frozen", False):
-        return (yield from build_pyramid(image_path, cache_dir, min_side, strip_bytes))
-    context = multiprocessing.get_context("spawn")  # never fork a process that runs Qt threads
-    events = context.Queue()
-    child = context.Process(target=_child_build, daemon=True, name="stagescope-pyramid",
-                            args=(str(image_path), str(cache_dir), min_side, strip_bytes, events))
-    try:
-        child.start()
-    except OSError:
-        return (yield from build_pyramid(image_path, cache_dir, min_side, strip_bytes))
-    try:
-        while True:
-            try:
-                kind, payload = events.get(timeout=0.25)
-            except queue.Empty:
-                if not child.is_alive():
-                    raise RuntimeError(f"building the overview levels of {Path(image_path).name} stopped "
-                                       f"(exit code {child.exitcode})") from None
-                continue
-            if kind == "progress":
-                yield Progress(*payload)
-            elif kind == "done":
-                return Path(payload)
-            else:
-                from app.core.errors import UserError
-
-                user_error, message = payload
-                raise UserError(message) if user_error else RuntimeError(message)
-    finally:
-        if child.is_alive():
-            child.terminate()
-        child.join(10)
-        for leftover in Path(cache_dir).parent.glob(f".tmp-{child.pid}-*-{Path(cache_dir).name}"):
-            shutil.rmtree(leftover, ignore_errors=True)
-        events.close()
-
-
-def _child_build(image_path: str, cache_dir: str, min_side: int, strip_bytes: int, events: Any) -> None:
-    """Body of the child process: run the build (at a lower CPU priority than the app) and send its
-    progress, result or error."""
-    from app.core.errors import UserError
-
-    if hasattr(os, "nice"):
-        os.nice(CHILD_NICENESS)  # background work: the window's process keeps the CPU when both want it
-    try:
-        job = build_pyramid(image_path, cache_dir, min_side, strip_bytes)
-        while True:
-            try:
-                event = next(job)
-            except StopIteration as stop:
-                events.put(("done", str(stop.value)))
-                return
-            events.put(("progress", (event.stage, event.done, event.total, event.message)))
-    except Exception as error:  # noqa: BLE001 - every failure goes back to the parent, with its kind
-        events.put(("error", (isinstance(error, UserError), str(error) or type(error).__name__)))
 
 
 def _halvings(height: int, width: int, min_side: int) -> list[tuple[int, int]]:
