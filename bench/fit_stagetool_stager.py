@@ -10,22 +10,19 @@ test seeds (3000-3003) on which the card's test numbers are measured.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
-from app.core.atomic import atomic_write_json
-from app.core.testis_phantom import TRUTH_SUFFIX, render_testis_truth, testis_layout
-from app.pipelines.stagetool.composition import fit_into_model
+from app.core.testis_phantom import render_testis_truth, testis_layout
+from app.pipelines.stagetool.composition import fit_docs_into_model
 
 SEEDS, SIZE = range(1000, 1048), 2048
 
 
 def main() -> None:
     model = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).resolve().parents[1] / "models" / "stagetool-tubules-demo"
-    with tempfile.TemporaryDirectory() as folder:
-        for seed in SEEDS:
-            atomic_write_json(Path(folder) / f"seed{seed}{TRUTH_SUFFIX}", render_testis_truth(testis_layout(seed, SIZE), ()))
-        stager, accuracy = fit_into_model([folder], model)
+    docs = [render_testis_truth(testis_layout(seed, SIZE), ()) for seed in SEEDS]
+    stager, accuracy = fit_docs_into_model(docs, model, f"{len(SEEDS)} phantom sections (seeds "
+                                                       f"{SEEDS[0]}-{SEEDS[-1]}, {SIZE} px), their truth")
     print(f"stager fitted on {stager.n_train} usable tubules of {len(SEEDS)} phantom sections "
           f"(training accuracy {accuracy:.3f}); written to {model}/card.json")
 

@@ -113,11 +113,11 @@ def stage_tubules(tubules: list[dict[str, Any]], cells: list[dict[str, Any]], st
                   mode: str) -> None:
     """Set each tubule's ``class`` and ``score`` from its cells (``mode`` cells or auto) and record why.
 
+    ``mode`` is ``AnalyzeParams.stage_from`` (checked there): masks, cells or auto.
+
     The mask vote stays in ``stage_weights``; ``stage_from_cells`` holds the composition
     probabilities and ``stage_source`` says which one decided.
     """
-    if mode not in ("masks", "cells", "auto"):
-        raise UserError(f"stage_from must be masks, cells or auto, not {mode!r}")
     for t in tubules:
         t["stage_source"] = "masks"
     if mode == "masks" or stager is None:
@@ -139,23 +139,30 @@ def stage_tubules(tubules: list[dict[str, Any]], cells: list[dict[str, Any]], st
 
 def fit_into_model(truth: Sequence[str | Path], model_dir: str | Path) -> tuple[Stager, float]:
     """Fit a stager on truth files/folders and store it in a tubule model's card; returns it and its training accuracy."""
+    from app.core.atomic import read_json
+    from app.core.testis_phantom import truth_files
+
+    docs = [read_json(path, UserError, "truth file") for folder in truth for path in truth_files(folder)]
+    if not docs:
+        raise UserError(f"no truth JSON found in {', '.join(str(t) for t in truth)}")
+    return fit_docs_into_model(docs, model_dir, f"{len(docs)} truth file(s)")
+
+
+def fit_docs_into_model(docs: Sequence[dict[str, Any]], model_dir: str | Path, data: str) -> tuple[Stager, float]:
+    """Fit a stager on truth documents and store it (with ``data``, what it was fitted on) in a tubule model's card."""
     from app.core.atomic import atomic_write_json, read_json
     from app.core.errors import ModelError
     from app.core.modelcard import CARD_FILE, load_model_card
-    from app.core.testis_phantom import truth_files
 
     card = load_model_card(model_dir)
     if card.pipeline != "stagetool-tubules":
         raise ModelError(f"{model_dir} is a {card.pipeline} model, not a Stagetool tubule model")
-    docs = [read_json(path, UserError, "truth file") for folder in truth for path in truth_files(folder)]
-    if not docs:
-        raise UserError(f"no truth JSON found in {', '.join(str(t) for t in truth)}")
     x, stages = truth_examples(docs)
     stager = fit(x, stages)
     accuracy = float(np.mean([STAGES[i] == s for i, s in zip(stager.probabilities(x).argmax(1), stages)]))
     path = Path(model_dir) / CARD_FILE
-    data = read_json(path, ModelError, "the model card")
-    data.setdefault("extra", {})["composition"] = {**stager.to_dict(), "train_accuracy": round(accuracy, 4),
-                                                   "data": f"{len(docs)} truth file(s)"}
-    atomic_write_json(path, data)
+    card_data = read_json(path, ModelError, "the model card")
+    card_data.setdefault("extra", {})["composition"] = {**stager.to_dict(), "train_accuracy": round(accuracy, 4),
+                                                        "data": data}
+    atomic_write_json(path, card_data)
     return stager, accuracy

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.core.errors import UserError
+from app.pipelines.stagetool.composition import MIN_CELLS
 
 TTA_MODES = ("off", "full", "adaptive")
+STAGE_FROM = ("auto", "cells", "masks")
 TORCHVISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "resnext101_32x8d")
 # narrow residual bodies defined in models.py: (widths of the 4 stages, blocks per stage)
 LITE_BACKBONES = {
@@ -51,8 +53,8 @@ class AnalyzeParams:
     tubule_score: float = _help("minimum class score of a tubule mask from one tile", default=0.3)
     stage_from: str = _help("tubule stage from: masks (the paper: weighted vote of the tubule model), cells (the "
                             "cell types found in the tubule, if the tubule model has a composition stager) or auto "
-                            "(cells where a tubule holds at least 20 cells, else masks)", default="auto",
-                            choices=("auto", "cells", "masks"))
+                            f"(cells where a tubule holds at least {MIN_CELLS} cells, else masks)", default="auto",
+                            choices=STAGE_FROM)
     cell_score: float = _help("minimum class score of a cell in one pass", default=0.5)
     min_votes: int = _help("with rotations: passes (of 4) that must see a cell for it to be kept", default=2)
     adaptive_low: float = _help("adaptive TTA: scores from here ...", default=0.3)
@@ -69,7 +71,7 @@ class AnalyzeParams:
 
     def validate(self) -> None:
         """Raise UserError for values that cannot work, naming the parameter."""
-        if self.stage_from not in ("masks", "cells", "auto"):
+        if self.stage_from not in STAGE_FROM:
             raise UserError(f"stage_from must be masks, cells or auto, not {self.stage_from!r}")
         if self.tta not in TTA_MODES:
             raise UserError(f"tta must be one of {', '.join(TTA_MODES)}, not {self.tta!r}")
