@@ -279,3 +279,19 @@ def test_brightfield_batch_on_a_real_field_equals_brightfield_segment(tmp_path, 
     assert batch_csv.count("\n") > 2  # nuclei were found, with their fluorescence measured
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "bf" / "set2" / "labels.tif"),
                                   tifffile.imread(tmp_path / "bfs" / "set2_labels.tif"))
+
+
+def test_brightfield_batch_with_every_field_given_keeps_the_model_cards_settings(tmp_path):
+    """The GUI's run queue sends all SegmentParams fields; defaults must not undo the card (min_area 40 here)."""
+    import dataclasses
+
+    from app.core.phantoms import write_phantom
+    from app.pipelines.brightfield.params import SegmentParams
+
+    write_phantom("brightfield", tmp_path / "raw", seed=101, count=1, size=512)
+    everything = {k: v for k, v in dataclasses.asdict(SegmentParams()).items() if v is not None}
+    result = run_batch("brightfield", [tmp_path / "raw" / "field_000_planes.tif"], tmp_path / "out",
+                       models={"brightfield": "brightfield-phantom-demo"}, params=everything)
+    assert result["counts"]["done"] == 1
+    rows = next((tmp_path / "out").rglob("nuclei.csv")).read_text().splitlines()
+    assert len(rows) - 1 >= 20  # 30 drawn; with min_area 1000 from the defaults none would be left

@@ -234,7 +234,10 @@ class BrightfieldAdapter(Adapter):
         from app.pipelines.brightfield.predict import segment, write_csv, write_objects_json
         from app.pipelines.brightfield.stack import load_stack, read_gray
 
-        params = _build(type(loaded.segment), task.params, base=loaded.segment)
+        from app.pipelines.brightfield import with_model_defaults
+
+        # values left at their defaults (the GUI's run queue sends every field) keep the model card's
+        params = with_model_defaults(_build(type(loaded.segment), task.params), loaded.segment)
         stack = load_stack([Path(p) for p in task.sources] if len(task.sources) > 1 else Path(task.sources[0]))
         fluo = read_gray(Path(task.extras["fluorescence"])) if task.extras.get("fluorescence") else None
         result = _drain(segment(loaded, stack, params, fluo, name=task.name), on_progress)
