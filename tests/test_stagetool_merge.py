@@ -221,3 +221,18 @@ def test_tiles_with_a_thin_overlap_still_join_one_tubule_but_not_two():
     masks = [TileMask.from_mask(a[:, :105], (0, 0), 1, 0.9, tile=0),
              TileMask.from_mask(b[:, 95:], (0, 95), 2, 0.9, tile=1)]
     assert len(merge_tubules(masks, 5)) == 2
+
+
+def test_a_sliver_at_the_strip_edge_is_not_joined_to_a_neighbour_bleeding_over_it():
+    """Found on held-out phantoms: tile 0 sees tubule A's edge as a sliver inside the strip both
+    tiles looked at; tile 1's mask of the touching tubule B bleeds over half of that sliver.  The
+    old rule (shared >= half of the smaller part) joined A and B into one tubule."""
+    a, b = disc((200, 200), 60, 100, 50), disc((200, 200), 150, 100, 50)  # touching at y = 100..110
+    strip_top = 104  # tile 1 looks at rows 104..200, tile 0 at rows 0..120
+    b_bleeding = b | (disc((200, 200), 60, 100, 50) & (np.arange(200)[:, None] >= 107))
+    masks = [TileMask.from_mask(a[:120], (0, 0), 1, 0.9, tile=0),
+             TileMask.from_mask(b_bleeding[strip_top:], (strip_top, 0), 2, 0.9, tile=1)]
+    part_a = a[strip_top:120].sum()
+    shared = (a & b_bleeding)[strip_top:120].sum()
+    assert shared >= 0.5 * part_a  # what the old rule accepted
+    assert len(merge_tubules(masks, 5)) == 2

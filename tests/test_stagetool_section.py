@@ -245,3 +245,22 @@ def test_pooled_evaluation_sums_sections():
     assert scores["per_class"]["Sertoli"]["sensitivity"] == 1.0 and scores["n_predicted"] == 3
     strict = cell_scores(gt, pred, score_threshold=0.5)  # the weak false positive is cut
     assert strict["mean_precision"] == 1.0 and strict["n_predicted"] == 2
+
+
+@pytest.mark.parametrize("size", [(2048, 2048), (3000, 1500), (700, 2500)])
+def test_model_windows_stay_inside_the_section_and_hold_their_cores(size):
+    """Networks trained on crops inside sections never see a band of padding at the edges (a padded
+    edge tile made the tubule model draw one mask across two tubules); cores still partition it."""
+    height, width = size
+    config = ModelConfig("tubules", "tiny", 6, tile_size=512, downsample=2)
+    owned = np.zeros(size, np.int32)
+    for tile in predict.tile_windows(height, width, config, overlap=128):
+        y0, x0, y1, x1 = predict.window_of(tile, config)
+        assert (y1 - y0, x1 - x0) == (1024, 1024)
+        assert y0 >= 0 and x0 >= 0
+        assert y1 <= height or y0 == 0  # past the edge only when the section is smaller than a tile
+        assert x1 <= width or x0 == 0
+        cy0, cx0, cy1, cx1 = tile.core
+        assert y0 <= cy0 and cy1 <= y1 and x0 <= cx0 and cx1 <= x1
+        owned[cy0:cy1, cx0:cx1] += 1
+    assert (owned == 1).all()

@@ -195,9 +195,17 @@ def tile_windows(height: int, width: int, config: ModelConfig, overlap: int) -> 
 
 
 def window_of(tile: Any, config: ModelConfig) -> tuple[int, int, int, int]:
-    """The section region a model tile covers: the grid's window start, the model's tile size."""
+    """The section region a model tile covers: the model's tile size, kept inside the section.
+
+    The grid's window is moved back inside the section wherever it reaches past an edge (it still
+    holds its core), so the networks, trained on crops inside sections, never see a band of
+    padding: on padded edge tiles the tubule model drew masks across the interstitium that
+    joined neighbouring tubules.  A section smaller than a tile is padded on its bottom/right.
+    """
     side = config.tile_size * config.downsample
-    y0, x0 = int(tile.window[0]), int(tile.window[1])
+    height, width = tile.image_shape
+    y0 = max(0, min(int(tile.window[0]), height - side))
+    x0 = max(0, min(int(tile.window[1]), width - side))
     return (y0, x0, y0 + side, x0 + side)
 
 
