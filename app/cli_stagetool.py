@@ -53,9 +53,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_fit_stager(args: argparse.Namespace) -> int:
     from app.pipelines.stagetool.composition import fit_into_model
 
-    stager, accuracy = fit_into_model(list(args.truth), args.model)
-    print(f"composition stager fitted on {stager.n_train} annotated tubules (accuracy on them {accuracy:.3f}, "
-          f"a training figure) and stored in {args.model}/card.json; evaluate it on held-out sections")
+    stager, accuracy = fit_into_model(list(args.truth), args.model, args.predictions)
+    cells = "the cells found in them" if args.predictions else "their annotated cells"
+    print(f"composition stager fitted on {stager.n_train} annotated tubules and {cells} (accuracy on them "
+          f"{accuracy:.3f}, a training figure) and stored in {args.model}/card.json; evaluate it on held-out sections")
     return EXIT_OK
 
 
@@ -66,7 +67,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from app.pipelines.stagetool.params import AnalyzeParams
 
     params = AnalyzeParams(tta=args.tta, device=args.device, dapi=args.dapi, antibodies=",".join(args.antibody or []))
-    for key in ("overlap", "batch_size", "cell_score", "tubule_score", "threads", "cell_tile", "tubule_tile"):
+    for key in ("overlap", "batch_size", "cell_score", "tubule_score", "threads", "cell_tile", "tubule_tile",
+                "stage_from"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(params, key, value)
@@ -140,7 +142,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: Any) -> None:
     """Add ``stagetool`` with train / analyze / evaluate / export to the main command tree."""
-    from app.pipelines.stagetool.params import BACKBONES, TTA_MODES
+    from app.pipelines.stagetool.params import BACKBONES, STAGE_FROM, TTA_MODES
 
     p = subparsers.add_parser("stagetool", help="testis sections: tubule stages, cell types, antigen profiles",
                               description="Stagetool (Meikar, Majoral et al. 2023) on whole DAPI testis sections.")
@@ -178,6 +180,9 @@ def add_parser(subparsers: Any) -> None:
     q.add_argument("--dapi", default="0", metavar="CHANNEL", help="DAPI channel name or index (default 0)")
     q.add_argument("--antibody", action="append", metavar="NAME=CHANNEL[:T]",
                    help="an antibody channel (repeatable); without T a threshold is suggested from the data")
+    q.add_argument("--stage-from", choices=STAGE_FROM, default=None,
+                   help="tubule stages from the cells in them (cells), the tubule model's masks (masks, the paper) "
+                        "or cells where a tubule holds enough of them (auto, the default)")
     q.add_argument("--tta", choices=TTA_MODES, default="adaptive", help="cell rotations (default adaptive)")
     q.add_argument("--edits", type=Path, default=None, metavar="FILE", help="curation edits (JSON) to apply")
     q.add_argument("--force", action="store_true", help="analyse again sections that are already done")
@@ -207,6 +212,10 @@ def add_parser(subparsers: Any) -> None:
                                    "type, box and tubule id), as `stagescope phantom testis` writes them.")
     q.add_argument("truth", nargs="+", type=Path, metavar="TRUTH")
     q.add_argument("--model", type=Path, required=True, metavar="TUBULE_MODEL_DIR")
+    q.add_argument("--predictions", type=Path, default=None, metavar="RESULTS_DIR",
+                   help="fit on the cells the cell model found in the annotated sections (the results of "
+                        "`stagescope stagetool analyze` on them; TRUTH then is their one truth folder) instead of "
+                        "the annotated cells, so the stager learns the cell model's own mistakes")
     q.set_defaults(func=cmd_fit_stager)
 
     q = sub.add_parser("export", help="curated results as COCO training annotations")

@@ -171,3 +171,24 @@ def test_reanalysing_drops_the_evaluation_of_the_old_predictions(capsys, tmp_pat
     assert cli(capsys, *args, "--force")[0] == 0
     assert not (out / "sec" / "evaluation.json").exists() and not (out / "evaluation.json").exists()
     assert "Evaluation" not in load_workbook(out / "sec" / "sec.xlsx").sheetnames
+
+
+def test_stage_from_option_and_fitting_the_stager_on_found_cells(capsys, tmp_path, models):
+    code, _, err = cli(capsys, "phantom", "testis", "--out", tmp_path / "ph", "--size", "640", "--seed", "5")
+    assert code == 0, err
+    out = tmp_path / "res"
+    code, _, err = cli(capsys, "stagetool", "analyze", tmp_path / "ph" / "testis_000.ome.tif", "--out", out,
+                       "--tubule-model", models[0], "--cell-model", models[1], "--tta", "off", "--overlap", "16",
+                       "--stage-from", "masks")
+    assert code == 0, err
+    doc = json.loads((out / "testis_000" / "predictions.json").read_text())
+    assert doc["meta"]["params"]["stage_from"] == "masks"
+    assert all(t["stage_source"] == "masks" for t in doc["layers"]["tubules"])
+    # the untrained cell model's cells fill tubules of one stage only: a clear refusal, the card untouched
+    card = (models[0] / "card.json").read_text()
+    code, _, err = cli(capsys, "stagetool", "fit-stager", tmp_path / "ph", "--model", models[0], "--predictions", out)
+    assert code == 2 and "at least two stages" in err
+    assert (models[0] / "card.json").read_text() == card
+    code, _, err = cli(capsys, "stagetool", "fit-stager", tmp_path / "ph", tmp_path / "ph", "--model", models[0],
+                       "--predictions", out)
+    assert code == 2 and "one truth folder" in err

@@ -137,19 +137,84 @@ def stage_tubules(tubules: list[dict[str, Any]], cells: list[dict[str, Any]], st
         t["class"], t["score"], t["stage_source"] = STAGES[int(p.argmax())], round(float(p.max()), 4), "cells"
 
 
-def fit_into_model(truth: Sequence[str | Path], model_dir: str | Path) -> tuple[Stager, float]:
-    """Fit a stager on truth files/folders and store it in a tubule model's card; returns it and its training accuracy."""
+def prediction_examples(cells: Sequence[dict[str, Any]], tubule_labels: np.ndarray,
+                        tubule_stages: dict[int, str | None], unusable: set[int] | frozenset[int] = frozenset(),
+                        ) -> tuple[list[np.ndarray], list[str]]:
+    """Training rows from the cells a cell model *found* in an annotated section (results ``cells``).
+
+    Each found cell joins the annotated tubule under its centre (``tubule_labels``, section pixels);
+    a usable staged tubule with >= MIN_CELLS found cells gives one row.  Fitting on these instead
+    of the annotated cells teaches the stager the cell model's own mistakes (types it mixes up,
+    cells it misses), which it meets again on new sections.
+    """
+    height, width = tubule_labels.shape
+    members: dict[int, list[dict[str, Any]]] = {}
+    for cell in cells:
+        y, x = cell["centroid"]
+        tid = int(tubule_labels[min(max(int(y), 0), height - 1), min(max(int(x), 0), width - 1)])
+        if tid:
+            members.setdefault(tid, []).append(cell)
+    rows, stages = [], []
+    for tid, stage in sorted(tubule_stages.items()):
+        own = members.get(tid, [])
+        if stage in STAGES and tid not in unusable and len(own) >= MIN_CELLS:
+            rows.append(features([c["class"] for c in own], np.array([c["box"] for c in own])))
+            stages.append(stage)
+    return rows, stages
+
+
+def fit_into_model(truth: Sequence[str | Path], model_dir: str | Path,
+                   predictions: str | Path | None = None) -> tuple[Stager, float]:
+    """Fit a stager and store it in a tubule model's card; returns it and its training accuracy.
+
+    Without ``predictions`` it is fitted on the annotated cells of the truth files/folders; with a
+    results folder of ``stagescope stagetool analyze`` on the same annotated sections, on the cells
+    the cell model found there (:func:`prediction_examples`).
+    """
     from app.core.atomic import read_json
     from app.core.testis_phantom import truth_files
 
+    if predictions is not None:
+        return _fit_predictions_into_model(Path(predictions), [Path(t) for t in truth], model_dir)
     docs = [read_json(path, UserError, "truth file") for folder in truth for path in truth_files(folder)]
     if not docs:
         raise UserError(f"no truth JSON found in {', '.join(str(t) for t in truth)}")
     return fit_docs_into_model(docs, model_dir, f"{len(docs)} truth file(s)")
 
 
+def _fit_predictions_into_model(results: Path, truth: Sequence[Path], model_dir: str | Path) -> tuple[Stager, float]:
+    from app.core.atomic import read_json
+    from app.pipelines.stagetool.curation import section_dirs
+    from app.pipelines.stagetool.evaluate import load_truth
+    from app.pipelines.stagetool.predict import PREDICTIONS_FILE
+
+    if len(truth) != 1:
+        raise UserError("fitting on predictions needs one truth folder (the annotated sections' truth)")
+    rows, stages, names = [], [], []
+    for folder in section_dirs(results):
+        doc = read_json(folder / PREDICTIONS_FILE, UserError, "results file")
+        name = doc.get("image") or folder.name
+        section = load_truth(truth[0], name)
+        r, s = prediction_examples(doc["layers"]["cells"], section.tubule_labels, section.tubule_stages,
+                                   section.unusable)
+        rows += r
+        stages += s
+        names.append(name)
+    if not rows:
+        raise UserError(f"{results}: no analysed section with annotated tubules holding {MIN_CELLS} or more found cells")
+    cell_model = doc.get("meta", {}).get("models", {}).get("cells", {}).get("name", "?")
+    data = f"cells found by model {cell_model!r} in {len(names)} annotated section(s) ({results.name}), their truth stages"
+    return store_in_model(np.array(rows), stages, model_dir, data)
+
+
 def fit_docs_into_model(docs: Sequence[dict[str, Any]], model_dir: str | Path, data: str) -> tuple[Stager, float]:
     """Fit a stager on truth documents and store it (with ``data``, what it was fitted on) in a tubule model's card."""
+    x, stages = truth_examples(docs)
+    return store_in_model(x, stages, model_dir, data)
+
+
+def store_in_model(x: np.ndarray, stages: Sequence[str], model_dir: str | Path, data: str) -> tuple[Stager, float]:
+    """Fit a stager on feature rows and store it (with ``data``, what it was fitted on) in a tubule model's card."""
     from app.core.atomic import atomic_write_json, read_json
     from app.core.errors import ModelError
     from app.core.modelcard import CARD_FILE, load_model_card
@@ -157,7 +222,6 @@ def fit_docs_into_model(docs: Sequence[dict[str, Any]], model_dir: str | Path, d
     card = load_model_card(model_dir)
     if card.pipeline != "stagetool-tubules":
         raise ModelError(f"{model_dir} is a {card.pipeline} model, not a Stagetool tubule model")
-    x, stages = truth_examples(docs)
     stager = fit(x, stages)
     accuracy = float(np.mean([STAGES[i] == s for i, s in zip(stager.probabilities(x).argmax(1), stages)]))
     path = Path(model_dir) / CARD_FILE

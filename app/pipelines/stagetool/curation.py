@@ -42,7 +42,7 @@ def apply(doc: dict[str, Any], edits: Sequence[dict[str, Any]]) -> dict[str, Any
     return curated
 
 
-def _section_dirs(results: Path) -> list[Path]:
+def section_dirs(results: Path) -> list[Path]:
     """Section folders of a results folder (or the folder itself when it is one section)."""
     from app.pipelines.stagetool.predict import OBJECTS_FILE
 
@@ -81,7 +81,7 @@ def export_results(results: str | Path, out: str | Path) -> list[Path]:
 
     out = Path(out)
     tubule_images, cell_images = [], []
-    for folder in _section_dirs(Path(results)):
+    for folder in section_dirs(Path(results)):
         doc = json.loads((folder / OBJECTS_FILE).read_text())
         tubules, cells = to_annotations(doc)
         tubule_images.append(tubules)

@@ -255,14 +255,14 @@ def load_truth(truth: Path, section: str) -> SectionTruth:
 def evaluate_results(results: str | Path, truth: str | Path) -> dict[str, dict[str, Any]]:
     """Evaluate every section of a results folder; writes evaluation.json and rewrites the workbooks."""
     from app.pipelines.stagetool.batch import EVALUATION_FILE, write_batch_outputs, write_section_outputs
-    from app.pipelines.stagetool.curation import _section_dirs
+    from app.pipelines.stagetool.curation import section_dirs
     from app.pipelines.stagetool.predict import OBJECTS_FILE
 
     results, truth = Path(results), Path(truth)
     if not truth.exists():
         raise UserError(f"{truth}: no such ground truth file or folder")
     evaluations, parts = {}, []
-    for folder in _section_dirs(results):
+    for folder in section_dirs(results):
         doc = json.loads((folder / OBJECTS_FILE).read_text())
         name = doc.get("image") or folder.name
         section_truth = load_truth(truth, name)
@@ -277,5 +277,5 @@ def evaluate_results(results: str | Path, truth: str | Path) -> dict[str, dict[s
         atomic_write_json(results / EVALUATION_FILE, pooled)
         evaluations[POOLED] = pooled
     if (results / "run.json").exists():
-        write_batch_outputs(results, [f.name for f in _section_dirs(results)])
+        write_batch_outputs(results, [f.name for f in section_dirs(results)])
     return evaluations
