@@ -1,18 +1,21 @@
 """Benchmark of the Stagetool section flow: the paper's flow against ours, and network speed per backbone.
 
-    .venv/bin/python bench/stagetool.py [--size 8000] [--seed 7] [--threads 1] [--out DIR]
+    .venv/bin/python bench/stagetool.py [--size 8000] [--seed 7] [--threads 1] [--out DIR] [--flows F,F]
                                         [--tubule-model M] [--cell-model M] [--skip-flows] [--skip-backbones]
 
 1. A phantom testis section of about ``size`` x ``size`` px (DAPI + SOX9, with ground truth) is
-   analysed twice with the shipped demo models, each run in a fresh process so its peak RSS is its
-   own:
-   - paper flow: every tile (no tissue skip), one tile per network call, every cell tile at
+   analysed once per flow with the shipped demo models, each run in a fresh process so its peak
+   RSS is its own:
+   - paper: every tile (no tissue skip), one tile per network call, every cell tile at
      0/90/180/270 degrees (``tta=full``);
-   - our flow: tiles without tissue skipped, tiles batched, rotations only where the single pass is
-     uncertain (``tta=adaptive``).
-   Printed: seconds, peak memory, tiles run, and the accuracy of both on the phantom's ground
-   truth (tubule stage agreement, cell mean precision / sensitivity, AP50), then the speed ratio
-   (target >= 3x at no more than 1 point of accuracy lost) and peak memory (target < 4 GB).
+   - ours: tiles without tissue skipped, tiles batched, rotations only where the single pass is
+     uncertain (``tta=adaptive``);
+   - ours-4r: ours with all four rotations everywhere (what skipping and batching alone give);
+   - ours-1p: ours with one pass, no rotations (``tta=off``).
+   Printed: seconds, peak memory, tiles run, and the accuracy of each on the phantom's ground
+   truth (tubule stage agreement, cell mean precision / sensitivity, AP50, AP75), then each speed
+   ratio against the paper's flow with the points lost (target >= 3x at no more than 1 point of
+   accuracy lost) and peak memory (target < 4 GB).
 2. Tiles per second of each network (tubule Mask R-CNN, cell Faster R-CNN) at each backbone, on
    1024 px tiles (untrained weights: speed does not depend on them), on the CPU here and on the
    GPU when one is present.
@@ -37,8 +40,10 @@ sys.path.insert(0, str(REPO))
 FLOWS = {
     "paper": {"tta": "full", "skip_background": False, "batch_size": 1},
     "ours": {"tta": "adaptive", "skip_background": True, "batch_size": 4},
+    "ours-4r": {"tta": "full", "skip_background": True, "batch_size": 4},  # ours with all 4 rotations everywhere
     "ours-1p": {"tta": "off", "skip_background": True, "batch_size": 4},  # ours with one pass (no rotations)
 }
+METRICS = ("agreement", "precision", "sensitivity", "AP50", "AP75")  # AP in points already, the rest x 100
 BACKBONES = ("tiny", "lite-s", "lite", "resnet18", "resnet50", "resnext101_32x8d")
 
 
@@ -81,7 +86,7 @@ def one_flow(flow: str, section: Path, truth: Path, out: Path, threads: int, tub
     return {"flow": flow, "seconds": seconds, "peak_mb": analysis_mb, "peak_mb_with_eval": _rss_mb(), "tiles": tiles,
             "agreement": stages["agreement"], "tubules": stages["n_tubules"],
             "precision": cells["mean_precision"], "sensitivity": cells["mean_sensitivity"], "AP50": cells["AP50"],
-            "mIoU": evaluation["tubules"]["mean_iou"]}
+            "AP75": cells["AP75"], "mIoU": evaluation["tubules"]["mean_iou"]}
 
 
 def run_flows(args: argparse.Namespace) -> None:
@@ -95,7 +100,10 @@ def run_flows(args: argparse.Namespace) -> None:
     print(f"phantom section {shape[1]} x {shape[0]} px (seed {args.seed}), written in {time.perf_counter() - start:.0f} s:"
           f" {section}")
     results = {}
-    for flow in FLOWS:
+    flows = [f for f in FLOWS if f in args.flows.split(",")]
+    if "paper" not in flows:
+        raise SystemExit("--flows must include paper (the baseline)")
+    for flow in flows:
         command = [sys.executable, __file__, "--one", flow, "--section", str(section), "--truth", str(truth),
                    "--out", str(work / f"run-{flow}"), "--threads", str(args.threads), "--device", args.device]
         for option, value in (("--tubule-model", args.tubule_model), ("--cell-model", args.cell_model)):
@@ -108,24 +116,24 @@ def run_flows(args: argparse.Namespace) -> None:
         results[flow] = json.loads(done.stdout.strip().splitlines()[-1])
     print("\nsynthetic phantom section (easier than tissue); same models, same section")
     print(f"{'flow':7s} {'seconds':>8s} {'peak MB':>8s} {'cell tiles':>10s} {'rotated':>8s} {'tub tiles':>9s} "
-          f"{'stage agr':>9s} {'cell prec':>9s} {'cell sens':>9s} {'AP50':>6s} {'tub mIoU':>8s}")
-    for flow in FLOWS:
+          f"{'stage agr':>9s} {'cell prec':>9s} {'cell sens':>9s} {'AP50':>6s} {'AP75':>6s} {'tub mIoU':>8s}")
+    for flow in flows:
         r = results[flow]
         t = r["tiles"]
         print(f"{flow:7s} {r['seconds']:8.1f} {r['peak_mb']:8.0f} {t['cell_tiles_analysed']:10d} "
               f"{t['cell_tiles_rotated']:8d} {t['tubule_tiles_analysed']:9d} {_pct(r['agreement']):>9s} "
-              f"{_fmt(r['precision']):>9s} {_fmt(r['sensitivity']):>9s} {_fmt(r['AP50'], 1):>6s} {_fmt(r['mIoU']):>8s}")
+              f"{_fmt(r['precision']):>9s} {_fmt(r['sensitivity']):>9s} {_fmt(r['AP50'], 1):>6s} {_fmt(r['AP75'], 1):>6s} "
+              f"{_fmt(r['mIoU']):>8s}")
     paper = results["paper"]
-    for name in (f for f in FLOWS if f != "paper"):
+    for name in (f for f in flows if f != "paper"):
         ours = results[name]
-        lost = [100 * (paper[k] - ours[k]) for k in ("agreement", "precision", "sensitivity")
-                if paper[k] is not None and ours[k] is not None]
-        print(f"speed ratio paper / {name}: {paper['seconds'] / ours['seconds']:.2f}x (target >= 3x); accuracy lost: "
-              f"{max(lost) if lost else float('nan'):+.2f} points at most (stage agreement, cell precision, "
-              f"sensitivity; target <= 1)")
+        lost = {k: (paper[k] - ours[k]) * (1 if k.startswith("AP") else 100) for k in METRICS
+                if paper[k] is not None and ours[k] is not None}
+        print(f"speed ratio paper / {name}: {paper['seconds'] / ours['seconds']:.2f}x (target >= 3x); points lost "
+              f"(target <= 1): " + ", ".join(f"{k} {v:+.2f}" for k, v in lost.items()))
     print("peak memory of the analysis (MB; target < 4096): "
           + ", ".join(f"{f} {results[f]['peak_mb']:.0f} (with evaluation {results[f]['peak_mb_with_eval']:.0f})"
-                      for f in FLOWS))
+                      for f in flows))
 
 
 def _fmt(value: float | None, digits: int = 3) -> str:
@@ -184,6 +192,7 @@ def main() -> None:
     parser.add_argument("--tubule-model", default=None)
     parser.add_argument("--cell-model", default=None)
     parser.add_argument("--skip-flows", action="store_true")
+    parser.add_argument("--flows", default=",".join(FLOWS), help="flows to run (paper always)")
     parser.add_argument("--skip-backbones", action="store_true")
     parser.add_argument("--devices", default="cpu,cuda", help="devices of the backbone table (cuda only when present)")
     parser.add_argument("--backbones", default=",".join(BACKBONES), help="backbones of the speed table")
