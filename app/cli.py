@@ -25,7 +25,6 @@ EXIT_USER_ERROR = 2
 
 PIPELINE_CLI_MODULES = ("app.cli_brightfield", "app.cli_stagetool", "app.cli_kaizen", "app.cli_batch")
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 
 
 def print_json(data: Any) -> None:
@@ -39,18 +38,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def list_images(path: Path) -> list[Path]:
-    """The image files of a folder (sorted), or the file itself; a missing path is a user error."""
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-        if not files:
-            raise UserError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-        return files
-    if not path.exists():
-        raise UserError(f"{path}: no such file or folder")
-    return [path]
 
 
 # ---------------------------------------------------------------- info
@@ -84,6 +71,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _paired_files(truth: Path, pred: Path) -> list[tuple[Path, Path]]:
     """Pair label images by file stem when given folders, or the two files themselves."""
+    from app.core.images import list_images
+
     truth_files, pred_files = list_images(truth), list_images(pred)
     if not truth.is_dir() and not pred.is_dir():
         return [(truth_files[0], pred_files[0])]
@@ -182,6 +171,7 @@ def cmd_project_new(args: argparse.Namespace) -> int:
 
 
 def cmd_project_add(args: argparse.Namespace) -> int:
+    from app.core.images import list_images
     from app.core.project import Project
 
     project = Project.open(args.folder)

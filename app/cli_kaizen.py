@@ -110,7 +110,7 @@ def _channel(value: str | None) -> int | str | None:
 
 def _pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
     """(image, label) files matched by stem; an image without a label file is a user error."""
-    from app.cli import list_images
+    from app.core.images import list_images
 
     image_files, label_files = list_images(images), list_images(labels)
     if not images.is_dir() and not labels.is_dir():
@@ -172,7 +172,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """Decompose each image and write labels, object stack and objects JSON per image."""
-    from app.cli import list_images, print_json
+    from app.cli import print_json
+    from app.core.images import list_images
     from app.core.atomic import atomic_write_json
     from app.core.jobs import ConsoleProgress, run
     from app.pipelines.kaizen.decompose import decompose_job, read_gray

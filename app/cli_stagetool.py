@@ -63,7 +63,7 @@ def cmd_fit_stager(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from app.core.edits import read_edits
     from app.core.jobs import run
-    from app.pipelines.stagetool.batch import analyze_paths
+    from app.pipelines.stagetool.batch import analyze_paths, section_files
     from app.pipelines.stagetool.params import AnalyzeParams
 
     params = AnalyzeParams(tta=args.tta, device=args.device, dapi=args.dapi, antibodies=",".join(args.antibody or []))
@@ -78,7 +78,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if not args.edits.exists():
             raise UserError(f"{args.edits}: no such edits file")
         edits = read_edits(args.edits)
-    sections = _section_files(args.sections)
+    sections = section_files(args.sections)
     result = run(analyze_paths(sections, args.out, params, args.tubule_model, args.cell_model, edits, args.force,
                                synthetic=True if args.synthetic else None), _progress())
     if args.truth is not None:
@@ -92,26 +92,6 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for name, message in result["failed"].items():
         print(f"  FAILED {name}: {message}")
     return EXIT_FAILED_SECTIONS if result["failed"] else EXIT_OK
-
-
-def _section_files(paths: list[Path]) -> list[Path]:
-    """Section files from the arguments (folders expand to their images, truth files left out)."""
-    from app.cli import list_images
-
-    files: list[Path] = []
-    for path in paths:
-        found = list_images(path)
-        if path.is_dir():
-            found = [f for f in found if not _looks_like_truth(f)]
-        files.extend(found)
-    if not files:
-        raise UserError("no section images given")
-    return files
-
-
-def _looks_like_truth(path: Path) -> bool:
-    name = path.name.lower()
-    return any(tag in name for tag in ("truth", "label", "mask", "tubules", "cells"))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

@@ -86,8 +86,10 @@ def test_cli_fits_the_stager_into_a_tubule_model_card(capsys, tmp_path):
     code, out, err = cli(capsys, "stagetool", "fit-stager", truth, "--model", tubules)
     assert code == 0, err
     assert "training figure" in out
-    stager = stager_of(load_model(tubules, "tubules", device="cpu"))
+    model = load_model(tubules, "tubules", device="cpu")
+    stager = stager_of(model)
     assert stager is not None and stager.n_train > 10
+    assert "4 truth file(s)" in model.reference()["stager_data"]  # results and the Methods sheet say what it was fitted on
     code, _, err = cli(capsys, "stagetool", "fit-stager", truth, "--model", cells)  # a cell model has no stages
     assert code == 2 and "not a Stagetool tubule model" in err
     code, _, err = cli(capsys, "stagetool", "fit-stager", tmp_path / "empty", "--model", tubules)

@@ -36,7 +36,7 @@ def image_name(path: Path) -> str:
 
 def image_files(inputs: Sequence[Path]) -> list[tuple[str, tuple[str, ...]]]:
     """One task per image file; folders expand to their image files (sorted)."""
-    from app.cli import list_images
+    from app.core.images import list_images
 
     items = []
     for path in inputs:
@@ -211,7 +211,7 @@ class BrightfieldAdapter(Adapter):
         return DEFAULT_MODEL
 
     def expand(self, inputs: Sequence[Path]) -> list[tuple]:
-        from app.cli_brightfield import collect_fields
+        from app.pipelines.brightfield.predict import collect_fields
 
         return [(f.name, tuple(str(Path(p).resolve()) for p in f.planes),
                  {"fluorescence": str(Path(f.fluo).resolve())} if f.fluo else {}) for f in collect_fields(list(inputs))]
@@ -256,9 +256,9 @@ class StagetoolAdapter(Adapter):
 
     def expand(self, inputs: Sequence[Path]) -> list[tuple]:
         """Section files as ``stagetool analyze`` takes them (truth and label files in folders left out)."""
-        from app.cli_stagetool import _section_files
+        from app.pipelines.stagetool.batch import section_files
 
-        return [(image_name(p), (str(p.resolve()),)) for p in _section_files(list(inputs))]
+        return [(image_name(p), (str(p.resolve()),)) for p in section_files(list(inputs))]
 
     def default_model(self, kind: str) -> str:
         from app.pipelines.stagetool.predict import DEMO_MODELS

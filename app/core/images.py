@@ -53,7 +53,7 @@ from typing import Any, Union
 import numpy as np
 
 from app.core.atomic import atomic_path
-from app.core.errors import ImageError
+from app.core.errors import ImageError, UserError
 
 PathLike = Union[str, "os.PathLike[str]"]
 Region = tuple[int, int, int, int]
@@ -285,6 +285,19 @@ class Image:
 
 
 # ---------------------------------------------------------------------------------------- open
+
+
+def list_images(path: Path) -> list[Path]:
+    """The image files of a folder (sorted), or the file itself; a missing path is a user error."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise UserError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        return files
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    return [path]
 
 
 def open_image(path: PathLike, axes: str | None = None) -> Image:

@@ -217,7 +217,7 @@ def _methods_sheet(wb: Workbook, summaries: Sequence[dict[str, Any]]) -> None:
                "Stagetool method: Meikar, Majoral et al., Endocrinology 2023; torchvision detection models"])
     for kind, model in first.get("models", {}).items():
         ws.append([f"{kind} model", model.get("name"), model.get("weights_sha256")])
-        for key in ("architecture", "backbone", "downsample", "training_data", "folder"):
+        for key in ("architecture", "backbone", "downsample", "training_data", "stager_data", "folder"):
             if model.get(key) is not None:
                 ws.append([f"{kind} model {key}", _value(model[key])])
     for key, value in first.get("params", {}).items():

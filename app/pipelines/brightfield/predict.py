@@ -229,6 +229,42 @@ class FieldInput:
     fluo: Path | None = None
 
 
+def collect_fields(inputs: list[Path], fluo: Path | None = None) -> list[FieldInput]:
+    """Fields to segment from command-line paths: plane files of one field, stack files, or field folders.
+
+    See the help of ``stagescope brightfield segment``; batches (app/batch) read inputs the same way.
+    """
+    from app.core.errors import UserError
+    from app.pipelines.brightfield.stack import IMAGE_SUFFIXES, field_files, is_fluorescence_name, z_from_name
+
+    for path in inputs:
+        if not path.exists():
+            raise UserError(f"{path}: no such file or folder")
+    if len(inputs) > 1 and all(p.is_file() for p in inputs) and any(z_from_name(p.name) is not None for p in inputs):
+        # plane files of one field (names carry z), perhaps with its fluorescence image among them
+        if fluo is None:
+            fluo = next((p for p in inputs if z_from_name(p.name) is None and is_fluorescence_name(p)), None)
+        planes = [p for p in inputs if p != fluo]
+        return [FieldInput(planes[0].parent.name or "field", planes, fluo)]
+    fields = []
+    for path in inputs:
+        if path.is_file():
+            fields.append(FieldInput(path.name.split(".")[0], [path], fluo))
+            continue
+        has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir() if p.is_file())
+        subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
+        folders = [path] if has_images else subdirs
+        if not folders:
+            raise UserError(f"{path}: no plane images and no field folders in it")
+        for folder in folders:
+            planes, found = field_files(folder)
+            fields.append(FieldInput(folder.name, planes, fluo or found))
+    names = [f.name for f in fields]
+    if len(set(names)) != len(names):
+        raise UserError("two fields have the same folder name; their results would overwrite each other")
+    return fields
+
+
 def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] = CSV_COLUMNS) -> Path:
     """Rows as CSV (atomic write); None becomes an empty cell."""
     import io

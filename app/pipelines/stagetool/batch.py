@@ -186,6 +186,26 @@ def use_threads(threads: int) -> None:
         torch.set_num_threads(int(threads))
 
 
+def section_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Section files from command-line paths: folders expand to their images, truth and label files left out."""
+    from app.core.images import list_images
+
+    files: list[Path] = []
+    for path in map(Path, paths):
+        found = list_images(path)
+        if path.is_dir():
+            found = [f for f in found if not _looks_like_truth(f)]
+        files.extend(found)
+    if not files:
+        raise UserError("no section images given")
+    return files
+
+
+def _looks_like_truth(path: Path) -> bool:
+    name = path.name.lower()
+    return any(tag in name for tag in ("truth", "label", "mask", "tubules", "cells"))
+
+
 def analyze_paths(paths: Sequence[str | Path], out: str | Path, params: AnalyzeParams | None = None,
                   tubule_model: str | Path | None = None, cell_model: str | Path | None = None,
                   edits: Sequence[dict] = (), force: bool = False, synthetic: bool | None = None) -> Job[dict]:

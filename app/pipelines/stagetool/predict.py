@@ -64,6 +64,9 @@ class LoadedModel:
         ref.update(architecture=self.card.architecture, backbone=self.card.backbone,
                    downsample=self.config.downsample, tile_size=self.config.tile_size,
                    training_data=self.card.training.get("data"))
+        stager = (self.card.extra or {}).get("composition")
+        if stager:
+            ref["stager_data"] = stager.get("data")
         return ref
 
 
