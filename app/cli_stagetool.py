@@ -67,8 +67,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from app.pipelines.stagetool.params import AnalyzeParams
 
     params = AnalyzeParams(tta=args.tta, device=args.device, dapi=args.dapi, antibodies=",".join(args.antibody or []))
-    for key in ("overlap", "batch_size", "cell_score", "tubule_score", "threads", "cell_tile", "tubule_tile",
-                "stage_from"):
+    for key in ("overlap", "batch_size", "cell_score", "single_score", "tubule_score", "threads", "cell_tile",
+                "tubule_tile", "stage_from"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(params, key, value)
@@ -163,14 +163,17 @@ def add_parser(subparsers: Any) -> None:
     q.add_argument("--stage-from", choices=STAGE_FROM, default=None,
                    help="tubule stages from the cells in them (cells), the tubule model's masks (masks, the paper) "
                         "or cells where a tubule holds enough of them (auto, the default)")
-    q.add_argument("--tta", choices=TTA_MODES, default="adaptive", help="cell rotations (default adaptive)")
+    q.add_argument("--tta", choices=TTA_MODES, default="off",
+                   help="cell rotations: off (default, one pass), full (the paper's 4 rotations: tighter boxes, "
+                        "3-4x the time) or adaptive (rotations around uncertain cells only)")
     q.add_argument("--edits", type=Path, default=None, metavar="FILE", help="curation edits (JSON) to apply")
     q.add_argument("--force", action="store_true", help="analyse again sections that are already done")
     q.add_argument("--truth", type=Path, default=None, metavar="TRUTH", help="ground truth: add an Evaluation sheet")
     q.add_argument("--device", default="auto")
     q.add_argument("--batch-size", type=int, default=None, help="tiles per network call")
     q.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default 128)")
-    q.add_argument("--cell-score", type=float, default=None)
+    q.add_argument("--cell-score", type=float, default=None, help="with rotations: minimum cell score per pass")
+    q.add_argument("--single-score", type=float, default=None, help="tta off: minimum cell score (default 0.45)")
     q.add_argument("--tubule-score", type=float, default=None)
     q.add_argument("--cell-tile", type=int, default=None, metavar="PX", help="cell model tile side (default: the model's)")
     q.add_argument("--tubule-tile", type=int, default=None, metavar="PX",

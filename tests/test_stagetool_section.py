@@ -264,3 +264,23 @@ def test_model_windows_stay_inside_the_section_and_hold_their_cores(size):
         assert y0 <= cy0 and cy1 <= y1 and x0 <= cx0 and cx1 <= x1
         owned[cy0:cy1, cx0:cx1] += 1
     assert (owned == 1).all()
+
+
+def test_one_pass_keeps_cells_from_single_score_and_rotations_from_cell_score(section, tmp_path):
+    """The default is one pass (tta off): without a vote to confirm them, cells count from single_score
+    (0.45); with rotations each pass is cut at cell_score.  The oracle gives m2m 0.6, the rest 0.99."""
+    path, truth, _ = section
+    tubules, cells = oracle_model("tubules", 128, downsample=2), oracle_model("cells", 128)
+
+    def m2m_found(**changes):
+        params = AnalyzeParams(overlap=48, map_scale=2, **changes)
+        doc = run(predict.analyze_section(path, tmp_path / str(len(changes)) / "_".join(changes), tubules, cells,
+                                          params))
+        return sum(c["class"] == "m2m" for c in doc["layers"]["cells"])
+
+    assert AnalyzeParams().tta == "off" and AnalyzeParams().single_score < AnalyzeParams().cell_score
+    n_m2m = truth.cell_types.count("m2m")
+    assert n_m2m > 0 and m2m_found() == n_m2m
+    assert m2m_found(single_score=0.7) == 0
+    assert m2m_found(tta="full", single_score=0.7) == n_m2m
+    assert m2m_found(tta="full", cell_score=0.7) == 0

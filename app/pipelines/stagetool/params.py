@@ -40,9 +40,10 @@ class AnalyzeParams:
     dapi: str = _help("DAPI channel: name or 0-based index", default="0")
     antibodies: str = _help("antibody channels, comma separated NAME=CHANNEL[:T] (e.g. SOX9=1:1200, SALL4=2); "
                             "without T a threshold is suggested from the data", default="")
-    tta: str = _help("cell test-time augmentation: off (one pass), full (every tile at 0/90/180/270 degrees, the "
-                     "paper), adaptive (one pass, then rotations only for the blocks of a tile that hold an "
-                     "uncertain cell)", default="adaptive", choices=TTA_MODES)
+    tta: str = _help("cell test-time augmentation: off (one pass, cells kept from single_score), full (every tile "
+                     "at 0/90/180/270 degrees, the paper: tighter boxes, 3-4x the time), adaptive (one pass, then "
+                     "rotations only for the blocks of a tile that hold an uncertain cell)", default="off",
+                     choices=TTA_MODES)
     overlap: int = _help("tile overlap in section pixels (a cell or tubule part on a seam is seen whole once)",
                          default=128)
     cell_tile: int = _help("cell model tile side in model pixels (0 = the size it was trained on)", default=0)
@@ -55,7 +56,10 @@ class AnalyzeParams:
                             "cell types found in the tubule, if the tubule model has a composition stager) or auto "
                             f"(cells where a tubule holds at least {MIN_CELLS} cells, else masks)", default="auto",
                             choices=STAGE_FROM)
-    cell_score: float = _help("minimum class score of a cell in one pass", default=0.5)
+    cell_score: float = _help("with rotations: minimum class score of a cell in each pass", default=0.5)
+    single_score: float = _help("without rotations (tta off): minimum class score of a cell; lower than cell_score "
+                                "because no vote of other passes confirms it (0.45: chosen on validation phantoms)",
+                                default=0.45)
     min_votes: int = _help("with rotations: passes (of 4) that must see a cell for it to be kept", default=2)
     adaptive_low: float = _help("adaptive TTA: scores from here ...", default=0.3)
     adaptive_high: float = _help("... up to here count as uncertain", default=0.8)
@@ -88,7 +92,7 @@ class AnalyzeParams:
         self.antibody_list()
         if self.adaptive_block < 32 or self.adaptive_block % 32:
             raise UserError("adaptive_block must be a positive multiple of 32")
-        for name in ("tubule_score", "cell_score", "adaptive_low", "adaptive_high",
+        for name in ("tubule_score", "cell_score", "single_score", "adaptive_low", "adaptive_high",
                      "min_tissue", "positive_fraction"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
