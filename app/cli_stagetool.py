@@ -173,7 +173,7 @@ def add_parser(subparsers: Any) -> None:
     q.add_argument("--batch-size", type=int, default=None, help="tiles per network call")
     q.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default 128)")
     q.add_argument("--cell-score", type=float, default=None, help="with rotations: minimum cell score per pass")
-    q.add_argument("--single-score", type=float, default=None, help="tta off: minimum cell score (default 0.45)")
+    q.add_argument("--single-score", type=float, default=None, help="tta off: minimum cell score (default 0.4)")
     q.add_argument("--tubule-score", type=float, default=None)
     q.add_argument("--cell-tile", type=int, default=None, metavar="PX", help="cell model tile side (default: the model's)")
     q.add_argument("--tubule-tile", type=int, default=None, metavar="PX",

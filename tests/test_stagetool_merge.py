@@ -236,3 +236,14 @@ def test_a_sliver_at_the_strip_edge_is_not_joined_to_a_neighbour_bleeding_over_i
     shared = (a & b_bleeding)[strip_top:120].sum()
     assert shared >= 0.5 * part_a  # what the old rule accepted
     assert len(merge_tubules(masks, 5)) == 2
+
+
+def test_one_pass_keeps_one_box_per_cell_across_types():
+    """The network's NMS is per class: a cell boxed as two types is one cell (as the rotation vote does)."""
+    from app.pipelines.stagetool.merge import Detections, one_per_cell
+
+    boxes = np.array([[0, 0, 10, 10], [0.5, 0, 10.5, 10], [30, 30, 40, 40], [34, 30, 44, 40]], np.float32)
+    cells = Detections(boxes, np.array([1, 2, 3, 3]), np.array([0.6, 0.9, 0.8, 0.7], np.float32))
+    kept = one_per_cell(cells)
+    assert kept.labels.tolist() == [2, 3, 3]  # the two-type cell keeps its surer type; neighbours (IoU 0.43) stay
+    assert len(one_per_cell(cells.select(np.array([0])))) == 1

@@ -118,6 +118,18 @@ def tta_vote(passes: list[Detections], iou: float = 0.5, min_votes: int = 2) -> 
                       np.array(votes, np.int64))
 
 
+def one_per_cell(cells: Detections, iou: float = 0.5) -> Detections:
+    """Class-agnostic NMS of one pass: a cell the network boxed twice with two types keeps the higher score.
+
+    The network's own NMS works per class; the rotation vote (:func:`tta_vote`) clusters across
+    classes at the same IoU, so without rotations this gives one pass the same one-box-per-cell rule.
+    """
+    if len(cells) < 2:
+        return cells
+    keep = nms(torch.from_numpy(cells.boxes).float(), torch.from_numpy(cells.scores).float(), iou).numpy()
+    return cells.select(np.sort(keep))
+
+
 def box_centres(boxes: np.ndarray) -> np.ndarray:
     """Centres (N, 2) as (y, x) of boxes (x0, y0, x1, y1)."""
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)

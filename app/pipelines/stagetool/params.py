@@ -40,10 +40,10 @@ class AnalyzeParams:
     dapi: str = _help("DAPI channel: name or 0-based index", default="0")
     antibodies: str = _help("antibody channels, comma separated NAME=CHANNEL[:T] (e.g. SOX9=1:1200, SALL4=2); "
                             "without T a threshold is suggested from the data", default="")
-    tta: str = _help("cell test-time augmentation: off (one pass, cells kept from single_score), full (every tile "
-                     "at 0/90/180/270 degrees, the paper: tighter boxes, 3-4x the time), adaptive (one pass, then "
-                     "rotations only for the blocks of a tile that hold an uncertain cell)", default="off",
-                     choices=TTA_MODES)
+    tta: str = _help("cell test-time augmentation: off (one pass, cells kept from single_score, one box per "
+                     "cell), full (every tile at 0/90/180/270 degrees, the paper: tighter boxes, 3-4x the time), "
+                     "adaptive (one pass, then rotations only for the blocks of a tile that hold an uncertain cell)",
+                     default="off", choices=TTA_MODES)
     overlap: int = _help("tile overlap in section pixels (a cell or tubule part on a seam is seen whole once)",
                          default=128)
     cell_tile: int = _help("cell model tile side in model pixels (0 = the size it was trained on)", default=0)
@@ -58,8 +58,8 @@ class AnalyzeParams:
                             choices=STAGE_FROM)
     cell_score: float = _help("with rotations: minimum class score of a cell in each pass", default=0.5)
     single_score: float = _help("without rotations (tta off): minimum class score of a cell; lower than cell_score "
-                                "because no vote of other passes confirms it (0.45: chosen on validation phantoms)",
-                                default=0.45)
+                                "because no vote of other passes confirms it (0.4: chosen on validation phantoms)",
+                                default=0.4)
     min_votes: int = _help("with rotations: passes (of 4) that must see a cell for it to be kept", default=2)
     adaptive_low: float = _help("adaptive TTA: scores from here ...", default=0.3)
     adaptive_high: float = _help("... up to here count as uncertain", default=0.8)
