@@ -46,10 +46,7 @@ def main() -> None:
 
 def fit_on_found_cells(work: Path, model: Path = REPO / "models" / "stagetool-tubules-demo"):
     """Write the training phantoms (unless there), analyse them with the shipped models, fit on the found cells."""
-    from app.core.atomic import atomic_write_json, read_json
-    from app.core.errors import ModelError
     from app.core.jobs import ConsoleProgress, run
-    from app.core.modelcard import CARD_FILE
     from app.pipelines.stagetool.batch import analyze_paths
     from app.pipelines.stagetool.params import AnalyzeParams
 
@@ -59,14 +56,11 @@ def fit_on_found_cells(work: Path, model: Path = REPO / "models" / "stagetool-tu
     paths = sorted(sections.glob("testis_*.ome.tif"))
     results = work / "results"
     run(analyze_paths(paths, results, AnalyzeParams(stage_from="masks")), ConsoleProgress())
-    fitted = fit_into_model([sections], model, predictions=results)
-    card = read_json(model / CARD_FILE, ModelError, "the model card")
-    card["extra"]["composition"]["data"] = (
-        f"cells found by the shipped cell model 'stagetool-cells-demo' with the default analysis (one pass, cells from "
-        f"score 0.4, one box per cell) in the {len(SEEDS)} training phantom sections (seeds {SEEDS[0]}-{SEEDS[-1]}, "
-        f"{SIZE} px), each joined to the truth tubule under it, with the truth stages (bench/fit_stagetool_stager.py)")
-    atomic_write_json(model / CARD_FILE, card)
-    return fitted
+    data = (f"cells found by the shipped cell model 'stagetool-cells-demo' with the default analysis (one pass, cells "
+            f"from score 0.4, one box per cell) in the {len(SEEDS)} training phantom sections (seeds {SEEDS[0]}-"
+            f"{SEEDS[-1]}, {SIZE} px), each joined to the truth tubule under it, with the truth stages "
+            f"(bench/fit_stagetool_stager.py)")
+    return fit_into_model([sections], model, predictions=results, data=data)
 
 
 if __name__ == "__main__":

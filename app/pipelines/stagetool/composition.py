@@ -147,11 +147,11 @@ def prediction_examples(cells: Sequence[dict[str, Any]], tubule_labels: np.ndarr
     of the annotated cells teaches the stager the cell model's own mistakes (types it mixes up,
     cells it misses), which it meets again on new sections.
     """
-    height, width = tubule_labels.shape
+    from app.pipelines.stagetool.merge import assign_cells
+
     members: dict[int, list[dict[str, Any]]] = {}
-    for cell in cells:
-        y, x = cell["centroid"]
-        tid = int(tubule_labels[min(max(int(y), 0), height - 1), min(max(int(x), 0), width - 1)])
+    tubule_ids = assign_cells(np.array([c["centroid"] for c in cells], float), tubule_labels, 1)
+    for cell, tid in zip(cells, tubule_ids.tolist()):
         if tid:
             members.setdefault(tid, []).append(cell)
     rows, stages = [], []
@@ -164,25 +164,27 @@ def prediction_examples(cells: Sequence[dict[str, Any]], tubule_labels: np.ndarr
 
 
 def fit_into_model(truth: Sequence[str | Path], model_dir: str | Path,
-                   predictions: str | Path | None = None) -> tuple[Stager, float]:
+                   predictions: str | Path | None = None, data: str | None = None) -> tuple[Stager, float]:
     """Fit a stager and store it in a tubule model's card; returns it and its training accuracy.
 
     Without ``predictions`` it is fitted on the annotated cells of the truth files/folders; with a
     results folder of ``stagescope stagetool analyze`` on the same annotated sections, on the cells
-    the cell model found there (:func:`prediction_examples`).
+    the cell model found there (:func:`prediction_examples`).  ``data`` (what it was fitted on, for
+    the card) defaults to a description made from the inputs.
     """
     from app.core.atomic import read_json
     from app.core.testis_phantom import truth_files
 
     if predictions is not None:
-        return _fit_predictions_into_model(Path(predictions), [Path(t) for t in truth], model_dir)
+        return _fit_predictions_into_model(Path(predictions), [Path(t) for t in truth], model_dir, data)
     docs = [read_json(path, UserError, "truth file") for folder in truth for path in truth_files(folder)]
     if not docs:
         raise UserError(f"no truth JSON found in {', '.join(str(t) for t in truth)}")
-    return fit_docs_into_model(docs, model_dir, f"{len(docs)} truth file(s)")
+    return fit_docs_into_model(docs, model_dir, data or f"{len(docs)} truth file(s)")
 
 
-def _fit_predictions_into_model(results: Path, truth: Sequence[Path], model_dir: str | Path) -> tuple[Stager, float]:
+def _fit_predictions_into_model(results: Path, truth: Sequence[Path], model_dir: str | Path,
+                                data: str | None) -> tuple[Stager, float]:
     from app.core.atomic import read_json
     from app.pipelines.stagetool.curation import section_dirs
     from app.pipelines.stagetool.evaluate import load_truth
@@ -203,7 +205,8 @@ def _fit_predictions_into_model(results: Path, truth: Sequence[Path], model_dir:
     if not rows:
         raise UserError(f"{results}: no analysed section with annotated tubules holding {MIN_CELLS} or more found cells")
     cell_model = doc.get("meta", {}).get("models", {}).get("cells", {}).get("name", "?")
-    data = f"cells found by model {cell_model!r} in {len(names)} annotated section(s) ({results.name}), their truth stages"
+    data = data or (f"cells found by model {cell_model!r} in {len(names)} annotated section(s) ({results.name}), "
+                    f"their truth stages")
     return store_in_model(np.array(rows), stages, model_dir, data)
 
 

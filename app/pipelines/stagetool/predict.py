@@ -8,8 +8,9 @@ the section (only the low-resolution overview and tubule map do, by 1/map_scaleÂ
 2. tubule pass: the tubule model on tiles with overlap; masks go to the section-wide map
    resolution, are grouped per tubule and staged by weighted majority (:mod:`.merge`).
 3. cell pass: the cell model on tiles with overlap, once (``tta="off"``, the default: one box per
-   cell across types, 4x faster than the paper's flow on an 8000 px phantom), at 0/90/180/270 degrees (``"full"``, the paper), or rotated only where
-   the single pass is uncertain (``"adaptive"``: no faster with the demo models); boxes are
+   cell across types, 4x faster than the paper's flow on an 8000 px phantom), at 0/90/180/270
+   degrees (``"full"``, the paper), or rotated only where the single pass is uncertain
+   (``"adaptive"``: no faster with the demo models); boxes are
    rotated back and merged by majority vote; each tile keeps the cells whose centre is in its
    core, doubles on seams are removed, each cell gets the tubule that holds its centre, and the
    antibody channels are measured while the tile is in memory (:mod:`.antigen`).
