@@ -241,7 +241,20 @@ def worker_deaths(client: Any, keys: Sequence[str]) -> dict[str, int]:
 def batch_job(pipeline: str, inputs: Sequence[str | Path], out: str | Path, cluster: str | ClusterSpec = "",
               models: dict[str, str] | None = None, params: dict[str, Any] | None = None,
               force: bool = False, cluster_options: dict[str, Any] | None = None) -> Job[dict[str, Any]]:
-    """Run ``pipeline`` on every image of ``inputs`` into ``out``; returns counts, records and report paths."""
+    """Run ``pipeline`` on every image of ``inputs`` into ``out``; returns counts, records and report paths.
+
+    Only one batch writes ``out`` at a time: a second one is refused (UserError) instead of removing
+    the first one's unfinished folders and mixing its run.json and summary with them.
+    """
+    from app.core.locks import results_writer
+
+    with results_writer(Path(out).absolute()):
+        return (yield from _batch_job(pipeline, inputs, out, cluster, models, params, force, cluster_options))
+
+
+def _batch_job(pipeline: str, inputs: Sequence[str | Path], out: str | Path, cluster: str | ClusterSpec,
+               models: dict[str, str] | None, params: dict[str, Any] | None,
+               force: bool, cluster_options: dict[str, Any] | None) -> Job[dict[str, Any]]:
     spec = cluster if isinstance(cluster, ClusterSpec) else parse_cluster(cluster, cluster_options)
     adapter = get_adapter(pipeline)
     out = Path(out).absolute()
