@@ -77,7 +77,7 @@ def fingerprint(pipeline: str, sources: tuple[str, ...], models: tuple[ModelRef,
                 params: dict[str, Any]) -> dict[str, Any]:
     """What an image's results depend on; a rerun skips the image only when this is unchanged.
 
-    Inputs count by content (size, modification time and a BLAKE2b hash, app.core.fingerprint), so an
+    Inputs count by content (size, modification time and a sha256 of sampled blocks, app.core.fingerprint), so an
     input rewritten with the same size is analysed again.
     """
     inputs = [file_fingerprint(source) for source in sources]

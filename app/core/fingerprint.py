@@ -1,11 +1,12 @@
 """What an input file is, for resuming batches: name, size, modification time and a hash of its content.
 
 A rerun skips an image only when this is unchanged, so an input rewritten with the same size (a
-re-exported section, a corrected channel) is analysed again.  Hashing a whole 1.6 GB section on
-every rerun costs seconds per file (bench/fingerprint.py), so a large file is hashed by sampled
-blocks: the first and last MiB and :data:`SAMPLES` evenly spaced MiB between them; the
-modification time (nanoseconds) covers a change between the samples.  Files up to
-:data:`FULL_HASH_BYTES` are hashed whole.  BLAKE2b is in the standard library and faster than sha256.
+re-exported section, a corrected channel) is analysed again.  Hashing a whole 1.7 GB section on
+every rerun costs 1.5-3 s per file against 30-60 ms for sampled blocks (bench/fingerprint.py), so a
+large file is hashed by sampled blocks: the first and last MiB and :data:`SAMPLES` evenly spaced MiB
+between them; the modification time (nanoseconds) covers a change between the samples.  Files up
+to :data:`FULL_HASH_BYTES` are hashed whole.  sha256 rather than BLAKE2b: with the SHA instructions
+of current CPUs it measured faster (1.15 against 0.65 GB/s).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def sample_offsets(size: int, samples: int = SAMPLES, block: int = BLOCK_BYTES) 
 
 
 def full_digest(path: str | os.PathLike[str]) -> str:
-    """BLAKE2b (128 bit) of the whole file."""
-    digest = hashlib.blake2b(digest_size=16)
+    """sha256 of the whole file."""
+    digest = hashlib.sha256()
     with open(path, "rb") as handle:
         while chunk := handle.read(8 * BLOCK_BYTES):
             digest.update(chunk)
@@ -39,11 +40,11 @@ def full_digest(path: str | os.PathLike[str]) -> str:
 
 
 def content_digest(path: str | os.PathLike[str], size: int | None = None) -> str:
-    """BLAKE2b of the file: whole up to :data:`FULL_HASH_BYTES`, else of the sampled blocks and the size."""
+    """sha256 of the file: whole up to :data:`FULL_HASH_BYTES`, else of the size and the sampled blocks."""
     size = os.path.getsize(path) if size is None else size
     if size <= FULL_HASH_BYTES:
         return full_digest(path)
-    digest = hashlib.blake2b(digest_size=16)
+    digest = hashlib.sha256()
     digest.update(size.to_bytes(8, "little"))
     with open(path, "rb") as handle:
         for offset in sample_offsets(size):
@@ -53,7 +54,7 @@ def content_digest(path: str | os.PathLike[str], size: int | None = None) -> str
 
 
 def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """``{"file", "bytes", "mtime_ns", "blake2b"}`` of an input; a missing file has ``bytes`` None (it fails later)."""
+    """``{"file", "bytes", "mtime_ns", "sha256"}`` of an input; a missing file has ``bytes`` None (it fails later)."""
     path = Path(path)
     try:
         info = path.stat()
@@ -62,4 +63,4 @@ def file_fingerprint(path: str | os.PathLike[str]) -> dict[str, Any]:
         digest = content_digest(path, info.st_size)
     except OSError:
         return {"file": path.name, "bytes": None}
-    return {"file": path.name, "bytes": info.st_size, "mtime_ns": info.st_mtime_ns, "blake2b": digest}
+    return {"file": path.name, "bytes": info.st_size, "mtime_ns": info.st_mtime_ns, "sha256": digest}
