@@ -98,6 +98,22 @@ def test_truncated_checkpoint_gives_one_line(tmp_path, capsys):
     assert "checkpoint is corrupt" in one_line_error(capsys)
 
 
+@pytest.mark.parametrize("kind", ["payload", "truncated"])
+def test_stagetool_checkpoint_that_does_not_load_is_one_line_and_runs_nothing(tmp_path, kind):
+    import torch
+
+    from app.core.errors import ModelError
+    from app.pipelines.stagetool.train import _load_checkpoint
+
+    marker, path = tmp_path / "payload-ran", tmp_path / "checkpoint.pt"
+    torch.save({"step": 1, "evil": _Payload(marker)} if kind == "payload" else {"w": torch.zeros(1000)}, path)
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes()[:300])
+    with pytest.raises(ModelError) as caught:
+        _load_checkpoint(path)
+    assert len(str(caught.value).splitlines()) == 1 and not marker.exists()
+
+
 def test_a_real_checkpoint_still_loads_weights_only(tmp_path):
     """The checkpoint the trainer writes holds only what weights_only accepts (so resuming keeps working)."""
     import torch
