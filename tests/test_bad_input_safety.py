@@ -239,18 +239,26 @@ def test_a_second_batch_into_the_same_results_folder_is_refused_not_interleaved(
     assert cli_main(["batch", "analyze", "noop", str(tmp_path / "in"), "--out", str(out)]) == 0  # free again
 
 
-def test_results_writer_is_exclusive_between_processes_and_reentrant_within_one(tmp_path):
+_HOLD_FOLDER = ("import sys\nfrom app.core.locks import results_writer\n"
+                "with results_writer(sys.argv[1]):\n    print('held', flush=True)\n    sys.stdin.read()\n")
+
+
+def test_results_writer_is_exclusive_between_processes_and_reentrant_within_one(tmp_path, capsys):
     from app.core.locks import results_writer
 
-    holder = ("import sys, time\nfrom app.core.locks import results_writer\n"
-              "with results_writer(sys.argv[1]):\n    print('held', flush=True)\n    sys.stdin.read()\n")
-    proc = subprocess.Popen([sys.executable, "-c", holder, str(tmp_path / "out")], cwd=ROOT,
+    out = tmp_path / "out"
+    section = write_tiffs(tmp_path / "in", 1)[0]
+    proc = subprocess.Popen([sys.executable, "-c", _HOLD_FOLDER, str(out)], cwd=ROOT,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert proc.stdout.readline().strip() == b"held"
         with pytest.raises(UserError, match="being written by another"):
-            with results_writer(tmp_path / "out"):
+            with results_writer(out):
                 pass
+        for command in (["kaizen", "segment"], ["brightfield", "segment"], ["stagetool", "analyze"]):
+            assert cli_main([*command, str(section), "--out", str(out)]) == 2, command
+            assert "being written by another" in one_line_error(capsys)
+        assert sorted(p.name for p in out.iterdir()) == [".stagescope-writing.lock"]  # nothing else written
     finally:
         proc.communicate(b"", timeout=60)
     with results_writer(tmp_path / "out"):
