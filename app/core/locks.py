@@ -58,15 +58,17 @@ def hold_project_lock(lock: FileLock, timeout: float | None = None) -> Iterator[
 def results_writer(folder: str | os.PathLike[str]) -> Iterator[Path]:
     """Be the only writer of results ``folder`` (created if missing) while the block runs.
 
-    Refuses at once (UserError) when another process writes there, so two runs never interleave
-    their files in one folder; the same process may nest it (reentrant).
+    Refuses at once (UserError) when another process (or another thread of this one) writes there,
+    so two runs never interleave their files in one folder; one thread may nest it (reentrant).
+    Release happens in the thread that acquired (jobs are closed in the thread that drains them).
     """
     folder = Path(folder)
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create the output folder {folder}: {exc.strerror or exc}") from exc
-    lock = _WRITERS.setdefault(folder.absolute(), FileLock(folder / RESULTS_LOCK_FILE))
+    key = folder.absolute()
+    lock = _WRITERS.get(key) or _WRITERS.setdefault(key, FileLock(key / RESULTS_LOCK_FILE))
     try:
         lock.acquire(timeout=0)
     except Timeout as exc:
