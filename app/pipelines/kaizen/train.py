@@ -349,10 +349,10 @@ def _read_checkpoint(path: Path) -> dict[str, Any]:
 
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:  # weights_only refused a global: possibly a code payload
-        raise UserError(f"{path}: the checkpoint holds objects other than tensors and plain values and was "
-                        f"not loaded (it may have been tampered with); {_CHECKPOINT_FIX}") from exc
-    except Exception as exc:  # truncated or garbled: zip, pickle and storage errors of every kind
+    except Exception as exc:  # a refused global, or truncated / garbled: zip, pickle and storage errors
+        if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():  # possibly code
+            raise UserError(f"{path}: the checkpoint holds objects other than tensors and plain values and was "
+                            f"not loaded (it may have been tampered with); {_CHECKPOINT_FIX}") from exc
         raise UserError(f"{path}: the checkpoint is corrupt and cannot be read ({_first_line(exc)}); "
                         f"{_CHECKPOINT_FIX}") from exc
     state = payload.get("state") if isinstance(payload, dict) else None
