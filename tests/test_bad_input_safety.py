@@ -82,7 +82,7 @@ def test_checkpoint_with_a_pickled_payload_is_refused_and_the_payload_never_runs
     torch.save({"model": {}, "state": {"step": 0}, "params": {}, "evil": _Payload(marker)},
                tmp_path / "model" / "checkpoint.pt")
     assert cli_main(argv) == 2
-    assert "checkpoint" in one_line_error(capsys)
+    assert "tampered" in one_line_error(capsys)
     assert not marker.exists()
 
 
