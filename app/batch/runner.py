@@ -241,13 +241,27 @@ def worker_deaths(client: Any, keys: Sequence[str]) -> dict[str, int]:
 def batch_job(pipeline: str, inputs: Sequence[str | Path], out: str | Path, cluster: str | ClusterSpec = "",
               models: dict[str, str] | None = None, params: dict[str, Any] | None = None,
               force: bool = False, cluster_options: dict[str, Any] | None = None) -> Job[dict[str, Any]]:
-    """Run ``pipeline`` on every image of ``inputs`` into ``out``; returns counts, records and report paths."""
+    """Run ``pipeline`` on every image of ``inputs`` into ``out``; returns counts, records and report paths.
+
+    Only one batch writes ``out`` at a time: a second one is refused (UserError) instead of removing
+    the first one's unfinished folders and mixing its run.json and summary with them.
+    """
+    from app.core.locks import results_writer
+
+    with ExitStack() as held:  # the lock is taken once the inputs are checked, and held to the end
+        claim = lambda folder: held.enter_context(results_writer(folder))  # noqa: E731
+        return (yield from _batch_job(pipeline, inputs, out, cluster, models, params, force, cluster_options, claim))
+
+
+def _batch_job(pipeline: str, inputs: Sequence[str | Path], out: str | Path, cluster: str | ClusterSpec,
+               models: dict[str, str] | None, params: dict[str, Any] | None, force: bool,
+               cluster_options: dict[str, Any] | None, claim: Callable[[Path], Any]) -> Job[dict[str, Any]]:
     spec = cluster if isinstance(cluster, ClusterSpec) else parse_cluster(cluster, cluster_options)
     adapter = get_adapter(pipeline)
     out = Path(out).absolute()
     params = dict(params or {})
     tasks = make_tasks(adapter, inputs, out, models, params, force)
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out)  # creates ``out``; refused while another batch writes there
     remove_stale(out)
     batch_run = open_run(out, pipeline, params, tasks)
     todo = [t for t in tasks if force or not is_finished(t.folder, t.fingerprint)]

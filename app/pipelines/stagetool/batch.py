@@ -6,8 +6,8 @@ parameters, models and which sections are done; each section gets a sub-folder w
 ``tubules.csv``, ``cells.csv`` and ``<section>.xlsx``; ``batch.xlsx`` pools the sections and
 ``log.txt`` has one line per section with its time.  Every file is written atomically, so a crash
 loses at most the section in progress, and a restarted batch skips finished sections (unless
-``force``, or unless they were analysed with other models or parameters).  Re-running with new
-edits only rewrites the reports.
+``force``, or unless they were analysed with other models or parameters, or the section file's
+content changed).  Re-running with new edits only rewrites the reports.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from app.core.atomic import atomic_write_json, atomic_write_text
 from app.core.errors import UserError
+from app.core.fingerprint import file_fingerprint
 from app.core.jobs import Job, Progress
 from app.pipelines.stagetool import curation, tables
 from app.pipelines.stagetool.params import AnalyzeParams
@@ -132,7 +133,9 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
         section_dir = out / name
         start = time.monotonic()
         try:
-            fresh = force or not run.is_done(name) or _stored_fingerprint(section_dir) != wanted
+            source = file_fingerprint(path)  # content, so a section rewritten with the same size is analysed again
+            fresh = (force or not run.is_done(name) or _stored_fingerprint(section_dir) != wanted
+                     or run.source_of(name) != source)
             if fresh:
                 for stale in (section_dir / EVALUATION_FILE, out / EVALUATION_FILE):  # about the old predictions
                     stale.unlink(missing_ok=True)
@@ -141,7 +144,7 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
             else:
                 skipped.append(name)
             summary = write_section_outputs(section_dir, edits_for_image(edits, name))
-            run.mark_image_done(name, section_outputs(section_dir, name))
+            run.mark_image_done(name, section_outputs(section_dir, name), source=source)
             done.append(name)
             seconds = time.monotonic() - start
             _log(out, f"{name}: {'analysed' if fresh else 'already done, reports rewritten'} in {seconds:.1f} s; "
@@ -216,12 +219,15 @@ def analyze_paths(paths: Sequence[str | Path], out: str | Path, params: AnalyzeP
     for _, path in sections:
         if not path.is_file():
             raise UserError(f"{path}: no such section file")
-    yield Progress("models", 0, 2, "loading models")
-    use_threads(params.threads)
-    tubules = load_model(tubule_model, "tubules", params.device)
-    cells = load_model(cell_model, "cells", params.device)
-    run = open_run(Path(out), params, {"tubules": tubules.reference(), "cells": cells.reference()})
-    return (yield from run_sections(run, sections, tubules, cells, params, edits, force, synthetic))
+    from app.core.locks import results_writer
+
+    with results_writer(Path(out)):  # a second analyze into the same folder is refused, not interleaved
+        yield Progress("models", 0, 2, "loading models")
+        use_threads(params.threads)
+        tubules = load_model(tubule_model, "tubules", params.device)
+        cells = load_model(cell_model, "cells", params.device)
+        run = open_run(Path(out), params, {"tubules": tubules.reference(), "cells": cells.reference()})
+        return (yield from run_sections(run, sections, tubules, cells, params, edits, force, synthetic))
 
 
 def analyze_project(project: Any, image_names: Sequence[str], params: AnalyzeParams,
