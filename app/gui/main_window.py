@@ -28,6 +28,7 @@ from app.core.settings import Settings, save_settings
 from app.gui.curation import (
     CurationSession, base_objects_file, latest_run_with_results, objects_file, seed_edits, stack_file,
 )
+from app.gui.job_notice import JobNotice
 from app.gui.job_queue import JobQueue, JobQueueWidget
 from app.gui.overlays import generated_objects_rgba, outline_objects_from_stack, prepare_document, prepare_layer
 from app.gui.project_browser import IMAGE_SUFFIXES, ProjectBrowser
@@ -116,6 +117,7 @@ class MainWindow(QMainWindow):
         self.channel_panel = ChannelPanel(self.viewer)
         self.run_panel = RunPanel(self.settings)
         self.jobs_widget = JobQueueWidget(self.queue)
+        self.job_notice = JobNotice(self.queue, self)  # a long job's end: tray notice or status bar + alert
         self.results_runner = BackgroundRunner(self, "stagescope-results")
         self.results_runner.done.connect(self._results_done, Qt.ConnectionType.QueuedConnection)
         self.results_runner.error.connect(self._results_error, Qt.ConnectionType.QueuedConnection)

@@ -128,7 +128,7 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
     _log(out, f"batch of {len(sections)} sections, TTA {params.tta}, models {tubule_model.card.name} / "
               f"{cell_model.card.name}")
     for number, (name, path) in enumerate(sections):
-        yield Progress("sections", number, len(sections), name)
+        yield Progress("sections", number, len(sections), name, item="section")
         section_dir = out / name
         start = time.monotonic()
         try:
@@ -154,7 +154,7 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
             failed[name] = f"{type(error).__name__}: {error}"
             run.mark_image_failed(name, failed[name])
             _log(out, f"{name}: FAILED with an unexpected error:\n{traceback.format_exc()}")
-    yield Progress("sections", len(sections), len(sections))
+    yield Progress("sections", len(sections), len(sections), item="section")
     workbook = write_batch_outputs(out, [n for n in names if run.is_done(n)])
     run.finish("finished" if not failed else "failed")
     return {"folder": out, "done": done, "failed": failed, "skipped": skipped, "workbook": workbook}

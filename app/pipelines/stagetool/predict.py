@@ -393,7 +393,7 @@ def cell_pass(image: Any, channel: int, model: LoadedModel, params: AnalyzeParam
             skipped += 1
             continue
         todo.append((tile, window))
-    yield Progress("cells", 0, len(todo), f"{skipped} of {len(tiles)} tiles without tissue skipped; TTA {params.tta}")
+    yield Progress("cells", 0, len(todo), f"{skipped} of {len(tiles)} tiles without tissue skipped; rotations: {params.tta}")
     kept: list[merge.Detections] = []
     seams: list[np.ndarray] = []
     means: list[np.ndarray] = []
