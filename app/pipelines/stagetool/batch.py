@@ -112,8 +112,11 @@ def open_run(out: Path, params: AnalyzeParams, models: dict[str, Any]) -> Any:
 
 def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: LoadedModel, cell_model: LoadedModel,
                  params: AnalyzeParams, edits: Sequence[dict] = (), force: bool = False,
-                 synthetic: bool | None = None) -> Job[dict]:
-    """Analyse ``(name, path)`` sections into ``run.folder``; returns done/failed/skipped and the batch workbook."""
+                 synthetic: bool | None = None, metadata: dict[str, dict] | None = None) -> Job[dict]:
+    """Analyse ``(name, path)`` sections into ``run.folder``; returns done/failed/skipped and the batch workbook.
+
+    ``metadata`` maps a section to the pixel size / channel names its project gives (they win over the file's).
+    """
     from app.core.edits import edits_for_image, read_edits
 
     out = Path(run.folder)
@@ -137,7 +140,7 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
                 for stale in (section_dir / EVALUATION_FILE, out / EVALUATION_FILE):  # about the old predictions
                     stale.unlink(missing_ok=True)
                 yield from analyze_section(path, section_dir, tubule_model, cell_model, params, name=name,
-                                           synthetic=synthetic)
+                                           synthetic=synthetic, metadata=(metadata or {}).get(name))
             else:
                 skipped.append(name)
             summary = write_section_outputs(section_dir, edits_for_image(edits, name))
@@ -234,7 +237,10 @@ def analyze_project(project: Any, image_names: Sequence[str], params: AnalyzePar
     cells = load_model(models.get("cells") or models.get("stagetool-cells"), "cells", params.device)
     run = project.new_run(PIPELINE, params.to_dict(), {"tubules": tubules.reference(), "cells": cells.reference()})
     sections = [(name, Path(project.image_path(name))) for name in image_names]
-    yield from run_sections(run, sections, tubules, cells, params)
+    from app.core.project_edit import entry_metadata
+
+    metadata = {name: entry_metadata(project, name) for name in image_names}  # the project's pixel size wins
+    yield from run_sections(run, sections, tubules, cells, params, metadata=metadata)
     return Path(run.folder)
 
 
