@@ -11,7 +11,7 @@ import pytest
 import tifffile
 
 from app.cli import main
-from app.core.errors import ProjectError
+from app.core.errors import ProjectError, UserError
 from app.core.project import Project
 from app.core.project_edit import apply_entry_metadata, missing_images, relink, set_image_metadata
 
@@ -118,3 +118,92 @@ def test_a_stagetool_run_uses_the_project_s_pixel_size_and_channel_names(tmp_pat
     meta = json.loads((Path(folder) / name / predict.PREDICTIONS_FILE).read_text())["meta"]
     assert meta["pixel_size_um"] == 0.5
     assert meta["antibodies"][0]["channel_index"] == 1
+
+
+# ------------------------------------------------------------------------------------------- GUI
+
+
+@pytest.fixture
+def window(qtbot):
+    pytest.importorskip("pytestqt")
+    from app.core.settings import Settings
+    from app.gui.main import configure_pyqtgraph
+    from app.gui.main_window import MainWindow
+
+    from gui_fakes import register_fake
+
+    configure_pyqtgraph()
+    register_fake()
+    win = MainWindow(Settings(), save_settings_on_close=False, detect_device=False)
+    qtbot.addWidget(win)
+    win.resize(1200, 800)
+    win.show()
+    yield win
+    win.confirm = lambda *args: True
+    win.queue.shutdown()
+    win.close()
+
+
+def test_gui_locate_file_relinks_the_other_moved_images(window, tmp_path):
+    from gui_fakes import make_project
+
+    project = make_project(tmp_path, n_images=2)
+    shutil.move(str(tmp_path / "raw"), str(tmp_path / "moved"))
+    assert window.open_project(project.folder)
+    window.open_image("section2")
+    title, message, _ = window.errors[-1]
+    assert title == "Image file missing"
+    box = window._message_boxes[-1]
+    assert "Locate file..." in [b.text() for b in box.buttons()]
+    assert window.image_tools.locate("section2", choose=lambda *_: str(tmp_path / "moved" / "section2.ome.tif"))
+    assert window.wait_until_ready(20)
+    assert window.current_image == "section2" and window.viewer.image_size() == (600, 800)
+    assert missing_images(Project.open(project.folder)) == []  # section1 was found by the same layout
+
+
+def test_gui_pixel_size_and_channels_are_saved_and_draw_the_scale_bar(window, tmp_path):
+    from app.gui.image_tools import ImageMetadataDialog
+
+    path = _plain_tiff(tmp_path / "raw" / "plain.tif", size=256)
+    project = Project.create(tmp_path / "proj")
+    name = project.add_image(path).name
+    assert window.open_project(project.folder)
+    assert window.wait_until_ready(20) and window.viewer._scale_bar is None  # the file has no pixel size
+    dialog = ImageMetadataDialog(window.project, name, window)
+    dialog.channels.setText("DAPI")
+    dialog.accept()
+    assert "2 channel" in dialog.error.text() and dialog.result() == 0  # told in the dialog, not saved
+    dialog.pixel_size.setValue(0.5)
+    dialog.channels.setText("DAPI, SOX9")
+    dialog.accept()
+    assert dialog.result() == 1
+    stored = Project.open(project.folder).image(name)
+    assert stored.pixel_size_um == 0.5 and stored.channels == ["DAPI", "SOX9"]
+    window.open_image(name)
+    assert window.wait_until_ready(20)
+    assert window.viewer._scale_bar is not None and window.viewer._scale_bar.pixel_size_um == 0.5
+
+
+def test_export_view_writes_the_picture_with_overlays_at_the_chosen_resolution(window, tmp_path):
+    from gui_fakes import make_project
+
+    from app.gui.image_tools import export_view
+
+    project = make_project(tmp_path, n_images=1, with_run=True)
+    assert window.open_project(project.folder, image="section1")
+    assert window.wait_until_ready(20) and window.viewer.overlays.object_count() > 0
+    viewport = window.viewer.graphics.viewport().size()
+    png = export_view(window.viewer, tmp_path / "view.png", scale=2)
+    from PySide6.QtGui import QImage
+
+    image = QImage(str(png))
+    assert (image.width(), image.height()) == (2 * viewport.width(), 2 * viewport.height())
+    tif = tifffile.imread(export_view(window.viewer, tmp_path / "view.tif"))
+    assert tif.shape == (viewport.height(), viewport.width(), 3) and tif.max() > 0
+    # overlays are in the figure: hiding them changes the picture
+    for layer in window.viewer.overlays.layers.values():
+        layer.set_visible(False)
+    plain = tifffile.imread(export_view(window.viewer, tmp_path / "plain.tif"))
+    assert np.abs(plain.astype(int) - tif.astype(int)).sum() > 0
+    with pytest.raises(UserError, match="png or .tif"):
+        export_view(window.viewer, tmp_path / "view.bmp")

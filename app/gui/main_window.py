@@ -28,6 +28,7 @@ from app.core.settings import Settings, save_settings
 from app.gui.curation import (
     CurationSession, base_objects_file, latest_run_with_results, objects_file, seed_edits, stack_file,
 )
+from app.gui.image_tools import ImageTools
 from app.gui.job_notice import JobNotice
 from app.gui.job_queue import JobQueue, JobQueueWidget
 from app.gui.overlays import generated_objects_rgba, outline_objects_from_stack, prepare_document, prepare_layer
@@ -202,6 +203,7 @@ class MainWindow(QMainWindow):
                                     "Save a PNG of the window"))
         file.addAction(self._action("open_folder", "Show project &folder", self.show_project_folder, "Ctrl+Shift+F",
                                     "Open the project folder in the file manager"))
+        self.image_tools = ImageTools(self, file.addMenu("&Image"))  # export view, pixel size, relink
         file.addSeparator()
         file.addAction(self._action("settings", "Se&ttings...", self.settings_dialog, "Ctrl+,",
                                     "Device, default models, theme"))
@@ -503,7 +505,8 @@ class MainWindow(QMainWindow):
             self.show_error("Cannot open the image", str(error))
             return
         if not path.is_file():
-            self.show_error("Image file missing", f"image {name!r}: {path} not found (moved or deleted?)")
+            box = self.show_error("Image file missing", f"image {name!r}: {path} not found (moved or deleted?)")
+            self.image_tools.offer_locate(box, name)  # "Locate file...": relinks the other moved files too
             return
         self.current_image = name
         self.browser.select_image(name, emit=False)
