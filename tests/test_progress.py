@@ -247,3 +247,22 @@ def test_a_job_that_runs_out_of_disk_space_says_so(qtbot):
         record = queue.submit("Stagetool on 1 image", full)
     assert record.message.startswith("The disk is full (/data/run/predictions.json)")
     assert "Traceback" in record.details
+
+
+def test_torch_libraries_load_before_the_import_without_breaking_it():
+    """The preload maps libtorch_cpu (the GIL-free part of importing torch); torch works afterwards."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("preloading is done on Linux only")
+    code = ("import json; from app.core.torch_preload import preload_torch_libraries as p; names = p(); "
+            "mapped = 'libtorch_cpu.so' in open('/proc/self/maps').read(); import torch; "
+            "print(json.dumps([names, mapped, float(torch.ones(3).sum())]))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1], env={**os.environ, "OMP_NUM_THREADS": "1"})
+    names, mapped, total = json.loads(out.stdout.splitlines()[-1])
+    assert "libtorch_cpu.so" in names and mapped and total == 3.0

@@ -71,6 +71,9 @@ def _detect_device(choice: str) -> str:
     """Reader thread: the device a job would use, as text for the status bar."""
     if choice == "cpu":
         return "CPU"
+    from app.core.torch_preload import preload_torch_libraries
+
+    preload_torch_libraries()  # the loader's ~0.5 s without the GIL: the window keeps drawing (bench/torch_import_stall.py)
     try:
         import torch
     except ImportError:
