@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
     QProgressBar, QPushButton, QSizePolicy, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget,
 )
 
-from app.core.jobs import Overall, OverallProgress, Progress, format_duration
+from app.core.jobs import Overall, OverallProgress, Progress
 from app.gui.workers import JobWorker
 
 STATUSES = ("queued", "running", "finished", "failed", "cancelled")
