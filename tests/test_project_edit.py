@@ -182,6 +182,8 @@ def test_gui_pixel_size_and_channels_are_saved_and_draw_the_scale_bar(window, tm
     window.open_image(name)
     assert window.wait_until_ready(20)
     assert window.viewer._scale_bar is not None and window.viewer._scale_bar.pixel_size_um == 0.5
+    assert [c.name for c in window.viewer.channels] == ["DAPI", "SOX9"]
+    assert window.channel_panel.list.item(1).text().startswith("SOX9")
 
 
 def test_export_view_writes_the_picture_with_overlays_at_the_chosen_resolution(window, tmp_path):

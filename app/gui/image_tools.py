@@ -177,16 +177,21 @@ class ImageTools(QObject):
         return True
 
     def _use_project_pixel_size(self, name: str) -> None:
-        """The scale bar follows the project's pixel size (set by the user or read from the file)."""
-        project = self.window.project
+        """The scale bar and channel names follow the project (set by the user or read from the file)."""
+        project, viewer = self.window.project, self.window.viewer
         if project is None:
             return
         try:
-            size = project.image(name).pixel_size_um
+            entry = project.image(name)
         except UserError:
             return
-        if size:
-            self.window.viewer.set_pixel_size(float(size))
+        if entry.pixel_size_um:
+            viewer.set_pixel_size(float(entry.pixel_size_um))
+        names = list(entry.channels)
+        if names and len(names) == len(viewer.channels) and names != [c.name for c in viewer.channels]:
+            for display, channel in zip(viewer.channels, names):
+                display.name = channel
+            viewer.channels_changed.emit()
 
     def export_dialog(self) -> Path | None:
         """Ask for a file and a resolution, then export the view."""
