@@ -63,6 +63,19 @@ def test_first_section_fills_the_bar_without_going_back():
     assert fractions == sorted(fractions) and 0 < fractions[-1] < 1
 
 
+def test_time_left_in_the_first_section_is_not_fooled_by_a_quick_first_stage():
+    tracker = OverallProgress()
+    tracker.update(Progress("sections", 0, 10, "s0", item="section"), now=0.0)
+    tracker.update(Progress("overview", 0, 1), now=0.0)
+    tracker.update(Progress("overview", 1, 1), now=1.0)  # half the bar of this section, in 1 s
+    tracker.update(Progress("tubules", 0, 10), now=1.0)
+    state = tracker.update(Progress("tubules", 1, 10), now=61.0)  # 60 s per tile
+    # at least this section's 601 s (1 + 10 x 60) for each of the 10 sections, less the 61 s done
+    assert state.seconds_left == pytest.approx(540 + 601 * 9)
+    later = tracker.update(Progress("tubules", 10, 10), now=601.0)  # stage over: the estimate counts down
+    assert later.seconds_left == pytest.approx(540 + 601 * 9 - 540)
+
+
 def test_a_job_without_items_keeps_the_time_left_of_its_stage():
     tracker = OverallProgress()
     tracker.update(Progress("train", 0, 100), now=0.0)

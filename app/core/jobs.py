@@ -124,9 +124,10 @@ class OverallProgress:
 
     Within an item, each stage's share of the item is learned from the items finished so far (by
     time), so "finding tubules" then "finding cells" fill one bar instead of two; on the first item,
-    before anything is measured, each new stage takes half of what is left.  Time left is the
-    mean time of the items that did work (items skipped as already done do not count) times the
-    items left.  A job without items gets the time left of its current stage (each stage keeps its
+    before anything is measured, each new stage takes half of what is left of the bar, and time left
+    is the item's time so far plus its current stage's rest, times the items left (a lower bound
+    until the first item ends).  Then time left is the mean time of the items that did work (items
+    skipped as already done do not count) times the items left.  A job without items gets the time left of its current stage (each stage keeps its
     own clock, so interleaved train/validate stages do not make it jump).
     """
 
@@ -144,6 +145,7 @@ class OverallProgress:
         self._durations: list[float] = []  # seconds of each item that did work
         self._any_inner = False
         self._first_item: tuple[float, float] | None = None  # (time, fraction) at the first item event
+        self._first_guess: tuple[float, float] | None = None  # (time, seconds left) during the first worked item
         self._clocks: dict[str, tuple[float, int, int]] = {}  # stage -> (start, done at start, last done)
         self.last = Overall()
 
@@ -170,7 +172,7 @@ class OverallProgress:
         within = self._within_item(event.stage, event.fraction or 0.0)
         fraction = (self.item + within) / self.items
         self.last = Overall(stage=event.stage, stage_fraction=event.fraction, fraction=fraction,
-                            seconds_left=self._left(now, within), item=self.item, items=self.items,
+                            seconds_left=self._left(now, within, stage_left), item=self.item, items=self.items,
                             noun=self.noun, name=self.name, message=event.message)
         return self.last
 
@@ -219,7 +221,7 @@ class OverallProgress:
         k = self._stages.index(stage) if stage in self._stages else len(self._stages)
         return 1.0 - 0.5 ** k * (1.0 - 0.5 * stage_fraction)
 
-    def _left(self, now: float, within: float) -> float | None:
+    def _left(self, now: float, within: float, stage_left: float | None = None) -> float | None:
         """Seconds left in the whole job (None while nothing has been measured)."""
         if not self.items:
             return None
@@ -229,11 +231,13 @@ class OverallProgress:
         if self._durations:
             per_item = statistics.fmean(self._durations[-20:])
             return max(0.0, per_item * (1.0 - within)) + per_item * after
-        if self._any_inner:
-            if within <= 0 or self._item_start is None or now <= self._item_start:
+        if self._any_inner:  # first item: what it took so far plus its stage's rest (later stages unknown yet)
+            if stage_left is not None and self._item_start is not None:
+                self._first_guess = (now, stage_left + ((now - self._item_start) + stage_left) * after)
+            if self._first_guess is None:
                 return None
-            per_item = (now - self._item_start) / within
-            return per_item * (1.0 - within) + per_item * after
+            then, left = self._first_guess
+            return max(0.0, left - (now - then))
         if self._first_item is not None:  # items with no steps of their own (a cluster batch): overall rate
             start, fraction0 = self._first_item
             fraction = self.item / self.items
