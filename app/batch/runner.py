@@ -272,7 +272,7 @@ def _batch_job(pipeline: str, inputs: Sequence[str | Path], out: str | Path, clu
     started, status, meta = time.time(), "failed", {"cluster": spec.describe(), "dashboard": None}
     try:
         yield Progress("images", len(records), len(tasks),
-                       f"{len(records)} already done, {len(todo)} to run" if records else "")
+                       f"{len(records)} already done, {len(todo)} to run" if records else "", item="image")
         with ExitStack() as stack:
             if spec.kind and todo:
                 client = stack.enter_context(open_client(spec))
@@ -288,12 +288,12 @@ def _batch_job(pipeline: str, inputs: Sequence[str | Path], out: str | Path, clu
                     meta["cluster"] = f"{spec.describe()}, not started: nothing to run"
                 results = local_results(todo, running)
             stack.callback(results.close)  # cancel the tasks before the client goes
-            yield Progress("images", len(records), len(tasks))  # dispatch starts: the progress bar's clock too
+            yield Progress("images", len(records), len(tasks), item="image")  # dispatch starts: the bar's clock too
             for record in results:
                 if record is not None:
                     records.append(record)
                     _record_in_run(batch_run, by_name[record["image"]], record)
-                yield Progress("images", len(records), len(tasks),
+                yield Progress("images", len(records), len(tasks), item="image",
                                data={"record": record} if record else {"running": running.snapshot()})
         status = "finished" if all(r["status"] != "failed" for r in records) else "failed"
     except GeneratorExit:

@@ -643,6 +643,20 @@ class Project:
                 if entry.name == name:
                     entry.group = group
 
+    def update_image(self, name: str, **changes: Any) -> ImageEntry:
+        """Change fields of image ``name``'s entry (e.g. path, channels, pixel_size_um) and save; returns it."""
+        self.image(name)
+        unknown = set(changes) - {f.name for f in dataclasses.fields(ImageEntry)} | ({"name"} & set(changes))
+        if unknown:
+            raise ProjectError(f"cannot change {', '.join(sorted(unknown))} of an image entry")
+        for entry in self._images:
+            if entry.name == name:
+                for key, value in changes.items():
+                    setattr(entry, key, value)
+                changed = dataclasses.replace(entry)
+        self.save()
+        return changed
+
     def remove_image(self, name: str) -> None:
         """Forget image ``name``; for a copy, also delete the copy in ``images/``.  Linked files stay."""
         with self.locked():  # saved first, so a crash leaves an unused copy rather than an entry without its file

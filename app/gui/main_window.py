@@ -28,6 +28,8 @@ from app.core.settings import Settings, save_settings
 from app.gui.curation import (
     CurationSession, base_objects_file, latest_run_with_results, objects_file, seed_edits, stack_file,
 )
+from app.gui.image_tools import ImageTools
+from app.gui.job_notice import JobNotice
 from app.gui.job_queue import JobQueue, JobQueueWidget
 from app.gui.overlays import generated_objects_rgba, outline_objects_from_stack, prepare_document, prepare_layer
 from app.gui.project_browser import IMAGE_SUFFIXES, ProjectBrowser
@@ -69,6 +71,9 @@ def _detect_device(choice: str) -> str:
     """Reader thread: the device a job would use, as text for the status bar."""
     if choice == "cpu":
         return "CPU"
+    from app.core.torch_preload import preload_torch_libraries
+
+    preload_torch_libraries()  # the loader's ~0.5 s without the GIL: the window keeps drawing (bench/torch_import_stall.py)
     try:
         import torch
     except ImportError:
@@ -116,6 +121,7 @@ class MainWindow(QMainWindow):
         self.channel_panel = ChannelPanel(self.viewer)
         self.run_panel = RunPanel(self.settings)
         self.jobs_widget = JobQueueWidget(self.queue)
+        self.job_notice = JobNotice(self.queue, self)  # a long job's end: tray notice or status bar + alert
         self.results_runner = BackgroundRunner(self, "stagescope-results")
         self.results_runner.done.connect(self._results_done, Qt.ConnectionType.QueuedConnection)
         self.results_runner.error.connect(self._results_error, Qt.ConnectionType.QueuedConnection)
@@ -200,6 +206,7 @@ class MainWindow(QMainWindow):
                                     "Save a PNG of the window"))
         file.addAction(self._action("open_folder", "Show project &folder", self.show_project_folder, "Ctrl+Shift+F",
                                     "Open the project folder in the file manager"))
+        self.image_tools = ImageTools(self, file.addMenu("&Image"))  # export view, pixel size, relink
         file.addSeparator()
         file.addAction(self._action("settings", "Se&ttings...", self.settings_dialog, "Ctrl+,",
                                     "Device, default models, theme"))
@@ -501,7 +508,8 @@ class MainWindow(QMainWindow):
             self.show_error("Cannot open the image", str(error))
             return
         if not path.is_file():
-            self.show_error("Image file missing", f"image {name!r}: {path} not found (moved or deleted?)")
+            box = self.show_error("Image file missing", f"image {name!r}: {path} not found (moved or deleted?)")
+            self.image_tools.offer_locate(box, name)  # "Locate file...": relinks the other moved files too
             return
         self.current_image = name
         self.browser.select_image(name, emit=False)

@@ -272,6 +272,19 @@ class TileViewer(QWidget):
         self.runner.submit(("open", self._token), _open_task, self.path, self.cache_dir, z,
                            self.overview_side, self._token)
 
+    def set_pixel_size(self, pixel_size_um: float | None) -> None:
+        """Use this pixel size (µm, e.g. set in the project for a plain TIFF) for the scale bar; None hides it."""
+        if self._scale_bar is not None:
+            self._scale_bar.setVisible(bool(pixel_size_um))
+        if not pixel_size_um:
+            return
+        if self._scale_bar is None:
+            self._scale_bar = ScaleBar(float(pixel_size_um))
+            self._scale_bar.setParentItem(self.view)
+            self._scale_bar.setZValue(100)
+        self._scale_bar.pixel_size_um = float(pixel_size_um)
+        self._scale_bar.updateBar()
+
     def reopen(self) -> None:
         """Open the current image again (e.g. after its overview levels were built)."""
         if self.name is not None and self.path is not None:

@@ -113,8 +113,11 @@ def open_run(out: Path, params: AnalyzeParams, models: dict[str, Any]) -> Any:
 
 def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: LoadedModel, cell_model: LoadedModel,
                  params: AnalyzeParams, edits: Sequence[dict] = (), force: bool = False,
-                 synthetic: bool | None = None) -> Job[dict]:
-    """Analyse ``(name, path)`` sections into ``run.folder``; returns done/failed/skipped and the batch workbook."""
+                 synthetic: bool | None = None, metadata: dict[str, dict] | None = None) -> Job[dict]:
+    """Analyse ``(name, path)`` sections into ``run.folder``; returns done/failed/skipped and the batch workbook.
+
+    ``metadata`` maps a section to the pixel size / channel names its project gives (they win over the file's).
+    """
     from app.core.edits import edits_for_image, read_edits
 
     out = Path(run.folder)
@@ -129,7 +132,7 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
     _log(out, f"batch of {len(sections)} sections, TTA {params.tta}, models {tubule_model.card.name} / "
               f"{cell_model.card.name}")
     for number, (name, path) in enumerate(sections):
-        yield Progress("sections", number, len(sections), name)
+        yield Progress("sections", number, len(sections), name, item="section")
         section_dir = out / name
         start = time.monotonic()
         try:
@@ -140,7 +143,7 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
                 for stale in (section_dir / EVALUATION_FILE, out / EVALUATION_FILE):  # about the old predictions
                     stale.unlink(missing_ok=True)
                 yield from analyze_section(path, section_dir, tubule_model, cell_model, params, name=name,
-                                           synthetic=synthetic)
+                                           synthetic=synthetic, metadata=(metadata or {}).get(name))
             else:
                 skipped.append(name)
             summary = write_section_outputs(section_dir, edits_for_image(edits, name))
@@ -157,7 +160,7 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
             failed[name] = f"{type(error).__name__}: {error}"
             run.mark_image_failed(name, failed[name])
             _log(out, f"{name}: FAILED with an unexpected error:\n{traceback.format_exc()}")
-    yield Progress("sections", len(sections), len(sections))
+    yield Progress("sections", len(sections), len(sections), item="section")
     workbook = write_batch_outputs(out, [n for n in names if run.is_done(n)])
     run.finish("finished" if not failed else "failed")
     return {"folder": out, "done": done, "failed": failed, "skipped": skipped, "workbook": workbook}
@@ -240,7 +243,10 @@ def analyze_project(project: Any, image_names: Sequence[str], params: AnalyzePar
     cells = load_model(models.get("cells") or models.get("stagetool-cells"), "cells", params.device)
     run = project.new_run(PIPELINE, params.to_dict(), {"tubules": tubules.reference(), "cells": cells.reference()})
     sections = [(name, Path(project.image_path(name))) for name in image_names]
-    yield from run_sections(run, sections, tubules, cells, params)
+    from app.core.project_edit import entry_metadata
+
+    metadata = {name: entry_metadata(project, name) for name in image_names}  # the project's pixel size wins
+    yield from run_sections(run, sections, tubules, cells, params, metadata=metadata)
     return Path(run.folder)
 
 
