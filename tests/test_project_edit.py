@@ -209,3 +209,14 @@ def test_export_view_writes_the_picture_with_overlays_at_the_chosen_resolution(w
     assert np.abs(plain.astype(int) - tif.astype(int)).sum() > 0
     with pytest.raises(UserError, match="png or .tif"):
         export_view(window.viewer, tmp_path / "view.bmp")
+
+
+def test_setting_metadata_from_a_stale_project_keeps_what_another_writer_added(tmp_path):
+    """update_image is a read-modify-write under the lock: the CLI's add meanwhile is not lost."""
+    gui = Project.create(tmp_path / "proj")
+    first = gui.add_image(_plain_tiff(tmp_path / "a.tif")).name
+    Project.open(tmp_path / "proj").add_image(_plain_tiff(tmp_path / "b.tif"))  # the CLI, meanwhile
+    gui.update_image(first, pixel_size_um=0.5)
+    again = Project.open(tmp_path / "proj")
+    assert [e.name for e in again.images()] == ["a", "b"]
+    assert again.image(first).pixel_size_um == 0.5

@@ -645,16 +645,16 @@ class Project:
 
     def update_image(self, name: str, **changes: Any) -> ImageEntry:
         """Change fields of image ``name``'s entry (e.g. path, channels, pixel_size_um) and save; returns it."""
-        self.image(name)
         unknown = set(changes) - {f.name for f in dataclasses.fields(ImageEntry)} | ({"name"} & set(changes))
         if unknown:
             raise ProjectError(f"cannot change {', '.join(sorted(unknown))} of an image entry")
-        for entry in self._images:
-            if entry.name == name:
-                for key, value in changes.items():
-                    setattr(entry, key, value)
-                changed = dataclasses.replace(entry)
-        self.save()
+        with self.locked():  # read-modify-write under project.json's lock, like every other change
+            self.image(name)
+            for entry in self._images:
+                if entry.name == name:
+                    for key, value in changes.items():
+                        setattr(entry, key, value)
+                    changed = dataclasses.replace(entry)
         return changed
 
     def remove_image(self, name: str) -> None:
