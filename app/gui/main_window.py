@@ -663,7 +663,7 @@ class MainWindow(QMainWindow):
                     if cell.get("tubule_id") == obj.get("id"):
                         counts[str(cell.get("class"))] = counts.get(str(cell.get("class")), 0) + 1
                 extra["cells"] = counts or "none"
-        self.properties.show_object(layer, obj, extra)
+        self.properties.show_object(layer, obj, extra, (self.viewer.overlays.document or {}).get("meta"))
 
     def clear_selection(self) -> None:
         self.viewer.overlays.select(None)
