@@ -134,7 +134,8 @@ def find_report_writer() -> Callable[[list[dict[str, Any]], Path], Path] | None:
             return excel.write_section_workbook(path, tables.summarise(doc), tables.tubule_rows(doc),
                                                 tables.cell_rows(doc))
         summaries = [tables.summarise(doc) for doc in docs]
-        return excel.write_batch_workbook(path, summaries, tables.pool_summaries(summaries))
+        return excel.write_batch_workbook(path, summaries, tables.pool_summaries(summaries), None,
+                                          {doc.get("image"): tables.tubule_rows(doc) for doc in docs})
 
     return write
 

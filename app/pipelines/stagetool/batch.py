@@ -38,8 +38,23 @@ PREDICTION_PARAMS = ("dapi", "antibodies", "tta", "overlap", "cell_tile", "tubul
                      "map_scale", "min_tubule_area_um2", "positive_fraction")
 
 
-def write_section_outputs(section_dir: str | Path, edits: Sequence[dict] = (), evaluation: dict | None = None) -> dict:
-    """From ``predictions.json`` and the edits: objects.json, summary.json, CSV tables and the workbook."""
+def report_context(section_dir: Path, context: dict | None = None) -> dict:
+    """Run id and group (animal, condition) a section's reports carry: as given, else as its summary.json
+    recorded them, else the id in the run folder's run.json."""
+    found: dict = {"run_id": None, "group": None}
+    if (section_dir / SUMMARY_FILE).exists():
+        old = json.loads((section_dir / SUMMARY_FILE).read_text())
+        found.update({k: old.get(k) for k in found})
+    if found["run_id"] is None and (section_dir.parent / "run.json").exists():
+        found["run_id"] = json.loads((section_dir.parent / "run.json").read_text()).get("id")
+    found.update({k: v for k, v in (context or {}).items() if v is not None})
+    return found
+
+
+def write_section_outputs(section_dir: str | Path, edits: Sequence[dict] = (), evaluation: dict | None = None,
+                          context: dict | None = None) -> dict:
+    """From ``predictions.json`` and the edits: objects.json, summary.json, CSV tables and the workbook
+    (``context``: run id and group, see :func:`report_context`)."""
     from app.core.results import read_objects, write_objects
     from app.reports.excel import write_section_workbook
 
@@ -47,7 +62,7 @@ def write_section_outputs(section_dir: str | Path, edits: Sequence[dict] = (), e
     raw = read_objects(section_dir / PREDICTIONS_FILE)
     curated = curation.apply(raw, edits)
     write_objects(section_dir / OBJECTS_FILE, curated["image"], PIPELINE, curated["layers"], curated["meta"])
-    summary = tables.summarise(curated)
+    summary = {**tables.summarise(curated), **report_context(section_dir, context)}
     atomic_write_json(section_dir / SUMMARY_FILE, summary)
     tubule_rows, cell_rows = tables.tubule_rows(curated), tables.cell_rows(curated)
     atomic_write_text(section_dir / "tubules.csv", tables.rows_to_csv(tubule_rows))
@@ -112,7 +127,7 @@ def open_run(out: Path, params: AnalyzeParams, models: dict[str, Any]) -> Any:
 
 def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: LoadedModel, cell_model: LoadedModel,
                  params: AnalyzeParams, edits: Sequence[dict] = (), force: bool = False,
-                 synthetic: bool | None = None) -> Job[dict]:
+                 synthetic: bool | None = None, groups: dict[str, str | None] | None = None) -> Job[dict]:
     """Analyse ``(name, path)`` sections into ``run.folder``; returns done/failed/skipped and the batch workbook."""
     from app.core.edits import edits_for_image, read_edits
 
@@ -140,7 +155,8 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
                                            synthetic=synthetic)
             else:
                 skipped.append(name)
-            summary = write_section_outputs(section_dir, edits_for_image(edits, name))
+            summary = write_section_outputs(section_dir, edits_for_image(edits, name),
+                                            context={"run_id": run.id, "group": (groups or {}).get(name)})
             run.mark_image_done(name, section_outputs(section_dir, name))
             done.append(name)
             seconds = time.monotonic() - start
@@ -175,7 +191,11 @@ def write_batch_outputs(out: Path, names: Sequence[str]) -> Path | None:
         evaluations[POOLED] = json.loads((out / EVALUATION_FILE).read_text())
     pooled = tables.pool_summaries(summaries)
     atomic_write_json(out / "batch_summary.json", pooled)
-    return write_batch_workbook(out / BATCH_WORKBOOK, summaries, pooled, evaluations or None)
+    from app.core.results import read_objects
+
+    tubule_rows = {n: tables.tubule_rows(read_objects(out / n / OBJECTS_FILE)) for n in names
+                   if (out / n / OBJECTS_FILE).exists()}
+    return write_batch_workbook(out / BATCH_WORKBOOK, summaries, pooled, evaluations or None, tubule_rows)
 
 
 def use_threads(threads: int) -> None:
@@ -234,7 +254,8 @@ def analyze_project(project: Any, image_names: Sequence[str], params: AnalyzePar
     cells = load_model(models.get("cells") or models.get("stagetool-cells"), "cells", params.device)
     run = project.new_run(PIPELINE, params.to_dict(), {"tubules": tubules.reference(), "cells": cells.reference()})
     sections = [(name, Path(project.image_path(name))) for name in image_names]
-    yield from run_sections(run, sections, tubules, cells, params)
+    groups = {name: project.image(name).group for name in image_names}
+    yield from run_sections(run, sections, tubules, cells, params, groups=groups)
     return Path(run.folder)
 
 
