@@ -898,17 +898,12 @@ class MainWindow(QMainWindow):
             raise UserError(f"{path}: cannot write the screenshot")
         return path
 
-    def show_shortcuts(self) -> None:
-        rows = []
-        for action in self.findChildren(QAction):
-            keys = ", ".join(s.toString(QKeySequence.SequenceFormat.NativeText) for s in action.shortcuts())
-            if keys and action.text():
-                rows.append(f"{action.text().replace('&', ''):40s} {keys}")
-        box = QMessageBox(QMessageBox.Icon.Information, "Keyboard shortcuts", "Every action and its keys:",
-                          QMessageBox.StandardButton.Ok, self)
-        box.setDetailedText("\n".join(sorted(set(rows))))
-        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        box.open()
+    def show_shortcuts(self) -> Any:
+        from app.gui.shortcuts_dialog import ShortcutsDialog
+
+        dialog = ShortcutsDialog(self.findChildren(QAction), self)
+        dialog.open()
+        return dialog
 
     def show_about(self) -> None:
         QMessageBox.about(self, "About Stagescope",
