@@ -25,13 +25,14 @@ MARKERS: tuple[str, ...] = ("SOX9", "SALL4", "SCP3", "CREM", "PNA", "AR", "USF1"
 # grey and the white selection outline; all have L* >= 52 and chroma >= 30, so they stand out on a
 # dark fluorescence image.  Chosen by a max-min search over a 15-step sRGB grid;
 # tests/test_gui_look.py recomputes the distances.  Stages run blue -> green -> yellow -> orange
-# -> purple as before, so the order I-V .. XII still reads as a progression.
+# -> purple as before, so the order I-V .. XII still reads as a progression; the most numerous cells
+# (early elongating spermatids) get pale yellow, which stands out on the blue DAPI channel.
 STAGE_COLOURS: Mapping[str, str] = {
     "I-V": "#a5a5ff", "VI-VIII": "#00b45a", "IX": "#ffc300", "X-XI": "#ff5a00", "XII": "#d200ff",
 }
 CELL_TYPE_COLOURS: Mapping[str, str] = {
-    "Sertoli": "#ffb496", "Spg": "#00e1e1", "Spc prePach": "#698700", "Spc Pach": "#c35a78", "m2m": "#ffff96",
-    "Spc sec": "#009687", "round spermatid": "#ffa5c3", "early elongating spermatid": "#1e87a5",
+    "Sertoli": "#ffb496", "Spg": "#00e1e1", "Spc prePach": "#698700", "Spc Pach": "#c35a78", "m2m": "#1e87a5",
+    "Spc sec": "#009687", "round spermatid": "#ffa5c3", "early elongating spermatid": "#ffff96",
     "late elongating spermatid": "#c3ffd2",
 }
 CLASS_COLOURS: Mapping[str, str] = {**STAGE_COLOURS, **CELL_TYPE_COLOURS}
