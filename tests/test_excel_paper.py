@@ -49,7 +49,8 @@ def test_section_workbook_has_widths_formats_and_cells_per_tubule(tmp_path):
 
     rows = sheet_rows(wb["Cells per tubule"])
     header = rows[0]
-    assert header[:2] == ["stage", "tubules (n)"] and f"{CELL_TYPES[0]} mean" in header and f"{CELL_TYPES[0]} SD" in header
+    assert header[:2] == ["stage", "tubules (n)"]
+    assert f"{CELL_TYPES[0]} mean" in header and f"{CELL_TYPES[0]} SD" in header
     by_stage = {r[0]: dict(zip(header, r)) for r in rows[1:1 + len(STAGES)]}
     assert by_stage[STAGES[0]]["tubules (n)"] == 1 and by_stage[STAGES[0]][f"{CELL_TYPES[0]} mean"] == 2
     assert by_stage[STAGES[0]][f"{CELL_TYPES[0]} SD"] is None  # one tubule: no SD

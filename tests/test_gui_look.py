@@ -112,7 +112,8 @@ def test_legend_names_are_shown_whole_in_the_main_window(qtbot):
                 names.append(item.text(0))
                 needed = (tree.indentation() * (depth + 1) + tree.iconSize().width()
                           + metrics.horizontalAdvance(item.text(0)))
-                assert needed <= tree.columnWidth(0), f"{item.text(0)!r} cut: needs {needed} px of {tree.columnWidth(0)}"
+                width = tree.columnWidth(0)
+                assert needed <= width, f"{item.text(0)!r} cut: needs {needed} px of {width}"
         assert "late elongating spermatid" in names and "excluded" in names
         columns = sum(tree.columnWidth(c) for c in range(tree.columnCount()))
         assert columns <= tree.viewport().width(), f"legend columns {columns} px in a {tree.viewport().width()} px view"
@@ -120,7 +121,8 @@ def test_legend_names_are_shown_whole_in_the_main_window(qtbot):
         window.close()
 
 
-TUBULE = {"id": 1, "class": "IX", "score": 0.8937, "box": [592, 276, 964, 624], "polygon": [[592, 276], [964, 276], [964, 624]],
+TUBULE = {"id": 1, "class": "IX", "score": 0.8937, "box": [592, 276, 964, 624],
+          "polygon": [[592, 276], [964, 276], [964, 624]],
           "centroid": [456.2, 772.0], "area_px": 108128, "stage_weights": {"IX": 0.511, "XII": 0.489}, "n_masks": 3,
           "excluded": False, "stage_source": "cells", "stage_from_cells": {"IX": 0.89}}
 CELL = {"id": 7, "class": "Sertoli", "score": 0.99, "box": [736.0, 340.0, 758.0, 360.0], "centroid": [350.0, 747.0],

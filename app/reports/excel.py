@@ -496,7 +496,8 @@ def _group_blocks(summaries: Sequence[dict[str, Any]],
     groups = sorted({s.get("group") or "" for s in summaries})
     if len(groups) > 1:
         for group in groups:
-            rows = [r for s in summaries if (s.get("group") or "") == group for r in tubule_rows.get(s.get("section"), [])]
+            rows = [r for s in summaries if (s.get("group") or "") == group
+                    for r in tubule_rows.get(s.get("section"), [])]
             blocks.append((f"group {group or '(none)'}", rows))
     return blocks
 
