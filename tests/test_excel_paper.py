@@ -63,7 +63,7 @@ def test_batch_workbook_has_group_and_run_id_columns_and_pooled_mean_sd(tmp_path
     docs[1]["layers"]["cells"].append({**docs[1]["layers"]["cells"][0], "id": 50})
     groups = {"a": "control", "b": "control", "c": "treated"}
     summaries = [_summary(d, run_id=f"run-{d['image']}", group=groups[d["image"]]) for d in docs]
-    rows = {d["image"]: tables.tubule_rows(d) for d in docs}
+    rows = [tables.tubule_rows(d) for d in docs]
     path = write_batch_workbook(tmp_path / "batch.xlsx", summaries, tables.pool_summaries(summaries), None, rows)
     wb = load_workbook(path)
 
@@ -104,3 +104,25 @@ def test_methods_open_with_a_paragraph_built_from_the_run(tmp_path):
     assert paragraph.count(". ") >= 5  # sentences, not a key/value list
     keys = [r[0] for r in sheet_rows(ws)]
     assert "tubule stage" in keys and "software" in keys  # the key/value table stays below for completeness
+
+
+def test_the_report_exporter_writes_each_sections_run_id_and_group(tmp_path):
+    """Sections ticked in the exporter carry their run id and project group into the workbook."""
+    pytest.importorskip("PySide6")
+    from app.core.jobs import run
+    from app.core.results import write_objects
+    from app.gui.report_exporter import SectionEntry, find_report_writer, report_job
+
+    entries = []
+    for name, run_id, group in (("a", "run-1", "control"), ("a", "run-2", "control"), ("b", "run-2", "treated")):
+        doc = section_doc(name)
+        folder = tmp_path / run_id
+        folder.mkdir(exist_ok=True)
+        path = write_objects(folder / f"{name}.json", name, "stagetool", doc["layers"], doc["meta"])
+        entries.append(SectionEntry(run_id, folder, "stagetool", name, path, "[]", group))
+    written = run(report_job(entries, {}, tmp_path / "report.xlsx", find_report_writer()))
+    rows = sheet_rows(load_workbook(written)["Sections"])
+    assert [r[:3] for r in rows[1:4]] == [["a", "control", "run-1"], ["a", "control", "run-2"],
+                                          ["b", "treated", "run-2"]]
+    pooled = {r[0]: r[1] for r in sheet_rows(load_workbook(written)["Cells per tubule"])[1:1 + len(STAGES)]}
+    assert pooled[STAGES[0]] == 3  # one I-V tubule per section, the same section from two runs kept apart

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -490,23 +490,24 @@ def write_section_workbook(path: str | os.PathLike[str], summary: dict[str, Any]
 
 
 def _group_blocks(summaries: Sequence[dict[str, Any]],
-                  tubule_rows: Mapping[str, list[dict[str, Any]]]) -> list[tuple[str, list[dict[str, Any]]]]:
+                  tubule_rows: Sequence[list[dict[str, Any]]]) -> list[tuple[str, list[dict[str, Any]]]]:
     """Tubule rows pooled over all sections, then per group when the sections come from several groups."""
-    blocks = [("all sections", [r for s in summaries for r in tubule_rows.get(s.get("section"), [])])]
+    pairs = list(zip(summaries, tubule_rows))
+    blocks = [("all sections", [r for _s, rows in pairs for r in rows])]
     groups = sorted({s.get("group") or "" for s in summaries})
     if len(groups) > 1:
         for group in groups:
-            rows = [r for s in summaries if (s.get("group") or "") == group
-                    for r in tubule_rows.get(s.get("section"), [])]
+            rows = [r for s, section_rows in pairs if (s.get("group") or "") == group for r in section_rows]
             blocks.append((f"group {group or '(none)'}", rows))
     return blocks
 
 
 def write_batch_workbook(path: str | os.PathLike[str], summaries: list[dict[str, Any]], pooled: dict[str, Any],
                          evaluations: dict[str, dict[str, Any]] | None = None,
-                         tubule_rows: Mapping[str, list[dict[str, Any]]] | None = None) -> Path:
+                         tubule_rows: Sequence[list[dict[str, Any]]] | None = None) -> Path:
     """The batch workbook: one row per section (with group and run id), pooled stage x type table, cells per
-    tubule (``tubule_rows``: section name -> :func:`tables.tubule_rows`), antigen profiles, methods."""
+    tubule (``tubule_rows``: each summary's :func:`tables.tubule_rows`, in the same order), antigen profiles,
+    methods."""
     wb = Workbook(write_only=True)
     ws = _sheet(wb, "Sections")
     stages, types = pooled["stages"], pooled["cell_types"]
@@ -523,6 +524,8 @@ def write_batch_workbook(path: str | os.PathLike[str], summaries: list[dict[str,
     if pooled.get("synthetic"):
         ws.append([SYNTHETIC_NOTE])
     _stage_type_sheet(wb, pooled, "all sections")
+    if tubule_rows is not None and len(tubule_rows) != len(summaries):
+        raise ValueError(f"{len(tubule_rows)} tubule tables for {len(summaries)} sections")
     _cells_per_tubule_sheet(wb, _group_blocks(summaries, tubule_rows) if tubule_rows else [], stages, types)
     _antigen_sheet(wb, pooled.get("antigen", {}), stages, types,
                    (summaries[0].get("params", {}) if summaries else {}).get("positive_fraction", 0.65), {})

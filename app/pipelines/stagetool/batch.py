@@ -62,7 +62,8 @@ def write_section_outputs(section_dir: str | Path, edits: Sequence[dict] = (), e
     raw = read_objects(section_dir / PREDICTIONS_FILE)
     curated = curation.apply(raw, edits)
     write_objects(section_dir / OBJECTS_FILE, curated["image"], PIPELINE, curated["layers"], curated["meta"])
-    summary = {**tables.summarise(curated), **report_context(section_dir, context)}
+    summary = tables.summarise(curated)
+    summary.update({k: v for k, v in report_context(section_dir, context).items() if v is not None})
     atomic_write_json(section_dir / SUMMARY_FILE, summary)
     tubule_rows, cell_rows = tables.tubule_rows(curated), tables.cell_rows(curated)
     atomic_write_text(section_dir / "tubules.csv", tables.rows_to_csv(tubule_rows))
@@ -180,7 +181,8 @@ def write_batch_outputs(out: Path, names: Sequence[str]) -> Path | None:
     """The batch workbook pooling the finished sections' summaries (None when none finished)."""
     from app.reports.excel import write_batch_workbook
 
-    summaries = [json.loads((out / n / SUMMARY_FILE).read_text()) for n in names if (out / n / SUMMARY_FILE).exists()]
+    names = [n for n in names if (out / n / SUMMARY_FILE).exists()]
+    summaries = [json.loads((out / n / SUMMARY_FILE).read_text()) for n in names]
     if not summaries:
         return None
     evaluations = {n: json.loads((out / n / EVALUATION_FILE).read_text()) for n in names
@@ -193,8 +195,8 @@ def write_batch_outputs(out: Path, names: Sequence[str]) -> Path | None:
     atomic_write_json(out / "batch_summary.json", pooled)
     from app.core.results import read_objects
 
-    tubule_rows = {n: tables.tubule_rows(read_objects(out / n / OBJECTS_FILE)) for n in names
-                   if (out / n / OBJECTS_FILE).exists()}
+    tubule_rows = [tables.tubule_rows(read_objects(out / n / OBJECTS_FILE)) if (out / n / OBJECTS_FILE).exists()
+                   else [] for n in names]
     return write_batch_workbook(out / BATCH_WORKBOOK, summaries, pooled, evaluations or None, tubule_rows)
 
 
