@@ -179,11 +179,11 @@ def test_shortcuts_are_listed_at_once_not_behind_show_details(qtbot):
     try:
         window.actions["shortcuts"].trigger()
         QApplication.processEvents()
-        boxes = [w for w in QApplication.topLevelWidgets() if isinstance(w, QMessageBox) and w.isVisible()]
+        boxes = [w for w in window.findChildren(QMessageBox) if w.isVisible()]
         assert not boxes, "the shortcuts are in a message box (its list hides behind Show Details)"
         from app.gui.shortcuts_dialog import ShortcutsDialog
 
-        [dialog] = [w for w in QApplication.topLevelWidgets() if isinstance(w, ShortcutsDialog) and w.isVisible()]
+        [dialog] = [w for w in window.findChildren(ShortcutsDialog) if w.isVisible()]
         table = dialog.table
         assert table.isVisible() and table.rowCount() >= 10
         actions = {table.item(i, 0).text(): table.item(i, 1).text() for i in range(table.rowCount())}
