@@ -140,7 +140,7 @@ def test_properties_show_x_before_y_with_units_and_no_internal_fields(qtbot):
 
     panel = PropertiesPanel()
     qtbot.addWidget(panel)
-    panel.show_object("tubules", TUBULE, {"cells": {"Sertoli": 4}}, META)
+    panel.show_object("tubules", TUBULE, {"cells": {"Spg": 2, "Sertoli": 4}}, META)
     rows = _panel_rows(panel)
     text = " ".join(rows) + " " + " ".join(rows.values())
     for internal in ("stage_weights", "stage weights", "n_masks", "n masks", "stage_from_cells", "votes"):
@@ -149,7 +149,9 @@ def test_properties_show_x_before_y_with_units_and_no_internal_fields(qtbot):
     assert rows["area"] == "27\u2009032 µm²"  # 108128 px² x 0.25 µm²
     # the centroid is stored (y, x); box and centre are both shown x first, in pixels
     assert rows["centre"] == "x 772, y 456 px" and rows["box"] == "x 592-964, y 276-624 px"
-    assert "Sertoli: 4" in rows["cells"]
+    cells = next(panel.tree.topLevelItem(i) for i in range(panel.tree.topLevelItemCount())
+                 if panel.tree.topLevelItem(i).text(0) == "cells")
+    assert cells.text(1) == "6 in all" and (cells.child(0).text(0).strip(), cells.child(0).text(1)) == ("Sertoli", "4")
 
     panel.show_object("tubules", TUBULE, None, {"pixel_size_um": None})
     assert _panel_rows(panel)["area"].startswith("108\u2009128 px²")

@@ -123,6 +123,7 @@ class PropertiesPanel(QWidget):
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(["Property", "Value"])
         self.tree.setRootIsDecorated(False)
+        self.tree.setIndentation(12)
         self.tree.setColumnWidth(0, 130)
 
         self.tubule_box = QGroupBox("Curate tubule")
@@ -201,11 +202,20 @@ class PropertiesPanel(QWidget):
             self.hint.setText("Click an object in the viewer to see it here.")
             return
         self.hint.setText(f"{layer[:-1] if layer and layer.endswith('s') else layer} {obj.get('id')}")
-        rows = {**object_rows(layer, obj, meta), **{k: format_value(v) for k, v in (extra or {}).items()}}
-        for key, value in rows.items():
+        for key, value in object_rows(layer, obj, meta).items():
             item = QTreeWidgetItem([str(key), value])
             item.setToolTip(1, value)
             self.tree.addTopLevelItem(item)
+        for key, value in (extra or {}).items():  # e.g. a tubule's cells: one child row per cell type
+            if isinstance(value, dict):
+                item = QTreeWidgetItem([str(key), f"{sum(v for v in value.values() if isinstance(v, int))} in all"])
+                order = {name: i for i, name in enumerate(CELL_TYPES)}
+                for name in sorted(value, key=lambda n: (order.get(n, len(order)), n)):
+                    item.addChild(QTreeWidgetItem([f"  {name}", format_value(value[name])]))
+                self.tree.addTopLevelItem(item)
+                item.setExpanded(True)
+            else:
+                self.tree.addTopLevelItem(QTreeWidgetItem([str(key), format_value(value)]))
         if layer == "tubules":
             self._set_combo(self.stage_combo, str(obj.get("class", "")))
             self.exclude_check.setChecked(bool(obj.get("excluded")))
