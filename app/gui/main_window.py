@@ -671,7 +671,7 @@ class MainWindow(QMainWindow):
                     if cell.get("tubule_id") == obj.get("id"):
                         counts[str(cell.get("class"))] = counts.get(str(cell.get("class")), 0) + 1
                 extra["cells"] = counts or "none"
-        self.properties.show_object(layer, obj, extra)
+        self.properties.show_object(layer, obj, extra, (self.viewer.overlays.document or {}).get("meta"))
 
     def clear_selection(self) -> None:
         self.viewer.overlays.select(None)
@@ -906,17 +906,12 @@ class MainWindow(QMainWindow):
             raise UserError(f"{path}: cannot write the screenshot")
         return path
 
-    def show_shortcuts(self) -> None:
-        rows = []
-        for action in self.findChildren(QAction):
-            keys = ", ".join(s.toString(QKeySequence.SequenceFormat.NativeText) for s in action.shortcuts())
-            if keys and action.text():
-                rows.append(f"{action.text().replace('&', ''):40s} {keys}")
-        box = QMessageBox(QMessageBox.Icon.Information, "Keyboard shortcuts", "Every action and its keys:",
-                          QMessageBox.StandardButton.Ok, self)
-        box.setDetailedText("\n".join(sorted(set(rows))))
-        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        box.open()
+    def show_shortcuts(self) -> Any:
+        from app.gui.shortcuts_dialog import ShortcutsDialog
+
+        dialog = ShortcutsDialog(self.findChildren(QAction), self)
+        dialog.open()
+        return dialog
 
     def show_about(self) -> None:
         QMessageBox.about(self, "About Stagescope",

@@ -48,6 +48,7 @@ class SectionEntry:
     image: str
     objects: Path
     seeded: str = "[]"  # JSON of the edits applied at analysis time, when the run has no edits file
+    group: str | None = None  # the image's group in the project (animal, condition), for the workbook
 
 
 def section_entries(project: Any) -> list[SectionEntry]:
@@ -58,7 +59,8 @@ def section_entries(project: Any) -> list[SectionEntry]:
             path = base_objects_file(run, image)
             if path is not None:
                 seeded = json.dumps(seed_edits(run, image))
-                entries.append(SectionEntry(run.id, Path(run.folder), run.pipeline, image, path, seeded))
+                group = next((e.group for e in project.images() if e.name == image), None)
+                entries.append(SectionEntry(run.id, Path(run.folder), run.pipeline, image, path, seeded, group))
     return entries
 
 
@@ -70,6 +72,7 @@ def curated_document(entry: SectionEntry, thresholds: dict[str, float] | None = 
     doc = apply_edits(doc, edits)
     meta = doc.setdefault("meta", {})
     meta["edits"] = edits
+    meta["run_id"], meta["group"] = entry.run_id, entry.group  # columns of the workbook
     if thresholds:
         meta["antibodies"] = [dict(a, threshold=thresholds.get(a["name"], a.get("threshold")))
                               for a in meta.get("antibodies", [])]
@@ -134,7 +137,8 @@ def find_report_writer() -> Callable[[list[dict[str, Any]], Path], Path] | None:
             return excel.write_section_workbook(path, tables.summarise(doc), tables.tubule_rows(doc),
                                                 tables.cell_rows(doc))
         summaries = [tables.summarise(doc) for doc in docs]
-        return excel.write_batch_workbook(path, summaries, tables.pool_summaries(summaries))
+        return excel.write_batch_workbook(path, summaries, tables.pool_summaries(summaries), None,
+                                          [tables.tubule_rows(doc) for doc in docs])
 
     return write
 

@@ -39,8 +39,23 @@ PREDICTION_PARAMS = ("dapi", "antibodies", "tta", "overlap", "cell_tile", "tubul
                      "map_scale", "min_tubule_area_um2", "positive_fraction")
 
 
-def write_section_outputs(section_dir: str | Path, edits: Sequence[dict] = (), evaluation: dict | None = None) -> dict:
-    """From ``predictions.json`` and the edits: objects.json, summary.json, CSV tables and the workbook."""
+def report_context(section_dir: Path, context: dict | None = None) -> dict:
+    """Run id and group (animal, condition) a section's reports carry: as given, else as its summary.json
+    recorded them, else the id in the run folder's run.json."""
+    found: dict = {"run_id": None, "group": None}
+    if (section_dir / SUMMARY_FILE).exists():
+        old = json.loads((section_dir / SUMMARY_FILE).read_text())
+        found.update({k: old.get(k) for k in found})
+    if found["run_id"] is None and (section_dir.parent / "run.json").exists():
+        found["run_id"] = json.loads((section_dir.parent / "run.json").read_text()).get("id")
+    found.update({k: v for k, v in (context or {}).items() if v is not None})
+    return found
+
+
+def write_section_outputs(section_dir: str | Path, edits: Sequence[dict] = (), evaluation: dict | None = None,
+                          context: dict | None = None) -> dict:
+    """From ``predictions.json`` and the edits: objects.json, summary.json, CSV tables and the workbook
+    (``context``: run id and group, see :func:`report_context`)."""
     from app.core.results import read_objects, write_objects
     from app.reports.excel import write_section_workbook
 
@@ -49,6 +64,7 @@ def write_section_outputs(section_dir: str | Path, edits: Sequence[dict] = (), e
     curated = curation.apply(raw, edits)
     write_objects(section_dir / OBJECTS_FILE, curated["image"], PIPELINE, curated["layers"], curated["meta"])
     summary = tables.summarise(curated)
+    summary.update({k: v for k, v in report_context(section_dir, context).items() if v is not None})
     atomic_write_json(section_dir / SUMMARY_FILE, summary)
     tubule_rows, cell_rows = tables.tubule_rows(curated), tables.cell_rows(curated)
     atomic_write_text(section_dir / "tubules.csv", tables.rows_to_csv(tubule_rows))
@@ -113,10 +129,12 @@ def open_run(out: Path, params: AnalyzeParams, models: dict[str, Any]) -> Any:
 
 def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: LoadedModel, cell_model: LoadedModel,
                  params: AnalyzeParams, edits: Sequence[dict] = (), force: bool = False,
-                 synthetic: bool | None = None, metadata: dict[str, dict] | None = None) -> Job[dict]:
+                 synthetic: bool | None = None, metadata: dict[str, dict] | None = None,
+                 groups: dict[str, str | None] | None = None) -> Job[dict]:
     """Analyse ``(name, path)`` sections into ``run.folder``; returns done/failed/skipped and the batch workbook.
 
-    ``metadata`` maps a section to the pixel size / channel names its project gives (they win over the file's).
+    ``metadata`` maps a section to the pixel size / channel names its project gives (they win over the file's);
+    ``groups`` maps it to its project group, written into the reports.
     """
     from app.core.edits import edits_for_image, read_edits
 
@@ -146,7 +164,8 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
                                            synthetic=synthetic, metadata=(metadata or {}).get(name))
             else:
                 skipped.append(name)
-            summary = write_section_outputs(section_dir, edits_for_image(edits, name))
+            summary = write_section_outputs(section_dir, edits_for_image(edits, name),
+                                            context={"run_id": run.id, "group": (groups or {}).get(name)})
             run.mark_image_done(name, section_outputs(section_dir, name), source=source)
             done.append(name)
             seconds = time.monotonic() - start
@@ -170,7 +189,8 @@ def write_batch_outputs(out: Path, names: Sequence[str]) -> Path | None:
     """The batch workbook pooling the finished sections' summaries (None when none finished)."""
     from app.reports.excel import write_batch_workbook
 
-    summaries = [json.loads((out / n / SUMMARY_FILE).read_text()) for n in names if (out / n / SUMMARY_FILE).exists()]
+    names = [n for n in names if (out / n / SUMMARY_FILE).exists()]
+    summaries = [json.loads((out / n / SUMMARY_FILE).read_text()) for n in names]
     if not summaries:
         return None
     evaluations = {n: json.loads((out / n / EVALUATION_FILE).read_text()) for n in names
@@ -181,7 +201,11 @@ def write_batch_outputs(out: Path, names: Sequence[str]) -> Path | None:
         evaluations[POOLED] = json.loads((out / EVALUATION_FILE).read_text())
     pooled = tables.pool_summaries(summaries)
     atomic_write_json(out / "batch_summary.json", pooled)
-    return write_batch_workbook(out / BATCH_WORKBOOK, summaries, pooled, evaluations or None)
+    from app.core.results import read_objects
+
+    tubule_rows = [tables.tubule_rows(read_objects(out / n / OBJECTS_FILE)) if (out / n / OBJECTS_FILE).exists()
+                   else [] for n in names]
+    return write_batch_workbook(out / BATCH_WORKBOOK, summaries, pooled, evaluations or None, tubule_rows)
 
 
 def use_threads(threads: int) -> None:
@@ -246,7 +270,8 @@ def analyze_project(project: Any, image_names: Sequence[str], params: AnalyzePar
     from app.core.project_edit import entry_metadata
 
     metadata = {name: entry_metadata(project, name) for name in image_names}  # the project's pixel size wins
-    yield from run_sections(run, sections, tubules, cells, params, metadata=metadata)
+    groups = {name: project.image(name).group for name in image_names}
+    yield from run_sections(run, sections, tubules, cells, params, metadata=metadata, groups=groups)
     return Path(run.folder)
 
 
