@@ -126,7 +126,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--model", default=None, metavar="NAME_OR_DIR", help="default: the shipped brightfield-sephace")
     p.add_argument("--fluo", type=Path, default=None, metavar="FILE",
                    help="fluorescence image to measure per nucleus (default: fl.tif / *dapi* in each field folder)")
-    p.add_argument("--overwrite", action="store_true", help="redo fields whose results exist")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo fields whose results exist, and replace nuclei.csv / counts.csv even when changed by hand")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     add_options(p, SegmentParams, "segment")
     p.set_defaults(func=cmd_segment)
@@ -258,13 +259,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
     """Segment each field: DIR/<field>_labels.tif, <field>_nuclei.csv, nuclei.csv, counts.csv, run.json."""
     from app.cli import print_json
     from app.core.jobs import ConsoleProgress, run
+    from app.core.outputs import collect_kept
     from app.pipelines.brightfield.params import SegmentParams
     from app.pipelines.brightfield.predict import BrightfieldModel, collect_fields, segment_fields
 
     model = BrightfieldModel.load(args.model)
     params = params_from(args, SegmentParams, "segment", base=model.segment)
     fields = collect_fields(list(args.inputs), args.fluo)
-    summary = run(segment_fields(model, fields, args.out, params, overwrite=args.overwrite), ConsoleProgress())
+    with collect_kept() as kept:
+        summary = run(segment_fields(model, fields, args.out, params, overwrite=args.overwrite), ConsoleProgress())
+    for item in kept:  # on stderr with --json, so stdout holds only the JSON
+        print(f"{item.message()} (--overwrite replaces it)", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print_json(summary)
         return EXIT_OK

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.core.atomic import atomic_write_json, atomic_write_text
+from app.core.atomic import atomic_write_json
 from app.core.errors import UserError
 from app.core.jobs import Job, Progress
 from app.pipelines.stagetool import curation, tables
@@ -38,8 +38,13 @@ PREDICTION_PARAMS = ("dapi", "antibodies", "tta", "overlap", "cell_tile", "tubul
                      "map_scale", "min_tubule_area_um2", "positive_fraction")
 
 
-def write_section_outputs(section_dir: str | Path, edits: Sequence[dict] = (), evaluation: dict | None = None) -> dict:
-    """From ``predictions.json`` and the edits: objects.json, summary.json, CSV tables and the workbook."""
+def write_section_outputs(section_dir: str | Path, edits: Sequence[dict] = (), evaluation: dict | None = None,
+                          force: bool = False) -> dict:
+    """From ``predictions.json`` and the edits: objects.json, summary.json, CSV tables and the workbook.
+
+    A CSV table or workbook the user changed is kept and the new one gets a versioned name, unless ``force``.
+    """
+    from app.core.outputs import save_report_text
     from app.core.results import read_objects, write_objects
     from app.reports.excel import write_section_workbook
 
@@ -50,11 +55,12 @@ def write_section_outputs(section_dir: str | Path, edits: Sequence[dict] = (), e
     summary = tables.summarise(curated)
     atomic_write_json(section_dir / SUMMARY_FILE, summary)
     tubule_rows, cell_rows = tables.tubule_rows(curated), tables.cell_rows(curated)
-    atomic_write_text(section_dir / "tubules.csv", tables.rows_to_csv(tubule_rows))
-    atomic_write_text(section_dir / "cells.csv", tables.rows_to_csv(cell_rows))
+    save_report_text(section_dir / "tubules.csv", tables.rows_to_csv(tubule_rows), force)
+    save_report_text(section_dir / "cells.csv", tables.rows_to_csv(cell_rows), force)
     if evaluation is None and (section_dir / EVALUATION_FILE).exists():
         evaluation = json.loads((section_dir / EVALUATION_FILE).read_text())
-    write_section_workbook(section_dir / f"{curated['image']}.xlsx", summary, tubule_rows, cell_rows, evaluation)
+    write_section_workbook(section_dir / f"{curated['image']}.xlsx", summary, tubule_rows, cell_rows, evaluation,
+                           force=force)
     return summary
 
 
@@ -140,7 +146,7 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
                                            synthetic=synthetic)
             else:
                 skipped.append(name)
-            summary = write_section_outputs(section_dir, edits_for_image(edits, name))
+            summary = write_section_outputs(section_dir, edits_for_image(edits, name), force=force)
             run.mark_image_done(name, section_outputs(section_dir, name))
             done.append(name)
             seconds = time.monotonic() - start
@@ -155,13 +161,16 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
             run.mark_image_failed(name, failed[name])
             _log(out, f"{name}: FAILED with an unexpected error:\n{traceback.format_exc()}")
     yield Progress("sections", len(sections), len(sections))
-    workbook = write_batch_outputs(out, [n for n in names if run.is_done(n)])
+    workbook = write_batch_outputs(out, [n for n in names if run.is_done(n)], force)
     run.finish("finished" if not failed else "failed")
     return {"folder": out, "done": done, "failed": failed, "skipped": skipped, "workbook": workbook}
 
 
-def write_batch_outputs(out: Path, names: Sequence[str]) -> Path | None:
-    """The batch workbook pooling the finished sections' summaries (None when none finished)."""
+def write_batch_outputs(out: Path, names: Sequence[str], force: bool = False) -> Path | None:
+    """The batch workbook pooling the finished sections' summaries (None when none finished); returns its path.
+
+    A batch workbook the user changed is kept and the new one gets a versioned name, unless ``force``.
+    """
     from app.reports.excel import write_batch_workbook
 
     summaries = [json.loads((out / n / SUMMARY_FILE).read_text()) for n in names if (out / n / SUMMARY_FILE).exists()]
@@ -175,7 +184,7 @@ def write_batch_outputs(out: Path, names: Sequence[str]) -> Path | None:
         evaluations[POOLED] = json.loads((out / EVALUATION_FILE).read_text())
     pooled = tables.pool_summaries(summaries)
     atomic_write_json(out / "batch_summary.json", pooled)
-    return write_batch_workbook(out / BATCH_WORKBOOK, summaries, pooled, evaluations or None)
+    return write_batch_workbook(out / BATCH_WORKBOOK, summaries, pooled, evaluations or None, force=force)
 
 
 def use_threads(threads: int) -> None:

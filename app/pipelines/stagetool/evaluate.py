@@ -252,8 +252,11 @@ def load_truth(truth: Path, section: str) -> SectionTruth:
                         unusable=data["unusable"])
 
 
-def evaluate_results(results: str | Path, truth: str | Path) -> dict[str, dict[str, Any]]:
-    """Evaluate every section of a results folder; writes evaluation.json and rewrites the workbooks."""
+def evaluate_results(results: str | Path, truth: str | Path, force: bool = False) -> dict[str, dict[str, Any]]:
+    """Evaluate every section of a results folder; writes evaluation.json and rewrites the workbooks.
+
+    Workbooks and tables the user changed are kept (new ones get versioned names) unless ``force``.
+    """
     from app.pipelines.stagetool.batch import EVALUATION_FILE, write_batch_outputs, write_section_outputs
     from app.pipelines.stagetool.curation import section_dirs
     from app.pipelines.stagetool.predict import OBJECTS_FILE
@@ -270,12 +273,12 @@ def evaluate_results(results: str | Path, truth: str | Path) -> dict[str, dict[s
         evaluation = summarise_parts(parts[-1:], name, section_truth.synthetic)
         atomic_write_json(folder / EVALUATION_FILE, evaluation)
         edits = doc.get("meta", {}).get("edits", [])
-        write_section_outputs(folder, edits, evaluation)
+        write_section_outputs(folder, edits, evaluation, force)
         evaluations[name] = evaluation
     if len(parts) > 1:
         pooled = summarise_parts(parts, POOLED, all(e["synthetic"] for e in evaluations.values()))
         atomic_write_json(results / EVALUATION_FILE, pooled)
         evaluations[POOLED] = pooled
     if (results / "run.json").exists():
-        write_batch_outputs(results, [f.name for f in section_dirs(results)])
+        write_batch_outputs(results, [f.name for f in section_dirs(results)], force)
     return evaluations

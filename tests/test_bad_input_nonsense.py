@@ -1,0 +1,129 @@
+"""Issue 18, points 5 and 8: reports never overwrite what the user changed; nonsense input is refused.
+
+Each refusal is one line on stderr with exit 2 (UserError), before any model is loaded or written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import numpy as np
+import pytest
+from openpyxl import load_workbook
+
+from app.cli import main
+from app.core.images import write_tiff
+from stagetool_testing import one_torch_thread  # noqa: F401  (autouse fixture)
+from test_stagetool_cli import tiny_model
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line_refusal(code: int, err: str) -> str:
+    """The refusal's message, after checking it is exit 2 and a single line without a traceback."""
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture
+def models(tmp_path):
+    return tiny_model(tmp_path / "tub", "tubules"), tiny_model(tmp_path / "cel", "cells")
+
+
+@pytest.fixture
+def section(tmp_path):
+    rng = np.random.default_rng(0)
+    image = (rng.random((2, 160, 200)) * 3000).astype(np.uint16)
+    path = tmp_path / "sec.ome.tif"
+    write_tiff(path, image, axes="CYX", channel_names=["DAPI", "SOX9"], pixel_size_um=0.5)
+    return path
+
+
+# ------------------------------------------------------------------ point 5: reports keep the user's edits
+
+
+def test_rerun_keeps_a_workbook_the_user_changed_and_says_where_the_new_one_went(capsys, tmp_path, models, section):
+    out = tmp_path / "out"
+    args = ["stagetool", "analyze", section, "--out", out, "--tubule-model", models[0], "--cell-model", models[1],
+            "--tta", "off", "--overlap", "16"]
+    assert cli(capsys, *args)[0] == 0
+    workbook, batch, cells_csv = out / "sec" / "sec.xlsx", out / "batch.xlsx", out / "sec" / "cells.csv"
+    wb = load_workbook(workbook)
+    wb.create_sheet("My notes")["A1"] = "counted by hand: 17"
+    wb.save(workbook)
+    batch_bytes = batch.read_bytes()
+    batch.chmod(stat.S_IREAD)  # a workbook the user protected
+    cells_csv.write_text(cells_csv.read_text() + "my own row\n")
+
+    code, stdout, err = cli(capsys, *args)
+    assert code == 0, err
+    assert "My notes" in load_workbook(workbook).sheetnames  # the user's sheet is still there
+    assert batch.read_bytes() == batch_bytes and "my own row" in cells_csv.read_text()
+    new_workbook, new_batch = out / "sec" / "sec (2).xlsx", out / "batch (2).xlsx"
+    assert "My notes" not in load_workbook(new_workbook).sheetnames
+    assert load_workbook(new_batch).sheetnames[0] == "Sections"
+    assert "my own row" not in (out / "sec" / "cells (2).csv").read_text()
+    for path in (new_workbook, new_batch, out / "sec" / "cells (2).csv"):
+        assert str(path) in stdout, stdout  # the user is told where the new reports are
+    assert "tubules (2).csv" not in stdout and not (out / "sec" / "tubules (2).csv").exists()  # untouched: replaced
+
+    # again: the versioned reports nobody changed are replaced, no third copy piles up
+    assert cli(capsys, *args)[0] == 0
+    assert not (out / "sec" / "sec (3).xlsx").exists() and not (out / "batch (3).xlsx").exists()
+
+    # evaluate rewrites the workbooks too: same rule
+    truth = tmp_path / "truth"
+    truth.mkdir()
+    write_tiff(truth / "sec_tubules.tif", np.zeros((160, 200), np.uint16), axes="YX")
+    (truth / "sec_truth.json").write_text(json.dumps({"name": "sec", "tubules": [], "cells": []}))
+    code, stdout, err = cli(capsys, "stagetool", "evaluate", out, truth)
+    assert code == 0, err
+    assert "My notes" in load_workbook(workbook).sheetnames and str(new_workbook) in stdout
+    assert "Evaluation" in load_workbook(new_workbook).sheetnames
+
+    # --force replaces them
+    batch.chmod(stat.S_IREAD | stat.S_IWRITE)
+    assert cli(capsys, *args, "--force")[0] == 0
+    assert "My notes" not in load_workbook(workbook).sheetnames and batch.read_bytes() != batch_bytes
+
+
+def test_report_writer_versions_an_edited_file_and_replaces_its_own(tmp_path):
+    from app.core.outputs import collect_kept, save_report_text
+
+    path = tmp_path / "counts.csv"
+    assert save_report_text(path, "a\n") == path
+    assert save_report_text(path, "b\n") == path and path.read_text() == "b\n"  # its own, unchanged: replaced
+    path.write_text("b\nedited\n")
+    with collect_kept() as kept:
+        written = save_report_text(path, "c\n")
+    assert written == tmp_path / "counts (2).csv" and path.read_text() == "b\nedited\n"
+    assert kept[0].kept == path and kept[0].written == written and "changed" in kept[0].reason
+    (tmp_path / "other.csv").write_text("not ours\n")
+    assert save_report_text(tmp_path / "other.csv", "x\n").name == "other (2).csv"
+    assert save_report_text(tmp_path / "other.csv", "x\n", force=True).name == "other.csv"
+    if os.name == "posix":
+        assert (tmp_path / "other.csv").read_text() == "x\n"
+
+
+def test_brightfield_segment_keeps_a_count_table_the_user_changed(capsys, tmp_path):
+    from app.core.phantoms import write_phantom
+
+    write_phantom("brightfield", tmp_path / "raw", seed=3, count=1, size=128)
+    args = ["brightfield", "segment", tmp_path / "raw" / "field_000_planes.tif", "--out", tmp_path / "o",
+            "--model", "brightfield-phantom-demo"]
+    assert cli(capsys, *args)[0] == 0
+    counts = tmp_path / "o" / "counts.csv"
+    counts.write_text(counts.read_text() + "field_000_planes,12,checked by hand,\n")
+    code, stdout, err = cli(capsys, *args)
+    assert code == 0, err
+    assert "checked by hand" in counts.read_text()
+    assert str(tmp_path / "o" / "counts (2).csv") in stdout
+    assert cli(capsys, *args, "--overwrite")[0] == 0 and "checked by hand" not in counts.read_text()
