@@ -82,6 +82,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             raise UserError(f"{args.edits}: no such edits file")
         edits = read_edits(args.edits)
     sections = section_files(args.sections)
+    if args.truth is not None:  # a truth that cannot be scored is refused before hours of analysis
+        from app.pipelines.stagetool.evaluate import check_truth_for_sections
+        from app.pipelines.stagetool.predict import section_name
+
+        check_truth_for_sections(args.truth, [(section_name(p), p) for p in sections])
     with collect_kept() as kept:
         result = run(analyze_paths(sections, args.out, params, args.tubule_model, args.cell_model, edits, args.force,
                                    synthetic=True if args.synthetic else None), _progress())

@@ -127,3 +127,58 @@ def test_brightfield_segment_keeps_a_count_table_the_user_changed(capsys, tmp_pa
     assert "checked by hand" in counts.read_text()
     assert str(tmp_path / "o" / "counts (2).csv") in stdout
     assert cli(capsys, *args, "--overwrite")[0] == 0 and "checked by hand" not in counts.read_text()
+
+
+# ------------------------------------------------------------------ point 8: nonsense refused with exit 2
+
+
+def write_truth(folder, name: str, shape: tuple[int, int]):
+    """Ground truth in the phantom's format (no tubules, no cells) drawn on an image of ``shape``."""
+    folder.mkdir(exist_ok=True)
+    write_tiff(folder / f"{name}_tubules.tif", np.zeros(shape, np.uint16), axes="YX")
+    (folder / f"{name}_truth.json").write_text(json.dumps({"name": name, "tubules": [], "cells": []}))
+    return folder
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """Names of the models Stagetool's batch loads (a refusal must come before any)."""
+    import app.pipelines.stagetool.batch as batch
+
+    loaded, real = [], batch.load_model
+
+    def counting(*args, **kwargs):
+        loaded.append(args[1])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(batch, "load_model", counting)
+    return loaded
+
+
+def test_evaluate_refuses_truth_of_another_size(capsys, tmp_path, models, section, loads):
+    out = tmp_path / "out"
+    args = ["stagetool", "analyze", section, "--out", out, "--tubule-model", models[0], "--cell-model", models[1],
+            "--tta", "off", "--overlap", "16"]
+    assert cli(capsys, *args)[0] == 0
+    before = (out / "sec" / "sec.xlsx").read_bytes()
+    truth = write_truth(tmp_path / "truth", "sec", (100, 120))
+    message = one_line_refusal(*cli(capsys, "stagetool", "evaluate", out, truth)[::2])
+    assert "120 x 100" in message and "200 x 160" in message
+    assert not (out / "sec" / "evaluation.json").exists() and (out / "sec" / "sec.xlsx").read_bytes() == before
+    # analyze --truth: refused before the models are loaded
+    loads.clear()
+    message = one_line_refusal(*cli(capsys, *args, "--truth", truth, "--force")[::2])
+    assert "120 x 100" in message and loads == []
+
+
+def test_analyze_refuses_a_missing_channel_or_a_z_stack_before_loading_models(capsys, tmp_path, models, section, loads):
+    base = ["--out", tmp_path / "o", "--tubule-model", models[0], "--cell-model", models[1]]
+    message = one_line_refusal(*cli(capsys, "stagetool", "analyze", section, *base, "--antibody", "SALL4=SALL4")[::2])
+    assert "SALL4" in message and "DAPI" in message and "SOX9" in message
+    message = one_line_refusal(*cli(capsys, "stagetool", "analyze", section, *base, "--dapi", "7")[::2])
+    assert "7" in message and "DAPI" in message
+    stack = tmp_path / "stack.ome.tif"
+    write_tiff(stack, np.ones((2, 3, 64, 64), np.uint16), axes="CZYX", channel_names=["DAPI", "SOX9"])
+    message = one_line_refusal(*cli(capsys, "stagetool", "analyze", section, stack, *base)[::2])
+    assert "stack.ome.tif" in message and "3 z-planes" in message
+    assert loads == [] and not (tmp_path / "o" / "run.json").exists()

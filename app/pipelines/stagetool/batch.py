@@ -215,6 +215,32 @@ def _looks_like_truth(path: Path) -> bool:
     return any(tag in name for tag in ("truth", "label", "mask", "tubules", "cells"))
 
 
+def check_sections(sections: Sequence[tuple[str, Path]], params: AnalyzeParams) -> None:
+    """Before any model is loaded: each section is 2-D and has the DAPI and antibody channels asked for.
+
+    A wrong ``--dapi``/``--antibody`` channel or a z-stack is the user's to fix for the whole batch,
+    so it is refused at once (ImageError naming the file and what it has); a file that cannot be
+    opened is left to fail on its own in the batch while the other sections go on.
+    """
+    from app.core.errors import ImageError
+    from app.core.images import open_image
+    from app.pipelines.stagetool.predict import resolve_channels
+
+    antibodies, dapi = params.antibody_list(), params.dapi_channel()
+    for _, path in sections:
+        try:
+            image = open_image(path)
+        except UserError:
+            continue
+        with image:
+            info = image.info
+            if info.n_planes > 1:
+                raise ImageError(f"{path}: Stagetool analyses 2-D sections, this file has {info.n_planes} z-planes "
+                                 f"(axes {info.axes}, shape {tuple(info.shape)}); save one plane or a projection "
+                                 "per section")
+            resolve_channels(image, dapi, antibodies, str(path))
+
+
 def analyze_paths(paths: Sequence[str | Path], out: str | Path, params: AnalyzeParams | None = None,
                   tubule_model: str | Path | None = None, cell_model: str | Path | None = None,
                   edits: Sequence[dict] = (), force: bool = False, synthetic: bool | None = None) -> Job[dict]:
@@ -225,6 +251,7 @@ def analyze_paths(paths: Sequence[str | Path], out: str | Path, params: AnalyzeP
     for _, path in sections:
         if not path.is_file():
             raise UserError(f"{path}: no such section file")
+    check_sections(sections, params)
     yield Progress("models", 0, 2, "loading models")
     use_threads(params.threads)
     tubules = load_model(tubule_model, "tubules", params.device)
