@@ -182,3 +182,28 @@ def test_analyze_refuses_a_missing_channel_or_a_z_stack_before_loading_models(ca
     message = one_line_refusal(*cli(capsys, "stagetool", "analyze", section, stack, *base)[::2])
     assert "stack.ome.tif" in message and "3 z-planes" in message
     assert loads == [] and not (tmp_path / "o" / "run.json").exists()
+
+
+def test_evaluate_semantic_refuses_a_class_count_below_two_and_out_of_range_truth(capsys, tmp_path):
+    truth = np.zeros((20, 20), np.uint8)
+    truth[:5] = 1
+    truth[5:8] = 7  # not a class of a 3-class evaluation
+    truth[8:10] = 255  # "ignore" in many data sets
+    pred = np.zeros_like(truth)
+    pred[:5] = 1
+    write_tiff(tmp_path / "t.tif", truth, axes="YX")
+    write_tiff(tmp_path / "p.tif", pred, axes="YX")
+    files = ["evaluate", "semantic", tmp_path / "t.tif", tmp_path / "p.tif"]
+    for n in ("0", "1"):
+        message = one_line_refusal(*cli(capsys, *files, "--classes", n)[::2])
+        assert "at least 2" in message and n in message
+    message = one_line_refusal(*cli(capsys, *files, "--classes", "3")[::2])
+    assert "t.tif" in message and "7, 255" in message
+    message = one_line_refusal(*cli(capsys, *files, "--classes", "3", "--ignore", "255")[::2])
+    assert "7" in message and "255" not in message.split("found")[1].split(";")[0]
+    truth[5:8] = 2
+    write_tiff(tmp_path / "t.tif", truth, axes="YX")
+    code, out, err = cli(capsys, *files, "--classes", "3", "--ignore", "255", "--json")
+    assert code == 0, err
+    scores = json.loads(out)
+    assert scores["pixel_accuracy"] == pytest.approx(300 / 360)  # 60 of class 2 missed; the 40 ignored not counted
