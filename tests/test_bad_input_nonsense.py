@@ -207,3 +207,22 @@ def test_evaluate_semantic_refuses_a_class_count_below_two_and_out_of_range_trut
     assert code == 0, err
     scores = json.loads(out)
     assert scores["pixel_accuracy"] == pytest.approx(300 / 360)  # 60 of class 2 missed; the 40 ignored not counted
+
+
+def test_kaizen_train_has_the_options_its_hint_names_and_refuses_fractional_or_empty_labels(capsys, tmp_path):
+    image = np.random.default_rng(1).random((2, 48, 48)).astype(np.float32)
+    labels = np.zeros((48, 48), np.float32)
+    labels[10:20, 10:20] = 1
+    labels[30:40, 25:35] = 2.5  # not an object id: a resampled or averaged label image
+    write_tiff(tmp_path / "cells.tif", image, axes="CYX", channel_names=["DNA", "membrane"])
+    write_tiff(tmp_path / "labels.tif", labels, axes="YX")
+    args = ["kaizen", "train", tmp_path / "cells.tif", tmp_path / "labels.tif", "--out", tmp_path / "m",
+            "--epochs", "1", "--steps-per-epoch", "1", "--batch-size", "2", "--val-percent", "0"]
+    message = one_line_refusal(*cli(capsys, *args)[::2])
+    assert "--channel" in message  # the hint names options kaizen train has:
+    message = one_line_refusal(*cli(capsys, *args, "--channel", "DNA")[::2])
+    assert "labels.tif" in message and "2.5" in message  # fractional ids refused, not truncated to 2
+    write_tiff(tmp_path / "labels.tif", np.zeros((48, 48), np.uint16), axes="YX")
+    message = one_line_refusal(*cli(capsys, *args, "--channel", "0")[::2])
+    assert "no objects" in message
+    assert not (tmp_path / "m" / "card.json").exists()
