@@ -226,3 +226,21 @@ def test_kaizen_train_has_the_options_its_hint_names_and_refuses_fractional_or_e
     message = one_line_refusal(*cli(capsys, *args, "--channel", "0")[::2])
     assert "no objects" in message
     assert not (tmp_path / "m" / "card.json").exists()
+
+
+def test_batch_with_corrupt_weights_is_refused_at_start_naming_the_model_folder(capsys, tmp_path):
+    import shutil
+
+    from app.core.modelcard import resolve_model
+
+    model = tmp_path / "kaizen-copy"
+    shutil.copytree(resolve_model("kaizen-nuclei", pipeline="kaizen").folder, model)
+    weights = model / "weights.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    write_tiff(tmp_path / "img.tif", np.zeros((32, 32), np.uint16), axes="YX")
+    message = one_line_refusal(*cli(capsys, "batch", "analyze", "kaizen", tmp_path / "img.tif", "--out",
+                                    tmp_path / "out", "--model", f"kaizen={model}")[::2])
+    assert str(model) in message and "corrupt" in message and "changed since" not in message
+    assert not (tmp_path / "out" / "img").exists()
