@@ -26,11 +26,14 @@ def cli(capsys, *argv) -> tuple[int, str, str]:
 
 
 def one_line_refusal(code: int, err: str) -> str:
-    """The refusal's message, after checking it is exit 2 and a single line without a traceback."""
+    """The refusal's message, after checking it is exit 2 and one error line without a traceback.
+
+    Progress lines may come before it on stderr (the console progress of a job that was refused).
+    """
     assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
+    errors = [line for line in err.splitlines() if line.startswith("stagescope: error")]
+    assert len(errors) == 1 and err.rstrip().endswith(errors[0]) and "Traceback" not in err, err
+    return errors[0]
 
 
 @pytest.fixture
@@ -244,3 +247,48 @@ def test_batch_with_corrupt_weights_is_refused_at_start_naming_the_model_folder(
                                     tmp_path / "out", "--model", f"kaizen={model}")[::2])
     assert str(model) in message and "corrupt" in message and "changed since" not in message
     assert not (tmp_path / "out" / "img").exists()
+
+
+def coco(section, annotations, height: int = 160, width: int = 200) -> dict:
+    return {"images": [{"id": 1, "file_name": section.name, "height": height, "width": width}],
+            "categories": [{"id": 1, "name": "Sertoli"}],
+            "annotations": [{"id": i + 1, "image_id": 1, "category_id": 1, "bbox": box}
+                            for i, box in enumerate(annotations)]}
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("no annotations", "no cell annotations"),
+    ("empty GeoJSON", "no cell annotations"),
+    ("negative box", "width and height"),
+    ("box outside the image", "outside"),  # the old code refused it too, by chance, when a crop hit it
+    ("wrong image size", "400 x 300"),
+])
+def test_stagetool_train_refuses_annotations_a_model_cannot_learn_from(capsys, tmp_path, section, case, expected):
+    path = tmp_path / "cells.json"
+    if case == "no annotations":
+        path.write_text(json.dumps(coco(section, [])))
+    elif case == "empty GeoJSON":
+        path = tmp_path / "sec.ome.geojson"
+        path.write_text(json.dumps({"type": "FeatureCollection", "features": []}))
+    elif case == "negative box":
+        path.write_text(json.dumps(coco(section, [[10, 10, 12, 12], [50, 50, -20, -20]])))
+    elif case == "box outside the image":
+        path.write_text(json.dumps(coco(section, [[10, 10, 12, 12], [-40, 20, 12, 12]])))  # x -40..-28
+    else:
+        path.write_text(json.dumps(coco(section, [[10, 10, 12, 12]], height=300, width=400)))
+    message = one_line_refusal(*cli(capsys, "stagetool", "train", "cells", path, "--out", tmp_path / "m",
+                                    "--epochs", "1", "--crop-size", "64", "--crops-per-epoch", "2")[::2])
+    assert expected in message
+    assert not (tmp_path / "m" / "card.json").exists() and not (tmp_path / "m" / "weights.pt").exists()
+
+
+def test_brightfield_train_refuses_labels_without_nuclei(capsys, tmp_path):
+    from app.core.phantoms import write_phantom
+
+    write_phantom("brightfield", tmp_path / "raw", seed=3, count=1, size=96)
+    write_tiff(tmp_path / "zeros.tif", np.zeros((96, 96), np.uint16), axes="YX")
+    message = one_line_refusal(*cli(capsys, "brightfield", "train", tmp_path / "raw" / "field_000_planes.tif",
+                                    tmp_path / "zeros.tif", "--out", tmp_path / "m", "--width", "4", "--depth", "2",
+                                    "--crop", "32", "--batch-size", "2", "--steps-per-epoch", "1", "--max-epochs", "1",
+                                    "--threads", "1", "--device", "cpu")[::2])
+    assert "no nuclei" in message and not (tmp_path / "m" / "card.json").exists()

@@ -469,6 +469,8 @@ def _coco_object(ann: Mapping[str, Any], categories: Mapping[int, str], height: 
     box = None
     if ann.get("bbox") is not None:
         x, y, w, h = (float(v) for v in ann["bbox"])
+        if not all(math.isfinite(v) for v in (x, y, w, h)) or w < 0 or h < 0:
+            raise ValueError(f"bbox {ann['bbox']} is not [x, y, width, height] with a width and height of 0 or more")
         box = (x, y, x + w, y + h)
     attributes = {k: v for k, v in ann.items() if k not in _COCO_KEYS}
     if ann.get("iscrowd"):

@@ -185,6 +185,10 @@ def _prepare_fields(fields: Sequence[TrainingField], params: TrainParams) -> tup
     """Select planes, check shapes, normalise and resize every field; returns them and the plane spec."""
     if not fields:
         raise UserError("no training fields given")
+    if not any(np.any(np.asarray(f.labels)) for f in fields):  # else a "perfect" val Dice of 1 on nothing
+        names = ", ".join(f.name or str(f.stack.source) for f in fields)
+        raise UserError(f"the labels of {names} hold no nuclei (all 0); give label images with the nuclei marked, "
+                        "or derive them from a fluorescence image that shows nuclei")
     prepared, spec, n_planes = [], None, None
     for f in fields:
         stack = f.stack.select(params.planes)
