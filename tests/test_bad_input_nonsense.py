@@ -292,3 +292,22 @@ def test_brightfield_train_refuses_labels_without_nuclei(capsys, tmp_path):
                                     "--crop", "32", "--batch-size", "2", "--steps-per-epoch", "1", "--max-epochs", "1",
                                     "--threads", "1", "--device", "cpu")[::2])
     assert "no nuclei" in message and not (tmp_path / "m" / "card.json").exists()
+
+
+def test_batch_analyze_keeps_a_batch_workbook_the_user_changed(capsys, tmp_path, models):
+    rng = np.random.default_rng(0)
+    write_tiff(tmp_path / "in" / "sec0.ome.tif", (rng.random((1, 80, 96)) * 3000).astype(np.uint16),
+               axes="CYX", channel_names=["DAPI"])
+    write_tiff(tmp_path / "more" / "sec1.ome.tif", (rng.random((1, 80, 96)) * 3000).astype(np.uint16),
+               axes="CYX", channel_names=["DAPI"])
+    args = ["batch", "analyze", "stagetool", tmp_path / "in", "--out", tmp_path / "out", "--model",
+            f"tubules={models[0]}", "--model", f"cells={models[1]}", "--param", "tta=off", "--quiet"]
+    assert cli(capsys, *args)[0] == 0
+    batch = tmp_path / "out" / "batch.xlsx"
+    wb = load_workbook(batch)
+    wb.create_sheet("My notes")
+    wb.save(batch)
+    code, stdout, err = cli(capsys, *args[:4], tmp_path / "more", *args[4:])  # one more section
+    assert code == 0, err
+    assert "My notes" in load_workbook(batch).sheetnames
+    assert f"kept {batch}" in stdout and str(tmp_path / "out" / "batch (2).xlsx") in stdout
