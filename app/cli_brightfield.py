@@ -286,6 +286,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     """Run an experiment, print its table, write table + plot into --out."""
     from app.core.jobs import ConsoleProgress, run
+    from app.core.outputs import collect_kept
     from app.pipelines.brightfield.experiments import experiment_planes, experiment_size, phantom_fields
     from app.pipelines.brightfield.params import ExperimentParams, LabelParams, TrainParams
 
@@ -310,7 +311,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     table = run(job(fields, params, base, _segment_for(labels)), ConsoleProgress())
     if args.quick:
         table.notes.append("--quick: a smoke test with a tiny budget, not a result")
-    paths = table.write(args.out, args.experiment)
+    with collect_kept() as kept:
+        paths = table.write(args.out, args.experiment)
     print(table.to_text())
     print(f"written: {', '.join(str(p) for p in paths)}")
+    for item in kept:
+        print(f"{item.message()} (with its .txt, .json and .png)")
     return EXIT_OK

@@ -311,3 +311,25 @@ def test_batch_analyze_keeps_a_batch_workbook_the_user_changed(capsys, tmp_path,
     assert code == 0, err
     assert "My notes" in load_workbook(batch).sheetnames
     assert f"kept {batch}" in stdout and str(tmp_path / "out" / "batch (2).xlsx") in stdout
+
+
+def test_batch_report_csv_and_experiment_tables_the_user_changed_are_kept(capsys, tmp_path):
+    write_tiff(tmp_path / "in" / "img0.tif", np.zeros((8, 8), np.uint8), axes="YX")
+    args = ["batch", "analyze", "noop", tmp_path / "in", "--out", tmp_path / "out", "--param", "seconds=0"]
+    assert cli(capsys, *args)[0] == 0
+    report = tmp_path / "out" / "batch_report.csv"
+    report.write_text(report.read_text() + "my note\n")
+    code, stdout, err = cli(capsys, *args)
+    assert code == 0, err
+    assert "my note" in report.read_text() and str(tmp_path / "out" / "batch_report (2).csv") in stdout
+
+    args = ["brightfield", "experiment", "size", "--phantom", "2", "--phantom-size", "128", "--out",
+            tmp_path / "exp", "--quick", "--folds", "1", "--sizes", "2", "--width", "4", "--depth", "2", "--threads", "1"]
+    assert cli(capsys, *args)[0] == 0
+    table = tmp_path / "exp" / "size.csv"
+    table.write_text(table.read_text() + "my note\n")
+    code, stdout, err = cli(capsys, *args)
+    assert code == 0, err
+    assert "my note" in table.read_text()
+    assert all((tmp_path / "exp" / f"size (2){suffix}").exists() for suffix in (".csv", ".txt", ".json", ".png"))
+    assert str(tmp_path / "exp" / "size (2).csv") in stdout

@@ -16,7 +16,7 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -113,6 +113,39 @@ def report_target(path: str | os.PathLike[str], force: bool = False) -> tuple[Pa
     return versioned(path, number), reason
 
 
+def remember(path: str | os.PathLike[str]) -> None:
+    """Record a report the app has just written by other means, so a later run may replace it."""
+    path = Path(path)
+    digest = _sha256(path)
+    if digest is not None:
+        _record(path, digest)
+
+
+def note_kept(kept: Path, written: Path, reason: str) -> None:
+    """Tell the :func:`collect_kept` block in force that ``kept`` stayed and the new report is ``written``."""
+    collected = _KEPT.get()
+    if collected is not None:
+        collected.append(KeptReport(kept, written, reason))
+
+
+def free_stem(folder: str | os.PathLike[str], stem: str, suffixes: Sequence[str], force: bool = False) -> str:
+    """A stem for a set of reports written together (``stem.txt``, ``stem.csv`` ...) that replaces none the user changed.
+
+    ``stem`` itself when every file of the set may be replaced (or ``force``), else ``stem (2)``,
+    ``stem (3)`` ... (reported to :func:`collect_kept`), so the files of one run keep one name.
+    """
+    folder = Path(folder)
+    reasons = [] if force else [r for r in (why_keep(folder / f"{stem}{s}") for s in suffixes) if r]
+    if not reasons:
+        return stem
+    number = 2
+    while any(why_keep(folder / f"{stem} ({number}){s}") for s in suffixes):
+        number += 1
+    chosen = f"{stem} ({number})"
+    note_kept(folder / f"{stem}{suffixes[0]}", folder / f"{chosen}{suffixes[0]}", reasons[0])
+    return chosen
+
+
 def save_report(path: str | os.PathLike[str], write: Callable[[Path], object], force: bool = False) -> Path:
     """Write a report meant for ``path`` with ``write(temporary_path)``; returns the path it was written to.
 
@@ -126,9 +159,7 @@ def save_report(path: str | os.PathLike[str], write: Callable[[Path], object], f
     if digest is not None:
         _record(target, digest)
     if reason is not None:
-        kept = _KEPT.get()
-        if kept is not None:
-            kept.append(KeptReport(Path(path), target, reason))
+        note_kept(Path(path), target, reason)
     return target
 
 
