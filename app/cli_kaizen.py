@@ -134,25 +134,11 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
-def label_ids(labels: Any, path: Path) -> Any:
-    """A label image as int32 object ids; fractional values (not ids, e.g. a resampled image) are refused."""
-    import numpy as np
-
-    if labels.dtype.kind == "f":
-        finite = np.isfinite(labels)
-        if not finite.all() or not np.array_equal(labels, np.round(labels)):
-            bad = labels[~finite] if not finite.all() else labels[labels != np.round(labels)]
-            raise UserError(f"{path}: a label image must hold whole-number object ids, this one holds "
-                            f"{bad.size} pixel(s) like {float(bad[0]):g}; export the labels as integers")
-    elif labels.dtype.kind not in "iub":
-        raise UserError(f"{path}: a label image must hold integer object ids, not {labels.dtype}")
-    return labels.astype(np.int32)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model folder (resuming a checkpoint there unless --no-resume)."""
     import numpy as np
 
+    from app.core.annotations import integer_labels
     from app.core.jobs import ConsoleProgress, run
     from app.pipelines.kaizen.decompose import read_gray
     from app.pipelines.kaizen.params import TrainParams
@@ -164,7 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     train, val = [], []
     for image_path, label_path in _pairs(args.images, args.labels):
         image = read_gray(image_path, channel=_channel(args.channel), z=args.z)
-        labels = label_ids(read_gray(label_path, labels=True), label_path)
+        labels = integer_labels(read_gray(label_path, labels=True), label_path)
         if labels.shape != image.shape:
             raise UserError(f"{label_path}: label image size {labels.shape[1]}x{labels.shape[0]} does not match "
                             f"image {image_path} size {image.shape[1]}x{image.shape[0]} (width x height)")
