@@ -282,16 +282,24 @@ def test_stagetool_train_refuses_annotations_a_model_cannot_learn_from(capsys, t
     assert not (tmp_path / "m" / "card.json").exists() and not (tmp_path / "m" / "weights.pt").exists()
 
 
-def test_brightfield_train_refuses_labels_without_nuclei(capsys, tmp_path):
+@pytest.mark.parametrize("rows, expected", [
+    (None, "hold no nuclei (all 0)"),
+    ((85, 95), "training part"),  # nuclei only in the bottom strip kept for validation
+    ((10, 20), "validation strips"),  # none to validate on: val Dice 1.000 for a model that finds nothing
+])
+def test_brightfield_train_refuses_labels_without_nuclei(capsys, tmp_path, rows, expected):
     from app.core.phantoms import write_phantom
 
     write_phantom("brightfield", tmp_path / "raw", seed=3, count=1, size=96)
-    write_tiff(tmp_path / "zeros.tif", np.zeros((96, 96), np.uint16), axes="YX")
+    labels = np.zeros((96, 96), np.uint16)
+    if rows:
+        labels[rows[0]:rows[1], 40:50] = 1
+    write_tiff(tmp_path / "labels.tif", labels, axes="YX")
     message = one_line_refusal(*cli(capsys, "brightfield", "train", tmp_path / "raw" / "field_000_planes.tif",
-                                    tmp_path / "zeros.tif", "--out", tmp_path / "m", "--width", "4", "--depth", "2",
+                                    tmp_path / "labels.tif", "--out", tmp_path / "m", "--width", "4", "--depth", "2",
                                     "--crop", "32", "--batch-size", "2", "--steps-per-epoch", "1", "--max-epochs", "1",
-                                    "--threads", "1", "--device", "cpu")[::2])
-    assert "no nuclei" in message and not (tmp_path / "m" / "card.json").exists()
+                                    "--scale", "1", "--threads", "1", "--device", "cpu")[::2])
+    assert expected in message and not (tmp_path / "m" / "card.json").exists()
 
 
 def test_batch_analyze_keeps_a_batch_workbook_the_user_changed(capsys, tmp_path, models):
