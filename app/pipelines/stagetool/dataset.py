@@ -103,6 +103,7 @@ def _resolve_image(file_name: str, base: Path) -> Path:
 def sections_from_file(path: Path, kind: str, channel: int | str = 0) -> list[Section]:
     """Sections from a COCO JSON or a QuPath GeoJSON (image = same name with an image suffix beside it)."""
     from app.core.annotations import check_categories, read_coco, read_geojson
+    from app.core.images import open_image
 
     names = class_names(kind)
     suffix = "".join(path.suffixes[-2:]).lower()
@@ -125,12 +126,14 @@ def sections_from_file(path: Path, kind: str, channel: int | str = 0) -> list[Se
             raise AnnotationError(f"{path}: {im.file_name}: tubule annotations need outlines (polygons or masks), "
                                   f"{len(im.objects) - len(objects)} have only boxes")
         image_path = _resolve_image(im.file_name, path.parent)
-        section = Section(name=Path(im.file_name).name, objects=objects, path=image_path, channel=channel)
-        if im.height is not None and im.width is not None and section.shape != (im.height, im.width):
-            raise AnnotationError(f"{path}: {im.file_name} is {im.width} x {im.height} px in the annotations but "
-                                  f"the image {image_path} is {section.shape[1]} x {section.shape[0]} px "
-                                  "(width x height); the annotations were made on another image")
-        sections.append(section)
+        if im.height is not None and im.width is not None:  # checked on the header, before any pixel is read
+            with open_image(image_path) as image:
+                shape = (image.info.height, image.info.width)
+            if shape != (im.height, im.width):
+                raise AnnotationError(f"{path}: {im.file_name} is {im.width} x {im.height} px in the annotations but "
+                                      f"the image {image_path} is {shape[1]} x {shape[0]} px (width x height); "
+                                      "the annotations were made on another image")
+        sections.append(Section(name=Path(im.file_name).name, objects=objects, path=image_path, channel=channel))
     return sections
 
 
