@@ -136,8 +136,6 @@ def _stem(path: Path) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model folder (resuming a checkpoint there unless --no-resume)."""
-    import numpy as np
-
     from app.core.annotations import integer_labels
     from app.core.jobs import ConsoleProgress, run
     from app.pipelines.kaizen.decompose import read_gray
