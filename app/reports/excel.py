@@ -40,6 +40,7 @@ HEADERS = {
     "x0": "x0 (px)", "y0": "y0 (px)", "x1": "x1 (px)", "y1": "y1 (px)", "tubule": "tubule id",
 }
 BOLD = Font(bold=True)
+UNKNOWN_PIXEL_SIZE = "unknown: the image has no calibration, so lengths and areas are in px"
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -129,7 +130,7 @@ def _summary_sheet(wb: Workbook, summary: dict[str, Any]) -> None:
     pixel = summary.get("pixel_size_um")
     for label, value in [
         ("section", summary.get("section")), ("image file", summary.get("image")),
-        ("height (px)", shape[0]), ("width (px)", shape[1]), ("pixel size (µm)", pixel),
+        ("height (px)", shape[0]), ("width (px)", shape[1]), ("pixel size (µm)", pixel if pixel else UNKNOWN_PIXEL_SIZE),
         ("tubule model", summary.get("models", {}).get("tubules", {}).get("name")),
         ("cell model", summary.get("models", {}).get("cells", {}).get("name")),
         ("cell TTA", summary.get("params", {}).get("tta")),
