@@ -91,16 +91,13 @@ def _paired_files(truth: Path, pred: Path) -> list[tuple[Path, Path]]:
 
 
 def _read_labels(path: Path):
-    from app.core.images import read_image
+    from app.core.images import label_ids, open_image
 
-    labels = read_image(path)
+    with open_image(path) as image:
+        labels = image.read(finite=False)  # NaN ids are reported by label_ids as ids, not as pixels
     if labels.ndim != 2:
         raise UserError(f"{path}: a label image must be 2-D, this one has shape {labels.shape}")
-    if labels.dtype.kind == "f":
-        if not (labels == labels.round()).all():
-            raise UserError(f"{path}: a label image must hold integer ids, this one holds fractions")
-        labels = labels.astype("int64")
-    return labels
+    return label_ids(labels, path)
 
 
 def _check_same_shape(a, b, path_a: Path, path_b: Path) -> None:

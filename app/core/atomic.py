@@ -70,8 +70,10 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             raise FileNotFoundError(f"nothing was written to the temporary file for {target}")
         _fsync_file(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and not error.filename:  # a full disk while writing: name the file
+            error.filename = str(target)
         raise
     _fsync_dir(target.parent)
 

@@ -362,6 +362,31 @@ def require_dtype(image: Image | ImageInfo, allowed: Iterable[Any], purpose: str
     return info.dtype
 
 
+def label_ids(labels: np.ndarray, path: PathLike) -> np.ndarray:
+    """A label image as int64 ids; ImageError naming the file for negative or fractional ids (or NaN).
+
+    Ids are object numbers (0 = background): a negative or fractional one is a conversion gone
+    wrong, and counting or training on it would fail deep inside numpy or score nonsense.
+    """
+    data = np.asarray(labels)
+    if data.dtype.kind == "b":
+        return data.astype(np.int64)
+    if data.dtype.kind == "f":
+        if not np.isfinite(data).all():
+            raise ImageError(f"{path}: a label image must hold whole-number object ids, this one holds NaN or "
+                             "infinite values")
+        if not (data == np.round(data)).all():
+            raise ImageError(f"{path}: a label image must hold whole-number object ids, this one holds fractions")
+    elif data.dtype.kind not in "iu":
+        raise ImageError(f"{path}: a label image must hold whole-number object ids, not {data.dtype}")
+    if data.dtype.kind != "u" and data.size:
+        negative = int(np.count_nonzero(data < 0))
+        if negative:
+            raise ImageError(f"{path}: a label image holds object ids 0 (background), 1, 2, ...; {negative} "
+                             f"pixel(s) have negative ids (down to {data.min():g}); relabel it first")
+    return data.astype(np.int64, copy=False)
+
+
 def list_channel_names(names: Sequence[str | None] | None, n: int, rgb: bool = False) -> tuple[str, ...]:
     """``n`` channel names: the given ones where present, R/G/B for RGB, else C0, C1, ..."""
     defaults = RGB_NAMES if rgb and n == 3 else tuple(f"C{i}" for i in range(n))
