@@ -370,3 +370,27 @@ def test_ctrl_c_on_a_local_cluster_batch_is_one_line(tmp_path):
     assert process.returncode == 130, err
     assert "Traceback" not in err and "ERROR" not in err and "KeyboardInterrupt" not in err, err
     assert err.strip().splitlines()[-1] == "stagescope: interrupted"
+
+
+def test_png_is_refused_by_size_even_for_a_small_region(tmp_path, monkeypatch):
+    """Pillow cannot decode a region: the whole picture must fit, so its size is what is checked."""
+    PILImage.fromarray(np.zeros((300, 400), np.uint8)).save(tmp_path / "a.png")
+    monkeypatch.setattr(images_mod, "available_memory", lambda: 100_000)
+    with open_image(tmp_path / "a.png") as image, pytest.raises(ImageError, match="400 x 300 pixels"):
+        image.read(region=(0, 0, 10, 10))
+
+
+def test_writer_error_on_a_full_disk_is_reported_as_the_full_disk(tmp_path, capsys, monkeypatch):
+    """torch.save reports a full disk as 'RuntimeError: ... unexpected pos'; atomic_path says what it was."""
+    import shutil as shutil_mod
+
+    from app.cli import os_error_message
+    from app.core.atomic import atomic_path
+
+    monkeypatch.setattr(shutil_mod, "disk_usage", lambda folder: shutil_mod._ntuple_diskusage(100, 100, 0))
+    with pytest.raises(OSError) as caught:
+        with atomic_path(tmp_path / "weights.pt") as tmp:
+            tmp.write_bytes(b"x")
+            raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
+    assert caught.value.errno == errno.ENOSPC and not list(tmp_path.iterdir())
+    assert os_error_message(caught.value) == f"{tmp_path / 'weights.pt'}: no space left on the disk; free some space and run again"

@@ -270,7 +270,9 @@ class Image:
     def _read_native(self, level: int, channels: list[int] | None, drop_c: bool,
                      planes: list[int] | None, drop_z: bool, region: Region) -> np.ndarray:
         """Index the native array of ``level`` and reorder its axes to C, Z, Y, X."""
-        if self._loader is not None and not self._levels:
+        if self._loader is not None and not self._levels:  # Pillow decodes the whole picture, whatever the region
+            check_fits_memory(self.info.path, self.info.height, self.info.width, self.info.dtype,
+                              self.info.n_channels * self.info.n_planes)
             self._levels = [self._loader()]
         array = self._levels[level]
         layout = self._layout
