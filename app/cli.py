@@ -8,7 +8,6 @@ own sub-commands from `app/cli_<pipeline>.py` modules through ``add_parser(subpa
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import importlib.util
 import json
@@ -22,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from app import __version__
-from app.core.errors import UserError
+from app.core.errors import UserError, os_error_message
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
@@ -345,28 +344,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print("stagescope: interrupted", file=sys.stderr)
         return 130
-
-
-# OSErrors the user fixes outside the program: full disk or quota, read-only file system, permissions
-USER_OS_ERRORS = {errno.ENOSPC: "no space left on the disk; free some space and run again",
-                  errno.EDQUOT: "the disk quota is used up; free some space and run again",
-                  errno.EROFS: "the folder is on a read-only disk; choose another output folder",
-                  errno.EACCES: "permission denied; choose a folder you may write to (or fix its permissions)",
-                  errno.EPERM: "operation not permitted; choose a folder you may write to (or fix its permissions)",
-                  errno.EFBIG: "the file is too large for this file system; choose another output folder"}
-
-
-def os_error_message(error: BaseException) -> str | None:
-    """One line naming the path for a disk-full / read-only / permission error (also as a cause), else None."""
-    seen = 0
-    current: BaseException | None = error
-    while current is not None and seen < 10:
-        if isinstance(current, OSError) and current.errno in USER_OS_ERRORS and not isinstance(current, BrokenPipeError):
-            where = current.filename or getattr(error, "filename", None)
-            return f"{where}: {USER_OS_ERRORS[current.errno]}" if where else USER_OS_ERRORS[current.errno]
-        current = current.__cause__ or current.__context__
-        seen += 1
-    return None
 
 
 def _fail(message: str, debug: bool) -> int:
