@@ -394,3 +394,11 @@ def test_writer_error_on_a_full_disk_is_reported_as_the_full_disk(tmp_path, caps
             raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534")
     assert caught.value.errno == errno.ENOSPC and not list(tmp_path.iterdir())
     assert os_error_message(caught.value) == f"{tmp_path / 'weights.pt'}: no space left on the disk; free some space and run again"
+
+
+def test_batch_counts_a_nan_image_as_failed_not_done(tmp_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    nan_image(folder)
+    code, out, _ = run_cli(capsys, "batch", "analyze", "kaizen", folder, "--out", tmp_path / "out", "--quiet")
+    assert code == 1 and "0 done" in out and "1 failed" in out and "12 NaN pixels" in out
