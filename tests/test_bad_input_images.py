@@ -188,6 +188,7 @@ def test_tiles_of_a_section_larger_than_memory_still_stream(tmp_path, monkeypatc
     data = np.arange(256 * 256, dtype=np.uint16).reshape(256, 256)
     tifffile.imwrite(path, data, tile=(64, 64), compression="zlib")
     monkeypatch.setattr(images_mod, "available_memory", lambda: 64 * 1024)  # 64 KiB "free"
+    monkeypatch.setattr(images_mod, "SMALL_READ_BYTES", 0, raising=False)
     with open_image(path) as image:
         with pytest.raises(ImageError, match=r"256 x 256 pixels at once needs 128\.0 KiB|needs 0\.1 MiB"):
             image.read()
@@ -376,6 +377,7 @@ def test_png_is_refused_by_size_even_for_a_small_region(tmp_path, monkeypatch):
     """Pillow cannot decode a region: the whole picture must fit, so its size is what is checked."""
     PILImage.fromarray(np.zeros((300, 400), np.uint8)).save(tmp_path / "a.png")
     monkeypatch.setattr(images_mod, "available_memory", lambda: 100_000)
+    monkeypatch.setattr(images_mod, "SMALL_READ_BYTES", 0, raising=False)
     with open_image(tmp_path / "a.png") as image, pytest.raises(ImageError, match="400 x 300 pixels"):
         image.read(region=(0, 0, 10, 10))
 

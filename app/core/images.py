@@ -732,6 +732,7 @@ def _check_dtype(path: Path, dtype: Any) -> None:
 # Where the free memory cannot be asked (no psutil and no sysconf), a whole read larger than
 # this is refused: 8 GiB, what most lab workstations can still spare.
 DEFAULT_MEMORY_LIMIT = 8 << 30
+SMALL_READ_BYTES = 32 << 20  # reads below this are not checked against free memory
 
 
 def available_memory() -> int:
@@ -758,6 +759,8 @@ def check_fits_memory(path: PathLike, height: int, width: int, dtype: Any, layer
     """
     pixels = float(height) * float(width) * float(layers)
     needed = pixels * (np.dtype(dtype).itemsize + max(0, int(work_bytes_per_pixel)))
+    if needed <= SMALL_READ_BYTES:  # tiles and small images: not worth asking the OS on every read
+        return
     free = available_memory()
     if needed <= free:
         return
