@@ -196,7 +196,7 @@ def missing_from_bundle(trace: dict[str, Any], spec: Path = SPEC) -> dict[str, A
         # a package is collected when one of its loaded submodules is
         ok = any(covered(n) or any(covered(m) for m in loaded if m.startswith(n + ".")) for n in names)
         if not ok:
-            missing_modules.append(min(names, key=len))
+            missing_modules.append(max(names, key=lambda n: n.count(".")))
         elif file.endswith(EXTENSION_SUFFIXES):
             covered_binaries.append(file)
 
