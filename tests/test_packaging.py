@@ -5,7 +5,9 @@ spec's hidden imports and collected packages.  So we run the app from source (``
 the GUI modules), record every module it loads, and check each would be bundled: our own modules
 are reachable by static imports or listed as hidden imports; nothing loaded is in the spec's
 excludes; third-party packages loaded by name are found by an import statement in a loaded module,
-by a PyInstaller hook, or are listed in the spec.  Plus: the spec has no absolute paths, and
+by a PyInstaller hook, or are listed in the spec; and every third-party module and compiled library
+the run loads, also by name or by path (imagecodecs' codec modules, torchvision's operators), would
+be collected (packaging/bundle_coverage.py).  Plus: the spec has no absolute paths, and
 ``--version``, ``--self-test`` and the first-start copy of the sample project work from source.
 """
 
