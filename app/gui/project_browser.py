@@ -117,6 +117,7 @@ class ProjectBrowser(QWidget):
         self._image_items: dict[str, QTreeWidgetItem] = {}
         self._run_items: dict[str, QTreeWidgetItem] = {}
         self._quiet = False
+        self.shown_run: str | None = None  # the run whose results the viewer draws (shown bold)
 
     # ------------------------------------------------------------------ content
 
@@ -172,6 +173,8 @@ class ProjectBrowser(QWidget):
                 child.setData(0, Qt.ItemDataRole.UserRole, (RUN_IMAGE, (run.id, image_name)))
             self._run_items[run.id] = item
         run_top.setExpanded(True)
+        if self.shown_run in self._run_items:
+            self.select_run(self.shown_run)
         reports = self.project.reports()
         report_top = self._section(f"Reports ({len(reports)})", "reports")
         for path in reports:
@@ -251,20 +254,31 @@ class ProjectBrowser(QWidget):
             self._quiet = False
 
     def select_image(self, name: str, emit: bool = True) -> None:
-        """Make ``name`` the current image (emits image_selected unless ``emit`` is False)."""
+        """Make ``name`` the current image (emits image_selected unless ``emit`` is False).
+
+        An image that is already current keeps the selection as it is: a Ctrl+click opens the image
+        while the tree is still adding it to the selection, and re-selecting it then would drop the others.
+        """
         item = self._image_items.get(name)
-        if item is None:
+        if item is None or item is self.tree.currentItem():
             return
         self._quiet = not emit
         self.tree.setCurrentItem(item)
         self._quiet = False
 
     def select_run(self, run_id: str, emit: bool = False) -> None:
+        """Show which run's results are drawn: bold, without touching the selected images.
+
+        With ``emit`` the run becomes the current item (and run_selected is emitted), as a click would.
+        """
+        self.shown_run = run_id
+        for key, run_item in self._run_items.items():
+            font = run_item.font(0)
+            font.setBold(key == run_id)
+            run_item.setFont(0, font)
         item = self._run_items.get(run_id)
-        if item is not None:
-            self._quiet = not emit
+        if item is not None and emit:
             self.tree.setCurrentItem(item)
-            self._quiet = False
 
     def selected_images(self) -> list[str]:
         """Images selected in the tree (a group or run counts as its images), in project order."""
