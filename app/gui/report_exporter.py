@@ -50,10 +50,16 @@ class SectionEntry:
     seeded: str = "[]"  # JSON of the edits applied at analysis time, when the run has no edits file
 
 
-def section_entries(project: Any) -> list[SectionEntry]:
-    """Every (run, image) of the project that has an objects file, newest run first."""
+REPORT_PIPELINE = "stagetool"  # the workbook holds tubules, stages and cell types: only Stagetool runs fill it
+
+
+def section_entries(project: Any, pipeline: str | None = REPORT_PIPELINE) -> list[SectionEntry]:
+    """Every (run, image) of the project's ``pipeline`` runs (all runs for None) that has an objects file,
+    newest run first."""
     entries = []
     for run in reversed(project.runs()):
+        if pipeline is not None and run.pipeline != pipeline:
+            continue
         for image in run.results:
             path = base_objects_file(run, image)
             if path is not None:
@@ -70,6 +76,7 @@ def curated_document(entry: SectionEntry, thresholds: dict[str, float] | None = 
     doc = apply_edits(doc, edits)
     meta = doc.setdefault("meta", {})
     meta["edits"] = edits
+    meta["run_id"] = entry.run_id
     if thresholds:
         meta["antibodies"] = [dict(a, threshold=thresholds.get(a["name"], a.get("threshold")))
                               for a in meta.get("antibodies", [])]
@@ -116,6 +123,14 @@ def suggested_threshold(means: np.ndarray) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def duplicated_sections(entries: list[SectionEntry]) -> dict[str, list[str]]:
+    """Images chosen from more than one run: image -> run ids (such a section would be counted twice)."""
+    runs: dict[str, list[str]] = {}
+    for entry in entries:
+        runs.setdefault(entry.image, []).append(entry.run_id)
+    return {image: ids for image, ids in runs.items() if len(ids) > 1}
+
+
 def find_report_writer() -> Callable[[list[dict[str, Any]], Path], Path] | None:
     """A function writing a workbook from curated documents, or None when the report code is absent."""
     try:
@@ -128,12 +143,15 @@ def find_report_writer() -> Callable[[list[dict[str, Any]], Path], Path] | None:
     if not all(needed):
         return None
 
+    def summarise(doc: dict[str, Any]) -> dict[str, Any]:
+        return {**tables.summarise(doc), "run_id": doc.get("meta", {}).get("run_id")}  # which run each section is from
+
     def write(docs: list[dict[str, Any]], path: Path) -> Path:
         if len(docs) == 1:
             doc = docs[0]
-            return excel.write_section_workbook(path, tables.summarise(doc), tables.tubule_rows(doc),
+            return excel.write_section_workbook(path, summarise(doc), tables.tubule_rows(doc),
                                                 tables.cell_rows(doc))
-        summaries = [tables.summarise(doc) for doc in docs]
+        summaries = [summarise(doc) for doc in docs]
         return excel.write_batch_workbook(path, summaries, tables.pool_summaries(summaries))
 
     return write
@@ -225,6 +243,10 @@ class ReportExporter(QDialog):
         if find_report_writer() is None:
             self.write_button.setEnabled(False)
             self.status.setText("The Excel report writer is not part of this build.")
+        elif not self.entries:
+            self.write_button.setEnabled(False)
+            self.status.setText("No Stagetool results yet: the workbook reports Stagetool runs (tubule stages and "
+                                "cell types). Run Stagetool on testis sections first.")
 
         left = QWidget()
         left_layout = QVBoxLayout(left)
@@ -302,7 +324,18 @@ class ReportExporter(QDialog):
                 state = Qt.CheckState.Checked if (entry.run_id, entry.image) in chosen else Qt.CheckState.Unchecked
                 item.setCheckState(0, state)
 
-    def _sections_changed(self, *_: Any) -> None:
+    def _sections_changed(self, item: QTreeWidgetItem | None = None, *_: Any) -> None:
+        """Ticking a section in one run unticks the same section in the other runs (it would count twice)."""
+        index = item.data(0, Qt.ItemDataRole.UserRole) if item is not None else None
+        if index is not None and item.checkState(0) == Qt.CheckState.Checked:
+            image = self.entries[index].image
+            for i in range(self.sections.topLevelItemCount()):
+                parent = self.sections.topLevelItem(i)
+                for j in range(parent.childCount()):
+                    other = parent.child(j)
+                    if other is not item and other.checkState(0) == Qt.CheckState.Checked \
+                            and self.entries[other.data(0, Qt.ItemDataRole.UserRole)].image == image:
+                        other.setCheckState(0, Qt.CheckState.Unchecked)
         self._load_docs()
 
     def _load_docs(self) -> None:
@@ -450,6 +483,12 @@ class ReportExporter(QDialog):
             return None
         if not entries:
             self.status.setText("Tick at least one section.")
+            return None
+        twice = duplicated_sections(entries)
+        if twice:
+            image, runs = next(iter(twice.items()))
+            self.status.setText(f"{image} is ticked in {len(runs)} runs ({', '.join(runs)}): tick it in one run "
+                                "only, or it is counted twice.")
             return None
         try:
             path = self.output_path()

@@ -234,7 +234,11 @@ def analyze_project(project: Any, image_names: Sequence[str], params: AnalyzePar
     cells = load_model(models.get("cells") or models.get("stagetool-cells"), "cells", params.device)
     run = project.new_run(PIPELINE, params.to_dict(), {"tubules": tubules.reference(), "cells": cells.reference()})
     sections = [(name, Path(project.image_path(name))) for name in image_names]
-    yield from run_sections(run, sections, tubules, cells, params)
+    try:
+        yield from run_sections(run, sections, tubules, cells, params)
+    except GeneratorExit:  # the GUI cancelled the job: the run must not stay "running" for ever
+        run.finish("cancelled")
+        raise
     return Path(run.folder)
 
 
