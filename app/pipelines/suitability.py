@@ -21,6 +21,7 @@ import numpy as np
 TUBULE_DIAMETER_UM = 200.0
 SECTION_MIN_PX = 1024  # an image at least this long on its longer side is taken for a section
 MIN_TISSUE_FRACTION = 0.01  # below this share of tissue on the overview a section is empty
+OVERVIEW_MAX_PX = 1024  # the tissue check reads a level no longer than this (file or cached level), else skips
 DNA_CHANNELS = ("dapi", "hoechst", "dna", "nuclei")
 KINDS = ("brightfield-stack", "section", "fluorescence")  # the image_kinds pipelines declare in the registry
 
@@ -56,7 +57,7 @@ def image_facts(name: str, path: str | Path, cache_dir: str | Path | None = None
     from app.core.pyramid import open_pyramid
 
     with open_pyramid(path, cache_dir) as pyramid:
-        level = pyramid.overview_level(512)
+        level = pyramid.overview_level(OVERVIEW_MAX_PX)
         overview = pyramid.read(level) if level is not None else None
         return ImageFacts(name=name, height=pyramid.height, width=pyramid.width, n_channels=pyramid.n_channels,
                           n_planes=pyramid.n_planes, channels=tuple(pyramid.channel_names),
