@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QItemSelectionModel, Qt, Signal
 from PySide6.QtGui import QIcon, QImage, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView, QLineEdit, QMenu, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget,
@@ -21,6 +21,9 @@ from app.core.pyramid import open_pyramid, pyramid_cache_dir
 from app.gui.workers import BackgroundRunner
 
 THUMB = 48
+# programmatic selection replaces the selection whatever modifier keys Qt believes are held (a held Ctrl
+# would otherwise toggle the item)
+CLEAR_AND_SELECT = QItemSelectionModel.SelectionFlag.ClearAndSelect | QItemSelectionModel.SelectionFlag.Rows
 IMAGE, GROUP, RUN, RUN_IMAGE, REPORT, SECTION = range(6)
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".btf")
 
@@ -250,7 +253,7 @@ class ProjectBrowser(QWidget):
                              if self._key(parent.child(i)) == (RUN_IMAGE, tuple(value))), None)
         if item is not None:
             self._quiet = True
-            self.tree.setCurrentItem(item)
+            self.tree.setCurrentItem(item, 0, CLEAR_AND_SELECT)
             self._quiet = False
 
     def select_image(self, name: str, emit: bool = True) -> None:
@@ -263,7 +266,7 @@ class ProjectBrowser(QWidget):
         if item is None or item is self.tree.currentItem():
             return
         self._quiet = not emit
-        self.tree.setCurrentItem(item)
+        self.tree.setCurrentItem(item, 0, CLEAR_AND_SELECT)
         self._quiet = False
 
     def select_run(self, run_id: str, emit: bool = False) -> None:
@@ -278,7 +281,7 @@ class ProjectBrowser(QWidget):
             run_item.setFont(0, font)
         item = self._run_items.get(run_id)
         if item is not None and emit:
-            self.tree.setCurrentItem(item)
+            self.tree.setCurrentItem(item, 0, CLEAR_AND_SELECT)
 
     def selected_images(self) -> list[str]:
         """Images selected in the tree (a group or run counts as its images), in project order."""
