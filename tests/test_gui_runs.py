@@ -283,13 +283,17 @@ def test_the_report_exporter_offers_stagetool_runs_only_and_counts_a_section_onc
     from app.core.settings import Settings
     from app.gui.report_exporter import ReportExporter, find_report_writer, report_job
 
-    from gui_fakes import FakeParams, fake_analyze
+    from app.core.results import OBJECTS_FILE, write_objects
+
+    from gui_fakes import fake_layers
 
     project = make_project(tmp_path, n_images=2)
     first = _stagetool_run(project, ["section1", "section2"])
     second = _stagetool_run(project, ["section1"])
     kaizen = project.new_run("kaizen", {})  # results of another pipeline: nothing for a Stagetool workbook
-    run_job(fake_analyze(project, ["section1"], FakeParams(), {}))
+    path = kaizen.image_dir("section1") / OBJECTS_FILE
+    write_objects(path, "section1", "kaizen", {"objects": fake_layers(600, 800)["cells"]})
+    kaizen.mark_image_done("section1", {"objects": path})
     kaizen.finish()
     dialog = ReportExporter(project, Settings(), queue=None)
     qtbot.addWidget(dialog)

@@ -50,15 +50,24 @@ class SectionEntry:
     seeded: str = "[]"  # JSON of the edits applied at analysis time, when the run has no edits file
 
 
-REPORT_PIPELINE = "stagetool"  # the workbook holds tubules, stages and cell types: only Stagetool runs fill it
+REPORT_LAYERS = ("tubules", "cells")  # the workbook holds tubules with stages and cells with types
 
 
-def section_entries(project: Any, pipeline: str | None = REPORT_PIPELINE) -> list[SectionEntry]:
-    """Every (run, image) of the project's ``pipeline`` runs (all runs for None) that has an objects file,
-    newest run first."""
+def report_pipelines() -> set[str]:
+    """Pipelines whose results fill the workbook: Stagetool, and any registered one writing its layers."""
+    from app.pipelines import registry
+
+    found = {name for name, spec in registry.pipelines().items() if set(REPORT_LAYERS) <= set(spec.layers)}
+    return found | {"stagetool"}
+
+
+def section_entries(project: Any, pipelines: set[str] | None = None) -> list[SectionEntry]:
+    """Every (run, image) with an objects file of the runs of ``pipelines`` (default: :func:`report_pipelines`;
+    Kaizen or Brightfield runs would make an all-zero Stagetool workbook), newest run first."""
+    pipelines = report_pipelines() if pipelines is None else pipelines
     entries = []
     for run in reversed(project.runs()):
-        if pipeline is not None and run.pipeline != pipeline:
+        if run.pipeline not in pipelines:
             continue
         for image in run.results:
             path = base_objects_file(run, image)
