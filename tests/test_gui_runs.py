@@ -368,3 +368,28 @@ def test_jobs_run_with_the_settings_threads_default_one(qtbot, tmp_path, setting
         win.confirm = lambda *args: True
         win.queue.shutdown()
         win.close()
+
+
+# ----------------------------------------------------------------------------- 3. an antibody added after analysis
+
+
+def test_the_report_exporter_measures_an_antibody_the_analysis_left_out(qtbot, tmp_path):
+    pytest.importorskip("app.pipelines.stagetool.tables")
+    import numpy as np
+
+    from app.core.settings import Settings
+    from app.gui.report_exporter import ReportExporter, cell_measures, curated_document
+
+    project = make_project(tmp_path, n_images=1)  # channels DAPI and marker1 (bright inside the discs)
+    run = _stagetool_run(project, ["section1"])
+    dialog = ReportExporter(project, Settings(), queue=None)
+    qtbot.addWidget(dialog)
+    assert dialog.table.rowCount() == 0  # analysed without antibodies
+    assert [dialog.add_channel.itemText(i) for i in range(dialog.add_channel.count())] == ["marker1", "DAPI"]
+    assert dialog.add_antibody("marker1") == 36
+    assert dialog.table.rowCount() == 1 and dialog.current_antibody() == "marker1"
+    doc = curated_document(dialog.chosen()[0])
+    means, _qs = cell_measures([doc], "marker1")
+    assert len(means) == 36 and np.all(means > 500)  # every cell lies in a disc: marker 50-150 + 500
+    assert doc["meta"]["antibodies"][-1]["channel_index"] == 1 and run.id == dialog.chosen()[0].run_id
+    assert dialog.add_antibody("marker1") is None and "measured already" in dialog.status.text()

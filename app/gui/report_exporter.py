@@ -24,7 +24,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
-    QAbstractItemView, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+    QAbstractItemView, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
+    QLabel,
     QLineEdit, QMessageBox, QPushButton, QSplitter, QTableWidget, QTableWidgetItem, QTreeWidget, QTreeWidgetItem,
     QVBoxLayout, QWidget,
 )
@@ -34,7 +35,7 @@ from app.core.errors import UserError
 from app.core.jobs import Progress
 from app.core.results import read_objects
 from app.core.settings import Settings
-from app.gui.curation import base_objects_file, seed_edits
+from app.gui.curation import base_objects_file, objects_file, seed_edits
 from app.gui.workers import BackgroundRunner
 
 
@@ -138,6 +139,24 @@ def duplicated_sections(entries: list[SectionEntry]) -> dict[str, list[str]]:
     for entry in entries:
         runs.setdefault(entry.image, []).append(entry.run_id)
     return {image: ids for image, ids in runs.items() if len(ids) > 1}
+
+
+def entry_files(project: Any, entry: SectionEntry) -> list[Path]:
+    """The objects files of a section in its run: the raw predictions and, when apart, the curated objects."""
+    run = project.get_run(entry.run_id)
+    curated = objects_file(run, entry.image)
+    return [entry.objects] + ([curated] if curated is not None and curated != entry.objects else [])
+
+
+def add_antibody_job(project: Any, entries: list[SectionEntry], name: str, channel: str) -> Any:
+    """Job: measure antibody ``name`` on ``channel`` for the saved cells of each section (Stagetool's
+    remeasure step, no networks); returns the number of cells measured."""
+    from app.pipelines.stagetool.remeasure import add_antibody
+
+    total = 0
+    for entry in entries:
+        total += yield from add_antibody(entry_files(project, entry), project.image_path(entry.image), name, channel)
+    return total
 
 
 def find_report_writer() -> Callable[[list[dict[str, Any]], Path], Path] | None:
@@ -265,6 +284,16 @@ class ReportExporter(QDialog):
         thresholds_layout = QVBoxLayout(thresholds)
         thresholds_layout.addWidget(self.table)
         thresholds_layout.addWidget(QLabel("Positive: mean > T and at least 65% of its pixels > T/2."))
+        self.add_channel = QComboBox()
+        self.add_channel.setToolTip("A channel of the ticked sections that was not measured during the analysis")
+        self.add_button = QPushButton("Measure antibody")
+        self.add_button.setToolTip("Measure this channel in the saved cells of the ticked sections (no new analysis)")
+        self.add_button.clicked.connect(lambda: self.add_antibody(self.add_channel.currentText()))
+        add_row = QHBoxLayout()
+        add_row.addWidget(QLabel("Add channel"))
+        add_row.addWidget(self.add_channel, 1)
+        add_row.addWidget(self.add_button)
+        thresholds_layout.addLayout(add_row)
         left_layout.addWidget(thresholds)
         right = QWidget()
         right_layout = QVBoxLayout(right)
@@ -375,11 +404,55 @@ class ReportExporter(QDialog):
             self.table.setCellWidget(row, 2, suggest)
         if antibodies and self.table.currentRow() < 0:
             self.table.setCurrentCell(0, 0)
+        self._fill_add_channels(antibodies)
         self.histogram.setVisible(bool(antibodies))
         self.image_plot.setTitle("Positive cells on the antibody channel" if antibodies else "Section (DAPI)")
         if not antibodies:
             self.preview_label.setText("These sections have no antibody channels: the workbook holds counts only.")
         self._update_preview()
+
+    def _fill_add_channels(self, measured: dict[str, Any]) -> None:
+        """Offer the ticked sections' channels that are not measured yet (DAPI and the like last)."""
+        from app.pipelines.suitability import DNA_CHANNELS
+
+        channels: list[str] = []
+        for entry in self.chosen():
+            try:
+                names = self.project.image(entry.image).channels
+            except UserError:
+                continue
+            channels += [c for c in names if c not in channels and c not in measured]
+        channels.sort(key=lambda c: c.strip().lower() in DNA_CHANNELS)
+        self.add_channel.clear()
+        self.add_channel.addItems(channels)
+        self.add_button.setEnabled(bool(channels))
+
+    def add_antibody(self, channel: str) -> Any:
+        """Measure ``channel`` (named after it) in the ticked sections' saved cells, then list it here."""
+        entries = self.chosen()
+        if not channel or not entries:
+            self.status.setText("Tick sections and choose a channel to measure.")
+            return None
+
+        def measured(count: Any) -> None:
+            self.docs.clear()
+            self._load_docs()
+            self.status.setText(f"{channel}: {count} cells measured; set its threshold, then write the workbook.")
+
+        self.status.setText(f"Measuring {channel}...")
+        if self.queue is None:
+            from app.core.jobs import run
+
+            try:
+                count = run(add_antibody_job(self.project, entries, channel, channel))
+            except UserError as error:
+                self.status.setText(str(error))
+                return None
+            measured(count)
+            return count
+        return self.queue.submit(f"Measure {channel} in {len(entries)} section(s)",
+                                 lambda: add_antibody_job(self.project, entries, channel, channel),
+                                 kind="report", on_success=measured)
 
     # ------------------------------------------------------------------ thresholds and preview
 
