@@ -210,6 +210,38 @@ def cmd_project_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_project_relink(args: argparse.Namespace) -> int:
+    from app.core.project import Project
+    from app.core.project_edit import missing_images, relink
+
+    project = Project.open(args.folder)
+    if not missing_images(project):
+        print("no image is missing; nothing to relink")
+        return EXIT_OK
+    result = relink(project, args.location, image=args.image)
+    if args.json:
+        print_json({"relinked": {k: str(v) for k, v in result.relinked.items()}, "missing": result.missing})
+    else:
+        for name, path in result.relinked.items():
+            print(f"relinked {name} -> {path}")
+        if result.missing:
+            print(f"still missing ({len(result.missing)}): {', '.join(result.missing)}")
+    if not result.relinked:
+        raise UserError(f"none of the {len(result.missing)} missing images was found from {args.location}")
+    return EXIT_OK
+
+
+def cmd_project_set(args: argparse.Namespace) -> int:
+    from app.core.project import Project
+    from app.core.project_edit import set_image_metadata
+
+    project = Project.open(args.folder)
+    entry = set_image_metadata(project, args.image, pixel_size_um=args.pixel_size, channels=args.channels)
+    size = f"{entry.pixel_size_um} µm" if entry.pixel_size_um else "unknown"
+    print(f"{entry.name}: pixel size {size}; channels {', '.join(entry.channels) or 'unnamed'}")
+    return EXIT_OK
+
+
 def _as_dict(item: Any) -> dict:
     if isinstance(item, dict):
         return item
@@ -293,6 +325,19 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("folder", type=Path, metavar="DIR")
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=cmd_project_list)
+    q = pr.add_parser("relink", help="point images whose raw files moved at their new place")
+    q.add_argument("folder", type=Path, metavar="PROJECT")
+    q.add_argument("location", type=Path, metavar="NEW_ROOT_OR_FILE",
+                   help="the folder the raw data moved to, or the new file of one missing image")
+    q.add_argument("--image", default=None, metavar="NAME", help="which missing image the file is")
+    q.add_argument("--json", action="store_true", help="print JSON")
+    q.set_defaults(func=cmd_project_relink)
+    q = pr.add_parser("set", help="pixel size and channel names of an image whose file lacks them")
+    q.add_argument("folder", type=Path, metavar="PROJECT")
+    q.add_argument("image", metavar="IMAGE", help="image name in the project")
+    q.add_argument("--pixel-size", type=float, default=None, metavar="UM", help="micrometres per pixel, e.g. 0.5")
+    q.add_argument("--channels", default=None, metavar="DAPI,SOX9", help="channel names in file order")
+    q.set_defaults(func=cmd_project_set)
 
     p = sub.add_parser("demo", help="build the sample project from phantoms and run what exists on it")
     p.add_argument("--out", type=Path, default=None, metavar="DIR", help="where (default: your Stagescope data folder)")

@@ -264,7 +264,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     model = BrightfieldModel.load(args.model)
     params = params_from(args, SegmentParams, "segment", base=model.segment)
     fields = collect_fields(list(args.inputs), args.fluo)
-    summary = run(segment_fields(model, fields, args.out, params, overwrite=args.overwrite), ConsoleProgress())
+    from app.core.locks import results_writer
+
+    with results_writer(args.out):  # a second segment into the same folder is refused, not interleaved
+        summary = run(segment_fields(model, fields, args.out, params, overwrite=args.overwrite), ConsoleProgress())
     if args.json:
         print_json(summary)
         return EXIT_OK

@@ -192,19 +192,23 @@ def cmd_segment(args: argparse.Namespace) -> int:
     params = dataclasses.replace(model.defaults, **overrides)
     summary = []
     progress = ConsoleProgress()
-    for path in files:
-        image = read_gray(path, channel=_channel(args.channel), z=args.z)
-        started = time.perf_counter()
-        result = run(decompose_job(image, model, params, name=str(path)), progress)
-        seconds = time.perf_counter() - started
-        written = write_outputs(args.out, _stem(path), result, source=str(path))
-        summary.append({"image": str(path), "objects": len(result.objects), "diameter": result.diameter,
-                        "seconds": round(seconds, 3), **{k: str(v) for k, v in written.items()}})
-        if not args.json:
-            diameter = f"{result.diameter:.1f}" if result.diameter else "-"
-            print(f"{path.name}: {len(result.objects)} objects (diameter {diameter} px, {seconds:.2f} s) -> {written['labels']}")
-    atomic_write_json(Path(args.out) / "run.json", {"pipeline": "kaizen", "model": model.card.model_id(),
-                                                    "params": params.to_dict(), "images": summary})
+    from app.core.locks import results_writer
+
+    with results_writer(args.out):  # a second segment into the same folder is refused, not interleaved
+        for path in files:
+            image = read_gray(path, channel=_channel(args.channel), z=args.z)
+            started = time.perf_counter()
+            result = run(decompose_job(image, model, params, name=str(path)), progress)
+            seconds = time.perf_counter() - started
+            written = write_outputs(args.out, _stem(path), result, source=str(path))
+            summary.append({"image": str(path), "objects": len(result.objects), "diameter": result.diameter,
+                            "seconds": round(seconds, 3), **{k: str(v) for k, v in written.items()}})
+            if not args.json:
+                diameter = f"{result.diameter:.1f}" if result.diameter else "-"
+                print(f"{path.name}: {len(result.objects)} objects (diameter {diameter} px, {seconds:.2f} s) "
+                      f"-> {written['labels']}")
+        atomic_write_json(Path(args.out) / "run.json", {"pipeline": "kaizen", "model": model.card.model_id(),
+                                                        "params": params.to_dict(), "images": summary})
     if args.json:
         print_json(summary)
     return EXIT_OK

@@ -11,7 +11,8 @@ from openpyxl import load_workbook
 from app import demo
 from app.demo import run_demo
 
-SECTION_SHEETS = ["Summary", "Tubules", "Cells", "Stage x cell type", "Antigen profiles", "Methods"]
+SECTION_SHEETS = ["Summary", "Tubules", "Cells", "Stage x cell type", "Cells per tubule", "Antigen profiles",
+                  "Methods"]
 
 
 def _runs(folder, pipeline: str) -> list:

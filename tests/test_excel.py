@@ -58,7 +58,8 @@ def test_section_workbook_matches_json(tmp_path):
 
     path = write_section_workbook(tmp_path / "s1.xlsx", json_summary, tables.tubule_rows(doc), tables.cell_rows(doc))
     wb = load_workbook(path)
-    assert wb.sheetnames == ["Summary", "Tubules", "Cells", "Stage x cell type", "Antigen profiles", "Methods"]
+    assert wb.sheetnames == ["Summary", "Tubules", "Cells", "Stage x cell type", "Cells per tubule",
+                             "Antigen profiles", "Methods"]
     for ws in wb.worksheets:
         assert ws.freeze_panes == "A2"
 
@@ -89,7 +90,8 @@ def test_section_workbook_matches_json(tmp_path):
     start = next(i for i, r in enumerate(rows) if r[0] and str(r[0]).startswith("SOX9 % positive"))
     block = {r[0]: r[1:6] for r in rows[start + 1:start + 1 + len(CELL_TYPES)]}
     for t in CELL_TYPES:
-        assert block[t] == [sox9["percent"][s][t] for s in STAGES]
+        assert block[t] == [None if sox9["percent"][s][t] is None else pytest.approx(sox9["percent"][s][t] / 100)
+                            for s in STAGES]  # fractions shown as 0.0%
 
     summary_rows = {r[0]: r[1] for r in sheet_rows(wb["Summary"]) if r and r[0]}
     assert summary_rows["tubules used"] == 2 and summary_rows["cells (all)"] == 6
@@ -134,10 +136,10 @@ def test_evaluation_sheet_and_batch_workbook(tmp_path):
     sections = {r[0]: dict(zip(header, r)) for r in rows[1:3]}
     assert sections["a"]["cells"] == 6 and sections["b"][f"tubules {STAGES[0]}"] == 1
     total = rows[3]
-    assert total[0] == "all sections" and total[1] == 6  # 3 tubules used in each section
+    assert total[0] == "all sections" and total[3] == 6  # 3 tubules used in each section
     pooled_rows = {r[0]: r[1:6] for r in sheet_rows(wb["Stage x cell type"])[1:1 + len(CELL_TYPES)]}
     assert pooled_rows[CELL_TYPES[0]][0] == 2 * summaries[0]["stage_by_type"][STAGES[0]][CELL_TYPES[0]]
     sox9 = pooled["antigen"]["SOX9"]["percent"][STAGES[0]][CELL_TYPES[0]]
     ws = sheet_rows(wb["Antigen profiles"])
     start = next(i for i, r in enumerate(ws) if r[0] and str(r[0]).startswith("SOX9 % positive"))
-    assert ws[start + 1][1] == sox9
+    assert ws[start + 1][1] == pytest.approx(sox9 / 100)

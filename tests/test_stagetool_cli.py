@@ -64,7 +64,8 @@ def test_analyze_writes_results_and_a_workbook_that_matches_them(capsys, tmp_pat
     doc = json.loads((folder / "objects.json").read_text())
     summary = json.loads((folder / "summary.json").read_text())
     wb = load_workbook(folder / "sec.xlsx")
-    assert wb.sheetnames == ["Summary", "Tubules", "Cells", "Stage x cell type", "Antigen profiles", "Methods"]
+    assert wb.sheetnames == ["Summary", "Tubules", "Cells", "Stage x cell type", "Cells per tubule",
+                             "Antigen profiles", "Methods"]
     rows = list(wb["Cells"].iter_rows(values_only=True))
     cells = doc["layers"]["cells"]
     assert len(cells) > 0 and len(rows) - 1 == len(cells)

@@ -241,13 +241,27 @@ def worker_deaths(client: Any, keys: Sequence[str]) -> dict[str, int]:
 def batch_job(pipeline: str, inputs: Sequence[str | Path], out: str | Path, cluster: str | ClusterSpec = "",
               models: dict[str, str] | None = None, params: dict[str, Any] | None = None,
               force: bool = False, cluster_options: dict[str, Any] | None = None) -> Job[dict[str, Any]]:
-    """Run ``pipeline`` on every image of ``inputs`` into ``out``; returns counts, records and report paths."""
+    """Run ``pipeline`` on every image of ``inputs`` into ``out``; returns counts, records and report paths.
+
+    Only one batch writes ``out`` at a time: a second one is refused (UserError) instead of removing
+    the first one's unfinished folders and mixing its run.json and summary with them.
+    """
+    from app.core.locks import results_writer
+
+    with ExitStack() as held:  # the lock is taken once the inputs are checked, and held to the end
+        claim = lambda folder: held.enter_context(results_writer(folder))  # noqa: E731
+        return (yield from _batch_job(pipeline, inputs, out, cluster, models, params, force, cluster_options, claim))
+
+
+def _batch_job(pipeline: str, inputs: Sequence[str | Path], out: str | Path, cluster: str | ClusterSpec,
+               models: dict[str, str] | None, params: dict[str, Any] | None, force: bool,
+               cluster_options: dict[str, Any] | None, claim: Callable[[Path], Any]) -> Job[dict[str, Any]]:
     spec = cluster if isinstance(cluster, ClusterSpec) else parse_cluster(cluster, cluster_options)
     adapter = get_adapter(pipeline)
     out = Path(out).absolute()
     params = dict(params or {})
     tasks = make_tasks(adapter, inputs, out, models, params, force)
-    out.mkdir(parents=True, exist_ok=True)
+    claim(out)  # creates ``out``; refused while another batch writes there
     remove_stale(out)
     batch_run = open_run(out, pipeline, params, tasks)
     todo = [t for t in tasks if force or not is_finished(t.folder, t.fingerprint)]
@@ -258,7 +272,7 @@ def batch_job(pipeline: str, inputs: Sequence[str | Path], out: str | Path, clus
     started, status, meta = time.time(), "failed", {"cluster": spec.describe(), "dashboard": None}
     try:
         yield Progress("images", len(records), len(tasks),
-                       f"{len(records)} already done, {len(todo)} to run" if records else "")
+                       f"{len(records)} already done, {len(todo)} to run" if records else "", item="image")
         with ExitStack() as stack:
             if spec.kind and todo:
                 client = stack.enter_context(open_client(spec))
@@ -274,12 +288,12 @@ def batch_job(pipeline: str, inputs: Sequence[str | Path], out: str | Path, clus
                     meta["cluster"] = f"{spec.describe()}, not started: nothing to run"
                 results = local_results(todo, running)
             stack.callback(results.close)  # cancel the tasks before the client goes
-            yield Progress("images", len(records), len(tasks))  # dispatch starts: the progress bar's clock too
+            yield Progress("images", len(records), len(tasks), item="image")  # dispatch starts: the bar's clock too
             for record in results:
                 if record is not None:
                     records.append(record)
                     _record_in_run(batch_run, by_name[record["image"]], record)
-                yield Progress("images", len(records), len(tasks),
+                yield Progress("images", len(records), len(tasks), item="image",
                                data={"record": record} if record else {"running": running.snapshot()})
         status = "finished" if all(r["status"] != "failed" for r in records) else "failed"
     except GeneratorExit:

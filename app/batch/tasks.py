@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from app.core.atomic import _fsync_dir, to_json_text
 from app.core.errors import ModelError, UserError
+from app.core.fingerprint import file_fingerprint
 from app.core.jobs import Progress
 
 TASK_FILE = "task.json"
@@ -74,11 +75,12 @@ class Task:
 
 def fingerprint(pipeline: str, sources: tuple[str, ...], models: tuple[ModelRef, ...],
                 params: dict[str, Any]) -> dict[str, Any]:
-    """What an image's results depend on; a rerun skips the image only when this is unchanged."""
-    inputs = []
-    for source in sources:
-        path = Path(source)
-        inputs.append({"file": path.name, "bytes": path.stat().st_size if path.is_file() else None})
+    """What an image's results depend on; a rerun skips the image only when this is unchanged.
+
+    Inputs count by content (size, modification time and a sha256 of sampled blocks, app.core.fingerprint), so an
+    input rewritten with the same size is analysed again.
+    """
+    inputs = [file_fingerprint(source) for source in sources]
     return {"pipeline": pipeline, "inputs": inputs, "models": {m.kind: m.sha256 for m in models},
             "params": json.loads(json.dumps(params, sort_keys=True, default=str))}
 

@@ -28,19 +28,24 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from app import __version__
-from app.core.atomic import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from app.core.atomic import (
+    _fsync_dir, _fsync_file, atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json,
+    temp_path_for,
+)
 from app.core.errors import ImageError, ProjectError
+from app.core.locks import hold_project_lock, project_lock
 
 __all__ = [
     "SCHEMA_VERSION", "MIGRATIONS", "PROJECT_FILE", "RUN_FILE", "RUN_STATUSES",
-    "ImageEntry", "Project", "Run", "ProjectError",
+    "ImageEntry", "Project", "Run", "ProjectError", "locked_project",
     "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
 ]
 
@@ -153,8 +158,33 @@ class ImageEntry:
             raise ProjectError(f"{where} has mode {data['mode']!r}; expected 'copy' or 'link'")
         known = {f.name for f in dataclasses.fields(cls)}
         values = {key: value for key, value in data.items() if key in known}
-        values["channels"] = [str(c) for c in values.get("channels") or []]
+        for key, expected, check in _ENTRY_TYPES:
+            if key in values and not check(values[key]):
+                raise ProjectError(f"{where} ({values['name'] if isinstance(values['name'], str) else '?'}): "
+                                   f"{key!r} must be {expected}, not {values[key]!r}; fix project.json by hand")
+        values["channels"] = list(values.get("channels") or [])
+        if values.get("pixel_size_um") is not None:
+            values["pixel_size_um"] = float(values["pixel_size_um"])
         return cls(**values)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_ENTRY_TYPES: tuple[tuple[str, str, Callable[[Any], bool]], ...] = (
+    ("name", "a non-empty string", lambda v: isinstance(v, str) and bool(v.strip())),
+    ("path", "a non-empty string (a file path)", lambda v: isinstance(v, str) and bool(v.strip())),
+    ("channels", "a list of channel names (strings)",
+     lambda v: v is None or (isinstance(v, list) and all(isinstance(c, str) for c in v))),
+    ("pixel_size_um", "a positive number or null",
+     lambda v: v is None or (_is_number(v) and 0 < v < float("inf"))),
+    ("group", "a string or null", lambda v: v is None or isinstance(v, str)),
+    ("added", "a string", lambda v: isinstance(v, str)),
+)
+"""project.json image fields that must have the right JSON type: (field, what it must be, check).
+
+A wrong type is refused rather than coerced: ``str("DAPI")`` as a channel list would become D,A,P,I."""
 
 
 # ----------------------------------------------------------------------------------- migrations
@@ -284,9 +314,15 @@ class Run:
             return [self._relative(item) for item in value]
         return value
 
-    def mark_image_done(self, image_name: str, outputs: Mapping[str, Any] | None = None) -> None:
-        """Record that ``image_name`` is finished with its ``outputs`` (files, counts) and save."""
+    def mark_image_done(self, image_name: str, outputs: Mapping[str, Any] | None = None,
+                        source: Mapping[str, Any] | None = None) -> None:
+        """Record that ``image_name`` is finished with its ``outputs`` (files, counts) and save.
+
+        ``source``: the input's fingerprint (app.core.fingerprint), so a rerun sees a changed input.
+        """
         self.results[image_name] = {"finished": now_iso(), "outputs": self._relative(dict(outputs or {}))}
+        if source is not None:
+            self.results[image_name]["source"] = dict(source)
         self.failed.pop(image_name, None)
         self.save()
 
@@ -299,6 +335,11 @@ class Run:
     def is_done(self, image_name: str) -> bool:
         """Whether ``image_name`` finished in this run (a restarted batch skips it)."""
         return image_name in self.results
+
+    def source_of(self, image_name: str) -> dict[str, Any] | None:
+        """The input fingerprint recorded with a finished image (None when none was recorded)."""
+        value = self.results.get(image_name, {}).get("source")
+        return value if isinstance(value, dict) else None
 
     def output_path(self, image_name: str, key: str) -> Path | None:
         """Absolute path of a recorded output file of a finished image, or None if not recorded."""
@@ -328,6 +369,14 @@ class Project:
 
     def __init__(self, folder: Path, data: dict[str, Any]) -> None:
         self.folder = Path(folder)
+        self._lock = project_lock(self.folder)
+        self._load_state(data)
+
+    def _load_state(self, data: dict[str, Any]) -> None:
+        """Take name, settings and images from a (migrated) project.json dict, checking their types."""
+        for key in ("name", "created", "app_version"):
+            if not isinstance(data.get(key, ""), str):
+                raise ProjectError(f"{self.path} is invalid: {key!r} must be a string, not {data[key]!r}")
         self.name: str = data.get("name", "") or self.folder.name
         self.created: str = data.get("created", "")
         self.app_version: str = data.get("app_version", "")  # as read: the app that last wrote it
@@ -335,12 +384,13 @@ class Project:
         images = data.get("images", [])
         if not isinstance(settings, Mapping) or not isinstance(images, list):
             raise ProjectError(f"{self.path} is invalid: 'settings' must be an object and 'images' a list")
-        self.settings: dict[str, Any] = dict(settings)
-        self._images = [ImageEntry.from_dict(item, f"{self.path}: images[{i}]") for i, item in enumerate(images)]
-        names = [entry.name.lower() for entry in self._images]
-        doubles = sorted({entry.name for entry in self._images if names.count(entry.name.lower()) > 1})
+        entries = [ImageEntry.from_dict(item, f"{self.path}: images[{i}]") for i, item in enumerate(images)]
+        names = [entry.name.lower() for entry in entries]
+        doubles = sorted({entry.name for entry in entries if names.count(entry.name.lower()) > 1})
         if doubles:
             raise ProjectError(f"{self.path} is invalid: image names used twice: {', '.join(doubles)}")
+        self.settings: dict[str, Any] = dict(settings)
+        self._images = entries
 
     # -- opening and saving
 
@@ -372,7 +422,10 @@ class Project:
         except OSError as exc:
             raise ProjectError(f"cannot create a project in {folder}: {exc.strerror or exc}") from exc
         project = cls(folder, {"name": name or folder.name, "created": now_iso(), "app_version": __version__})
-        project.save()
+        with hold_project_lock(project._lock):
+            if project.path.exists():  # another process created it meanwhile
+                raise ProjectError(f"{folder} already holds a project; open it instead")
+            project.save()
         return project
 
     @classmethod
@@ -386,10 +439,12 @@ class Project:
         data = _parse_project_json(raw, path)
         version = data["schema_version"]
         if version < SCHEMA_VERSION:
-            data = migrate(data, path)
-        project = cls(folder, data)
-        if version < SCHEMA_VERSION:
-            project._write_upgrade(raw, version)
+            project = cls(folder, migrate(data, path))
+            with project.locked():  # re-read under the lock: another process may have upgraded it
+                if project._read_version() < SCHEMA_VERSION:
+                    project._write_upgrade(path.read_bytes(), project._read_version())
+        else:
+            project = cls(folder, data)
         for sub in SUBFOLDERS:  # restore empty folders lost in a copy (git keeps none); read-only is fine
             try:
                 (folder / sub).mkdir(exist_ok=True)
@@ -419,8 +474,42 @@ class Project:
         }
 
     def save(self) -> None:
-        """Write project.json atomically."""
-        atomic_write_json(self.path, self.to_dict())
+        """Write project.json atomically, holding the project's lock.
+
+        To change the project, prefer :meth:`locked` (or :func:`locked_project`): it re-reads the
+        file first, so a change made by another process meanwhile is kept, not overwritten.
+        """
+        with hold_project_lock(self._lock):
+            atomic_write_json(self.path, self.to_dict())
+
+    @contextmanager
+    def locked(self) -> Iterator[Project]:
+        """Hold project.json's lock, re-read it, yield this project to change, and save it at the end.
+
+        Every change of project.json is such a read-modify-write, so two processes (CLI and GUI, two
+        ``project add``) never lose each other's changes.  Nothing is saved if the block raises.
+        """
+        with hold_project_lock(self._lock):
+            self._reload()
+            yield self
+            self.save()
+
+    def _read_version(self) -> int:
+        """The schema_version of project.json as it is on disk now."""
+        return _parse_project_json(self._read_raw(), self.path)["schema_version"]
+
+    def _read_raw(self) -> bytes:
+        try:
+            return self.path.read_bytes()
+        except OSError as exc:
+            raise ProjectError(f"cannot read {self.path}: {exc.strerror or exc}") from exc
+
+    def _reload(self) -> None:
+        """Replace name, settings and images by what project.json holds now (migrated in memory if older)."""
+        data = _parse_project_json(self._read_raw(), self.path)
+        if data["schema_version"] < SCHEMA_VERSION:
+            data = migrate(data, self.path)
+        self._load_state(data)
 
     # -- folders
 
@@ -502,45 +591,78 @@ class Project:
         source = Path(os.path.abspath(Path(path).expanduser()))
         if not source.is_file():
             raise ImageError(f"cannot add image: {source} is not a file")
+        if name is not None:
+            check_name(name)
+        self._check_addable(source, mode, name)  # early, before a long copy; again under the lock
+        channels, pixel_size = _read_image_metadata(source)
+        base, suffix = split_image_name(source.name)
+        copied = None
+        if mode == "copy":  # copied outside the lock (it may take a while), renamed into place inside it
+            self.images_dir.mkdir(exist_ok=True)
+            copied = temp_path_for(self.images_dir / source.name)
+            try:
+                shutil.copy2(source, copied)
+                _fsync_file(copied)
+            except BaseException:
+                copied.unlink(missing_ok=True)
+                raise
+        try:
+            with self.locked():
+                self._check_addable(source, mode, name)
+                name = name if name is not None else _unique(safe_name(base), self._name_taken)
+                if copied is not None:
+                    stem = _unique(name, lambda n: (self.images_dir / f"{n}{suffix}").exists())
+                    target = self.images_dir / f"{stem}{suffix}"
+                    os.replace(copied, target)
+                    copied = None
+                    _fsync_dir(self.images_dir)
+                    stored = self._stored_path(target)
+                else:
+                    stored = self._stored_path(source)
+                entry = ImageEntry(name=name, path=stored, mode=mode, channels=channels,
+                                   pixel_size_um=pixel_size, group=group, added=now_iso())
+                self._images.append(entry)
+        finally:
+            if copied is not None:
+                copied.unlink(missing_ok=True)
+        return dataclasses.replace(entry)
+
+    def _check_addable(self, source: Path, mode: str, name: str | None) -> None:
+        """Refuse a file linked twice or an explicit name already used."""
         for entry in self._images:
             if entry.mode == "link" and mode == "link" and self.image_path(entry.name) == source:
                 raise ProjectError(f"{source} is already in the project as {entry.name!r}")
-        channels, pixel_size = _read_image_metadata(source)
-        base, suffix = split_image_name(source.name)
-        if name is not None:
-            check_name(name)
-            if self._name_taken(name):
-                raise ProjectError(f"project {self.name!r} already has an image named {name!r}")
-        else:
-            name = _unique(safe_name(base), self._name_taken)
-        if mode == "copy":
-            stem = _unique(name, lambda n: (self.images_dir / f"{n}{suffix}").exists())
-            target = self.images_dir / f"{stem}{suffix}"
-            with atomic_path(target) as tmp:
-                shutil.copy2(source, tmp)
-            stored = self._stored_path(target)
-        else:
-            stored = self._stored_path(source)
-        entry = ImageEntry(name=name, path=stored, mode=mode, channels=channels,
-                           pixel_size_um=pixel_size, group=group, added=now_iso())
-        self._images.append(entry)
-        self.save()
-        return dataclasses.replace(entry)
+        if name is not None and self._name_taken(name):
+            raise ProjectError(f"project {self.name!r} already has an image named {name!r}")
 
     def set_group(self, name: str, group: str | None) -> None:
         """Put image ``name`` in ``group`` (None for no group) and save."""
-        self.image(name)
-        for entry in self._images:
-            if entry.name == name:
-                entry.group = group
-        self.save()
+        with self.locked():
+            self.image(name)
+            for entry in self._images:
+                if entry.name == name:
+                    entry.group = group
+
+    def update_image(self, name: str, **changes: Any) -> ImageEntry:
+        """Change fields of image ``name``'s entry (e.g. path, channels, pixel_size_um) and save; returns it."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(ImageEntry)} | ({"name"} & set(changes))
+        if unknown:
+            raise ProjectError(f"cannot change {', '.join(sorted(unknown))} of an image entry")
+        with self.locked():  # read-modify-write under project.json's lock, like every other change
+            self.image(name)
+            for entry in self._images:
+                if entry.name == name:
+                    for key, value in changes.items():
+                        setattr(entry, key, value)
+                    changed = dataclasses.replace(entry)
+        return changed
 
     def remove_image(self, name: str) -> None:
         """Forget image ``name``; for a copy, also delete the copy in ``images/``.  Linked files stay."""
-        entry = self.image(name)
-        path = self.image_path(name)
-        self._images = [e for e in self._images if e.name != name]
-        self.save()  # first, so a crash leaves an unused copy rather than an entry without its file
+        with self.locked():  # saved first, so a crash leaves an unused copy rather than an entry without its file
+            entry = self.image(name)
+            path = self.image_path(name)
+            self._images = [e for e in self._images if e.name != name]
         if entry.mode != "copy":
             return
         try:
@@ -607,6 +729,17 @@ class Project:
         stem = _unique(base, lambda n: (self.reports_dir / f"{n}{suffix}").exists())
         self.reports_dir.mkdir(exist_ok=True)
         return self.reports_dir / f"{stem}{suffix}"
+
+
+@contextmanager
+def locked_project(folder: str | os.PathLike[str]) -> Iterator[Project]:
+    """Open the project in ``folder`` for a change: yields it locked and fresh, saves it at the end.
+
+    ``with locked_project(folder) as project: project.settings["x"] = 1`` is safe while other
+    processes change the same project.
+    """
+    with Project.open(folder).locked() as project:
+        yield project
 
 
 def _parse_project_json(raw: bytes, path: Path) -> dict[str, Any]:

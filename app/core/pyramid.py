@@ -284,7 +284,7 @@ def build_pyramid(
                     half = downsample2(block)
                     out[:, y0 // 2: y0 // 2 + half.shape[1]] = half
                     done += y1 - y0
-                    yield Progress("pyramid", done, total, f"level 1/{int(factor)}")
+                    yield Progress("pyramid", done, total, f"zoom level 1:{int(factor)}")
                 # no flush(): msync of a big mapping holds the GIL for 100+ ms (a GUI stall); the OS
                 # writes the pages back, and a cache hurt by a power cut is rebuilt from the menu
                 del out

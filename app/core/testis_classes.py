@@ -19,6 +19,26 @@ CELL_TYPES: tuple[str, ...] = (
 )
 MARKERS: tuple[str, ...] = ("SOX9", "SALL4", "SCP3", "CREM", "PNA", "AR", "USF1")
 
+# One palette for stages and cell types together (the viewer draws both in one view, the legend lists
+# both): every pair differs by CIEDE2000 >= 18 in normal vision and >= 11 under simulated
+# deuteranopia (Machado et al. 2009, severity 1.0, in linear RGB), also against the excluded-tubule
+# grey and the white selection outline; all have L* >= 52 and chroma >= 30, so they stand out on a
+# dark fluorescence image.  Chosen by a max-min search over a 15-step sRGB grid;
+# tests/test_gui_look.py recomputes the distances.  Stages run blue -> green -> yellow -> orange
+# -> purple as before, so the order I-V .. XII still reads as a progression; the most numerous cells
+# (early elongating spermatids) get pale yellow, which stands out on the blue DAPI channel.
+STAGE_COLOURS: Mapping[str, str] = {
+    "I-V": "#a5a5ff", "VI-VIII": "#00b45a", "IX": "#ffc300", "X-XI": "#ff5a00", "XII": "#d200ff",
+}
+CELL_TYPE_COLOURS: Mapping[str, str] = {
+    "Sertoli": "#ffb496", "Spg": "#00e1e1", "Spc prePach": "#698700", "Spc Pach": "#c35a78", "m2m": "#1e87a5",
+    "Spc sec": "#009687", "round spermatid": "#ffa5c3", "early elongating spermatid": "#ffff96",
+    "late elongating spermatid": "#c3ffd2",
+}
+CLASS_COLOURS: Mapping[str, str] = {**STAGE_COLOURS, **CELL_TYPE_COLOURS}
+EXCLUDED_COLOUR = "#9e9e9e"  # excluded tubules (drawn dashed)
+SELECTION_COLOUR = "#ffffff"  # the outline of the selected object
+
 SPERMATOCYTES: tuple[str, ...] = ("Spc prePach", "Spc Pach", "m2m", "Spc sec")
 SPERMATIDS: tuple[str, ...] = ("round spermatid", "early elongating spermatid", "late elongating spermatid")
 

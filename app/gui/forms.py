@@ -5,7 +5,10 @@ GUI builds this form, so a new field shows up in both without GUI changes.  Edit
 bool -> check box, int -> spin box, float -> spin box, ``X | None`` -> an "auto" check box beside
 the editor, ``Literal``/``Enum`` or ``metadata["choices"]`` -> combo box, str -> line edit, Path ->
 line edit with a browse button, lists/tuples/dicts -> JSON text.  Field help comes from
-``metadata["help"]`` or the trailing ``# comment`` of the field in the source.
+``metadata["help"]`` or the trailing ``# comment`` of the field in the source, the label from
+``metadata["label"]`` or the field name.  When some fields carry ``metadata["basic"] = True`` the
+form shows those first and folds the others under a collapsed "Advanced" section, so a long
+parameter list does not hide the few values a biologist changes.
 """
 
 from __future__ import annotations
@@ -17,13 +20,14 @@ import json
 import re
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QCheckBox, QComboBox, QDoubleSpinBox, QFileDialog, QFormLayout, QHBoxLayout, QLabel, QLineEdit,
-    QPushButton, QSpinBox, QWidget,
+    QPushButton, QSpinBox, QToolButton, QVBoxLayout, QWidget,
 )
 
 # string fields whose values are well known get a combo box (still editable)
@@ -53,11 +57,19 @@ def _unwrap_optional(hint: Any) -> tuple[Any, bool]:
 
 
 ACRONYMS = {"dapi": "DAPI", "tta": "TTA", "um2": "µm²", "um": "µm", "px": "px", "iou": "IoU", "ap": "AP",
-            "gpu": "GPU", "cpu": "CPU", "lr": "LR", "id": "id"}
+            "gpu": "GPU", "cpu": "CPU", "id": "id"}
+# field names that are abbreviations in code but read as words in a form
+HUMAN_LABELS = {"lr": "Learning rate", "half": "Half-precision weights (float16)", "val_fraction": "Validation share",
+                "val_crops": "Validation crops", "weight_decay": "Weight decay", "n_epochs": "Epochs",
+                "tta": "Test-time augmentation (TTA)", "min_tubule_area_um2": "Smallest tubule (µm²)",
+                "dapi": "DAPI channel"}
 
 
 def label_for(name: str) -> str:
-    """``learning_rate`` -> ``Learning rate``; known acronyms and units keep their spelling (``tta`` -> ``TTA``)."""
+    """``learning_rate`` -> ``Learning rate``; abbreviations read as words (``lr`` -> ``Learning rate``), known
+    acronyms and units keep their spelling (``iou`` -> ``IoU``)."""
+    if name in HUMAN_LABELS:
+        return HUMAN_LABELS[name]
     words = [ACRONYMS.get(word, word) for word in name.strip("_").split("_")]
     text = " ".join(words)
     return text if words and words[0] in ACRONYMS.values() else text[:1].upper() + text[1:]
@@ -220,23 +232,48 @@ class DataclassForm(QWidget):
 
     changed = Signal()
 
-    def __init__(self, params_type: type, values: Any = None, parent: QWidget | None = None) -> None:
+    def __init__(self, params_type: type, values: Any = None, parent: QWidget | None = None,
+                 hidden: Iterable[str] = ()) -> None:
+        """``hidden``: fields another control of the window sets (they keep their default or given value)."""
         super().__init__(parent)
         if not dataclasses.is_dataclass(params_type):
             raise TypeError(f"{params_type!r} is not a dataclass")
         self.params_type = params_type
         self.editors: dict[str, FieldEditor] = {}
-        layout = QFormLayout(self)
+        self.hidden = set(hidden)
+        self._hidden_values: dict[str, Any] = {}
+        outer = QVBoxLayout(self)
+        outer.setContentsMargins(0, 0, 0, 0)
+        layout = QFormLayout()
         layout.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        outer.addLayout(layout)
+        shown = [f for f in dataclasses.fields(params_type)
+                 if f.init and not f.name.startswith("_") and f.name not in self.hidden]
+        split = any(f.metadata.get("basic") for f in shown)
+        self.advanced_button: QToolButton | None = None
+        self.advanced = QWidget()
+        advanced_layout = QFormLayout(self.advanced)
+        advanced_layout.setContentsMargins(0, 0, 0, 0)
+        advanced_layout.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
+        if split:
+            n_advanced = sum(1 for f in shown if not f.metadata.get("basic"))
+            self.advanced_button = QToolButton()
+            self.advanced_button.setText(f"Advanced ({n_advanced})")
+            self.advanced_button.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextBesideIcon)
+            self.advanced_button.setCheckable(True)
+            self.advanced_button.setArrowType(Qt.ArrowType.RightArrow)
+            self.advanced_button.setToolTip("Show the parameters that are rarely changed")
+            self.advanced_button.toggled.connect(self.set_advanced_visible)
+            outer.addWidget(self.advanced_button)
+            outer.addWidget(self.advanced)
+            self.advanced.setVisible(False)
         try:
             hints = typing.get_type_hints(params_type)
         except Exception:  # noqa: BLE001 - unresolvable annotations fall back to the default's type
             hints = {}
         comments = field_comments(params_type)
         defaults = params_type() if _all_defaults(params_type) else None
-        for f in dataclasses.fields(params_type):
-            if not f.init or f.name.startswith("_"):
-                continue
+        for f in shown:
             default = getattr(defaults, f.name, None) if defaults is not None else None
             hint = hints.get(f.name, type(default) if default is not None else str)
             help_text = f.metadata.get("help", "") or comments.get(f.name, "")
@@ -245,16 +282,31 @@ class DataclassForm(QWidget):
             label = QLabel(f.metadata.get("label", label_for(f.name)))
             if help_text:
                 label.setToolTip(help_text)
-            layout.addRow(label, editor)
+            (layout if not split or f.metadata.get("basic") else advanced_layout).addRow(label, editor)
             self.editors[f.name] = editor
         if values is not None:
             self.set_values(values)
+
+    def set_advanced_visible(self, visible: bool) -> None:
+        """Unfold (or fold) the Advanced section."""
+        if self.advanced_button is None:
+            return
+        self.advanced.setVisible(visible)
+        self.advanced_button.setArrowType(Qt.ArrowType.DownArrow if visible else Qt.ArrowType.RightArrow)
+        if self.advanced_button.isChecked() != visible:
+            self.advanced_button.setChecked(visible)
+
+    def is_basic(self, name: str) -> bool:
+        """Whether field ``name`` is shown without unfolding Advanced."""
+        return self.advanced_button is None or not self.advanced.isAncestorOf(self.editors[name])
 
     def set_values(self, values: Any) -> None:
         """Show the values of a dataclass instance or a dict (unknown keys ignored)."""
         data = dataclasses.asdict(values) if dataclasses.is_dataclass(values) else dict(values or {})
         for name, value in data.items():
-            if name in self.editors:
+            if name in self.hidden:
+                self._hidden_values[name] = value
+            elif name in self.editors:
                 try:
                     self.editors[name].set_value(value)
                 except (TypeError, ValueError):
@@ -262,7 +314,7 @@ class DataclassForm(QWidget):
 
     def value_dict(self) -> dict[str, Any]:
         """The edited values as a dict (raises ValueError naming a bad field)."""
-        return {name: editor.value() for name, editor in self.editors.items()}
+        return {**self._hidden_values, **{name: editor.value() for name, editor in self.editors.items()}}
 
     def values(self) -> Any:
         """A new parameters instance; raises ValueError with a readable message when invalid."""

@@ -12,17 +12,17 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
 from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
     QAbstractItemView, QDialog, QDialogButtonBox, QHBoxLayout, QHeaderView, QLabel, QPlainTextEdit,
-    QProgressBar, QPushButton, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget,
+    QProgressBar, QPushButton, QSizePolicy, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget,
 )
 
-from app.core.jobs import Progress
+from app.core.jobs import Overall, OverallProgress, Progress
 from app.gui.workers import JobWorker
 
 STATUSES = ("queued", "running", "finished", "partly failed", "failed", "cancelled")
@@ -67,6 +67,9 @@ class JobRecord:
     # outcome(result) -> (status, {item: one-line reason}) for a job that returns although some items failed
     outcome: Callable[[Any], tuple[str, dict[str, str]]] | None = None
     problems: dict[str, str] = field(default_factory=dict)  # item (image) -> why it failed
+    tracker: OverallProgress = field(default_factory=OverallProgress, repr=False)
+    overall: Overall = field(default_factory=Overall)  # progress over the whole job (all sections)
+    overall_at: float | None = None  # when ``overall`` was last updated
 
     @property
     def active(self) -> bool:
@@ -74,17 +77,30 @@ class JobRecord:
         return self.status in ("queued", "running")
 
     def fraction(self) -> float | None:
-        """Completed share of the current stage (None when unknown)."""
-        return self.progress.fraction if self.progress is not None else None
+        """Completed share of the whole job, over all its sections and stages (None when unknown)."""
+        if self.progress is None:
+            return None
+        return self.overall.fraction
 
     def seconds_left(self) -> float | None:
-        """Estimated time left in the current stage, from its rate so far."""
-        if self.status != "running" or self.progress is None or self.stage_started_at is None:
+        """Estimated time left in the whole job, counting down between progress events."""
+        if self.status != "running" or self.overall.seconds_left is None or self.overall_at is None:
             return None
-        done, total = self.progress.done, self.progress.total
-        if not total or done <= 0 or done >= total:
-            return None
-        return (time.monotonic() - self.stage_started_at) / done * (total - done)
+        return max(0.0, self.overall.seconds_left - (time.monotonic() - self.overall_at))
+
+    def take(self, event: Progress) -> None:
+        """Record a progress event: the stage's clock and the progress over the whole job."""
+        if self.progress is None or self.progress.stage != event.stage:
+            self.stage_started_at = time.monotonic()
+        self.progress = event
+        self.overall, self.overall_at = self.tracker.update(event), time.monotonic()
+
+    def progress_text(self) -> str:
+        """``Section 3 of 20 · finding cells 42% · about 12 min left`` while running, else the status."""
+        if self.status != "running" or self.progress is None:
+            return self.status
+        left = self.seconds_left()
+        return replace(self.overall, seconds_left=left).text() or "running"
 
     def elapsed(self) -> float:
         """Seconds since the job started (0 while queued)."""
@@ -235,9 +251,7 @@ class JobQueue(QObject):
         record = self._sender_record()
         if record is None:
             return
-        if record.progress is None or record.progress.stage != event.stage:
-            record.stage_started_at = time.monotonic()
-        record.progress = event
+        record.take(event)
         if record.message != "cancelling...":
             record.message = event.message
         self.changed.emit(record)
@@ -344,7 +358,9 @@ class JobQueueWidget(QWidget):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
         header.setSectionResizeMode(4, QHeaderView.ResizeMode.Stretch)
         self.tree.setColumnWidth(0, 260)
+        self.tree.setColumnWidth(1, 260)
         self.tree.setColumnWidth(2, 160)
+        self.tree.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # a cut title keeps its start and its image name
         self.tree.itemDoubleClicked.connect(lambda item, _column: self.show_details(self._record(item)))
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Cancel the selected job (Ctrl+.)")
@@ -358,9 +374,11 @@ class JobQueueWidget(QWidget):
         buttons = QHBoxLayout()
         for button in (self.cancel_button, self.cancel_all_button, self.details_button, self.clear_button):
             buttons.addWidget(button)
-        buttons.addStretch(1)
         self.summary = QLabel("No jobs")
-        buttons.addWidget(self.summary)
+        # the running job's whole line ("Section 3 of 20 · ..."); a long one is cut, never widens the dock
+        self.summary.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.summary.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        buttons.addWidget(self.summary, 1)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addLayout(buttons)
@@ -404,6 +422,7 @@ class JobQueueWidget(QWidget):
             item.setData(0, Qt.ItemDataRole.UserRole, record.id)
             item.setToolTip(0, record.title)
             self.tree.addTopLevelItem(item)
+            self._fit_title(record.title)
             bar = QProgressBar()
             bar.setMaximumHeight(18)
             self.tree.setItemWidget(item, 2, bar)
@@ -422,8 +441,11 @@ class JobQueueWidget(QWidget):
         else:
             bar.setRange(0, 100)
             bar.setValue(int(100 * (fraction or 0)))
-        stage = f" ({record.progress.stage})" if record.progress is not None and record.status == "running" else ""
-        item.setText(1, record.status + stage)
+        status = record.progress_text() if record.status != "running" else \
+            replace(record.overall, seconds_left=None).text() or "running"
+        item.setText(1, status)
+        item.setToolTip(1, record.progress_text())
+        bar.setToolTip(record.progress_text())
         item.setText(3, format_seconds(record.seconds_left()))
         item.setText(4, record.message)
         item.setToolTip(4, record.details if record.problems else record.message)
@@ -432,10 +454,18 @@ class JobQueueWidget(QWidget):
                 item.setForeground(column, QBrush(QColor("#d62728")))
         self._update_summary()
 
+    def _fit_title(self, title: str) -> None:
+        """Widen the Job column so a title shows whole at the dock's normal width (up to half of it)."""
+        wanted = self.tree.fontMetrics().horizontalAdvance(title) + 24
+        limit = max(260, self.tree.viewport().width() // 2, 420)
+        if self.tree.columnWidth(0) < wanted:
+            self.tree.setColumnWidth(0, min(wanted, limit))
+
     def _tick(self) -> None:
         for record in self.queue.running_jobs():
             if record.id in self._items:
                 self._items[record.id].setText(3, format_seconds(record.seconds_left()))
+        self._update_summary()
 
     def _update_summary(self) -> None:
         active = self.queue.active_count()
@@ -443,7 +473,11 @@ class JobQueueWidget(QWidget):
         text = f"{active} active" if active else "Idle"
         if failed:
             text += f", {failed} failed"
+        running = self.queue.running
+        if running is not None and running.status == "running" and running.progress is not None:
+            text = f"{running.title}: {running.progress_text()}  ({text})"
         self.summary.setText(text)
+        self.summary.setToolTip(text)
 
     def show_details(self, record: JobRecord | None) -> QDialog | None:
         """A dialog with the job's message, timings and details log."""

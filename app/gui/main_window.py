@@ -28,6 +28,8 @@ from app.core.settings import Settings, save_settings
 from app.gui.curation import (
     CurationSession, base_objects_file, latest_run_with_results, objects_file, seed_edits, stack_file,
 )
+from app.gui.image_tools import ImageTools
+from app.gui.job_notice import JobNotice
 from app.gui.job_queue import JobQueue, JobQueueWidget
 from app.gui.overlays import generated_objects_rgba, outline_objects_from_stack, prepare_document, prepare_layer
 from app.gui.project_browser import IMAGE_SUFFIXES, ProjectBrowser
@@ -71,6 +73,9 @@ def _detect_device(choice: str) -> str:
     """Reader thread: the device a job would use, as text for the status bar."""
     if choice == "cpu":
         return "CPU"
+    from app.core.torch_preload import preload_torch_libraries
+
+    preload_torch_libraries()  # the loader's ~0.5 s without the GIL: the window keeps drawing (bench/torch_import_stall.py)
     try:
         import torch
     except ImportError:
@@ -101,7 +106,7 @@ class MainWindow(QMainWindow):
         self._doc_key: tuple[str, str] | None = None  # (run folder, image)
         self._results_pending = False
         self._pyramid_jobs: set[str] = set()
-        self._facts: dict[str, Any] = {}  # image name -> app.pipelines.suitability.ImageFacts (or the read error)
+        self._facts: dict[Any, Any] = {}  # (image, project metadata) -> suitability.ImageFacts or the read error
         self.sessions: dict[Path, CurationSession] = {}
         self.undo_group = QUndoGroup(self)
         self.add_mode = False
@@ -119,6 +124,7 @@ class MainWindow(QMainWindow):
         self.channel_panel = ChannelPanel(self.viewer)
         self.run_panel = RunPanel(self.settings)
         self.jobs_widget = JobQueueWidget(self.queue)
+        self.job_notice = JobNotice(self.queue, self)  # a long job's end: tray notice or status bar + alert
         self.results_runner = BackgroundRunner(self, "stagescope-results")
         self.results_runner.done.connect(self._results_done, Qt.ConnectionType.QueuedConnection)
         self.results_runner.error.connect(self._results_error, Qt.ConnectionType.QueuedConnection)
@@ -203,6 +209,7 @@ class MainWindow(QMainWindow):
                                     "Save a PNG of the window"))
         file.addAction(self._action("open_folder", "Show project &folder", self.show_project_folder, "Ctrl+Shift+F",
                                     "Open the project folder in the file manager"))
+        self.image_tools = ImageTools(self, file.addMenu("&Image"))  # export view, pixel size, relink
         file.addSeparator()
         file.addAction(self._action("settings", "Se&ttings...", self.settings_dialog, "Ctrl+,",
                                     "Device, default models, theme"))
@@ -517,7 +524,8 @@ class MainWindow(QMainWindow):
             self.show_error("Cannot open the image", str(error))
             return
         if not path.is_file():
-            self.show_error("Image file missing", f"image {name!r}: {path} not found (moved or deleted?)")
+            box = self.show_error("Image file missing", f"image {name!r}: {path} not found (moved or deleted?)")
+            self.image_tools.offer_locate(box, name)  # "Locate file...": relinks the other moved files too
             return
         self.current_image = name
         self.browser.select_image(name, emit=False)
@@ -680,7 +688,7 @@ class MainWindow(QMainWindow):
                     if cell.get("tubule_id") == obj.get("id"):
                         counts[str(cell.get("class"))] = counts.get(str(cell.get("class")), 0) + 1
                 extra["cells"] = counts or "none"
-        self.properties.show_object(layer, obj, extra)
+        self.properties.show_object(layer, obj, extra, (self.viewer.overlays.document or {}).get("meta"))
 
     def clear_selection(self) -> None:
         self.viewer.overlays.select(None)
@@ -804,15 +812,21 @@ class MainWindow(QMainWindow):
 
     def image_facts(self, name: str) -> Any:
         """What the pipeline rules know of a project image (read once; a read error is kept as its text)."""
-        if name not in self._facts:
-            from app.pipelines.suitability import image_facts
+        from app.core.project_edit import entry_metadata
+        from app.pipelines.suitability import image_facts
 
+        try:
+            metadata = entry_metadata(self.project, name)
+        except UserError as error:
+            return f"cannot be read: {error}"
+        key = (name, repr(sorted(metadata.items())))  # read again once the user sets a pixel size or channels
+        if key not in self._facts:
             try:
-                self._facts[name] = image_facts(name, self.project.image_path(name),
-                                                pyramid_cache_dir(self.project.folder, name))
+                self._facts[key] = image_facts(name, self.project.image_path(name),
+                                               pyramid_cache_dir(self.project.folder, name), metadata)
             except (UserError, OSError, ValueError) as error:
-                self._facts[name] = f"cannot be read: {error}"
-        return self._facts[name]
+                self._facts[key] = f"cannot be read: {error}"
+        return self._facts[key]
 
     def refusals(self, pipeline: str, images: list[str], params: Any, models: dict[str, str]) -> list[str]:
         """One line per image the pipeline cannot analyse (unreadable, wrong kind): the run is refused."""
@@ -951,17 +965,12 @@ class MainWindow(QMainWindow):
             raise UserError(f"{path}: cannot write the screenshot")
         return path
 
-    def show_shortcuts(self) -> None:
-        rows = []
-        for action in self.findChildren(QAction):
-            keys = ", ".join(s.toString(QKeySequence.SequenceFormat.NativeText) for s in action.shortcuts())
-            if keys and action.text():
-                rows.append(f"{action.text().replace('&', ''):40s} {keys}")
-        box = QMessageBox(QMessageBox.Icon.Information, "Keyboard shortcuts", "Every action and its keys:",
-                          QMessageBox.StandardButton.Ok, self)
-        box.setDetailedText("\n".join(sorted(set(rows))))
-        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
-        box.open()
+    def show_shortcuts(self) -> Any:
+        from app.gui.shortcuts_dialog import ShortcutsDialog
+
+        dialog = ShortcutsDialog(self.findChildren(QAction), self)
+        dialog.open()
+        return dialog
 
     def show_about(self) -> None:
         QMessageBox.about(self, "About Stagescope",

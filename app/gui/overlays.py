@@ -28,6 +28,10 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.edits import point_in_polygon
+from app.core.testis_classes import (  # one palette for stages and cell types lives in the core
+    CELL_TYPE_COLOURS, CELL_TYPES, CLASS_COLOURS, EXCLUDED_COLOUR, SELECTION_COLOUR, STAGES,
+)
+from app.core.testis_classes import STAGE_COLOURS as STAGE_COLOUR_MAP
 
 EXCLUDED = "excluded"
 LAYER_ORDER = ("tubules", "objects", "nuclei", "cells")  # drawing order, bottom to top
@@ -36,32 +40,22 @@ SELECTION_Z = 30
 CHUNK = 2048.0  # side (image pixels) of the spatial chunks a class's outlines are split into
 FINE_VIEW_WIDTH = 4 * CHUNK  # views narrower than this draw chunk items (only those in view are painted)
 LAYER_WIDTH = {"tubules": 2.0}
-
-
-def _testis_names() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    try:
-        from app.core.testis_classes import CELL_TYPES, STAGES
-    except ImportError:  # written by the core's owner; the names are fixed by common conventions
-        STAGES = ("I-V", "VI-VIII", "IX", "X-XI", "XII")
-        CELL_TYPES = ("Sertoli", "Spg", "Spc prePach", "Spc Pach", "m2m", "Spc sec", "round spermatid",
-                      "early elongating spermatid", "late elongating spermatid")
-    return tuple(STAGES), tuple(CELL_TYPES)
-
-
-STAGES, CELL_TYPES = _testis_names()
-STAGE_COLOURS = ("#4fa3ff", "#4cd964", "#ffd60a", "#ff9f0a", "#ff375f")
-CELL_COLOURS = ("#ff6b6b", "#ffd93d", "#6bcb77", "#4d96ff", "#f15bb5", "#fee440", "#00f5d4", "#9b5de5", "#ff924c")
-GENERIC_COLOURS = ("#00e5ff", "#ffea00", "#ff4081", "#76ff03", "#ff9100", "#d500f9", "#1de9b6", "#ffffff")
+OPACITY_WIDTH = 70  # legend column holding each layer's opacity slider
+STAGE_COLOURS = tuple(STAGE_COLOUR_MAP[s] for s in STAGES)
+CELL_COLOURS = tuple(CELL_TYPE_COLOURS[t] for t in CELL_TYPES)
+# Classes of other pipelines (Kaizen objects, brightfield nuclei) cycle through the same palette, in an
+# order whose first entries also stand apart from Kaizen's generated-object picture (GENERATED_COLOUR)
+# drawn under them; tests/test_gui_look.py checks it.
+GENERIC_COLOURS = ("#00e1e1", "#ffc300", "#00b45a", "#ff5a00", "#ffff96", "#c3ffd2", "#ffb496", "#698700")
+GENERATED_COLOUR = "#ff4fd8"
 
 
 def class_colour(layer: str, name: str, index: int) -> QColor:
     """The colour of a class: fixed for stages and cell types, cycling for other classes."""
     if name == EXCLUDED:
-        return QColor("#9e9e9e")
-    if name in STAGES:
-        return QColor(STAGE_COLOURS[STAGES.index(name) % len(STAGE_COLOURS)])
-    if name in CELL_TYPES:
-        return QColor(CELL_COLOURS[CELL_TYPES.index(name) % len(CELL_COLOURS)])
+        return QColor(EXCLUDED_COLOUR)
+    if name in CLASS_COLOURS:
+        return QColor(CLASS_COLOURS[name])
     return QColor(GENERIC_COLOURS[index % len(GENERIC_COLOURS)])
 
 
@@ -392,7 +386,7 @@ class OverlayManager(QObject):
         self.layers: dict[str, OverlayLayer] = {}
         self.document: dict[str, Any] | None = None
         self.selected: tuple[str, dict[str, Any]] | None = None
-        pen = pg.mkPen("#ffffff", width=3.0)
+        pen = pg.mkPen(SELECTION_COLOUR, width=3.0)
         pen.setCosmetic(True)
         self._highlight = pg.PlotCurveItem(pen=pen, antialias=True)
         self._highlight.setZValue(SELECTION_Z)
@@ -540,9 +534,12 @@ class LayersPanel(QWidget):
         self.tree.setHeaderLabels(["Layer / class", "Count", "Opacity"])
         header = self.tree.header()
         header.setStretchLastSection(False)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        # names are never elided: the name column fits its longest entry and the panel asks for that width
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
-        self.tree.setColumnWidth(2, 70)
+        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Fixed)
+        self.tree.setColumnWidth(2, OPACITY_WIDTH)
+        self.tree.setTextElideMode(Qt.TextElideMode.ElideNone)
         self.tree.itemChanged.connect(self._item_changed)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
@@ -590,6 +587,15 @@ class LayersPanel(QWidget):
             slider.valueChanged.connect(lambda value, n=name: self._set_opacity(n, value))
             self.tree.setItemWidget(top, 2, slider)
         self._updating = False
+        self._fit_width()
+
+    def _fit_width(self) -> None:
+        """Ask for the width that shows every layer and class name whole (the dock grows to it)."""
+        header = self.tree.header()
+        columns = sum(max(self.tree.sizeHintForColumn(i), header.sectionSizeHint(i)) for i in range(2))
+        needed = (columns + OPACITY_WIDTH + 2 * self.tree.frameWidth()
+                  + self.tree.verticalScrollBar().sizeHint().width() + 4)
+        self.tree.setMinimumWidth(max(needed, 160))
 
     def _set_opacity(self, name: str, value: int) -> None:
         if name in self.overlays.layers:
@@ -626,7 +632,7 @@ def layer_names(layers: Iterable[str]) -> list[str]:
     return sorted(layers, key=lambda n: LAYER_ORDER.index(n) if n in LAYER_ORDER else 99)
 
 
-def generated_objects_rgba(stack: dict[str, np.ndarray], colour: str = "#ff4fd8") -> tuple[np.ndarray, tuple]:
+def generated_objects_rgba(stack: dict[str, np.ndarray], colour: str = GENERATED_COLOUR) -> tuple[np.ndarray, tuple]:
     """Kaizen's generated object images (an ``objects.npz`` stack) summed in place as an RGBA picture.
 
     Returns the picture and its rect (x, y, w, h) in image pixels; alpha follows the intensity so

@@ -1,8 +1,11 @@
 """The properties dock: what is selected (image or object) and the curation controls for it.
 
-Clicking a tubule shows its stage, score, area and cell counts with a stage box and an
-"Excluded" toggle; clicking a cell shows its type, score, box and tubule with a type box and a
-Delete button.  The panel only emits what the user asked for; the main window turns it into edits.
+Clicking a tubule shows its stage, score, area (µm² when the pixel size is known) and cell counts
+with a stage box and an "Excluded" toggle; clicking a cell shows its type, score, position, tubule
+and whether it is positive for each antibody, with a type box and a Delete button.  Positions are
+always written x first, then y, with units; the pipeline's internal fields (stage weights, mask
+counts, votes) stay out of the table.  The panel only emits what the user asked for; the main
+window turns it into edits.
 """
 
 from __future__ import annotations
@@ -18,6 +21,10 @@ from PySide6.QtWidgets import (
 from app.gui.overlays import CELL_TYPES, STAGES
 
 HIDDEN_KEYS = {"polygon", "mask", "rle"}
+# fields the pipelines keep for themselves (how a stage was voted, how many masks or votes agreed)
+INTERNAL_KEYS = {"stage_weights", "stage_from_cells", "n_masks", "votes", "antigen", "area_px", "centroid", "box",
+                 "class", "score", "id", "tubule_id", "excluded", "stage_source"}
+STAGE_SOURCES = {"cells": "from its cell types", "masks": "from the tubule masks"}
 
 
 def format_value(value: Any) -> str:
@@ -30,6 +37,76 @@ def format_value(value: Any) -> str:
         return ", ".join(f"{k}: {format_value(v)}" for k, v in list(value.items())[:8])
     text = str(value)
     return text if len(text) < 120 else text[:117] + "..."
+
+
+def _number(value: float, digits: int = 0) -> str:
+    return f"{value:,.{digits}f}".replace(",", "\u2009")  # thin space groups thousands
+
+
+def format_area(area_px: float, pixel_size_um: float | None) -> str:
+    """An area in µm² when the pixel size is known, else in px²."""
+    if pixel_size_um:
+        return f"{_number(area_px * pixel_size_um ** 2)} µm²"
+    return f"{_number(area_px)} px² (pixel size unknown)"
+
+
+def format_point(x: float, y: float) -> str:
+    """A position in image pixels, x first."""
+    return f"x {x:.0f}, y {y:.0f} px"
+
+
+def antibody_states(obj: dict[str, Any], antibodies: list[dict[str, Any]]) -> dict[str, str]:
+    """Per antibody of the run: "positive" / "negative" (with the cell's mean and the threshold T)."""
+    from app.pipelines.stagetool.tables import cell_positive
+
+    states = {}
+    for antibody in antibodies:
+        name, threshold = antibody.get("name"), antibody.get("threshold")
+        values = (obj.get("antigen") or {}).get(name) or {}
+        positive = cell_positive(obj, name, threshold)
+        if positive is None:
+            states[name] = "not measured" if not values else "no threshold"
+        else:
+            states[name] = (f"{'positive' if positive else 'negative'} (mean {values.get('mean', 0):.0f}, "
+                            f"T {threshold:.0f})")
+    return states
+
+
+def object_rows(layer: str | None, obj: dict[str, Any], meta: dict[str, Any] | None = None) -> dict[str, str]:
+    """The rows the panel shows for an object: readable labels, x before y, units; no internal fields."""
+    meta = meta or {}
+    pixel = meta.get("pixel_size_um")
+    rows: dict[str, str] = {}
+    kind = "stage" if layer == "tubules" else "type" if layer == "cells" else "class"
+    if obj.get("class") is not None:
+        rows[kind] = str(obj["class"])
+    if layer == "tubules" and obj.get("stage_source") in STAGE_SOURCES:
+        rows["staged"] = STAGE_SOURCES[obj["stage_source"]]
+    if obj.get("score") is not None:
+        rows["score"] = f"{float(obj['score']):.2f}"
+    if layer == "tubules":
+        rows["excluded"] = "yes" if obj.get("excluded") else "no"
+    if obj.get("area_px") is not None:
+        rows["area"] = format_area(float(obj["area_px"]), pixel)
+    box = obj.get("box")
+    if obj.get("centroid") is not None and len(obj["centroid"]) == 2:
+        y, x = obj["centroid"]  # stored (row, column) like the masks they come from
+        rows["centre"] = format_point(x, y)
+    elif box is not None and len(box) == 4:
+        rows["centre"] = format_point((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+    if box is not None and len(box) == 4:
+        width, height = box[2] - box[0], box[3] - box[1]
+        rows["box"] = f"x {box[0]:.0f}-{box[2]:.0f}, y {box[1]:.0f}-{box[3]:.0f} px"
+        rows["size"] = (f"{width * pixel:.1f} × {height * pixel:.1f} µm" if pixel
+                        else f"{width:.0f} × {height:.0f} px")
+    if layer == "cells":
+        rows["tubule"] = str(obj["tubule_id"]) if obj.get("tubule_id") is not None else "none (outside tubules)"
+        for name, state in antibody_states(obj, list(meta.get("antibodies") or [])).items():
+            rows[name] = state
+    for key, value in obj.items():
+        if key not in HIDDEN_KEYS and key not in INTERNAL_KEYS and key not in rows:
+            rows[key.replace("_", " ")] = format_value(value)
+    return rows
 
 
 class PropertiesPanel(QWidget):
@@ -46,6 +123,7 @@ class PropertiesPanel(QWidget):
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(["Property", "Value"])
         self.tree.setRootIsDecorated(False)
+        self.tree.setIndentation(12)
         self.tree.setColumnWidth(0, 130)
 
         self.tubule_box = QGroupBox("Curate tubule")
@@ -112,8 +190,10 @@ class PropertiesPanel(QWidget):
         self.tubule_box.setVisible(False)
         self.cell_box.setVisible(False)
 
-    def show_object(self, layer: str | None, obj: dict[str, Any] | None, extra: dict[str, Any] | None = None) -> None:
-        """Show an object's properties and the controls that fit its layer."""
+    def show_object(self, layer: str | None, obj: dict[str, Any] | None, extra: dict[str, Any] | None = None,
+                    meta: dict[str, Any] | None = None) -> None:
+        """Show an object's properties and the controls that fit its layer (``meta``: the results' meta,
+        for the pixel size and the antibodies and their thresholds)."""
         self.layer, self.obj = layer, obj
         self.tree.clear()
         self.tubule_box.setVisible(layer == "tubules" and obj is not None)
@@ -122,11 +202,20 @@ class PropertiesPanel(QWidget):
             self.hint.setText("Click an object in the viewer to see it here.")
             return
         self.hint.setText(f"{layer[:-1] if layer and layer.endswith('s') else layer} {obj.get('id')}")
-        rows = {"layer": layer, **{k: v for k, v in obj.items() if k not in HIDDEN_KEYS}, **(extra or {})}
-        for key, value in rows.items():
-            item = QTreeWidgetItem([str(key), format_value(value)])
-            item.setToolTip(1, str(value)[:2000])
+        for key, value in object_rows(layer, obj, meta).items():
+            item = QTreeWidgetItem([str(key), value])
+            item.setToolTip(1, value)
             self.tree.addTopLevelItem(item)
+        for key, value in (extra or {}).items():  # e.g. a tubule's cells: one child row per cell type
+            if isinstance(value, dict):
+                item = QTreeWidgetItem([str(key), f"{sum(v for v in value.values() if isinstance(v, int))} in all"])
+                order = {name: i for i, name in enumerate(CELL_TYPES)}
+                for name in sorted(value, key=lambda n: (order.get(n, len(order)), n)):
+                    item.addChild(QTreeWidgetItem([f"  {name}", format_value(value[name])]))
+                self.tree.addTopLevelItem(item)
+                item.setExpanded(True)
+            else:
+                self.tree.addTopLevelItem(QTreeWidgetItem([str(key), format_value(value)]))
         if layer == "tubules":
             self._set_combo(self.stage_combo, str(obj.get("class", "")))
             self.exclude_check.setChecked(bool(obj.get("excluded")))

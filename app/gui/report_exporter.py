@@ -49,6 +49,7 @@ class SectionEntry:
     image: str
     objects: Path
     seeded: str = "[]"  # JSON of the edits applied at analysis time, when the run has no edits file
+    group: str | None = None  # the image's group in the project (animal, condition), for the workbook
 
 
 REPORT_LAYERS = ("tubules", "cells")  # the workbook holds tubules with stages and cells with types
@@ -74,7 +75,8 @@ def section_entries(project: Any, pipelines: set[str] | None = None) -> list[Sec
             path = base_objects_file(run, image)
             if path is not None:
                 seeded = json.dumps(seed_edits(run, image))
-                entries.append(SectionEntry(run.id, Path(run.folder), run.pipeline, image, path, seeded))
+                group = next((e.group for e in project.images() if e.name == image), None)
+                entries.append(SectionEntry(run.id, Path(run.folder), run.pipeline, image, path, seeded, group))
     return entries
 
 
@@ -86,7 +88,7 @@ def curated_document(entry: SectionEntry, thresholds: dict[str, float] | None = 
     doc = apply_edits(doc, edits)
     meta = doc.setdefault("meta", {})
     meta["edits"] = edits
-    meta["run_id"] = entry.run_id
+    meta["run_id"], meta["group"] = entry.run_id, entry.group  # columns of the workbook
     if thresholds:
         meta["antibodies"] = [dict(a, threshold=thresholds.get(a["name"], a.get("threshold")))
                               for a in meta.get("antibodies", [])]
@@ -171,16 +173,14 @@ def find_report_writer() -> Callable[[list[dict[str, Any]], Path], Path] | None:
     if not all(needed):
         return None
 
-    def summarise(doc: dict[str, Any]) -> dict[str, Any]:
-        return {**tables.summarise(doc), "run_id": doc.get("meta", {}).get("run_id")}  # which run each section is from
-
     def write(docs: list[dict[str, Any]], path: Path) -> Path:
         if len(docs) == 1:
             doc = docs[0]
-            return excel.write_section_workbook(path, summarise(doc), tables.tubule_rows(doc),
+            return excel.write_section_workbook(path, tables.summarise(doc), tables.tubule_rows(doc),
                                                 tables.cell_rows(doc))
-        summaries = [summarise(doc) for doc in docs]
-        return excel.write_batch_workbook(path, summaries, tables.pool_summaries(summaries))
+        summaries = [tables.summarise(doc) for doc in docs]
+        return excel.write_batch_workbook(path, summaries, tables.pool_summaries(summaries), None,
+                                          [tables.tubule_rows(doc) for doc in docs])
 
     return write
 

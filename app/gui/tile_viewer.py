@@ -36,6 +36,14 @@ NAMED_COLOURS = {"dapi": "#5a8cff", "hoechst": "#5a8cff"}
 PALETTE = ("#5a8cff", "#3cff5a", "#ff3cff", "#ff5a3c", "#ffe43c", "#3ce4ff", "#ffa03c")
 
 
+def zoom_text(image_px_per_screen_px: float) -> str:
+    """Zoom as a plain percentage of the image's pixels ("25%", "400%", "0.5%"); "" when undefined."""
+    if not (image_px_per_screen_px > 0 and math.isfinite(image_px_per_screen_px)):
+        return ""
+    percent = 100.0 / image_px_per_screen_px
+    return f"{percent:.0f}%" if percent >= 10 else f"{percent:.2g}%"
+
+
 @dataclass
 class ChannelDisplay:
     """How one channel is drawn: colour, contrast levels, visibility; histogram for the panel."""
@@ -272,6 +280,19 @@ class TileViewer(QWidget):
         self.runner.submit(("open", self._token), _open_task, self.path, self.cache_dir, z,
                            self.overview_side, self._token)
 
+    def set_pixel_size(self, pixel_size_um: float | None) -> None:
+        """Use this pixel size (µm, e.g. set in the project for a plain TIFF) for the scale bar; None hides it."""
+        if self._scale_bar is not None:
+            self._scale_bar.setVisible(bool(pixel_size_um))
+        if not pixel_size_um:
+            return
+        if self._scale_bar is None:
+            self._scale_bar = ScaleBar(float(pixel_size_um))
+            self._scale_bar.setParentItem(self.view)
+            self._scale_bar.setZValue(100)
+        self._scale_bar.pixel_size_um = float(pixel_size_um)
+        self._scale_bar.updateBar()
+
     def reopen(self) -> None:
         """Open the current image again (e.g. after its overview levels were built)."""
         if self.name is not None and self.path is not None:
@@ -297,6 +318,7 @@ class TileViewer(QWidget):
             self.graphics.scene().removeItem(self._scale_bar)
             self._scale_bar = None
         self.name = None
+        self.zoom_label.setText("")
         self.title.setText("No image")
         self.status.setText("")
         self._set_z_visible(False)
@@ -443,6 +465,7 @@ class TileViewer(QWidget):
         self._place(self.overview_item, picture)
         self.fit()
         self._opening = False
+        self._update_zoom_label()
         size = f"{pyramid.width} x {pyramid.height} px, {pyramid.n_channels} channel(s)"
         self.status.setText(size)
         self.channels_changed.emit()
@@ -486,12 +509,15 @@ class TileViewer(QWidget):
             self._debounce.start()
 
     def _update_zoom_label(self) -> None:
+        """Zoom of the shown image; empty while none is shown or it is still opening (the view is not fitted)."""
+        if self.pyramid is None or self._opening:
+            self.zoom_label.setText("")
+            return
         try:
             px = self.view.viewPixelSize()[0]
         except Exception:  # noqa: BLE001 - not laid out yet
             return
-        if px > 0:
-            self.zoom_label.setText(f"{100 / px:.3g}%")
+        self.zoom_label.setText(zoom_text(px))
 
     def _request_detail(self) -> None:
         pyramid, overview = self.pyramid, self._overview

@@ -24,7 +24,7 @@ from typing import Any
 import pyqtgraph as pg
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
-    QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QProgressBar, QPushButton,
+    QFileDialog, QHBoxLayout, QLabel, QLineEdit, QListWidget, QListWidgetItem, QMessageBox, QProgressBar, QPushButton,
     QScrollArea, QSpinBox, QTableWidget, QTableWidgetItem, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget,
     QWizard, QWizardPage,
 )
@@ -37,6 +37,9 @@ from app.core.settings import Settings
 from app.gui.forms import DataclassForm, jsonable_params
 from app.pipelines.registry import TrainerSpec, TrainingSource
 
+SPLIT_FIELDS = ("val_fraction", "validation_fraction")  # set by the Data page's split, not the form
+# validation metrics whose value 0 means the model found nothing (any split, any case)
+USELESS_AT_ZERO = ("ap50", "dice", "f1", "mean_f1", "object_f1", "pixel_f1", "iou", "mean_iou")
 NO_PRETRAINED = ("No pretrained weights can be downloaded here: networks start from random weights "
                  "(or from a model of your library), so give them enough annotated data and epochs.")
 _LOSS = re.compile(r"\bloss\s*[=:]?\s*([0-9.eE+-]+)")
@@ -270,7 +273,8 @@ class ParamsPage(QWizardPage):
     def initializePage(self) -> None:  # noqa: N802
         trainer = self.w.trainer()
         remembered = self.w.settings.pipeline_params.get(f"train:{trainer.model_pipeline}")
-        self.form = DataclassForm(trainer.params, remembered)
+        # the validation share is chosen once, on the Data page; the trainer gets it from there
+        self.form = DataclassForm(trainer.params, remembered, hidden=SPLIT_FIELDS)
         self.scroll.setWidget(self.form)
 
     def validatePage(self) -> bool:  # noqa: N802
@@ -350,12 +354,17 @@ class ResultPage(QWizardPage):
         self.save_button.clicked.connect(wizard.save_model)
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.warning = QLabel("")
+        self.warning.setWordWrap(True)
+        self.warning.setStyleSheet("color: #ff8a65; font-weight: bold")
+        self.warning.setVisible(False)
         row = QHBoxLayout()
         row.addWidget(QLabel("Name"))
         row.addWidget(self.name, 1)
         row.addWidget(self.save_button)
         layout = QVBoxLayout(self)
         layout.addWidget(self.table, 1)
+        layout.addWidget(self.warning)
         layout.addLayout(row)
         layout.addWidget(self.status)
 
@@ -373,6 +382,26 @@ class ResultPage(QWizardPage):
         for i, (key, value) in enumerate(rows):
             self.table.setItem(i, 0, QTableWidgetItem(str(key)))
             self.table.setItem(i, 1, QTableWidgetItem(f"{value:.4g}" if isinstance(value, float) else str(value)))
+        zero = zero_metrics(card.metrics if card is not None else {})
+        self.warning.setText(nothing_found_text(zero) if zero else "")
+        self.warning.setVisible(bool(zero))
+
+
+def zero_metrics(metrics: dict[str, Any] | None) -> list[str]:
+    """Validation metrics at 0 that mean the model finds nothing, e.g. ``["val AP50 = 0"]``."""
+    found = []
+    for split, values in (metrics or {}).items():
+        items = values.items() if isinstance(values, dict) else [(split, values)]
+        for key, value in items:
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if numeric and str(key).lower() in USELESS_AT_ZERO and abs(float(value)) < 1e-9:
+                found.append(f"{split} {key} = 0" if isinstance(values, dict) else f"{key} = 0")
+    return found
+
+
+def nothing_found_text(zero: list[str]) -> str:
+    return (f"Warning: {', '.join(zero)} on the validation data: this model finds nothing there. Train longer, "
+            "with more annotations, or check the annotations' classes before using it.")
 
 
 # ====================================================================== wizard
@@ -390,6 +419,7 @@ class TrainingWizard(QWizard):
         self.project = project
         self.settings = settings
         self.queue = queue
+        self.confirm = self._ask  # tests replace it (a modal box would block them)
         self.trainers = trainers if trainers is not None else find_trainers()
         self.params: Any = None
         self.out_dir: Path | None = None
@@ -486,6 +516,10 @@ class TrainingWizard(QWizard):
 
     # ------------------------------------------------------------------ result
 
+    def _ask(self, title: str, text: str) -> bool:
+        buttons = QMessageBox.StandardButton
+        return QMessageBox.warning(self, title, text, buttons.Save | buttons.Cancel, buttons.Cancel) == buttons.Save
+
     def result_card(self) -> Any:
         if self.result_dir is None:
             return None
@@ -503,6 +537,12 @@ class TrainingWizard(QWizard):
         name = self.result_page.name.text().strip()
         if not name:
             self.result_page.status.setText("Give the model a name.")
+            return None
+        card = self.result_card()
+        zero = zero_metrics(card.metrics if card is not None else {})
+        question = nothing_found_text(zero) + "\n\nSave it anyway?"
+        if zero and not self.confirm("Save a model that finds nothing?", question):
+            self.result_page.status.setText("Not saved: " + ", ".join(zero) + ".")
             return None
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
         target = user_models_dir() / safe

@@ -22,7 +22,7 @@ from typing import Any
 from PySide6.QtCore import QObject, QThread, Qt, Signal
 
 from app.core.errors import UserError
-from app.core.jobs import Progress
+from app.core.jobs import Progress, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +107,7 @@ class JobWorker(QThread):
             self.failed.emit(str(error), self._details(error))
             return
         except Exception as error:  # noqa: BLE001 - every failure is shown to the user, never lost
-            self.failed.emit(f"{type(error).__name__}: {error}", self._details(error))
+            self.failed.emit(describe_error(error), self._details(error))
             return
         finally:
             if job is not None and hasattr(job, "close"):
@@ -205,8 +205,7 @@ class BackgroundRunner(QObject):
                 result = fn(*args)
             except Exception as error:  # noqa: BLE001 - reported to the GUI
                 details = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-                self.error.emit(key, str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}",
-                                details)
+                self.error.emit(key, str(error) if isinstance(error, UserError) else describe_error(error), details)
                 return
             with self._lock:
                 stale = self._latest.get(key) != generation

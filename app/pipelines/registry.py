@@ -219,10 +219,10 @@ def analyze_images(run: Any, image_names: list[str], analyze_one: Callable[[str,
     status = "failed"
     try:
         for i, name in enumerate(image_names):
-            yield Progress("images", i, len(image_names), name)
+            yield Progress("images", i, len(image_names), name, item="image")
             outputs = yield from analyze_one(name, run.image_dir(name))
             run.mark_image_done(name, outputs)
-        yield Progress("images", len(image_names), len(image_names), "done")
+        yield Progress("images", len(image_names), len(image_names), "done", item="image")
         status = "finished"
     except GeneratorExit:
         status = "cancelled"

@@ -52,16 +52,26 @@ class ImageFacts:
         return any(c.strip().lower() in DNA_CHANNELS for c in self.channels)
 
 
-def image_facts(name: str, path: str | Path, cache_dir: str | Path | None = None) -> ImageFacts:
-    """Read the facts of an image file: header, and the overview when the file (or cache) has a small level."""
+def image_facts(name: str, path: str | Path, cache_dir: str | Path | None = None,
+                metadata: Mapping[str, Any] | None = None) -> ImageFacts:
+    """Read the facts of an image file: header, and the overview when the file (or cache) has a small level.
+
+    ``metadata`` (the project's ``pixel_size_um`` and ``channel_names``, app.core.project_edit.entry_metadata)
+    wins over the file's, as it does in the runs; channel names only when their count matches.
+    """
     from app.core.pyramid import open_pyramid
 
+    metadata = metadata or {}
     with open_pyramid(path, cache_dir) as pyramid:
         level = pyramid.overview_level(OVERVIEW_MAX_PX)
         overview = pyramid.read(level) if level is not None else None
+        channels = tuple(pyramid.channel_names)
+        given = tuple(metadata.get("channel_names") or ())
+        if given and len(given) == pyramid.n_channels:
+            channels = given
         return ImageFacts(name=name, height=pyramid.height, width=pyramid.width, n_channels=pyramid.n_channels,
-                          n_planes=pyramid.n_planes, channels=tuple(pyramid.channel_names),
-                          pixel_size_um=pyramid.pixel_size_um, overview=overview)
+                          n_planes=pyramid.n_planes, channels=channels,
+                          pixel_size_um=metadata.get("pixel_size_um") or pyramid.pixel_size_um, overview=overview)
 
 
 def image_kind(facts: ImageFacts) -> str:
@@ -109,7 +119,7 @@ def _stagetool(facts: ImageFacts, params: Any, _models: dict[str, str]) -> str |
         return f"a z-stack of {facts.n_planes} planes, not a testis section (try Brightfield)"
     side = facts.side_um()
     if side is None:
-        return "no pixel size in the file; Stagetool measures tubules in µm (give the image its pixel size)"
+        return "no pixel size; Stagetool measures tubules in µm (set it: File > Image > Pixel size and channels)"
     if side < TUBULE_DIAMETER_UM:
         return (f"{facts.width} x {facts.height} px ({side:.0f} µm across) is smaller than one seminiferous "
                 f"tubule (~{TUBULE_DIAMETER_UM:.0f} µm): not a testis section (try Kaizen)")

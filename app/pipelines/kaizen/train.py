@@ -302,6 +302,8 @@ def _validation_batches(images: list[TrainImage], params: TrainParams) -> list[t
 
 def _save_checkpoint(path: Path, model: VQVAE, optimiser: torch.optim.Optimizer, sampler: PatchSampler,
                      state: dict[str, Any], params: TrainParams) -> None:
+    """Write the checkpoint atomically, holding only tensors, dicts, lists, numbers and strings (the
+    numpy generator's state is a dict of ints), so :func:`_read_checkpoint` can load it ``weights_only``."""
     from app.core.atomic import atomic_path
 
     payload = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "state": state,
@@ -313,17 +315,52 @@ def _save_checkpoint(path: Path, model: VQVAE, optimiser: torch.optim.Optimizer,
 
 def _load_checkpoint(path: Path, model: VQVAE, optimiser: torch.optim.Optimizer, sampler: PatchSampler,
                      params: TrainParams) -> dict[str, Any]:
-    payload = torch.load(path, map_location="cpu", weights_only=False)
+    """Resume from ``path``: loaded with ``weights_only`` so a checkpoint handed over with a model folder
+    cannot run code; one that does not load or does not fit is a one-line UserError."""
+    payload = _read_checkpoint(path)
     saved = payload["params"]
     for key in ("patch", "channels", "codebook_size", "code_dim", "target_diameter"):
         if saved.get(key) != getattr(params, key):
             raise UserError(f"{path}: checkpoint was trained with {key}={saved.get(key)}, not "
                             f"{getattr(params, key)}; use another --out folder or delete the checkpoint")
-    model.load_state_dict(payload["model"])
-    optimiser.load_state_dict(payload["optimiser"])
-    sampler.rng.bit_generator.state = payload["rng"]
-    torch.set_rng_state(payload["torch_rng"])
+    try:
+        model.load_state_dict(payload["model"])
+        optimiser.load_state_dict(payload["optimiser"])
+        sampler.rng.bit_generator.state = payload["rng"]
+        torch.set_rng_state(payload["torch_rng"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise UserError(f"{path}: the checkpoint does not fit this model ({_first_line(exc)}); "
+                        f"{_CHECKPOINT_FIX}") from exc
     return payload["state"]
+
+
+_CHECKPOINT_FIX = "delete it or train with --no-resume"
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message (torch's messages run over many lines)."""
+    lines = str(error).strip().splitlines()
+    return (lines[0] if lines else type(error).__name__)[:200]
+
+
+def _read_checkpoint(path: Path) -> dict[str, Any]:
+    """The checkpoint's dict, read with ``weights_only=True`` (tensors and plain values only, never code)."""
+    import pickle
+
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a refused global, or truncated / garbled: zip, pickle and storage errors
+        if isinstance(exc, pickle.UnpicklingError) and "weights only" in str(exc).lower():  # possibly code
+            raise UserError(f"{path}: the checkpoint holds objects other than tensors and plain values and was "
+                            f"not loaded (it may have been tampered with); {_CHECKPOINT_FIX}") from exc
+        raise UserError(f"{path}: the checkpoint is corrupt and cannot be read ({_first_line(exc)}); "
+                        f"{_CHECKPOINT_FIX}") from exc
+    state = payload.get("state") if isinstance(payload, dict) else None
+    if (not isinstance(payload, dict) or not isinstance(payload.get("params"), dict) or not isinstance(state, dict)
+            or not isinstance(state.get("step"), int) or not isinstance(state.get("elapsed_s"), (int, float))
+            or not isinstance(state.get("history"), list)):
+        raise UserError(f"{path}: not a Kaizen training checkpoint; {_CHECKPOINT_FIX}")
+    return payload
 
 
 def write_model(out_dir: Path, model: VQVAE, params: TrainParams, state: dict[str, Any], scores: dict[str, float],

@@ -6,8 +6,8 @@ parameters, models and which sections are done; each section gets a sub-folder w
 ``tubules.csv``, ``cells.csv`` and ``<section>.xlsx``; ``batch.xlsx`` pools the sections and
 ``log.txt`` has one line per section with its time.  Every file is written atomically, so a crash
 loses at most the section in progress, and a restarted batch skips finished sections (unless
-``force``, or unless they were analysed with other models or parameters).  Re-running with new
-edits only rewrites the reports.
+``force``, or unless they were analysed with other models or parameters, or the section file's
+content changed).  Re-running with new edits only rewrites the reports.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from typing import Any
 
 from app.core.atomic import atomic_write_json, atomic_write_text
 from app.core.errors import UserError
+from app.core.fingerprint import file_fingerprint
 from app.core.jobs import Job, Progress
 from app.pipelines.stagetool import curation, tables
 from app.pipelines.stagetool.params import AnalyzeParams
@@ -38,8 +39,23 @@ PREDICTION_PARAMS = ("dapi", "antibodies", "tta", "overlap", "cell_tile", "tubul
                      "map_scale", "min_tubule_area_um2", "positive_fraction")
 
 
-def write_section_outputs(section_dir: str | Path, edits: Sequence[dict] = (), evaluation: dict | None = None) -> dict:
-    """From ``predictions.json`` and the edits: objects.json, summary.json, CSV tables and the workbook."""
+def report_context(section_dir: Path, context: dict | None = None) -> dict:
+    """Run id and group (animal, condition) a section's reports carry: as given, else as its summary.json
+    recorded them, else the id in the run folder's run.json."""
+    found: dict = {"run_id": None, "group": None}
+    if (section_dir / SUMMARY_FILE).exists():
+        old = json.loads((section_dir / SUMMARY_FILE).read_text())
+        found.update({k: old.get(k) for k in found})
+    if found["run_id"] is None and (section_dir.parent / "run.json").exists():
+        found["run_id"] = json.loads((section_dir.parent / "run.json").read_text()).get("id")
+    found.update({k: v for k, v in (context or {}).items() if v is not None})
+    return found
+
+
+def write_section_outputs(section_dir: str | Path, edits: Sequence[dict] = (), evaluation: dict | None = None,
+                          context: dict | None = None) -> dict:
+    """From ``predictions.json`` and the edits: objects.json, summary.json, CSV tables and the workbook
+    (``context``: run id and group, see :func:`report_context`)."""
     from app.core.results import read_objects, write_objects
     from app.reports.excel import write_section_workbook
 
@@ -48,6 +64,7 @@ def write_section_outputs(section_dir: str | Path, edits: Sequence[dict] = (), e
     curated = curation.apply(raw, edits)
     write_objects(section_dir / OBJECTS_FILE, curated["image"], PIPELINE, curated["layers"], curated["meta"])
     summary = tables.summarise(curated)
+    summary.update({k: v for k, v in report_context(section_dir, context).items() if v is not None})
     atomic_write_json(section_dir / SUMMARY_FILE, summary)
     tubule_rows, cell_rows = tables.tubule_rows(curated), tables.cell_rows(curated)
     atomic_write_text(section_dir / "tubules.csv", tables.rows_to_csv(tubule_rows))
@@ -112,8 +129,13 @@ def open_run(out: Path, params: AnalyzeParams, models: dict[str, Any]) -> Any:
 
 def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: LoadedModel, cell_model: LoadedModel,
                  params: AnalyzeParams, edits: Sequence[dict] = (), force: bool = False,
-                 synthetic: bool | None = None) -> Job[dict]:
-    """Analyse ``(name, path)`` sections into ``run.folder``; returns done/failed/skipped and the batch workbook."""
+                 synthetic: bool | None = None, metadata: dict[str, dict] | None = None,
+                 groups: dict[str, str | None] | None = None) -> Job[dict]:
+    """Analyse ``(name, path)`` sections into ``run.folder``; returns done/failed/skipped and the batch workbook.
+
+    ``metadata`` maps a section to the pixel size / channel names its project gives (they win over the file's);
+    ``groups`` maps it to its project group, written into the reports.
+    """
     from app.core.edits import edits_for_image, read_edits
 
     out = Path(run.folder)
@@ -128,20 +150,23 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
     _log(out, f"batch of {len(sections)} sections, TTA {params.tta}, models {tubule_model.card.name} / "
               f"{cell_model.card.name}")
     for number, (name, path) in enumerate(sections):
-        yield Progress("sections", number, len(sections), name)
+        yield Progress("sections", number, len(sections), name, item="section")
         section_dir = out / name
         start = time.monotonic()
         try:
-            fresh = force or not run.is_done(name) or _stored_fingerprint(section_dir) != wanted
+            source = file_fingerprint(path)  # content, so a section rewritten with the same size is analysed again
+            fresh = (force or not run.is_done(name) or _stored_fingerprint(section_dir) != wanted
+                     or run.source_of(name) != source)
             if fresh:
                 for stale in (section_dir / EVALUATION_FILE, out / EVALUATION_FILE):  # about the old predictions
                     stale.unlink(missing_ok=True)
                 yield from analyze_section(path, section_dir, tubule_model, cell_model, params, name=name,
-                                           synthetic=synthetic)
+                                           synthetic=synthetic, metadata=(metadata or {}).get(name))
             else:
                 skipped.append(name)
-            summary = write_section_outputs(section_dir, edits_for_image(edits, name))
-            run.mark_image_done(name, section_outputs(section_dir, name))
+            summary = write_section_outputs(section_dir, edits_for_image(edits, name),
+                                            context={"run_id": run.id, "group": (groups or {}).get(name)})
+            run.mark_image_done(name, section_outputs(section_dir, name), source=source)
             done.append(name)
             seconds = time.monotonic() - start
             _log(out, f"{name}: {'analysed' if fresh else 'already done, reports rewritten'} in {seconds:.1f} s; "
@@ -154,7 +179,7 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
             failed[name] = f"{type(error).__name__}: {error}"
             run.mark_image_failed(name, failed[name])
             _log(out, f"{name}: FAILED with an unexpected error:\n{traceback.format_exc()}")
-    yield Progress("sections", len(sections), len(sections))
+    yield Progress("sections", len(sections), len(sections), item="section")
     workbook = write_batch_outputs(out, [n for n in names if run.is_done(n)])
     run.finish("finished" if not failed else "failed")
     return {"folder": out, "done": done, "failed": failed, "skipped": skipped, "workbook": workbook}
@@ -164,7 +189,8 @@ def write_batch_outputs(out: Path, names: Sequence[str]) -> Path | None:
     """The batch workbook pooling the finished sections' summaries (None when none finished)."""
     from app.reports.excel import write_batch_workbook
 
-    summaries = [json.loads((out / n / SUMMARY_FILE).read_text()) for n in names if (out / n / SUMMARY_FILE).exists()]
+    names = [n for n in names if (out / n / SUMMARY_FILE).exists()]
+    summaries = [json.loads((out / n / SUMMARY_FILE).read_text()) for n in names]
     if not summaries:
         return None
     evaluations = {n: json.loads((out / n / EVALUATION_FILE).read_text()) for n in names
@@ -175,7 +201,11 @@ def write_batch_outputs(out: Path, names: Sequence[str]) -> Path | None:
         evaluations[POOLED] = json.loads((out / EVALUATION_FILE).read_text())
     pooled = tables.pool_summaries(summaries)
     atomic_write_json(out / "batch_summary.json", pooled)
-    return write_batch_workbook(out / BATCH_WORKBOOK, summaries, pooled, evaluations or None)
+    from app.core.results import read_objects
+
+    tubule_rows = [tables.tubule_rows(read_objects(out / n / OBJECTS_FILE)) if (out / n / OBJECTS_FILE).exists()
+                   else [] for n in names]
+    return write_batch_workbook(out / BATCH_WORKBOOK, summaries, pooled, evaluations or None, tubule_rows)
 
 
 def use_threads(threads: int) -> None:
@@ -216,12 +246,15 @@ def analyze_paths(paths: Sequence[str | Path], out: str | Path, params: AnalyzeP
     for _, path in sections:
         if not path.is_file():
             raise UserError(f"{path}: no such section file")
-    yield Progress("models", 0, 2, "loading models")
-    use_threads(params.threads)
-    tubules = load_model(tubule_model, "tubules", params.device)
-    cells = load_model(cell_model, "cells", params.device)
-    run = open_run(Path(out), params, {"tubules": tubules.reference(), "cells": cells.reference()})
-    return (yield from run_sections(run, sections, tubules, cells, params, edits, force, synthetic))
+    from app.core.locks import results_writer
+
+    with results_writer(Path(out)):  # a second analyze into the same folder is refused, not interleaved
+        yield Progress("models", 0, 2, "loading models")
+        use_threads(params.threads)
+        tubules = load_model(tubule_model, "tubules", params.device)
+        cells = load_model(cell_model, "cells", params.device)
+        run = open_run(Path(out), params, {"tubules": tubules.reference(), "cells": cells.reference()})
+        return (yield from run_sections(run, sections, tubules, cells, params, edits, force, synthetic))
 
 
 def analyze_project(project: Any, image_names: Sequence[str], params: AnalyzeParams,
@@ -234,8 +267,12 @@ def analyze_project(project: Any, image_names: Sequence[str], params: AnalyzePar
     cells = load_model(models.get("cells") or models.get("stagetool-cells"), "cells", params.device)
     run = project.new_run(PIPELINE, params.to_dict(), {"tubules": tubules.reference(), "cells": cells.reference()})
     sections = [(name, Path(project.image_path(name))) for name in image_names]
+    from app.core.project_edit import entry_metadata
+
+    metadata = {name: entry_metadata(project, name) for name in image_names}  # the project's pixel size wins
+    groups = {name: project.image(name).group for name in image_names}
     try:
-        yield from run_sections(run, sections, tubules, cells, params)
+        yield from run_sections(run, sections, tubules, cells, params, metadata=metadata, groups=groups)
     except GeneratorExit:  # the GUI cancelled the job: the run must not stay "running" for ever
         run.finish("cancelled")
         raise

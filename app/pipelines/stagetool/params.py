@@ -28,35 +28,37 @@ PAPER_BACKBONES = {"tubules": "resnet50", "cells": "resnext101_32x8d"}
 KINDS = ("tubules", "cells")
 
 
-def _help(text: str, choices: tuple[str, ...] | None = None, **kwargs: Any) -> Any:
-    """A dataclass field with its help text (and the values a form may offer, as a combo box)."""
-    return field(metadata={"help": text, **({"choices": choices} if choices else {})}, **kwargs)
+def _help(text: str, choices: tuple[str, ...] | None = None, basic: bool = False, **kwargs: Any) -> Any:
+    """A dataclass field with its help text (and the values a form may offer, as a combo box); ``basic``
+    fields are the few a biologist changes, shown above the form's folded Advanced section."""
+    extra = {"choices": choices} if choices else {}
+    return field(metadata={"help": text, **extra, **({"basic": True} if basic else {})}, **kwargs)
 
 
 @dataclass
 class AnalyzeParams:
     """How a whole section is analysed (DESIGN.md "Stagetool data flow")."""
 
-    dapi: str = _help("DAPI channel: name or 0-based index", default="0")
+    dapi: str = _help("DAPI channel: name or 0-based index", default="0", basic=True)
     antibodies: str = _help("antibody channels, comma separated NAME=CHANNEL[:T] (e.g. SOX9=1:1200, SALL4=2); "
-                            "without T a threshold is suggested from the data", default="")
+                            "without T a threshold is suggested from the data", default="", basic=True)
     tta: str = _help("cell test-time augmentation: off (one pass, cells kept from single_score, one box per "
                      "cell), full (every tile at 0/90/180/270 degrees, the paper: tighter boxes, 3-4x the time), "
                      "adaptive (one pass, then rotations only for the blocks of a tile that hold an uncertain cell)",
-                     default="off", choices=TTA_MODES)
+                     default="off", choices=TTA_MODES, basic=True)
     overlap: int = _help("tile overlap in section pixels (a cell or tubule part on a seam is seen whole once)",
                          default=128)
     cell_tile: int = _help("cell model tile side in model pixels (0 = the size it was trained on)", default=0)
     tubule_tile: int = _help("tubule model tile side in model pixels (0 = the size it was trained on)", default=0)
     batch_size: int = _help("tiles per network call (larger is faster on a GPU)", default=2)
-    device: str = _help("auto, cpu, cuda or mps", default="auto")
+    device: str = _help("auto, cpu, cuda or mps", default="auto", basic=True)
     threads: int = _help("CPU threads for torch (0 = torch's default, all cores; 1 was 3x faster than that on a "
                          "busy 2-core machine)", default=1)
     tubule_score: float = _help("minimum class score of a tubule mask from one tile", default=0.3)
     stage_from: str = _help("tubule stage from: masks (the paper: weighted vote of the tubule model), cells (the "
                             "cell types found in the tubule, if the tubule model has a composition stager) or auto "
                             f"(cells where a tubule holds at least {MIN_CELLS} cells, else masks)", default="auto",
-                            choices=STAGE_FROM)
+                            choices=STAGE_FROM, basic=True)
     cell_score: float = _help("with rotations: minimum class score of a cell in each pass", default=0.5)
     single_score: float = _help("without rotations (tta off): minimum class score of a cell; lower than cell_score "
                                 "because no vote of other passes confirms it (0.4: chosen on validation phantoms)",
@@ -71,7 +73,7 @@ class AnalyzeParams:
     map_scale: int = _help("tubule map resolution: section pixels per map pixel (memory grows as 1/scale^2)",
                            default=4)
     min_tubule_area_um2: float = _help("tubules smaller than this (µm², or px² without pixel size) are dropped",
-                                       default=0.0)
+                                       default=0.0, basic=True)
     positive_fraction: float = _help("antigen rule: share of a cell's pixels that must exceed T/2", default=0.65)
 
     def validate(self) -> None:

@@ -393,7 +393,7 @@ def cell_pass(image: Any, channel: int, model: LoadedModel, params: AnalyzeParam
             skipped += 1
             continue
         todo.append((tile, window))
-    yield Progress("cells", 0, len(todo), f"{skipped} of {len(tiles)} tiles without tissue skipped; TTA {params.tta}")
+    yield Progress("cells", 0, len(todo), f"{skipped} of {len(tiles)} tiles without tissue skipped; rotations: {params.tta}")
     kept: list[merge.Detections] = []
     seams: list[np.ndarray] = []
     means: list[np.ndarray] = []
@@ -495,12 +495,14 @@ def is_synthetic(image: Any) -> bool:
 
 def analyze_section(path: str | Path, out_dir: str | Path, tubule_model: LoadedModel, cell_model: LoadedModel,
                     params: AnalyzeParams | None = None, name: str | None = None,
-                    synthetic: bool | None = None) -> Job[dict]:
+                    synthetic: bool | None = None, metadata: dict | None = None) -> Job[dict]:
     """Analyse one section and write ``predictions.json`` into ``out_dir``; returns the objects document.
 
-    DAPI and antibody channels come from ``params``; ``synthetic`` None = ask the file.
+    DAPI and antibody channels come from ``params``; ``synthetic`` None = ask the file; ``metadata``
+    (pixel size, channel names set in the project) wins over the file's.
     """
     from app.core.images import open_image
+    from app.core.project_edit import apply_entry_metadata
     from app.core.results import write_objects
 
     params = params or AnalyzeParams()
@@ -511,6 +513,7 @@ def analyze_section(path: str | Path, out_dir: str | Path, tubule_model: LoadedM
     timing: dict[str, float] = {}
     start = time.monotonic()
     with open_image(path) as image:
+        apply_entry_metadata(image, metadata)
         where = str(path)
         dapi_index, channels = resolve_channels(image, dapi, antibodies, where)
         height, width = image.info.height, image.info.width

@@ -89,6 +89,8 @@ def summarise(doc: dict) -> dict[str, Any]:
     return {
         "schema_version": SUMMARY_SCHEMA_VERSION,
         "section": doc.get("image"),
+        "group": meta.get("group"),  # animal or condition, when the caller recorded it
+        "run_id": meta.get("run_id"),
         "image": meta.get("image_path"),
         "shape": meta.get("shape"),
         "pixel_size_um": meta.get("pixel_size_um"),

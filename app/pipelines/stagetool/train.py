@@ -120,8 +120,9 @@ def _checkpoint(path: Path, state: dict[str, Any]) -> None:
 def _load_checkpoint(path: Path) -> dict[str, Any]:
     try:
         return torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
-    except Exception as error:
-        raise ModelError(f"{path}: cannot resume from this checkpoint ({error})") from error
+    except Exception as error:  # torch's messages run over many lines: the first says what went wrong
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ModelError(f"{path}: cannot resume from this checkpoint ({first}); delete it to start afresh") from error
 
 
 def learning_progress(step: int, total_steps: int, elapsed: float, time_limit: float) -> float:
