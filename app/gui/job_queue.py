@@ -433,6 +433,7 @@ class JobQueueWidget(QWidget):
             bar.setRange(0, 100)
             bar.setValue(100)
             bar.setFormat("partly failed")
+            bar.setStyleSheet("QProgressBar::chunk { background: #d62728; }")  # not the colour of success
         elif record.status == "finished":
             bar.setRange(0, 100)
             bar.setValue(100)

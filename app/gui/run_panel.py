@@ -130,7 +130,6 @@ class RunPanel(QWidget):
         self.antibody_box.setToolTip("Channels whose antigen profiles are measured (from the selected images' "
                                      "channel names); thresholds can be set later in the report exporter")
         self.antibody_list = QListWidget()
-        self.antibody_list.setMaximumHeight(90)
         QVBoxLayout(self.antibody_box).addWidget(self.antibody_list)
         self.antibody_box.setVisible(False)
         self.image_facts: list[Any] = []  # app.pipelines.suitability.ImageFacts of the selected images
@@ -221,6 +220,9 @@ class RunPanel(QWidget):
             default = Qt.CheckState.Unchecked if is_dna_channel(name) else Qt.CheckState.Checked
             item.setCheckState(previous.get(name, default))
             self.antibody_list.addItem(item)
+        rows = min(max(len(channels), 1), 4)  # as tall as its channels (up to 4), so the parameters keep the room
+        row = self.antibody_list.sizeHintForRow(0) if channels else 18
+        self.antibody_list.setFixedHeight(rows * max(row, 16) + 2 * self.antibody_list.frameWidth() + 2)
         self.antibody_box.setVisible(bool(wanted and channels))
 
     def checked_antibodies(self) -> list[str]:
