@@ -300,7 +300,10 @@ class MainWindow(QMainWindow):
         self.browser.report_activated.connect(self.open_path)
         self.browser.files_dropped.connect(lambda files: self.add_images(files, "link"))
         self.browser.remove_image_requested.connect(self.remove_image)
-        self.browser.tree.itemSelectionChanged.connect(self._selection_changed)
+        self._selection_timer = QTimer(self)  # many selection signals (a refresh, a Shift+click) -> one update
+        self._selection_timer.setSingleShot(True)
+        self._selection_timer.timeout.connect(self._selection_changed)
+        self.browser.tree.itemSelectionChanged.connect(lambda: self._selection_timer.start(0))
         self.viewer.needs_pyramid.connect(self.build_pyramid_for)
         self.viewer.load_failed.connect(
             lambda message, details: self.show_error("Cannot show the image", message, details))
@@ -531,7 +534,7 @@ class MainWindow(QMainWindow):
         self.browser.select_image(name, emit=False)
         self.viewer.open_image(name, path, pyramid_cache_dir(self.project.folder, name))
         self.clear_selection()
-        self._selection_changed()
+        self._selection_timer.start(0)  # after the first picture is on its way
         self.properties.show_info(f"Image {name}", {"file": str(path), "mode": entry.mode,
                                                     "channels": ", ".join(entry.channels) or "?",
                                                     "pixel size (µm)": entry.pixel_size_um or "unknown",
@@ -775,6 +778,9 @@ class MainWindow(QMainWindow):
 
     def run_pipeline(self, all_images: bool = False) -> None:
         """Queue the Run panel's pipeline on the selected images (or all)."""
+        if self._selection_timer.isActive():  # the panel shows the channels of the images selected just now
+            self._selection_timer.stop()
+            self._selection_changed()
         self._guard("Cannot start the run", self.run_panel.request_run, all_images)
 
     def _submit_run(self, request: RunRequest) -> Any:
@@ -1001,7 +1007,7 @@ class MainWindow(QMainWindow):
     def is_ready(self) -> bool:
         """Whether the current image, its detail and its overlays are drawn and no job is pending."""
         return (self.viewer.is_idle() and not self._results_pending and not self.results_runner.busy
-                and not self.queue.is_busy() and not self.device_runner.busy
+                and not self.queue.is_busy() and not self.device_runner.busy and not self._selection_timer.isActive()
                 and (self.current_image is None or self.viewer.pyramid is not None))
 
     def wait_until_ready(self, timeout_s: float = 60.0) -> bool:
