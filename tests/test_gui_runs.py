@@ -64,6 +64,7 @@ def test_ctrl_click_adds_to_the_selection_and_the_run_uses_exactly_it(window, qt
     _run_fake(window)
     new = [run for run in project.runs() if run.id not in before]
     assert len(new) == 1 and set(new[0].results) == {"section1", "section3"}
+    assert window.browser.selected_images() == ["section1", "section3"]  # the run's end kept the picks
 
 
 # ----------------------------------------------------------------------------- 2. failures and cancels shown

@@ -133,6 +133,7 @@ class ProjectBrowser(QWidget):
     def refresh(self) -> None:
         """Re-read the project's images, runs and reports, keeping the current selection."""
         current = self._current_key()
+        selected = [self._key(item) for item in self.tree.selectedItems()]  # a run ending keeps the user's picks
         self._quiet = True
         self.tree.clear()
         self._image_items.clear()
@@ -187,7 +188,7 @@ class ProjectBrowser(QWidget):
         report_top.setExpanded(True)
         self._quiet = False
         if current is not None:
-            self._select_key(current)
+            self._select_key(current, selected)
         self._apply_filter(self.filter.text())
 
     def _section(self, title: str, key: str) -> QTreeWidgetItem:
@@ -239,7 +240,20 @@ class ProjectBrowser(QWidget):
     def _current_key(self) -> tuple[int, Any] | None:
         return self._key(self.tree.currentItem())
 
-    def _select_key(self, key: tuple[int, Any]) -> None:
+    def _select_key(self, key: tuple[int, Any], also: list[tuple[int, Any]] | None = None) -> None:
+        """Make the item of ``key`` current (quietly), and select the items of ``also`` with it."""
+        item = self._item_for(key)
+        if item is not None:
+            self._quiet = True
+            self.tree.setCurrentItem(item, 0, CLEAR_AND_SELECT)
+            for other in filter(None, (self._item_for(k) for k in also or [])):
+                other.setSelected(True)
+            self._quiet = False
+
+    def _item_for(self, key: tuple[int, Any] | None) -> QTreeWidgetItem | None:
+        """The tree item of an image, run or run image key (None when it is gone)."""
+        if key is None:
+            return None
         kind, value = key
         item = None
         if kind == IMAGE:
@@ -251,10 +265,7 @@ class ProjectBrowser(QWidget):
             if parent is not None:
                 item = next((parent.child(i) for i in range(parent.childCount())
                              if self._key(parent.child(i)) == (RUN_IMAGE, tuple(value))), None)
-        if item is not None:
-            self._quiet = True
-            self.tree.setCurrentItem(item, 0, CLEAR_AND_SELECT)
-            self._quiet = False
+        return item
 
     def select_image(self, name: str, emit: bool = True) -> None:
         """Make ``name`` the current image (emits image_selected unless ``emit`` is False).
