@@ -394,3 +394,17 @@ def test_the_report_exporter_measures_an_antibody_the_analysis_left_out(qtbot, t
     assert len(means) == 36 and np.all(means > 500)  # every cell lies in a disc: marker 50-150 + 500
     assert doc["meta"]["antibodies"][-1]["channel_index"] == 1 and run.id == dialog.chosen()[0].run_id
     assert dialog.add_antibody("marker1") is None and "measured already" in dialog.status.text()
+
+
+def test_settings_dialog_sets_the_threads_of_jobs(qtbot):
+    from app.core.settings import Settings
+    from app.gui.settings_dialog import SettingsDialog
+
+    settings = Settings()
+    assert settings.threads == 1 and Settings.from_dict({}).threads == 1
+    dialog = SettingsDialog(settings)
+    qtbot.addWidget(dialog)
+    assert dialog.threads.value() == 1
+    dialog.threads.setValue(0)  # all cores
+    dialog.apply()
+    assert settings.threads == 0 and Settings.from_dict(settings.to_dict()).threads == 0
