@@ -125,15 +125,27 @@ def cmd_evaluate_instances(args: argparse.Namespace) -> int:
 def cmd_evaluate_semantic(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from app.core.metrics import confusion_matrix, semantic_scores
+    from app.core.metrics import check_class_count, confusion_matrix, out_of_range_values, semantic_scores
 
+    try:
+        check_class_count(args.classes)
+    except ValueError as error:
+        raise UserError(f"--classes: {error}") from error
     confusion = np.zeros((args.classes, args.classes), dtype=np.int64)
     pairs = _paired_files(args.truth, args.pred)
     for truth_path, pred_path in pairs:
         truth, pred = _read_labels(truth_path), _read_labels(pred_path)
         _check_same_shape(truth, pred, truth_path, pred_path)
-        if pred.max(initial=0) >= args.classes or pred.min(initial=0) < 0:
-            raise UserError(f"{pred_path}: class values must lie in 0..{args.classes - 1}, found {pred.min()}..{pred.max()}")
+        for path, classes, ignore in ((truth_path, truth, args.ignore), (pred_path, pred, None)):
+            bad = out_of_range_values(classes, args.classes, ignore)
+            if bad:
+                raise UserError(f"{path}: class values must lie in 0..{args.classes - 1}, found "
+                                f"{', '.join(map(str, bad))}; raise --classes"
+                                + (", or give --ignore VALUE for truth pixels not to score" if ignore is None and
+                                   path == truth_path else ""))
+        if args.ignore is not None:
+            keep = truth != args.ignore
+            truth, pred = truth[keep], pred[keep]
         confusion += confusion_matrix(truth, pred, args.classes)
     scores = semantic_scores(confusion)
     scores["n_images"] = len(pairs)
@@ -295,7 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     q = ev.add_parser("semantic", help="pixel accuracy, mean accuracy, mIoU, fw-IoU of class maps")
     q.add_argument("truth", type=Path, metavar="TRUTH")
     q.add_argument("pred", type=Path, metavar="PRED")
-    q.add_argument("--classes", type=int, required=True, metavar="N", help="number of classes incl. background 0")
+    q.add_argument("--classes", type=int, required=True, metavar="N",
+                   help="number of classes incl. background 0 (at least 2); every value must lie in 0..N-1")
+    q.add_argument("--ignore", type=int, default=None, metavar="VALUE",
+                   help="truth value of pixels not to score (e.g. 255); other values outside 0..N-1 are refused")
     q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=cmd_evaluate_semantic)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from app.batch.progress import ProgressBar, format_seconds
     from app.batch.runner import run_batch
     from app.cli import print_json
+    from app.core.outputs import collect_kept
 
     cluster = args.scheduler or args.cluster or ""
     if args.threads is not None:
@@ -81,11 +83,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.scheduler and "://" not in args.scheduler:
         raise UserError(f"--scheduler expects an address such as tcp://HOST:8786, not '{args.scheduler}'")
-    result = run_batch(args.pipeline, args.inputs, args.out, cluster=cluster,
-                       models=parse_pairs(args.model, "--model", as_json=False),
-                       params=parse_pairs(args.param, "--param"),
-                       progress=ProgressBar(verbose=not args.quiet), force=args.force,
-                       cluster_options=parse_pairs(args.cluster_option, "--cluster-option"))
+    with collect_kept() as kept:  # batch-wide reports the user changed are kept (app.core.outputs)
+        result = run_batch(args.pipeline, args.inputs, args.out, cluster=cluster,
+                           models=parse_pairs(args.model, "--model", as_json=False),
+                           params=parse_pairs(args.param, "--param"),
+                           progress=ProgressBar(verbose=not args.quiet), force=args.force,
+                           cluster_options=parse_pairs(args.cluster_option, "--cluster-option"))
+    for item in kept:
+        print(f"  {item.message()}", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print_json({k: v for k, v in result.items() if k != "records"})
         return EXIT_FAILED_IMAGES if result["counts"]["failed"] else EXIT_OK

@@ -126,7 +126,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--model", default=None, metavar="NAME_OR_DIR", help="default: the shipped brightfield-sephace")
     p.add_argument("--fluo", type=Path, default=None, metavar="FILE",
                    help="fluorescence image to measure per nucleus (default: fl.tif / *dapi* in each field folder)")
-    p.add_argument("--overwrite", action="store_true", help="redo fields whose results exist")
+    p.add_argument("--overwrite", action="store_true",
+                   help="redo fields whose results exist, and replace nuclei.csv / counts.csv even when changed by hand")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     add_options(p, SegmentParams, "segment")
     p.set_defaults(func=cmd_segment)
@@ -258,6 +259,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     """Segment each field: DIR/<field>_labels.tif, <field>_nuclei.csv, nuclei.csv, counts.csv, run.json."""
     from app.cli import print_json
     from app.core.jobs import ConsoleProgress, run
+    from app.core.outputs import collect_kept
     from app.pipelines.brightfield.params import SegmentParams
     from app.pipelines.brightfield.predict import BrightfieldModel, collect_fields, segment_fields
 
@@ -266,8 +268,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     fields = collect_fields(list(args.inputs), args.fluo)
     from app.core.locks import results_writer
 
-    with results_writer(args.out):  # a second segment into the same folder is refused, not interleaved
+    with results_writer(args.out), collect_kept() as kept:  # a second segment into the same folder is refused
         summary = run(segment_fields(model, fields, args.out, params, overwrite=args.overwrite), ConsoleProgress())
+    for item in kept:  # on stderr with --json, so stdout holds only the JSON
+        print(f"{item.message()} (--overwrite replaces it)", file=sys.stderr if args.json else sys.stdout)
     if args.json:
         print_json(summary)
         return EXIT_OK
@@ -284,6 +288,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     """Run an experiment, print its table, write table + plot into --out."""
     from app.core.jobs import ConsoleProgress, run
+    from app.core.outputs import collect_kept
     from app.pipelines.brightfield.experiments import experiment_planes, experiment_size, phantom_fields
     from app.pipelines.brightfield.params import ExperimentParams, LabelParams, TrainParams
 
@@ -308,7 +313,10 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     table = run(job(fields, params, base, _segment_for(labels)), ConsoleProgress())
     if args.quick:
         table.notes.append("--quick: a smoke test with a tiny budget, not a result")
-    paths = table.write(args.out, args.experiment)
+    with collect_kept() as kept:
+        paths = table.write(args.out, args.experiment)
     print(table.to_text())
     print(f"written: {', '.join(str(p) for p in paths)}")
+    for item in kept:
+        print(f"{item.message()} (with its .txt, .json and .png)")
     return EXIT_OK

@@ -1,6 +1,7 @@
 """`stagescope kaizen train|segment`: train a Kaizen VQ-VAE on labelled images, decompose images with one.
 
-Train: ``stagescope kaizen train IMAGES LABELS --out MODEL_DIR [--patch 40] [--epochs N] [--device auto]``;
+Train: ``stagescope kaizen train IMAGES LABELS --out MODEL_DIR [--patch 40] [--epochs N] [--device auto]
+[--channel C] [--z N]``;
 label images are paired with images by file stem; a fixed hash rule holds out ``--val-percent``
 of them for the validation loss.  Segment: ``stagescope kaizen segment IMAGE_OR_DIR --out DIR
 [--model NAME_OR_DIR] [--diameter PX] [--json]`` writes ``DIR/<stem>.tif`` (labels),
@@ -48,6 +49,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--steps-per-epoch", type=int, default=250, metavar="N")
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--channel", default=None, metavar="C", help="channel name or index of multi-channel images")
+    p.add_argument("--z", type=int, default=None, metavar="N", help="z-plane of stacks")
     p.add_argument("--val-percent", type=int, default=20, metavar="P",
                    help="share of images held out for validation by a fixed hash of the file name")
     p.add_argument("--time-limit", type=float, default=0.0, metavar="S", help="stop after S seconds (0 = none)")
@@ -133,8 +136,7 @@ def _stem(path: Path) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model folder (resuming a checkpoint there unless --no-resume)."""
-    import numpy as np
-
+    from app.core.annotations import integer_labels
     from app.core.jobs import ConsoleProgress, run
     from app.pipelines.kaizen.decompose import read_gray
     from app.pipelines.kaizen.params import TrainParams
@@ -145,15 +147,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise UserError(f"--patch must be a multiple of 8 and at least 8, not {args.patch}")
     train, val = [], []
     for image_path, label_path in _pairs(args.images, args.labels):
-        image = read_gray(image_path)
-        labels = read_gray(label_path, labels=True)
+        image = read_gray(image_path, channel=_channel(args.channel), z=args.z)
+        labels = integer_labels(read_gray(label_path, labels=True), label_path)
         if labels.shape != image.shape:
             raise UserError(f"{label_path}: label image size {labels.shape[1]}x{labels.shape[0]} does not match "
                             f"image {image_path} size {image.shape[1]}x{image.shape[0]} (width x height)")
-        item = (_stem(image_path), image, labels.astype(np.int32))
+        item = (_stem(image_path), image, labels)
         (val if args.val_percent > 0 and is_validation(item[0], args.val_percent) else train).append(item)
     if not train:
         raise UserError("no training images left after the validation split; lower --val-percent")
+    if not any(labels.any() for _, _, labels in train):
+        raise UserError(f"{args.labels}: the label images of the training split hold no objects (all 0); "
+                        "Kaizen learns from labelled objects")
     params = TrainParams(patch=args.patch, target_diameter=0.4 * args.patch, epochs=args.epochs,
                          steps_per_epoch=args.steps_per_epoch, batch_size=args.batch_size, device=args.device,
                          seed=args.seed, time_limit_s=args.time_limit)

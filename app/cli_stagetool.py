@@ -3,19 +3,22 @@
     stagescope stagetool train tubules|cells ANNOTATIONS... --out MODEL_DIR [--backbone B] [--epochs N] [--device D]
     stagescope stagetool analyze SECTION... --out DIR [--tubule-model M] [--cell-model M]
                                  [--antibody NAME=CHANNEL[:T]]... [--tta off|full|adaptive] [--edits FILE] [--force]
-    stagescope stagetool evaluate RESULTS_DIR TRUTH [--json]
+    stagescope stagetool evaluate RESULTS_DIR TRUTH [--json] [--force]
     stagescope stagetool export RESULTS_DIR --out DIR
 
-Handlers return an exit code; bad input raises :class:`UserError` (printed on one line, exit 2).
+Workbooks and CSV tables the user changed are never replaced silently: the new ones get versioned
+names (``sec (2).xlsx``) and the command prints where, unless ``--force``.  Handlers return an exit code; bad input raises :class:`UserError` (printed on one line, exit 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
 from app.core.errors import UserError
+from app.core.outputs import KeptReport, collect_kept
 
 EXIT_OK = 0
 EXIT_FAILED_SECTIONS = 1
@@ -79,32 +82,49 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             raise UserError(f"{args.edits}: no such edits file")
         edits = read_edits(args.edits)
     sections = section_files(args.sections)
-    result = run(analyze_paths(sections, args.out, params, args.tubule_model, args.cell_model, edits, args.force,
-                               synthetic=True if args.synthetic else None), _progress())
-    if args.truth is not None:
-        from app.pipelines.stagetool.evaluate import evaluate_results
+    if args.truth is not None:  # a truth that cannot be scored is refused before hours of analysis
+        from app.pipelines.stagetool.evaluate import check_truth_for_sections
+        from app.pipelines.stagetool.predict import section_name
 
-        evaluate_results(args.out, args.truth)
+        check_truth_for_sections(args.truth, [(section_name(p), p) for p in sections])
+    with collect_kept() as kept:
+        result = run(analyze_paths(sections, args.out, params, args.tubule_model, args.cell_model, edits, args.force,
+                                   synthetic=True if args.synthetic else None), _progress())
+        if args.truth is not None:
+            from app.pipelines.stagetool.evaluate import evaluate_results
+
+            evaluate_results(args.out, args.truth, args.force)
     print(f"{len(result['done'])} section(s) done in {args.out}"
           + (f" ({len(result['skipped'])} already analysed, reports rewritten)" if result["skipped"] else ""))
     if result["workbook"]:
         print(f"  batch workbook: {result['workbook']}")
+    _print_kept(kept)
     for name, message in result["failed"].items():
         print(f"  FAILED {name}: {message}")
     return EXIT_FAILED_SECTIONS if result["failed"] else EXIT_OK
+
+
+def _print_kept(kept: list[KeptReport]) -> None:
+    """Tell the user which of their changed reports were kept and where each new one went."""
+    for item in kept:
+        print(f"  {item.message()} (--force replaces it)")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from app.cli import print_json
     from app.pipelines.stagetool.evaluate import evaluate_results, format_evaluation
 
-    results = evaluate_results(args.results, args.truth)
+    with collect_kept() as kept:
+        results = evaluate_results(args.results, args.truth, args.force)
     if args.json:
         print_json(results)
+        for item in kept:  # stdout holds only the JSON
+            print(item.message(), file=sys.stderr)
     else:
         for name, evaluation in results.items():
             print(f"== {name}")
             print(format_evaluation(evaluation))
+        _print_kept(kept)
     return EXIT_OK
 
 
@@ -167,7 +187,9 @@ def add_parser(subparsers: Any) -> None:
                    help="cell rotations: off (default, one pass), full (the paper's 4 rotations: tighter boxes, "
                         "3-4x the time) or adaptive (rotations around uncertain cells only)")
     q.add_argument("--edits", type=Path, default=None, metavar="FILE", help="curation edits (JSON) to apply")
-    q.add_argument("--force", action="store_true", help="analyse again sections that are already done")
+    q.add_argument("--force", action="store_true",
+                   help="analyse again sections that are already done, and replace workbooks and tables changed "
+                        "since Stagescope wrote them (default: keep them, new ones get versioned names)")
     q.add_argument("--truth", type=Path, default=None, metavar="TRUTH", help="ground truth: add an Evaluation sheet")
     q.add_argument("--device", default="auto")
     q.add_argument("--batch-size", type=int, default=None, help="tiles per network call")
@@ -185,6 +207,9 @@ def add_parser(subparsers: Any) -> None:
     q = sub.add_parser("evaluate", help="compare results with ground truth (paper tables 2-4)")
     q.add_argument("results", type=Path, metavar="RESULTS_DIR")
     q.add_argument("truth", type=Path, metavar="TRUTH", help="truth file or folder (phantom truth JSON)")
+    q.add_argument("--force", action="store_true",
+                   help="replace workbooks and tables changed since Stagescope wrote them (default: keep them and "
+                        "write the new ones under versioned names)")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=cmd_evaluate)
 

@@ -108,10 +108,10 @@ def test_bad_input_gets_clear_messages(capsys, tmp_path, models, section):
     code, _, err = cli(capsys, "stagetool", "analyze", section, "--out", tmp_path / "o", "--tubule-model", models[1],
                        "--cell-model", models[1])
     assert code == 2 and "stagetool-cells model, not a stagetool-tubules model" in err
-    # a channel the section does not have: that section fails with a message naming it, the batch ends with 1
-    code, out, _ = cli(capsys, "stagetool", "analyze", section, "--out", tmp_path / "o", "--tubule-model", models[0],
+    # a channel the section does not have: refused before the models are loaded, naming what the section has
+    code, _, err = cli(capsys, "stagetool", "analyze", section, "--out", tmp_path / "o", "--tubule-model", models[0],
                        "--cell-model", models[1], "--antibody", "SALL4=SALL4")
-    assert code == 1 and "no channel 'SALL4'" in out and "DAPI" in out
+    assert code == 2 and "no channel 'SALL4'" in err and "DAPI" in err
     # a damaged file: a clear message, earlier results untouched
     damaged = tmp_path / "damaged.tif"
     damaged.write_bytes(section.read_bytes()[:3000])

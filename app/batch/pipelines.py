@@ -61,6 +61,25 @@ def _build(params_type: type, values: dict[str, Any], base: Any = None) -> Any:
     return dataclasses.replace(base, **values)
 
 
+def check_weights(card: Any) -> None:
+    """At batch start: the weights file is the one its card describes, else ModelError naming the model folder.
+
+    Without this a corrupt file was only noticed by the workers, which blamed a change during the batch.
+    """
+    from app.core.errors import ModelError
+    from app.core.modelcard import WEIGHTS_FILE, sha256_file
+
+    path = Path(card.folder) / WEIGHTS_FILE
+    try:
+        digest = sha256_file(path)
+    except OSError as error:
+        raise ModelError(f"model folder {card.folder}: cannot read {WEIGHTS_FILE} ({error.strerror or error})") from error
+    if digest != card.weights_sha256:
+        raise ModelError(f"model folder {card.folder}: {WEIGHTS_FILE} does not match its card.json (sha256 "
+                         f"{digest[:12]}... instead of {card.weights_sha256[:12]}...): the file is corrupt or was "
+                         "replaced; restore it or train the model again")
+
+
 class Adapter:
     """Base adapter: image files in, no models, nothing batch-wide."""
 
@@ -86,6 +105,7 @@ class Adapter:
         refs = []
         for kind, pipeline in self.model_kinds.items():
             card = resolve_model(models.get(kind) or self.default_model(kind), pipeline=pipeline)
+            check_weights(card)
             refs.append(ModelRef(kind, card.name, str(Path(card.folder).resolve()), card.weights_sha256))
         return tuple(refs)
 

@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.core.atomic import atomic_write_json, atomic_write_text
+from app.core.atomic import atomic_write_json
+from app.core.outputs import save_report_text
 
 REPORT_JSON = "batch_report.json"
 REPORT_CSV = "batch_report.csv"
@@ -66,5 +67,5 @@ def write_summary(out: Path, records: Sequence[dict[str, Any]], meta: dict[str, 
     document = {**meta, "totals": totals(ordered), "workers": worker_table(ordered), "images": ordered}
     paths = {"json": Path(out) / REPORT_JSON, "csv": Path(out) / REPORT_CSV}
     atomic_write_json(paths["json"], document)
-    atomic_write_text(paths["csv"], to_csv(ordered))
+    paths["csv"] = save_report_text(paths["csv"], to_csv(ordered))  # one the user changed is kept
     return paths

@@ -46,6 +46,32 @@ _DENSE_PAIR_LIMIT = 1 << 24  # joint histograms up to 16 M cells are counted wit
 # --------------------------------------------------------------------------------------------
 
 
+MIN_SEMANTIC_CLASSES = 2  # background 0 and at least one class: with one class every score is trivially 1
+
+
+def check_class_count(n_classes: int) -> None:
+    """Refuse a class count a semantic evaluation cannot mean (ValueError saying the rule)."""
+    if isinstance(n_classes, bool) or not isinstance(n_classes, (int, np.integer)) or n_classes < MIN_SEMANTIC_CLASSES:
+        raise ValueError(f"the number of classes must be at least {MIN_SEMANTIC_CLASSES} (background 0 and one "
+                         f"class), not {n_classes}")
+
+
+def out_of_range_values(classes: np.ndarray, n_classes: int, ignore: int | None = None,
+                        limit: int = 5) -> list[int]:
+    """Up to ``limit`` distinct values of a class map outside ``[0, n_classes)``, ``ignore`` excepted (for messages).
+
+    :func:`confusion_matrix` skips such truth pixels; callers that must not drop data silently
+    check with this first.
+    """
+    values = np.asarray(classes).ravel()
+    bad = (values < 0) | (values >= n_classes)
+    if ignore is not None:
+        bad &= values != ignore
+    if not bad.any():
+        return []
+    return [int(v) for v in np.unique(values[bad])[:limit]]
+
+
 def confusion_matrix(truth: np.ndarray, pred: np.ndarray, n_classes: int) -> np.ndarray:
     """Count pixels per (true class, predicted class): rows = truth, columns = prediction.
 

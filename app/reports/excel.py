@@ -7,11 +7,12 @@ the JSON-able dicts of :mod:`app.pipelines.stagetool.tables` (summary, tubule ro
 :mod:`app.pipelines.stagetool.evaluate`, so the workbook shows exactly what the JSON results hold.
 
 Workbooks are written in openpyxl's write-only mode (a section can have 50 000 cells) to a
-temporary file that is renamed into place.  Every sheet's header row is frozen, its columns are
-as wide as their content, and numbers carry number formats: percentages are fractions shown as
-0.0 %, scores 0.00, areas and intensities with fixed decimals.  The "Cells per tubule" sheet
-gives the mean and SD of each cell type per tubule of each stage; sections carry their group
-(animal or condition) and run id; Methods opens with a paragraph a paper can quote.
+temporary file that is renamed into place; one the user changed is kept (:mod:`app.core.outputs`).
+Every sheet's header row is frozen, its columns are as wide as their content, and numbers carry
+number formats: percentages are fractions shown as 0.0 %, scores 0.00, areas and intensities with
+fixed decimals.  The "Cells per tubule" sheet gives the mean and SD of each cell type per tubule of
+each stage; sections carry their group (animal or condition) and run id; Methods opens with a
+paragraph a paper can quote.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from openpyxl.styles import Alignment, Font
 from openpyxl.utils import get_column_letter
 
 from app import __version__
-from app.core.atomic import atomic_path
+from app.core.outputs import save_report
 from app.pipelines.stagetool.composition import MIN_CELLS
 from app.reports.per_tubule import cells_per_tubule
 
@@ -195,10 +196,9 @@ def _bar_chart(ws: Any, title: str, y_title: str, first_row: int, n_rows: int, n
     ws.add_chart(chart, anchor)
 
 
-def _save(wb: Workbook, path: str | os.PathLike[str]) -> Path:
-    with atomic_path(path) as tmp:
-        wb.save(tmp)
-    return Path(path)
+def _save(wb: Workbook, path: str | os.PathLike[str], force: bool = False) -> Path:
+    """Save atomically without replacing a workbook the user changed (app.core.outputs); returns where it went."""
+    return save_report(path, wb.save, force)
 
 
 # ---------------------------------------------------------------------------------------- sheets
@@ -474,8 +474,12 @@ def _evaluation_sheet(wb: Workbook, evaluation: dict[str, Any], title: str = "Ev
 
 
 def write_section_workbook(path: str | os.PathLike[str], summary: dict[str, Any], tubule_rows: list[dict[str, Any]],
-                           cell_rows: list[dict[str, Any]], evaluation: dict[str, Any] | None = None) -> Path:
-    """One section's workbook (all sheets), written atomically; returns its path."""
+                           cell_rows: list[dict[str, Any]], evaluation: dict[str, Any] | None = None,
+                           force: bool = False) -> Path:
+    """One section's workbook (all sheets), written atomically; returns its path.
+
+    A workbook the user changed at ``path`` is kept and the new one gets a versioned name unless ``force``.
+    """
     wb = Workbook(write_only=True)
     _summary_sheet(wb, summary)
     _table(_sheet(wb, "Tubules"), tubule_rows, "no tubules found")
@@ -488,7 +492,7 @@ def write_section_workbook(path: str | os.PathLike[str], summary: dict[str, Any]
     _methods_sheet(wb, [summary])
     if evaluation:
         _evaluation_sheet(wb, evaluation)
-    return _save(_finish(wb), path)
+    return _save(_finish(wb), path, force)
 
 
 def _group_blocks(summaries: Sequence[dict[str, Any]],
@@ -506,10 +510,13 @@ def _group_blocks(summaries: Sequence[dict[str, Any]],
 
 def write_batch_workbook(path: str | os.PathLike[str], summaries: list[dict[str, Any]], pooled: dict[str, Any],
                          evaluations: dict[str, dict[str, Any]] | None = None,
-                         tubule_rows: Sequence[list[dict[str, Any]]] | None = None) -> Path:
+                         tubule_rows: Sequence[list[dict[str, Any]]] | None = None, force: bool = False) -> Path:
     """The batch workbook: one row per section (with group and run id), pooled stage x type table, cells per
     tubule (``tubule_rows``: each summary's :func:`tables.tubule_rows`, in the same order), antigen profiles,
-    methods."""
+    methods.
+
+    Returns the path written: a versioned name when the user changed the workbook at ``path`` (unless ``force``).
+    """
     wb = Workbook(write_only=True)
     ws = _sheet(wb, "Sections")
     stages, types = pooled["stages"], pooled["cell_types"]
@@ -544,4 +551,4 @@ def write_batch_workbook(path: str | os.PathLike[str], summaries: list[dict[str,
             if (evaluation.get("n_sections") or 1) > 1:  # pooled over sections: the full tables
                 _evaluation_sheet(wb, evaluation, "Evaluation pooled")
                 break
-    return _save(_finish(wb), path)
+    return _save(_finish(wb), path, force)

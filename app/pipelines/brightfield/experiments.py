@@ -124,12 +124,18 @@ class ExperimentTable:
         return {"title": self.title, "key": self.key, "rows": self.rows, "runs": self.runs,
                 "notes": self.notes, "params": self.params}
 
-    def write(self, folder: Path, stem: str) -> list[Path]:
-        """Write ``stem``.txt, .csv, .json and .png into ``folder``; returns the paths."""
+    def write(self, folder: Path, stem: str, force: bool = False) -> list[Path]:
+        """Write ``stem``.txt, .csv, .json and .png into ``folder``; returns the paths.
+
+        When the user changed one of an earlier run's files, the set goes under ``stem (2)`` instead
+        (app.core.outputs), unless ``force``.
+        """
         from app.core.atomic import atomic_write_json, atomic_write_text
+        from app.core.outputs import free_stem, remember
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        stem = free_stem(folder, stem, (".csv", ".txt", ".json", ".png"), force)
         paths = [atomic_write_text(folder / f"{stem}.txt", self.to_text() + "\n"),
                  atomic_write_text(folder / f"{stem}.csv", self.to_csv()),
                  atomic_write_json(folder / f"{stem}.json", self.to_dict())]
@@ -137,6 +143,8 @@ class ExperimentTable:
         series = {"object error (1 - F1)": [r["object_error"] for r in self.rows],
                   "pixel error (1 - F1)": [r["pixel_error"] for r in self.rows]}
         paths.append(plot_lines(folder / f"{stem}.png", self.title, labels, series, self.key))
+        for path in paths:
+            remember(path)
         return [Path(p) for p in paths]
 
 

@@ -265,18 +265,23 @@ def collect_fields(inputs: list[Path], fluo: Path | None = None) -> list[FieldIn
     return fields
 
 
-def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] = CSV_COLUMNS) -> Path:
-    """Rows as CSV (atomic write); None becomes an empty cell."""
+def csv_text(rows: Sequence[dict[str, Any]], columns: Sequence[str] = CSV_COLUMNS) -> str:
+    """Rows as CSV text; None becomes an empty cell."""
     import io
-
-    from app.core.atomic import atomic_write_text
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
-    return atomic_write_text(path, buffer.getvalue())
+    return buffer.getvalue()
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str] = CSV_COLUMNS) -> Path:
+    """Rows as CSV (atomic write); None becomes an empty cell."""
+    from app.core.atomic import atomic_write_text
+
+    return atomic_write_text(path, csv_text(rows, columns))
 
 
 def segment_fields(
@@ -294,6 +299,7 @@ def segment_fields(
     """
     from app.core.atomic import atomic_write_json
     from app.core.images import write_tiff
+    from app.core.outputs import save_report_text
 
     params = params or model.segment
     out_dir = Path(out_dir)
@@ -322,8 +328,9 @@ def segment_fields(
         summary.append({"field": f.name, "count": result.count, "seconds": result.seconds, "skipped": False})
         all_rows.extend(result.rows)
     yield Progress("fields", len(fields), len(fields), "writing summaries")
-    write_csv(out_dir / "nuclei.csv", all_rows)
-    write_csv(out_dir / "counts.csv", summary, ("field", "count", "seconds", "skipped"))
+    # the tables over all fields are rewritten on every run: one the user changed is kept (app.core.outputs)
+    save_report_text(out_dir / "nuclei.csv", csv_text(all_rows), overwrite)
+    save_report_text(out_dir / "counts.csv", csv_text(summary, ("field", "count", "seconds", "skipped")), overwrite)
     atomic_write_json(out_dir / "run.json", {
         "pipeline": "brightfield", "model": model.model_id or {"name": model.name}, "params": to_dict(params),
         "fields": [{"name": f.name, "planes": [str(p) for p in f.planes], "fluorescence": str(f.fluo) if f.fluo else None}

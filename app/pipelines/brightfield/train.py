@@ -185,6 +185,10 @@ def _prepare_fields(fields: Sequence[TrainingField], params: TrainParams) -> tup
     """Select planes, check shapes, normalise and resize every field; returns them and the plane spec."""
     if not fields:
         raise UserError("no training fields given")
+    if not any(np.any(np.asarray(f.labels)) for f in fields):  # else a "perfect" val Dice of 1 on nothing
+        names = ", ".join(f.name or str(f.stack.source) for f in fields)
+        raise UserError(f"the labels of {names} hold no nuclei (all 0); give label images with the nuclei marked, "
+                        "or derive them from a fluorescence image that shows nuclei")
     prepared, spec, n_planes = [], None, None
     for f in fields:
         stack = f.stack.select(params.planes)
@@ -204,7 +208,23 @@ def _prepare_fields(fields: Sequence[TrainingField], params: TrainParams) -> tup
         if train_rows < min(params.crop, h) // 2:
             raise UserError(f"{f.name or stack.source}: field too small for {params.crop} px crops with validation")
         prepared.append(_Prepared(x, y, train_rows))
+    _check_nuclei_in_both_parts(prepared, params.val_fraction)
     return prepared, spec or {}
+
+
+def _check_nuclei_in_both_parts(prepared: Sequence[_Prepared], val_fraction: float) -> None:
+    """Refuse fields whose training rows, or whose validation strips, hold no nuclei at all.
+
+    Without nuclei to learn from the model learns nothing; without nuclei to validate on the
+    validation Dice is 1.000 for a model that finds nothing, and the best epoch is chosen on noise.
+    """
+    if not any(bool((p.y[0, :p.train_rows] > 0.5).any()) for p in prepared):
+        raise UserError("the training part of the fields (all but the bottom strip) holds no nuclei; "
+                        "give labels with the nuclei marked")
+    strips = [p for p in prepared if p.train_rows < p.y.shape[-2]]
+    if strips and not any(bool((p.y[0, p.train_rows:] > 0.5).any()) for p in strips):
+        raise UserError(f"the validation strips (bottom {val_fraction:.0%} of each field) hold no nuclei, so the "
+                        "validation score would mean nothing; change --val-fraction or add a field with nuclei there")
 
 
 def _crop_positions(

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from app.core.atomic import atomic_write_json, atomic_write_text
+from app.core.atomic import atomic_write_json
 from app.core.errors import UserError
 from app.core.fingerprint import file_fingerprint
 from app.core.jobs import Job, Progress
@@ -53,9 +53,13 @@ def report_context(section_dir: Path, context: dict | None = None) -> dict:
 
 
 def write_section_outputs(section_dir: str | Path, edits: Sequence[dict] = (), evaluation: dict | None = None,
-                          context: dict | None = None) -> dict:
+                          context: dict | None = None, force: bool = False) -> dict:
     """From ``predictions.json`` and the edits: objects.json, summary.json, CSV tables and the workbook
-    (``context``: run id and group, see :func:`report_context`)."""
+    (``context``: run id and group, see :func:`report_context`).
+
+    A CSV table or workbook the user changed is kept and the new one gets a versioned name, unless ``force``.
+    """
+    from app.core.outputs import save_report_text
     from app.core.results import read_objects, write_objects
     from app.reports.excel import write_section_workbook
 
@@ -67,11 +71,12 @@ def write_section_outputs(section_dir: str | Path, edits: Sequence[dict] = (), e
     summary.update({k: v for k, v in report_context(section_dir, context).items() if v is not None})
     atomic_write_json(section_dir / SUMMARY_FILE, summary)
     tubule_rows, cell_rows = tables.tubule_rows(curated), tables.cell_rows(curated)
-    atomic_write_text(section_dir / "tubules.csv", tables.rows_to_csv(tubule_rows))
-    atomic_write_text(section_dir / "cells.csv", tables.rows_to_csv(cell_rows))
+    save_report_text(section_dir / "tubules.csv", tables.rows_to_csv(tubule_rows), force)
+    save_report_text(section_dir / "cells.csv", tables.rows_to_csv(cell_rows), force)
     if evaluation is None and (section_dir / EVALUATION_FILE).exists():
         evaluation = json.loads((section_dir / EVALUATION_FILE).read_text())
-    write_section_workbook(section_dir / f"{curated['image']}.xlsx", summary, tubule_rows, cell_rows, evaluation)
+    write_section_workbook(section_dir / f"{curated['image']}.xlsx", summary, tubule_rows, cell_rows, evaluation,
+                           force=force)
     return summary
 
 
@@ -165,7 +170,8 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
             else:
                 skipped.append(name)
             summary = write_section_outputs(section_dir, edits_for_image(edits, name),
-                                            context={"run_id": run.id, "group": (groups or {}).get(name)})
+                                            context={"run_id": run.id, "group": (groups or {}).get(name)},
+                                            force=force)
             run.mark_image_done(name, section_outputs(section_dir, name), source=source)
             done.append(name)
             seconds = time.monotonic() - start
@@ -180,13 +186,16 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
             run.mark_image_failed(name, failed[name])
             _log(out, f"{name}: FAILED with an unexpected error:\n{traceback.format_exc()}")
     yield Progress("sections", len(sections), len(sections), item="section")
-    workbook = write_batch_outputs(out, [n for n in names if run.is_done(n)])
+    workbook = write_batch_outputs(out, [n for n in names if run.is_done(n)], force)
     run.finish("finished" if not failed else "failed")
     return {"folder": out, "done": done, "failed": failed, "skipped": skipped, "workbook": workbook}
 
 
-def write_batch_outputs(out: Path, names: Sequence[str]) -> Path | None:
-    """The batch workbook pooling the finished sections' summaries (None when none finished)."""
+def write_batch_outputs(out: Path, names: Sequence[str], force: bool = False) -> Path | None:
+    """The batch workbook pooling the finished sections' summaries (None when none finished); returns its path.
+
+    A batch workbook the user changed is kept and the new one gets a versioned name, unless ``force``.
+    """
     from app.reports.excel import write_batch_workbook
 
     names = [n for n in names if (out / n / SUMMARY_FILE).exists()]
@@ -205,7 +214,8 @@ def write_batch_outputs(out: Path, names: Sequence[str]) -> Path | None:
 
     tubule_rows = [tables.tubule_rows(read_objects(out / n / OBJECTS_FILE)) if (out / n / OBJECTS_FILE).exists()
                    else [] for n in names]
-    return write_batch_workbook(out / BATCH_WORKBOOK, summaries, pooled, evaluations or None, tubule_rows)
+    return write_batch_workbook(out / BATCH_WORKBOOK, summaries, pooled, evaluations or None, tubule_rows,
+                                force=force)
 
 
 def use_threads(threads: int) -> None:
@@ -236,6 +246,32 @@ def _looks_like_truth(path: Path) -> bool:
     return any(tag in name for tag in ("truth", "label", "mask", "tubules", "cells"))
 
 
+def check_sections(sections: Sequence[tuple[str, Path]], params: AnalyzeParams) -> None:
+    """Before any model is loaded: each section is 2-D and has the DAPI and antibody channels asked for.
+
+    A wrong ``--dapi``/``--antibody`` channel or a z-stack is the user's to fix for the whole batch,
+    so it is refused at once (ImageError naming the file and what it has); a file that cannot be
+    opened is left to fail on its own in the batch while the other sections go on.
+    """
+    from app.core.errors import ImageError
+    from app.core.images import open_image
+    from app.pipelines.stagetool.predict import resolve_channels
+
+    antibodies, dapi = params.antibody_list(), params.dapi_channel()
+    for _, path in sections:
+        try:
+            image = open_image(path)
+        except UserError:
+            continue
+        with image:
+            info = image.info
+            if info.n_planes > 1:
+                raise ImageError(f"{path}: Stagetool analyses 2-D sections, this file has {info.n_planes} z-planes "
+                                 f"(axes {info.axes}, shape {tuple(info.shape)}); save one plane or a projection "
+                                 "per section")
+            resolve_channels(image, dapi, antibodies, str(path))
+
+
 def analyze_paths(paths: Sequence[str | Path], out: str | Path, params: AnalyzeParams | None = None,
                   tubule_model: str | Path | None = None, cell_model: str | Path | None = None,
                   edits: Sequence[dict] = (), force: bool = False, synthetic: bool | None = None) -> Job[dict]:
@@ -248,6 +284,7 @@ def analyze_paths(paths: Sequence[str | Path], out: str | Path, params: AnalyzeP
             raise UserError(f"{path}: no such section file")
     from app.core.locks import results_writer
 
+    check_sections(sections, params)  # bad channels or axes: exit 2 before any model loads
     with results_writer(Path(out)):  # a second analyze into the same folder is refused, not interleaved
         yield Progress("models", 0, 2, "loading models")
         use_threads(params.threads)

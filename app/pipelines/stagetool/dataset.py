@@ -103,6 +103,7 @@ def _resolve_image(file_name: str, base: Path) -> Path:
 def sections_from_file(path: Path, kind: str, channel: int | str = 0) -> list[Section]:
     """Sections from a COCO JSON or a QuPath GeoJSON (image = same name with an image suffix beside it)."""
     from app.core.annotations import check_categories, read_coco, read_geojson
+    from app.core.images import open_image
 
     names = class_names(kind)
     suffix = "".join(path.suffixes[-2:]).lower()
@@ -115,6 +116,9 @@ def sections_from_file(path: Path, kind: str, channel: int | str = 0) -> list[Se
     else:
         images = read_coco(path)
     check_categories(images, names)
+    if not any(im.objects for im in images):
+        raise AnnotationError(f"{path}: holds no {kind[:-1]} annotations; export the annotated objects "
+                              "(an empty file would train a model on nothing)")
     sections = []
     for im in images:
         objects = [o for o in im.objects if (o.has_shape if kind == "tubules" else True)]
@@ -122,6 +126,13 @@ def sections_from_file(path: Path, kind: str, channel: int | str = 0) -> list[Se
             raise AnnotationError(f"{path}: {im.file_name}: tubule annotations need outlines (polygons or masks), "
                                   f"{len(im.objects) - len(objects)} have only boxes")
         image_path = _resolve_image(im.file_name, path.parent)
+        if im.height is not None and im.width is not None:  # checked on the header, before any pixel is read
+            with open_image(image_path) as image:
+                shape = (image.info.height, image.info.width)
+            if shape != (im.height, im.width):
+                raise AnnotationError(f"{path}: {im.file_name} is {im.width} x {im.height} px in the annotations but "
+                                      f"the image {image_path} is {shape[1]} x {shape[0]} px (width x height); "
+                                      "the annotations were made on another image")
         sections.append(Section(name=Path(im.file_name).name, objects=objects, path=image_path, channel=channel))
     return sections
 
@@ -328,6 +339,28 @@ def intensity_augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray
         out = ndimage.gaussian_filter(out, rng.uniform(0.5, 1.2))
     out = out + rng.normal(0, rng.uniform(0, 0.04), out.shape)
     return np.clip(out, 0, 1.5).astype(np.float32)
+
+
+def check_training_sections(train: Sequence[Section], kind: str) -> None:
+    """Refuse training data that would write a meaningless model: no objects, or boxes that are not boxes.
+
+    Every object's box must have a positive width and height and overlap its section; the training
+    sections together must hold at least one object.  AnnotationError names the section and object.
+    """
+    for section in train:
+        height, width = section.shape
+        for obj in section.objects:
+            x0, y0, x1, y1 = obj.box
+            if not all(math.isfinite(v) for v in (x0, y0, x1, y1)) or x1 <= x0 or y1 <= y0:
+                raise AnnotationError(f"{section.name}: object {obj.id} ({obj.category}) has the box "
+                                      f"x {x0:g}..{x1:g}, y {y0:g}..{y1:g}, which has no area")
+            if height and width and (x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height):
+                raise AnnotationError(f"{section.name}: object {obj.id} ({obj.category}) at x {x0:g}..{x1:g}, "
+                                      f"y {y0:g}..{y1:g} lies outside the {width} x {height} px image")
+    if not any(section.objects for section in train):
+        names = ", ".join(s.name for s in train[:5]) + (" ..." if len(train) > 5 else "")
+        raise AnnotationError(f"no {kind[:-1]} annotations in the training sections ({names}); "
+                              "a model cannot learn from none")
 
 
 def split_sections(sections: Sequence[Section], val_fraction: float, seed: int) -> tuple[list[Section], list[Section]]:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -252,8 +253,39 @@ def load_truth(truth: Path, section: str) -> SectionTruth:
                         unusable=data["unusable"])
 
 
-def evaluate_results(results: str | Path, truth: str | Path) -> dict[str, dict[str, Any]]:
-    """Evaluate every section of a results folder; writes evaluation.json and rewrites the workbooks."""
+def check_truth_size(section_truth: SectionTruth, shape: Any, truth: Path, name: str) -> None:
+    """Refuse ground truth drawn on an image of another size than the section (it would score nonsense)."""
+    if not shape or len(shape) != 2:
+        return
+    height, width = (int(v) for v in shape)
+    t_height, t_width = section_truth.tubule_labels.shape[-2:]
+    if (t_height, t_width) != (height, width) or section_truth.tubule_labels.ndim != 2:
+        raise UserError(f"{truth}: the ground truth of section {name!r} is {t_width} x {t_height} px but the section "
+                        f"is {width} x {height} px (width x height); give the truth made for this section")
+
+
+def check_truth_for_sections(truth: str | Path, sections: Sequence[tuple[str, Path]]) -> None:
+    """Before an analysis with ``--truth``: every section has ground truth of its own size (UserError if not)."""
+    from app.core.images import open_image
+
+    truth = Path(truth)
+    if not truth.exists():
+        raise UserError(f"{truth}: no such ground truth file or folder")
+    for name, path in sections:
+        section_truth = load_truth(truth, name)
+        try:
+            with open_image(path) as image:
+                shape = (image.info.height, image.info.width)
+        except UserError:  # an unreadable section fails on its own in the batch, with its message
+            continue
+        check_truth_size(section_truth, shape, truth, name)
+
+
+def evaluate_results(results: str | Path, truth: str | Path, force: bool = False) -> dict[str, dict[str, Any]]:
+    """Evaluate every section of a results folder; writes evaluation.json and rewrites the workbooks.
+
+    Workbooks and tables the user changed are kept (new ones get versioned names) unless ``force``.
+    """
     from app.pipelines.stagetool.batch import EVALUATION_FILE, write_batch_outputs, write_section_outputs
     from app.pipelines.stagetool.curation import section_dirs
     from app.pipelines.stagetool.predict import OBJECTS_FILE
@@ -261,21 +293,25 @@ def evaluate_results(results: str | Path, truth: str | Path) -> dict[str, dict[s
     results, truth = Path(results), Path(truth)
     if not truth.exists():
         raise UserError(f"{truth}: no such ground truth file or folder")
-    evaluations, parts = {}, []
+    scored = []  # every section is scored before anything is written, so a bad truth changes no file
     for folder in section_dirs(results):
         doc = json.loads((folder / OBJECTS_FILE).read_text())
         name = doc.get("image") or folder.name
         section_truth = load_truth(truth, name)
-        parts.append(section_parts(doc, section_truth))
-        evaluation = summarise_parts(parts[-1:], name, section_truth.synthetic)
+        check_truth_size(section_truth, doc.get("meta", {}).get("shape"), truth, name)
+        scored.append((folder, doc, name, section_parts(doc, section_truth), section_truth.synthetic))
+    evaluations, parts = {}, []
+    for folder, doc, name, part, synthetic in scored:
+        parts.append(part)
+        evaluation = summarise_parts([part], name, synthetic)
         atomic_write_json(folder / EVALUATION_FILE, evaluation)
         edits = doc.get("meta", {}).get("edits", [])
-        write_section_outputs(folder, edits, evaluation)
+        write_section_outputs(folder, edits, evaluation, force)
         evaluations[name] = evaluation
     if len(parts) > 1:
         pooled = summarise_parts(parts, POOLED, all(e["synthetic"] for e in evaluations.values()))
         atomic_write_json(results / EVALUATION_FILE, pooled)
         evaluations[POOLED] = pooled
     if (results / "run.json").exists():
-        write_batch_outputs(results, [f.name for f in section_dirs(results)])
+        write_batch_outputs(results, [f.name for f in section_dirs(results)], force)
     return evaluations

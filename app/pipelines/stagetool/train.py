@@ -26,7 +26,9 @@ import torch
 
 from app.core.errors import ModelError, UserError
 from app.core.jobs import Job, Progress
-from app.pipelines.stagetool.dataset import Crop, CropSampler, class_names, load_sections, split_sections
+from app.pipelines.stagetool.dataset import (
+    Crop, CropSampler, check_training_sections, class_names, load_sections, split_sections,
+)
 from app.pipelines.stagetool.models import ModelConfig, build_model, count_parameters, default_config, pick_device
 from app.pipelines.stagetool.params import TrainParams
 
@@ -237,6 +239,7 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
         all_sections = train_sections + val_sections
     else:
         train_sections, val_sections = split_sections(all_sections, params.val_fraction, params.seed)
+    check_training_sections(train_sections, kind)
     val_note = "held-out sections"
     if not val_sections:
         val_sections, val_note = train_sections, "the training sections (only one section was given)"
