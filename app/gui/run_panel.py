@@ -206,6 +206,7 @@ class RunPanel(QWidget):
         self._fill_antibodies()
 
     def _fill_antibodies(self) -> None:
+        """List the selected images' channels (ticks the user set are kept); shown for pipelines with antibodies."""
         spec = self.current_spec()
         wanted = spec is not None and ANTIBODY_FIELD in {f.name for f in dataclasses.fields(spec.params)}
         previous = {self.antibody_list.item(i).text(): self.antibody_list.item(i).checkState()

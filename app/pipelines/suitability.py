@@ -49,6 +49,7 @@ class ImageFacts:
         return min(self.height, self.width) * self.pixel_size_um if self.pixel_size_um else None
 
     def has_dna_channel(self) -> bool:
+        """Whether a channel is named after a DNA stain (DAPI, Hoechst)."""
         return any(c.strip().lower() in DNA_CHANNELS for c in self.channels)
 
 
