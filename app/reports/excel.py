@@ -256,7 +256,9 @@ def _antigen_sheet(wb: Workbook, antigen: dict[str, Any], stages: Sequence[str],
     """Per antibody: % positive per cell type (rows) and stage (columns), the counts, a bar chart (fig. 19)."""
     ws = _sheet(wb, "Antigen profiles")
     if not antigen:
-        ws.append(["no antibody channels were analysed (stagescope stagetool analyze --antibody NAME=CHANNEL[:T])"])
+        ws.append(["no antibody channels were analysed: tick them under Antibody channels in the Run panel, or add "
+                   "one to finished results with Measure antibody in Export report (command line: --antibody "
+                   "NAME=CHANNEL[:T])"])
         return
     ws.append([ANTIGEN_RULE.format(fraction=fraction)])
     row = 1
