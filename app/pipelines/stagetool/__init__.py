@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.core.annotations import ImageAnnotations, check_categories
+from app.core.errors import AnnotationError
 from app.core.jobs import Job
-from app.pipelines.registry import PipelineSpec, TrainerSpec, TrainingSource, register
+from app.pipelines.registry import PipelineSpec, TrainerSpec, TrainingSource, register, training_images
+from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool.params import AnalyzeParams, TrainParams
 
 
@@ -46,10 +49,6 @@ def _trainer(kind: str) -> Any:
                            validation_fraction: float = 0.2) -> Job[Path]:
         import dataclasses
 
-        from app.core.annotations import ImageAnnotations, check_categories
-        from app.core.errors import AnnotationError
-        from app.core.testis_classes import CELL_TYPES, STAGES
-        from app.pipelines.registry import training_images
         from app.pipelines.stagetool.dataset import Section, class_names
         from app.pipelines.stagetool.train import train
 

@@ -32,20 +32,23 @@ import numpy as np
 import torch
 
 from app import __version__
+from app.core.annotations import mask_to_polygons
 from app.core.errors import ImageError, ModelError, UserError
+from app.core.images import open_image
 from app.core.jobs import Job, Progress
-from app.core.testis_classes import CELL_TYPES, STAGES
+from app.core.modelcard import load_state_dict, resolve_model
+from app.core.project_edit import apply_entry_metadata
+from app.core.results import write_objects
+from app.core.tiles import TileGrid, rotate90, unrotate_boxes
 from app.pipelines.stagetool import antigen as antigen_mod
 from app.pipelines.stagetool import composition, merge
 from app.pipelines.stagetool.antigen import Antibody
+from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
+from app.pipelines.stagetool.layout import OBJECTS_FILE, PIPELINE, PREDICTIONS_FILE, SUMMARY_FILE  # noqa: F401 (predict.X kept)
 from app.pipelines.stagetool.models import ModelConfig, load_network, normalise, pick_device, set_inference
 from app.pipelines.stagetool.params import AnalyzeParams
 
-PIPELINE = "stagetool"
 DEMO_MODELS = {"tubules": "stagetool-tubules-demo", "cells": "stagetool-cells-demo"}
-PREDICTIONS_FILE = "predictions.json"
-OBJECTS_FILE = "objects.json"
-SUMMARY_FILE = "summary.json"
 
 
 # ------------------------------------------------------------------------------------- models
@@ -74,8 +77,6 @@ class LoadedModel:
 
 def load_model(name_or_path: str | Path | None, kind: str, device: str = "auto") -> LoadedModel:
     """Find (by folder or name; default: the shipped demo model), check and load a tubule or cell model."""
-    from app.core.modelcard import load_state_dict, resolve_model
-
     pipeline = f"stagetool-{kind}"
     card = resolve_model(name_or_path or DEMO_MODELS[kind], pipeline=pipeline)
     card.check_fits(pipeline=pipeline, n_channels=1, classes=list(STAGES if kind == "tubules" else CELL_TYPES))
@@ -192,8 +193,6 @@ def model_tile(image: Any, channel: int, window: tuple[int, int, int, int], conf
 
 def tile_windows(height: int, width: int, config: ModelConfig, overlap: int) -> list[Any]:
     """Tiles of the section for a model: cores on a grid, windows of the model's tile size (section px)."""
-    from app.core.tiles import TileGrid
-
     side = config.tile_size * config.downsample
     overlap = min(overlap, side // 2)
     return list(TileGrid(height, width, tile_size=side, overlap=overlap))
@@ -278,8 +277,6 @@ def tubule_pass(image: Any, channel: int, model: LoadedModel, params: AnalyzePar
 
 def tubule_objects(tubules: list[merge.Tubule], map_scale: int) -> list[dict[str, Any]]:
     """Result objects for tubules: stage, score, weights, polygon/box/centroid in section pixels."""
-    from app.core.annotations import mask_to_polygons
-
     objects = []
     for t in tubules:
         y0, x0, y1, x1 = t.box
@@ -304,8 +301,6 @@ def tubule_objects(tubules: list[merge.Tubule], map_scale: int) -> list[dict[str
 
 def _rotations(model: LoadedModel, tiles: list[np.ndarray]) -> list[list[merge.Detections]]:
     """Detections of the 90/180/270-degree rotations of each tile, rotated back into the tile frame."""
-    from app.core.tiles import rotate90, unrotate_boxes
-
     per_tile: list[list[merge.Detections]] = [[] for _ in tiles]
     if not tiles:
         return per_tile
@@ -501,10 +496,6 @@ def analyze_section(path: str | Path, out_dir: str | Path, tubule_model: LoadedM
     DAPI and antibody channels come from ``params``; ``synthetic`` None = ask the file; ``metadata``
     (pixel size, channel names set in the project) wins over the file's.
     """
-    from app.core.images import open_image
-    from app.core.project_edit import apply_entry_metadata
-    from app.core.results import write_objects
-
     params = params or AnalyzeParams()
     params.validate()
     antibodies, dapi = params.antibody_list(), params.dapi_channel()
