@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.core.annotations import ImageAnnotations, check_categories
 from app.core.errors import AnnotationError
 from app.core.jobs import Job
 from app.pipelines.registry import PipelineSpec, TrainerSpec, TrainingSource, register, training_images
@@ -49,6 +48,7 @@ def _trainer(kind: str) -> Any:
                            validation_fraction: float = 0.2) -> Job[Path]:
         import dataclasses
 
+        from app.core.annotations import ImageAnnotations, check_categories  # scipy: kept off the CLI's start
         from app.pipelines.stagetool.dataset import Section, class_names
         from app.pipelines.stagetool.train import train
 
