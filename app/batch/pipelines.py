@@ -281,7 +281,7 @@ class StagetoolAdapter(Adapter):
         return [(image_name(p), (str(p.resolve()),)) for p in section_files(list(inputs))]
 
     def default_model(self, kind: str) -> str:
-        from app.pipelines.stagetool.predict import DEMO_MODELS
+        from app.pipelines.stagetool.loading import DEMO_MODELS
 
         return DEMO_MODELS[kind]
 

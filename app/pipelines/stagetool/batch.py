@@ -36,7 +36,8 @@ from app.pipelines.stagetool.layout import (
     BATCH_WORKBOOK, EVALUATION_FILE, LOG_FILE, OBJECTS_FILE, PIPELINE, POOLED, PREDICTIONS_FILE, SUMMARY_FILE,
 )
 from app.pipelines.stagetool.params import AnalyzeParams
-from app.pipelines.stagetool.predict import LoadedModel, analyze_section, load_model, resolve_channels, section_name
+from app.pipelines.stagetool.loading import LoadedModel, load_model
+from app.pipelines.stagetool.predict import analyze_section, resolve_channels, section_name
 from app.pipelines.stagetool.report_excel import write_batch_workbook, write_section_workbook
 
 # parameters that change the predictions (the others only change the reports)

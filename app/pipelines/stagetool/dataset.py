@@ -28,7 +28,7 @@ from app.core.images import open_image
 from app.core.tiles import rotate90, rotate_boxes
 from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool.models import normalise
-from app.pipelines.stagetool.predict import intensity_range, reduce_block, section_overview
+from app.pipelines.stagetool.section import intensity_range, reduce_block, section_overview
 from app.pipelines.stagetool.truth import read_testis_truth
 
 OVERVIEW_FACTOR = 4
