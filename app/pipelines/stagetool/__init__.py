@@ -1,10 +1,15 @@
 """Stagetool: whole DAPI testis sections -> tubule stages, cell types, antigen profiles, Excel reports.
 
-Method: Meikar, Majoral et al., Endocrinology 2023 (science.md section 2).  Modules:
-:mod:`.models` (torchvision Mask R-CNN / Faster R-CNN), :mod:`.dataset` and :mod:`.train`
-(training from annotations or phantoms), :mod:`.predict` (tiles, TTA, merges), :mod:`.merge`,
-:mod:`.antigen`, :mod:`.curation`, :mod:`.tables`, :mod:`.batch` and :mod:`.evaluate`.
-Importing the package registers the pipeline; heavy modules load only when a job runs.
+Method: Meikar, Majoral et al., Endocrinology 2023 (science.md section 2).  Everything Stagetool
+lives here.  Modules: :mod:`.classes` (stages, cell types, markers, palette), :mod:`.layout`
+(names in a results folder), :mod:`.phantom_layout` / :mod:`.phantom` / :mod:`.truth` (synthetic
+sections and their truth files), :mod:`.models` (torchvision Mask R-CNN / Faster R-CNN),
+:mod:`.dataset` and :mod:`.train` (training from annotations or phantoms), :mod:`.loading`,
+:mod:`.section` and :mod:`.predict` (tiles, TTA, merges), :mod:`.merge`, :mod:`.antigen`,
+:mod:`.composition` and :mod:`.fitting` (the composition stager), :mod:`.curation`, :mod:`.tables`,
+:mod:`.report_excel` / :mod:`.report_sheets` / :mod:`.per_tubule` (workbooks), :mod:`.batch` and
+:mod:`.evaluate`.  Importing the package registers the pipeline; modules that import torch load
+only when a job runs.
 """
 
 from __future__ import annotations

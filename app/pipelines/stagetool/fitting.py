@@ -33,7 +33,7 @@ def fit_into_model(truth: Sequence[str | Path], model_dir: str | Path,
 
     Without ``predictions`` it is fitted on the annotated cells of the truth files/folders; with a
     results folder of ``stagescope stagetool analyze`` on the same annotated sections, on the cells
-    the cell model found there (:func:`prediction_examples`).  ``data`` (what it was fitted on, for
+    the cell model found there (:func:`.composition.prediction_examples`).  ``data`` (what it was fitted on, for
     the card) defaults to a description made from the inputs.
     """
     if predictions is not None:

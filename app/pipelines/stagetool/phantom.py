@@ -45,8 +45,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 from scipy import ndimage as ndi
 
-from app.core.errors import UserError
 from app.core.atomic import atomic_path, atomic_write_text
+from app.core.errors import UserError
 from app.core.images import write_tiff
 from app.core.phantoms import refuse_overwrite
 from app.pipelines.stagetool.classes import CELL_TYPES, MARKERS, STAGES, marker_level, positive_fraction
