@@ -1,8 +1,9 @@
 """The `stagescope` command line: every action the GUI offers, for scripts and overnight batches.
 
 Each sub-command is a small handler returning an exit code.  A :class:`UserError` (bad input the
-user can fix) prints one line on stderr and exits 2, never a traceback.  Pipelines register their
-own sub-commands from `app/cli_<pipeline>.py` modules through ``add_parser(subparsers)``.
+user can fix) prints one line on stderr and exits 2, never a traceback.  Each registered pipeline
+gets its command group from app/cli_pipeline.py (its own `app/cli_<pipeline>.py` module, or the
+generic ``analyze`` built from its params dataclass).
 """
 
 from __future__ import annotations
@@ -25,9 +26,6 @@ from app.core.errors import UserError, os_error_message
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
-
-PIPELINE_CLI_MODULES = ("app.cli_brightfield", "app.cli_stagetool", "app.cli_kaizen", "app.cli_batch")
-
 
 
 def print_json(data: Any) -> None:
@@ -366,9 +364,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=None, metavar="NAME")
     p.set_defaults(func=cmd_gui)
 
-    for module_name in PIPELINE_CLI_MODULES:
-        if importlib.util.find_spec(module_name) is not None:
-            importlib.import_module(module_name).add_parser(sub)
+    from app.cli_batch import add_parser as add_batch
+    from app.cli_pipeline import add_parsers
+
+    add_parsers(sub)  # one command group per registered pipeline (app.pipelines.registry)
+    add_batch(sub)
     return parser
 
 

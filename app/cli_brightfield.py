@@ -29,48 +29,12 @@ PHANTOM_MIN_AREA = 30  # phantom nuclei are far smaller than sephaCe's (whose de
 # ---------------------------------------------------------------- options from dataclasses
 
 
-def _int_tuple(text: str) -> tuple[int, ...]:
-    """'2,3' -> (2, 3)."""
-    try:
-        values = tuple(int(v) for v in text.replace(" ", "").split(",") if v)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, not {text!r}") from exc
-    if not values:
-        raise argparse.ArgumentTypeError("expected at least one integer")
-    return values
+def add_options(parser: argparse.ArgumentParser, cls: type, key: str, skip: tuple[str, ...] = (),
+                only: tuple[str, ...] = ()) -> None:
+    """One ``--option`` per documented field of ``cls`` (app.cli_pipeline.add_options)."""
+    from app.cli_pipeline import add_options as add
 
-
-def add_options(parser: argparse.ArgumentParser, cls: type, key: str, skip: tuple[str, ...] = (), only: tuple[str, ...] = ()) -> None:
-    """One ``--option`` per field of the parameter dataclass ``cls`` (default None = keep the default)."""
-    group = parser.add_argument_group(f"{cls.__name__} options")
-    defaults = cls()
-    for f in dataclasses.fields(cls):
-        if f.name in skip or (only and f.name not in only) or "help" not in f.metadata:
-            continue
-        default = getattr(defaults, f.name)
-        kind = str(f.type)
-        text = f.metadata["help"]
-        if "default" not in text:
-            text += f" (default: {_show(default)})"
-        flag = "--" + f.name.replace("_", "-")
-        dest = f"{key}__{f.name}"
-        if kind.startswith("bool"):
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
-        elif "tuple" in kind:
-            group.add_argument(flag, dest=dest, type=_int_tuple, default=None, metavar="I,J", help=text)
-        elif kind.startswith("int"):
-            group.add_argument(flag, dest=dest, type=int, default=None, metavar="N", help=text)
-        elif kind.startswith("float"):
-            group.add_argument(flag, dest=dest, type=float, default=None, metavar="X", help=text)
-        else:
-            choices = ("auto", "cpu", "cuda") if f.name == "device" else ("crops", "fields") if f.name == "by" else None
-            group.add_argument(flag, dest=dest, default=None, choices=choices, help=text)
-
-
-def _show(value: Any) -> str:
-    if isinstance(value, tuple):
-        return ",".join(str(v) for v in value)
-    return "none" if value is None else str(value)
+    add(parser, cls, key, skip, only, need_help=True)
 
 
 def params_from(args: argparse.Namespace, cls: type, key: str, base: Any = None) -> Any:
@@ -256,29 +220,29 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    """Segment each field: DIR/<field>_labels.tif, <field>_nuclei.csv, nuclei.csv, counts.csv, run.json."""
-    from app.cli import print_json
-    from app.core.jobs import ConsoleProgress, run
+    """Segment each field into DIR/<field>/ (labels.tif, nuclei.csv, objects.json); nuclei.csv and counts.csv
+    over all fields; run.json and the batch summary (the runner's layout, as project runs and batches)."""
+    from app.cli_pipeline import analyze_folder, given_options, item_rows, print_result
     from app.core.outputs import collect_kept
-    from app.pipelines.brightfield.params import SegmentParams
-    from app.pipelines.brightfield.predict import BrightfieldModel, collect_fields, segment_fields
+    from app.pipelines.brightfield.predict import collect_fields
+    from app.pipelines.contract import Item
 
-    model = BrightfieldModel.load(args.model)
-    params = params_from(args, SegmentParams, "segment", base=model.segment)
-    fields = collect_fields(list(args.inputs), args.fluo)
-    from app.core.locks import results_writer
-
-    with results_writer(args.out), collect_kept() as kept:  # a second segment into the same folder is refused
-        summary = run(segment_fields(model, fields, args.out, params, overwrite=args.overwrite), ConsoleProgress())
+    params = given_options(args, "segment")
+    items = [Item(f.name, tuple(str(Path(p).resolve()) for p in f.planes),
+                  {"fluorescence": str(Path(f.fluo).resolve())} if f.fluo else {})
+             for f in collect_fields(list(args.inputs), args.fluo)]
+    with collect_kept() as kept:
+        result = analyze_folder("brightfield", items, args.out, {"brightfield": args.model} if args.model else None,
+                                params, force=args.overwrite, quiet=args.json)
     for item in kept:  # on stderr with --json, so stdout holds only the JSON
         print(f"{item.message()} (--overwrite replaces it)", file=sys.stderr if args.json else sys.stdout)
     if args.json:
-        print_json(summary)
-        return EXIT_OK
-    for row in summary:
-        note = " (done before, skipped)" if row["skipped"] else f" in {row['seconds']:.2f} s"
-        print(f"{row['field']}: {row['count']} nuclei{note}")
-    print(f"results in {args.out} (labels TIFF and CSV per field, nuclei.csv, counts.csv, run.json)")
+        return print_result(result, True)
+    for row in item_rows(result):
+        note = " (done before, skipped)" if row["status"] == "skipped" else f" in {row['seconds'] or 0:.2f} s"
+        print(f"{row['image']}: {row.get('nuclei')} nuclei{note}")
+    print(f"results in {args.out} (a folder per field with labels.tif, nuclei.csv and objects.json; nuclei.csv, "
+          "counts.csv, run.json)")
     return EXIT_OK
 
 

@@ -4,8 +4,10 @@ Train: ``stagescope kaizen train IMAGES LABELS --out MODEL_DIR [--patch 40] [--e
 [--channel C] [--z N]``;
 label images are paired with images by file stem; a fixed hash rule holds out ``--val-percent``
 of them for the validation loss.  Segment: ``stagescope kaizen segment IMAGE_OR_DIR --out DIR
-[--model NAME_OR_DIR] [--diameter PX] [--json]`` writes ``DIR/<stem>.tif`` (labels),
-``<stem>.objects.npz`` (overlapping object images) and ``<stem>.objects.json``, plus ``run.json``.
+[--model NAME_OR_DIR] [--diameter PX] [--force] [--json]`` writes per image ``DIR/<image>/``:
+``kaizen.tif`` (labels), ``kaizen.objects.npz`` (overlapping object images), ``kaizen.objects.json``
+and ``objects.json`` (the layout of project runs and batches: app.pipelines.runner), plus ``run.json``
+and the batch summary; a rerun skips images done with the same inputs, model and parameters.
 Decomposition options are generated from :class:`DecomposeParams`; unset ones take the model's defaults.
 """
 
@@ -69,6 +71,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--z", type=int, default=None, metavar="N", help="z-plane of a stack")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's)")
+    p.add_argument("--force", action="store_true", help="decompose again images that are already done")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     _add_param_options(p)
     p.set_defaults(func=cmd_segment)
@@ -178,45 +181,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
-    """Decompose each image and write labels, object stack and objects JSON per image."""
-    from app.cli import print_json
-    from app.core.images import list_images
-    from app.core.jobs import ConsoleProgress, run
-    from app.pipelines.kaizen.decompose import decompose_job, read_gray
-    from app.pipelines.kaizen.model import load_kaizen_model
-    from app.pipelines.kaizen.outputs import output_paths, write_outputs
-    from app.pipelines.kaizen.train import resolve_device
+    """Decompose each image into ``DIR/<image>/`` (the runner's layout, as project runs and batches write it)."""
+    from app.cli_pipeline import analyze_folder, item_rows, print_result
 
     _set_threads(args.threads)
-    files = list_images(args.images)
-    model = load_kaizen_model(args.model, device=resolve_device(args.device))
     overrides = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
     if args.diameter is not None:
         if args.diameter <= 0:
             raise UserError(f"--diameter must be positive, not {args.diameter}")
         overrides["diameter"] = args.diameter
-    params = dataclasses.replace(model.defaults, **overrides)
-    summary = []
-    progress = ConsoleProgress()
-    from app.core.locks import results_writer
-
-    with results_writer(args.out):  # a second segment into the same folder is refused, not interleaved
-        for path in files:
-            image = read_gray(path, channel=_channel(args.channel), z=args.z)
-            started = time.perf_counter()
-            result = run(decompose_job(image, model, params, name=str(path)), progress)
-            seconds = time.perf_counter() - started
-            written = output_paths(args.out, _stem(path))
-            summary.append({"image": str(path), "objects": len(result.objects), "diameter": result.diameter,
-                            "seconds": round(seconds, 3), **{k: str(v) for k, v in written.items()}})
-            # run.json goes in the image's output set: a full disk leaves no image unrecorded
-            run_record = {"pipeline": "kaizen", "model": model.card.model_id(), "params": params.to_dict(),
-                          "images": summary}
-            write_outputs(args.out, _stem(path), result, source=str(path), extra={"run.json": run_record})
-            if not args.json:
-                diameter = f"{result.diameter:.1f}" if result.diameter else "-"
-                print(f"{path.name}: {len(result.objects)} objects (diameter {diameter} px, {seconds:.2f} s) "
-                      f"-> {written['labels']}")
+    overrides.update({k: v for k, v in (("channel", args.channel), ("z", args.z)) if v is not None})
+    if args.device != "auto":
+        overrides["device"] = args.device
+    result = analyze_folder("kaizen", [args.images], args.out, {"kaizen": args.model} if args.model else None,
+                            overrides, force=args.force, quiet=args.json)
     if args.json:
-        print_json(summary)
-    return EXIT_OK
+        return print_result(result, True)
+    for row in item_rows(result):
+        diameter = f"{row['diameter']:.1f}" if row.get("diameter") else "-"
+        print(f"{row['image']}: {row.get('objects')} objects (diameter {diameter} px) -> {row['folder']}")
+    return print_result(result, False)

@@ -60,41 +60,11 @@ def _is_input_image(path: Path, kind: str) -> bool:
     return not any(tag in name for tag in ("label", "truth", "mask", "tubule", "cells"))
 
 
-def _kaizen_step(project, folder: Path) -> list[str]:
-    """Decompose the sample's fluorescence nuclei with the shipped Kaizen model."""
-    from app.core.jobs import ConsoleProgress, run
-    from app.pipelines.registry import get
-
-    spec = get("kaizen")
-    names = [e.name for e in project.images() if e.group == "fluorescence nuclei"]
-    run_folder = run(spec.analyze(project, names, spec.params(), {}), ConsoleProgress())
-    return sorted(str(p) for p in Path(run_folder).rglob("*.tif"))
-
-
-def _brightfield_step(project, folder: Path) -> list[str]:
-    """Count nuclei in the sample's brightfield field with the shipped phantom-trained model (it has 9 planes)."""
-    from app.core.jobs import ConsoleProgress, run
-    from app.pipelines.registry import get
-
-    spec = get("brightfield")
-    names = [e.name for e in project.images() if e.group == "brightfield fields" and "planes" in e.name]
-    run_folder = run(spec.analyze(project, names, spec.params(), {"brightfield": "brightfield-phantom-demo"}),
-                     ConsoleProgress())
-    return sorted(str(p) for p in Path(run_folder).rglob("*") if p.suffix in (".tif", ".csv"))
-
-
-def _stagetool_step(project, folder: Path) -> list[str]:
-    """Stage the sample's testis section with the shipped demo models; the batch workbook goes to reports."""
-    from app.pipelines.stagetool.batch import demo_step
-
-    return demo_step(project, folder)
-
-
 def pipeline_steps() -> list[tuple[str, DemoStep]]:
-    """Pipelines that can run in the demo with their shipped models (added as they land)."""
-    return [("kaizen (shipped kaizen-nuclei model)", _kaizen_step),
-            ("brightfield (shipped brightfield-phantom-demo model)", _brightfield_step),
-            ("stagetool (shipped stagetool-tubules-demo and stagetool-cells-demo models)", _stagetool_step)]
+    """Each registered pipeline's demo step (its spec's ``demo``), in registry order."""
+    from app.pipelines.registry import pipelines
+
+    return [(spec.title, spec.demo) for spec in pipelines(hidden=False).values() if spec.demo is not None]
 
 
 def run_demo(out: Path | None = None, force: bool = False) -> int:

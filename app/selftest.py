@@ -27,18 +27,6 @@ from app.core.paths import bundle_root, bundled_models_dir, bundled_sample_proje
 
 REPORT_NAME = "selftest-report.json"
 
-# which sample image each pipeline is tried on: (project group, text in the image name)
-SAMPLE_IMAGES: dict[str, tuple[str, str]] = {
-    "kaizen": ("fluorescence nuclei", "nuclei"),
-    "brightfield": ("brightfield fields", "planes"),
-    "stagetool": ("testis sections", ""),
-}
-# the self-test checks that an install works, not accuracy: the quickest settings where a pipeline has them
-QUICK_PARAMS: dict[str, dict[str, Any]] = {
-    "stagetool": {"tta": "off"},
-}
-
-
 @dataclass
 class PipelineCheck:
     """The outcome of one pipeline on one sample image."""
@@ -89,20 +77,22 @@ def sample_project_copy(target: Path) -> Any:
     return build_sample_project(target)
 
 
-def pick_image(project: Any, pipeline: str) -> str | None:
-    """The sample image a pipeline is tried on, or None when the sample project has none for it."""
-    group, text = SAMPLE_IMAGES.get(pipeline, ("", ""))
-    names = sorted(e.name for e in project.images() if e.group == group and text in e.name)
+def pick_image(project: Any, spec: Any) -> str | None:
+    """The sample image a pipeline is tried on (its spec's ``sample``), or None when the project has none for it."""
+    if spec.sample is None:
+        return None
+    names = sorted(e.name for e in project.images() if e.group == spec.sample.group and spec.sample.contains in e.name)
     return names[0] if names else None
 
 
 def quick_params(spec: Any) -> Any:
-    """The pipeline's default parameters with the quick settings of QUICK_PARAMS (fields it has)."""
+    """The pipeline's default parameters with its spec's quick settings (the self-test checks an install, not
+    accuracy)."""
     import dataclasses
 
     params = spec.params()
     names = {f.name for f in dataclasses.fields(params)}
-    return dataclasses.replace(params, **{k: v for k, v in QUICK_PARAMS.get(spec.name, {}).items() if k in names})
+    return dataclasses.replace(params, **{k: v for k, v in spec.quick_params.items() if k in names})
 
 
 def shipped_models(model_pipelines: tuple[str, ...]) -> dict[str, str] | str:
@@ -129,7 +119,7 @@ def check_pipeline(project: Any, spec: Any) -> PipelineCheck:
     models = shipped_models(spec.model_pipelines)
     if isinstance(models, str):
         return PipelineCheck(spec.name, "skipped", models)
-    image = pick_image(project, spec.name)
+    image = pick_image(project, spec)
     if image is None:
         return PipelineCheck(spec.name, "skipped", "the sample project has no image for this pipeline", models=models)
     start = time.monotonic()
@@ -216,7 +206,7 @@ def run_self_test(out: Path | None = None, echo: Callable[[str], None] = print) 
     project = sample_project_copy(folder / "sample-project")
     echo(f"sample project: {len(project.images())} images")
     checks = []
-    for spec in pipelines().values():
+    for spec in pipelines(hidden=False).values():
         echo(f"running {spec.name} ...")
         checks.append(check_pipeline(project, spec))
         if checks[-1].status == "failed":

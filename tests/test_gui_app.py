@@ -330,10 +330,11 @@ def test_unexpected_exceptions_are_shown_in_the_window(window, monkeypatch):
 def test_runs_on_several_images_go_to_the_settings_cluster(window, qtbot, tmp_path, monkeypatch):
     """With a run queue set (batch_cluster), a run on several images is one app.batch batch into a project run."""
     pytest.importorskip("app.batch.runner")
-    from types import SimpleNamespace
 
-    import app.batch.pipelines as batch_pipelines
+    import dataclasses
+
     import app.batch.runner as batch_runner
+    from app.pipelines import registry
     from app.core.project import Run, now_iso
     from app.core.results import write_objects
 
@@ -355,9 +356,11 @@ def test_runs_on_several_images_go_to_the_settings_cluster(window, qtbot, tmp_pa
         yield from ()
         return {"folder": out}
 
-    adapter = SimpleNamespace(model_kinds={"cells": "fake-cells"})
+    real_get = registry.get
+    # the fake pipeline as one that analyses image by image (a batch can run it)
+    spec = dataclasses.replace(real_get(FAKE_NAME), analyze_one=lambda *args: None, models={"cells": "fake-cells"})
     monkeypatch.setattr(batch_runner, "batch_job", fake_batch_job)
-    monkeypatch.setattr(batch_pipelines, "get_adapter", lambda name: adapter)
+    monkeypatch.setattr(registry, "get", lambda name: spec if name == FAKE_NAME else real_get(name))
     project = make_project(tmp_path, n_images=2)
     window.settings.batch_cluster = "local:2"
     assert window.open_project(project.folder) and window.wait_until_ready(20)

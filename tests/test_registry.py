@@ -38,11 +38,27 @@ def test_each_image_is_recorded_and_the_run_finishes(tmp_path):
     assert fake.done == {"a": {"count": 1, "folder": tmp_path / "a"}, "bb": {"count": 2, "folder": tmp_path / "bb"}}
 
 
-def test_an_error_fails_the_run_and_keeps_what_finished(tmp_path):
+def test_an_error_is_recorded_the_others_go_on_and_it_is_raised_at_the_end(tmp_path):
+    """One failure policy for every entry point: record, go on, report at the end (the run "failed")."""
     fake = FakeRun(tmp_path)
     with pytest.raises(ValueError):
         run(analyze_images(fake, ["a", "bad", "c"], one))
-    assert fake.status == "failed" and list(fake.done) == ["a"]
+    assert fake.status == "failed" and list(fake.done) == ["a", "c"]
+
+
+def test_user_errors_are_listed_in_one_user_error_at_the_end(tmp_path):
+    from app.core.errors import UserError
+
+    def refusing(name, folder):
+        yield Progress("work", 0, 1, name)
+        if name.startswith("bad"):
+            raise UserError(f"{name} is not an image")
+        return {}
+
+    fake = FakeRun(tmp_path)
+    with pytest.raises(UserError, match=r"2 of 3 image\(s\) failed \(bad1: bad1 is not an image; bad2: bad2"):
+        run(analyze_images(fake, ["bad1", "ok", "bad2"], refusing))
+    assert fake.status == "failed" and list(fake.done) == ["ok"]
 
 
 def test_closing_the_job_cancels_the_run(tmp_path):
@@ -62,3 +78,24 @@ def test_the_failing_image_and_its_reason_are_recorded(tmp_path):
         run(analyze_images(run_record, ["a", "bad"], one))
     loaded = project.get_run(run_record.id)
     assert loaded.status == "failed" and loaded.failed == {"bad": "bad image"} and list(loaded.results) == ["a"]
+
+
+def test_register_refuses_a_name_another_module_registered():
+    import dataclasses
+
+    from app.pipelines import registry
+
+    kaizen = registry.get("kaizen")
+    with pytest.raises(ValueError, match="already registered by app.pipelines.kaizen"):
+        registry.register(dataclasses.replace(kaizen, module="somebody.else"))
+    assert registry.get("kaizen") is kaizen
+    assert registry.register(kaizen) is kaizen  # the same module again (a reload) replaces its own
+
+
+def test_the_registry_lists_the_pipeline_packages_by_scanning_the_folder():
+    from app.pipelines import registry
+
+    assert {"app.pipelines.brightfield", "app.pipelines.kaizen", "app.pipelines.stagetool"} <= set(
+        registry.pipeline_packages())
+    assert {"brightfield", "kaizen", "stagetool"} <= set(registry.pipelines(hidden=False))
+    assert "noop" in registry.pipelines() and "noop" not in registry.pipelines(hidden=False)

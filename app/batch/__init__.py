@@ -1,10 +1,11 @@
 """Batches of images or sections, run here or spread over a Dask cluster, with nothing lost or duplicated.
 
-One task is one image (or section, or brightfield field) through one pipeline: :mod:`.tasks`
-runs it on a worker, writing its results into a temporary folder inside the shared output folder
-and renaming it into place, so an image's folder is either complete or absent.  Models travel as
-folder paths with their sha256 (verified on the worker, loaded once per worker process).
-:mod:`.pipelines` adapts each registered pipeline to that shape, :mod:`.cluster` connects to a
+Transport only: the work of one item is the pipeline's own (app.pipelines.runner.analyze_item,
+the same step project runs and CLI commands take).  One task is one item (image, section,
+brightfield field): :mod:`.tasks` runs it on a worker, writing its results into a temporary folder
+inside the shared output folder and renaming it into place, so an item's folder is either complete
+or absent.  Models travel as folder paths with their sha256 (verified on the worker, loaded once
+per worker process).  :mod:`.cluster` connects to a
 scheduler (``tcp://host:8786``), starts a ``local:N`` cluster or a SLURM/PBS one (dask-jobqueue),
 :mod:`.runner` dispatches the tasks and gathers them, :mod:`.summary` writes the batch summary and
 :mod:`.progress` draws the CLI's progress bar.  dask is imported only when a cluster is asked for.

@@ -25,35 +25,31 @@ from pathlib import Path
 from typing import Any, Callable
 
 from app.batch.cluster import ClusterSpec, dashboard_address, open_client, parse_cluster, workers_of
-from app.batch.pipelines import Adapter, get_adapter
 from app.batch.summary import worker_table, write_summary
 from app.batch.tasks import (
     PROGRESS_TOPIC, Task, fingerprint, is_finished, progress_message, read_task_file, remove_stale, run_task,
 )
 from app.core.errors import UserError
 from app.core.jobs import Cancelled, Job, Progress, run
+from app.pipelines import registry
+from app.pipelines.contract import PipelineSpec
+from app.pipelines.runner import items_for, outputs_of, resolve_models
 
 HEARTBEAT_S = 1.0
 
 
-def make_tasks(adapter: Adapter, inputs: Sequence[str | Path], out: Path, models: dict[str, str] | None,
+def make_tasks(spec: PipelineSpec, inputs: Sequence[str | Path], out: Path, models: dict[str, str] | None,
                params: dict[str, Any], force: bool) -> list[Task]:
-    """One task per image of ``inputs``; duplicate names are refused (they would share a folder)."""
-    items = adapter.expand([Path(p) for p in inputs])
-    if not items:
-        raise UserError("no images given")
-    names = [item[0] for item in items]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise UserError(f"several inputs would be written to the same folder: {', '.join(duplicates)}; rename them")
-    refs = adapter.resolve_models(models)
-    adapter.check_params(params)
-    tasks = []
-    for name, sources, *more in items:
-        extras = more[0] if more else {}
-        tasks.append(Task(adapter.name, name, sources, str(out), refs, dict(params),
-                          fingerprint(adapter.name, (*sources, *extras.values()), refs, params), force, extras))
-    return tasks
+    """One task per item of ``inputs`` (the spec's ``expand``); bad names, models or parameters are refused here."""
+    items = items_for(spec, inputs)
+    refs = resolve_models(spec, models)
+    built = spec.build_params(params)
+    if spec.check is not None:
+        spec.check(items, built)
+    return [Task(spec.name, item.name, item.sources, str(out), refs, dict(params),
+                 fingerprint(spec.name, item.inputs(), refs, params), force, dict(item.extras), spec.module,
+                 dict(item.meta))
+            for item in items]
 
 
 def reused_record(task: Task) -> dict[str, Any]:
@@ -78,14 +74,6 @@ def open_run(out: Path, pipeline: str, params: dict[str, Any], tasks: Sequence[T
     created = Run(folder=out, id=out.name, pipeline=pipeline, parameters=params, models=models, started=now_iso())
     created.save()
     return created
-
-
-def outputs_of(folder: Path) -> dict[str, Path]:
-    """An image folder's files by name without suffixes (objects.json -> "objects"), for run.json."""
-    files = {"folder": folder}
-    for file in sorted(folder.iterdir()) if folder.is_dir() else []:
-        files.setdefault(file.name.split(".")[0], file)
-    return files
 
 
 # ----------------------------------------------------------------------------- executors
@@ -210,17 +198,25 @@ def dask_results(client: Any, tasks: Sequence[Task], running: Running) -> Iterat
             client.cancel(remaining)
 
 
-def _warm_up(pipeline: str) -> float:
-    return get_adapter(pipeline).warm_up()
+def _warm_up(pipeline: str, module: str = "") -> float:
+    """Import the pipeline's modules (on a worker); the seconds it took."""
+    import importlib
+
+    start = time.perf_counter()
+    if module and pipeline not in registry.known():
+        importlib.import_module(module)
+    for name in registry.get(pipeline).warm_modules:
+        importlib.import_module(name)
+    return time.perf_counter() - start
 
 
-def warm_up(client: Any, pipeline: str) -> dict[str, float]:
+def warm_up(client: Any, pipeline: str, module: str = "") -> dict[str, float]:
     """Import the pipeline's modules on every connected worker at once; seconds per worker.
 
     Keeps the first task's time honest (work, not imports); workers that join later import on
     their first task instead.
     """
-    return {address: round(seconds, 3) for address, seconds in client.run(_warm_up, pipeline).items()}
+    return {address: round(seconds, 3) for address, seconds in client.run(_warm_up, pipeline, module).items()}
 
 
 def worker_deaths(client: Any, keys: Sequence[str]) -> dict[str, int]:
@@ -256,11 +252,11 @@ def batch_job(pipeline: str, inputs: Sequence[str | Path], out: str | Path, clus
 def _batch_job(pipeline: str, inputs: Sequence[str | Path], out: str | Path, cluster: str | ClusterSpec,
                models: dict[str, str] | None, params: dict[str, Any] | None, force: bool,
                cluster_options: dict[str, Any] | None, claim: Callable[[Path], Any]) -> Job[dict[str, Any]]:
-    spec = cluster if isinstance(cluster, ClusterSpec) else parse_cluster(cluster, cluster_options)
-    adapter = get_adapter(pipeline)
+    where = cluster if isinstance(cluster, ClusterSpec) else parse_cluster(cluster, cluster_options)
+    spec = registry.get(pipeline)
     out = Path(out).absolute()
     params = dict(params or {})
-    tasks = make_tasks(adapter, inputs, out, models, params, force)
+    tasks = make_tasks(spec, inputs, out, models, params, force)
     claim(out)  # creates ``out``; refused while another batch writes there
     remove_stale(out)
     batch_run = open_run(out, pipeline, params, tasks)
@@ -269,23 +265,23 @@ def _batch_job(pipeline: str, inputs: Sequence[str | Path], out: str | Path, clu
     records = [reused_record(t) for t in tasks if t.name not in waiting]
     by_name = {t.name: t for t in tasks}
     running = Running()
-    started, status, meta = time.time(), "failed", {"cluster": spec.describe(), "dashboard": None}
+    started, status, meta = time.time(), "failed", {"cluster": where.describe(), "dashboard": None}
     try:
         yield Progress("images", len(records), len(tasks),
                        f"{len(records)} already done, {len(todo)} to run" if records else "", item="image")
         with ExitStack() as stack:
-            if spec.kind and todo:
-                client = stack.enter_context(open_client(spec))
+            if where.kind and todo:
+                client = stack.enter_context(open_client(where))
                 meta.update(dashboard=dashboard_address(client), workers_at_start=workers_of(client))
-                yield Progress("cluster", message=f"{spec.describe()}: {len(meta['workers_at_start'])} workers "
+                yield Progress("cluster", message=f"{where.describe()}: {len(meta['workers_at_start'])} workers "
                                                   f"connected; dashboard: {meta['dashboard'] or 'no dashboard'}")
-                meta["warm_up_s"] = warm_up(client, pipeline)
+                meta["warm_up_s"] = warm_up(client, pipeline, spec.module)
                 yield Progress("cluster", message=f"workers ready ({pipeline} imported in "
                                                   f"{max(meta['warm_up_s'].values(), default=0):.1f} s)")
                 results: Iterator[dict[str, Any] | None] = dask_results(client, todo, running)
             else:
-                if spec.kind:
-                    meta["cluster"] = f"{spec.describe()}, not started: nothing to run"
+                if where.kind:
+                    meta["cluster"] = f"{where.describe()}, not started: nothing to run"
                 results = local_results(todo, running)
             stack.callback(results.close)  # cancel the tasks before the client goes
             yield Progress("images", len(records), len(tasks), item="image")  # dispatch starts: the bar's clock too
@@ -303,7 +299,7 @@ def _batch_job(pipeline: str, inputs: Sequence[str | Path], out: str | Path, clu
         meta["stale_removed"] = remove_stale(out)
         batch_run.finish(status)
     finished = [r["image"] for r in records if r["status"] in ("done", "skipped", "duplicate")]
-    outputs = adapter.finish(out, sorted(finished))
+    outputs = {k: str(v) for k, v in spec.finish(out, sorted(finished), spec.build_params(params), force).items()}
     wall = round(time.time() - started, 3)
     report = write_summary(out, records, {"pipeline": pipeline, "folder": str(out), "wall_s": wall,
                                           "outputs": outputs, **meta})
@@ -317,7 +313,7 @@ def _record_in_run(batch_run: Any, task: Task, record: dict[str, Any]) -> None:
     if record["status"] == "failed":
         batch_run.mark_image_failed(task.name, record.get("error", "failed"))
     else:
-        batch_run.mark_image_done(task.name, outputs_of(task.folder))
+        batch_run.mark_image_done(task.name, outputs_of(task.folder, registry.get(task.pipeline).output_names))
 
 
 def run_batch(pipeline: str, inputs: Sequence[str | Path], out: str | Path, cluster: str = "",

@@ -5,8 +5,9 @@ means the same on any machine that sees the shared output folder.  :func:`run_ta
 ``OUT/.batch-tmp-<name>-<random>/`` and renames that folder to ``OUT/<name>/`` only when every
 file is written, with ``task.json`` (what the results depend on, where and how long they took)
 inside; so a worker killed mid-task leaves no ``OUT/<name>`` at all, only a temporary folder that
-the runner removes.  Models are loaded once per worker process (:func:`cached_models`), after the
-weights' sha256 was checked against the digest the batch started with.
+the runner removes.  The work itself is the pipeline's (app.pipelines.runner.analyze_item); models
+are loaded once per worker process (app.pipelines.runner.cached_load), after the weights' sha256 was
+checked against the digest the batch started with.
 
 Kept free of torch and dask at import: a worker imports what the pipeline needs when it runs.
 """
@@ -19,7 +20,6 @@ import secrets
 import shutil
 import socket
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -27,27 +27,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 from app.core.atomic import _fsync_dir, to_json_text
-from app.core.errors import ModelError, UserError
-from app.core.fingerprint import file_fingerprint
-from app.core.jobs import Progress
+from app.core.errors import UserError
+from app.core.jobs import Progress, run
+from app.pipelines.contract import Item
+from app.pipelines.runner import (  # noqa: F401 - the batch's names for the runner's models and resume rule
+    LOAD_COUNTS, ModelRef, analyze_item, cached_load, clear_model_cache, device_label, error_text, final_params,
+    fingerprint, verify_weights,
+)
 
 TASK_FILE = "task.json"
 TEMP_PREFIX = ".batch-tmp-"
 OLD_PREFIX = ".batch-old-"
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A model as a task carries it: its folder (seen by the workers) and the sha256 of its weights."""
-
-    kind: str
-    name: str
-    folder: str
-    sha256: str
-
-    def to_dict(self) -> dict[str, str]:
-        """For task.json, run.json and the summary."""
-        return {"kind": self.kind, "name": self.name, "folder": self.folder, "weights_sha256": self.sha256}
 
 
 @dataclass(frozen=True)
@@ -66,23 +56,17 @@ class Task:
     fingerprint: dict[str, Any] = field(default_factory=dict)
     force: bool = False
     extras: dict[str, str] = field(default_factory=dict)
+    module: str = ""  # the module that registers ``pipeline`` (a worker imports it when it does not know it)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def item(self) -> Item:
+        """The pipeline's work item this task carries."""
+        return Item(self.name, self.sources, dict(self.extras), dict(self.meta))
 
     @property
     def folder(self) -> Path:
         """Where the finished results live."""
         return Path(self.out) / self.name
-
-
-def fingerprint(pipeline: str, sources: tuple[str, ...], models: tuple[ModelRef, ...],
-                params: dict[str, Any]) -> dict[str, Any]:
-    """What an image's results depend on; a rerun skips the image only when this is unchanged.
-
-    Inputs count by content (size, modification time and a sha256 of sampled blocks, app.core.fingerprint), so an
-    input rewritten with the same size is analysed again.
-    """
-    inputs = [file_fingerprint(source) for source in sources]
-    return {"pipeline": pipeline, "inputs": inputs, "models": {m.kind: m.sha256 for m in models},
-            "params": json.loads(json.dumps(params, sort_keys=True, default=str))}
 
 
 def read_task_file(folder: Path) -> dict[str, Any] | None:
@@ -113,68 +97,6 @@ def worker_identity() -> dict[str, Any]:
         except ValueError:  # not inside a worker: the local batch
             pass
     return {"worker": address, "host": socket.gethostname(), "pid": os.getpid()}
-
-
-def device_label(device: Any) -> str:
-    """``cuda:0 (NVIDIA H100 ...)`` or ``cpu (N threads)``, for a torch device or a plain string."""
-    text = str(device)
-    if text.startswith("cuda"):
-        import torch
-
-        index = torch.device(text).index or 0
-        return f"{text} ({torch.cuda.get_device_name(index)})"
-    if text == "cpu" and "torch" in sys.modules:
-        import torch
-
-        threads = torch.get_num_threads()
-        return f"cpu ({threads} thread{'s' if threads != 1 else ''})"
-    return text
-
-
-# ----------------------------------------------------------------------------- per-worker models
-
-_MODEL_CACHE: dict[tuple, Any] = {}
-_CACHE_LOCK = threading.Lock()
-LOAD_COUNTS: dict[tuple, int] = {}
-"""How often each cache key was loaded in this process (tests and the summary check "once per worker")."""
-
-
-def verify_weights(ref: ModelRef) -> None:
-    """Refuse a model whose weights file differs from the digest the batch was started with."""
-    from app.core.modelcard import WEIGHTS_FILE, sha256_file
-
-    path = Path(ref.folder) / WEIGHTS_FILE
-    if not path.is_file():
-        raise ModelError(f"model {ref.name!r}: {path} is not reachable from this worker "
-                         f"({socket.gethostname()}); model folders must be on a shared or identical path")
-    digest = sha256_file(path)
-    if digest != ref.sha256:
-        raise ModelError(f"model {ref.name!r} ({ref.folder}) changed since the batch started: weights sha256 "
-                         f"{digest[:12]}... instead of {ref.sha256[:12]}...")
-
-
-def cached_models(adapter: Any, task: Task) -> tuple[Any, float, bool]:
-    """The pipeline's loaded models for ``task``, loaded (and verified) once per worker process.
-
-    Returns (loaded, seconds spent loading now, whether this call loaded models: False for a model-less pipeline).
-    """
-    key = (task.pipeline, tuple((m.kind, m.folder, m.sha256) for m in task.models), adapter.load_key(task.params))
-    with _CACHE_LOCK:
-        if key in _MODEL_CACHE:
-            return _MODEL_CACHE[key], 0.0, False
-        start = time.perf_counter()
-        for ref in task.models:
-            verify_weights(ref)
-        loaded = adapter.load({m.kind: m for m in task.models}, task.params)
-        _MODEL_CACHE[key] = loaded
-        LOAD_COUNTS[key] = LOAD_COUNTS.get(key, 0) + 1
-        return loaded, time.perf_counter() - start, bool(task.models)
-
-
-def clear_model_cache() -> None:
-    """Forget this process's loaded models (tests; a GUI that wants memory back)."""
-    with _CACHE_LOCK:
-        _MODEL_CACHE.clear()
 
 
 # ----------------------------------------------------------------------------- atomic folders
@@ -263,22 +185,25 @@ def progress_message(image: str, event: Progress) -> dict[str, Any]:
     return {"image": image, "stage": event.stage, "done": event.done, "total": event.total, "message": event.message}
 
 
-def _error_text(error: BaseException) -> str:
-    if isinstance(error, UserError):
-        return str(error)
-    return f"{type(error).__name__}: {error}"
+def spec_of(task: Task) -> Any:
+    """The registered spec of the task's pipeline, importing its module first on a worker that lacks it."""
+    import importlib
+
+    from app.pipelines import registry
+
+    if task.module and task.pipeline not in registry.known():
+        importlib.import_module(task.module)
+    return registry.get(task.pipeline)
 
 
 def run_task(task: Task, report: Reporter | None = None) -> dict[str, Any]:
-    """Run one image on this worker and return its summary record; an error is recorded, never raised.
+    """Run one item on this worker and return its summary record; an error is recorded, never raised.
 
     ``report`` receives the pipeline's progress events (default: worker events on Dask, none here).
 
     Statuses: ``done`` (results published), ``skipped`` (finished before with the same fingerprint),
     ``duplicate`` (another attempt published first: ours was discarded), ``failed`` (``error`` says why).
     """
-    from app.batch.pipelines import get_adapter
-
     started = time.time()
     record: dict[str, Any] = {"image": task.name, "source": task.sources[0] if task.sources else "",
                               **worker_identity(), "device": "", "started": started}
@@ -287,12 +212,14 @@ def run_task(task: Task, report: Reporter | None = None) -> dict[str, Any]:
         return {**record, "status": "skipped", "seconds": 0.0, "finished": time.time()}
     tmp = temp_folder(Path(task.out), task.name)
     try:
-        adapter = get_adapter(task.pipeline)
-        loaded, load_seconds, loaded_now = cached_models(adapter, task)
-        record.update(device=adapter.device_of(loaded), load_seconds=round(load_seconds, 3), model_loaded=loaded_now)
+        spec = spec_of(task)
+        params = spec.build_params(task.params)
+        loaded, load_seconds, loaded_now = cached_load(spec, task.models, params)
+        record.update(device=spec.device_of(loaded), load_seconds=round(load_seconds, 3), model_loaded=loaded_now)
         work_start = time.perf_counter()
         report = report or worker_reporter()
-        stats = adapter.process(task, loaded, tmp, (lambda event: report(task.name, event)) if report else None)
+        on_progress = (lambda event: report(task.name, event)) if report else None
+        stats = run(analyze_item(spec, task.item(), tmp, loaded, final_params(spec, params, loaded)), on_progress)
         record.update(stats=json.loads(to_json_text(stats)), work_seconds=round(time.perf_counter() - work_start, 3))
         record["seconds"] = round(time.time() - started, 3)
         record["finished"] = time.time()
@@ -300,7 +227,7 @@ def run_task(task: Task, report: Reporter | None = None) -> dict[str, Any]:
                                                    "models": [m.to_dict() for m in task.models]}), encoding="utf-8")
         record["status"] = "done" if publish(tmp, final, task.fingerprint, task.force) else "duplicate"
     except Exception as error:  # recorded in the summary; the batch goes on with the other images
-        record.update(status="failed", error=_error_text(error), seconds=round(time.time() - started, 3),
+        record.update(status="failed", error=error_text(error), seconds=round(time.time() - started, 3),
                       finished=time.time())
         if not isinstance(error, UserError):
             record["traceback"] = traceback.format_exc()

@@ -34,7 +34,24 @@ log = logging.getLogger(__name__)
 CARD_FILE = "card.json"
 WEIGHTS_FILE = "weights.pt"
 CARD_SCHEMA_VERSION = 1
-PIPELINES = ("brightfield", "stagetool-tubules", "stagetool-cells", "kaizen")
+_MODEL_PIPELINES: list[str] = []  # filled by app.pipelines.registry.register: core names no pipeline
+
+
+def register_model_pipeline(*names: str) -> None:
+    """Make model-card pipeline names known (each registered pipeline's models and trainers)."""
+    for name in names:
+        if name and name not in _MODEL_PIPELINES:
+            _MODEL_PIPELINES.append(name)
+
+
+def model_pipelines() -> tuple[str, ...]:
+    """The model-card pipeline names the registered pipelines use, in registration order."""
+    return tuple(_MODEL_PIPELINES)
+
+
+def _known(pipeline: str) -> bool:
+    """Whether a card's pipeline is one a registered pipeline uses (any name while none registered: core alone)."""
+    return bool(pipeline) and (not _MODEL_PIPELINES or pipeline in _MODEL_PIPELINES)
 WEIGHT_DTYPES = ("float16", "float32")
 _REQUIRED = ("name", "pipeline", "architecture", "input_channels")
 
@@ -105,8 +122,8 @@ class ModelCard:
     def validate(self, where: str | None = None) -> None:
         """Check the fields' values; raises ModelError saying which one is wrong."""
         where = where or f"model card {self.name!r}"
-        if self.pipeline not in PIPELINES:
-            raise ModelError(f"{where}: unknown pipeline {self.pipeline!r} (known: {', '.join(PIPELINES)})")
+        if not isinstance(self.pipeline, str) or not _known(self.pipeline):
+            raise ModelError(f"{where}: unknown pipeline {self.pipeline!r} (known: {', '.join(model_pipelines())})")
         if isinstance(self.input_channels, bool) or not isinstance(self.input_channels, int) \
                 or self.input_channels < 1:
             raise ModelError(f"{where}: input_channels must be a positive integer, not {self.input_channels!r}")
@@ -305,8 +322,8 @@ def find_models(pipeline: str | None = None, dirs: Iterable[str | os.PathLike[st
     Listed in search order (user models first).  Unreadable cards are skipped and logged, so one
     broken folder does not hide the others.
     """
-    if pipeline is not None and pipeline not in PIPELINES:
-        raise ValueError(f"unknown pipeline {pipeline!r} (known: {', '.join(PIPELINES)})")
+    if pipeline is not None and not _known(pipeline):
+        raise ValueError(f"unknown pipeline {pipeline!r} (known: {', '.join(model_pipelines())})")
     cards = []
     for root in (model_dirs() if dirs is None else [Path(d) for d in dirs]):
         for folder in _card_folders(Path(root)):

@@ -59,7 +59,7 @@ def report_pipelines() -> set[str]:
     """Pipelines whose results fill the workbook: Stagetool, and any registered one writing its layers."""
     from app.pipelines import registry
 
-    found = {name for name, spec in registry.pipelines().items() if set(REPORT_LAYERS) <= set(spec.layers)}
+    found = {name for name, spec in registry.pipelines().items() if set(REPORT_LAYERS) <= set(spec.layer_names)}
     return found | {"stagetool"}
 
 

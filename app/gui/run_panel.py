@@ -68,21 +68,24 @@ def list_models(model_pipeline: str) -> list[Any]:
 
 
 def batch_adapter(pipeline: str, settings: Settings, project: Any, images: list[str]) -> Any:
-    """The app.batch adapter when this run should go to the settings' cluster, else None.
+    """The pipeline's spec when this run should go to the settings' cluster, else None.
 
-    Only runs on several images go there, and only when app.batch knows the pipeline and names each
-    image as the project does (its per-image result folders must match the project's image names).
+    Only runs on several images go there, and only when the pipeline analyses one item at a time and
+    the batch names each image as the project does (its per-image folders must match the image names).
     """
     if not settings.batch_cluster or len(images) < 2:
         return None
     try:
-        from app.batch.pipelines import get_adapter, image_name
+        from app.pipelines.registry import get
+        from app.pipelines.runner import image_name
 
-        adapter = get_adapter(pipeline)
-    except Exception:  # noqa: BLE001 - app.batch missing, or a pipeline it does not run: run here
+        spec = get(pipeline)
+    except Exception:  # noqa: BLE001 - a pipeline the registry does not know: run here
+        return None
+    if spec.analyze_one is None:
         return None
     same_names = all(image_name(project.image_path(name)) == name for name in images)
-    return adapter if same_names else None
+    return spec if same_names else None
 
 
 def cluster_batch_job(project: Any, pipeline: str, adapter: Any, images: list[str], params: Any,
@@ -91,7 +94,7 @@ def cluster_batch_job(project: Any, pipeline: str, adapter: Any, images: list[st
     from app.batch.runner import batch_job
     from app.core.project import new_run_id
 
-    kinds = {pipeline_name: kind for kind, pipeline_name in adapter.model_kinds.items()}
+    kinds = {pipeline_name: kind for kind, pipeline_name in adapter.models.items()}
     batch_models = {kinds.get(key, key): value for key, value in models.items() if value}
     out = Path(project.runs_dir) / new_run_id()
     paths = [project.image_path(name) for name in images]
@@ -168,7 +171,7 @@ class RunPanel(QWidget):
         from app.pipelines import registry
 
         current = self.pipeline_combo.currentData()
-        self.specs = registry.pipelines()
+        self.specs = registry.pipelines(hidden=False)
         self.pipeline_combo.blockSignals(True)
         self.pipeline_combo.clear()
         for name, spec in sorted(self.specs.items(), key=lambda kv: kv[1].title):

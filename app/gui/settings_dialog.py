@@ -51,11 +51,11 @@ class SettingsDialog(QDialog):
         models = QGroupBox("Default models")
         models_form = QFormLayout(models)
         self.model_combos: dict[str, QComboBox] = {}
-        try:
-            from app.core.modelcard import PIPELINES, find_models
-        except ImportError:
-            PIPELINES, find_models = (), None
-        for pipeline in PIPELINES:
+        from app.core.modelcard import find_models, model_pipelines
+        from app.pipelines.registry import pipelines
+
+        pipelines()  # the registered pipelines name the kinds of model (core names none)
+        for pipeline in model_pipelines():
             combo = QComboBox()
             combo.addItem(NO_DEFAULT, "")
             for card in find_models(pipeline):

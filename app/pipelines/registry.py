@@ -1,60 +1,36 @@
-"""The pipelines the app knows, described so that GUI, CLI and batches run them the same way.
+"""The only list of pipelines: every package under app/pipelines/ that registers a spec, by name.
 
-A pipeline registers a :class:`PipelineSpec`; the GUI builds its run form from ``params`` (a
-dataclass), lists models whose card pipeline is in ``model_pipelines``, and starts
-``analyze(project, image_names, params, models)``, a job generator (app.core.jobs) that writes a
-run folder in the project and returns its path.
+A pipeline package calls :func:`register` with its :class:`app.pipelines.contract.PipelineSpec`
+when imported; :func:`pipelines` imports every package of this folder (a scan, so a new pipeline
+is a new folder and nothing else), and :func:`register` refuses a second pipeline of the same name.
+The GUI, CLI, batches, demo and self-test enumerate this registry; nothing else lists pipelines.
 
-A pipeline that can learn from annotations also lists ``trainers`` (model pipeline name ->
-:class:`TrainerSpec`): a parameters dataclass and ``train(sources, params, out_dir, resume=False,
-validation_fraction=0.2)``, a job that writes a model folder (card.json + weights.pt) and returns
-it.  ``sources`` are :class:`TrainingSource` items (annotated project images, corrected predictions
-of a run, imported COCO / QuPath GeoJSON files); :func:`training_images` turns them into images
-with their objects, so each trainer only converts objects to what its network learns from.
-Nothing here imports Qt: the training wizard and any script drive the same jobs.
+Training data shared by every trainer also lives here: :class:`TrainingSource` items (annotated
+project images, corrected predictions of a run, imported COCO / QuPath GeoJSON files) and
+:func:`training_images`, which turns them into images with their objects.  No Qt, no torch.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
-from collections.abc import Callable
-from dataclasses import dataclass, field
+import pkgutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.core.jobs import Job, Progress
+from app.pipelines.contract import Item, Layer, LoadedModel, PipelineSpec, Sample, TrainerSpec
+from app.pipelines.runner import analyze_images
 
-# modules that call register() on import; missing ones are skipped (a pipeline not built yet)
-PIPELINE_MODULES = ("app.pipelines.brightfield", "app.pipelines.stagetool", "app.pipelines.kaizen")
-
-
-@dataclass(frozen=True)
-class PipelineSpec:
-    """What the GUI and batch runner need to know to run one pipeline on project images."""
-
-    name: str
-    title: str
-    description: str
-    params: type
-    model_pipelines: tuple[str, ...]
-    analyze: Callable[..., Job[Path]]  # (project, image_names, params, models: dict[str, str]) -> run folder
-    image_kinds: tuple[str, ...] = field(default_factory=tuple)  # hints: "fluorescence", "brightfield-stack", "section"
-    layers: tuple[str, ...] = field(default_factory=tuple)  # result layers it writes (objects.json)
-    # model pipeline name (card.json "pipeline") -> how to train such a model from annotations
-    trainers: dict[str, TrainerSpec] = field(default_factory=dict, compare=False, hash=False)
+__all__ = ["Item", "Layer", "LoadedModel", "PipelineSpec", "Sample", "TrainerSpec", "TrainingSource", "TrainingImage",
+           "analyze_images", "get", "known", "pipelines", "register", "pipeline_packages", "training_images"]
 
 
-@dataclass(frozen=True)
-class TrainerSpec:
-    """How to train one kind of model: ``train(sources, params, out_dir, resume=False,
-    validation_fraction=0.2) -> Job[Path]`` writes the model folder ``out_dir`` and returns it."""
+def pipeline_packages() -> tuple[str, ...]:
+    """The packages of app/pipelines/ (each a pipeline that registers itself on import), sorted by name."""
+    import app.pipelines as package
 
-    model_pipeline: str
-    title: str
-    params: type
-    train: Callable[..., Job[Path]]
-    description: str = ""
+    return tuple(sorted(f"{package.__name__}.{info.name}" for info in pkgutil.iter_modules(package.__path__)
+                        if info.ispkg and not info.name.startswith("_")))
 
 
 @dataclass(frozen=True)
@@ -83,30 +59,48 @@ class TrainingImage:
 
 
 _REGISTRY: dict[str, PipelineSpec] = {}
+_SCANNED = False
 
 
 def register(spec: PipelineSpec) -> PipelineSpec:
-    """Add (or replace) a pipeline; called by pipeline packages at import."""
+    """Add a pipeline (called by pipeline packages at import); a name another module registered is refused.
+
+    The same module registering its name again (a reload, an idempotent test helper) replaces its spec.
+    """
+    old = _REGISTRY.get(spec.name)
+    if old is not None and old.module != spec.module:
+        raise ValueError(f"a pipeline named {spec.name!r} is already registered by {old.module or '?'}; "
+                         f"{spec.module or '?'} must choose another name")
     _REGISTRY[spec.name] = spec
+    from app.core.modelcard import register_model_pipeline
+
+    register_model_pipeline(*spec.model_pipelines, *spec.trainers)
     return spec
 
 
-def pipelines() -> dict[str, PipelineSpec]:
-    """All available pipelines by name, importing the pipeline packages that exist."""
-    for module in PIPELINE_MODULES:
-        if importlib.util.find_spec(module) is not None:
-            importlib.import_module(module)
+def known() -> dict[str, PipelineSpec]:
+    """The pipelines registered so far, without importing anything (Dask workers check before importing)."""
     return dict(_REGISTRY)
+
+
+def pipelines(hidden: bool = True) -> dict[str, PipelineSpec]:
+    """All pipelines by name (the packages of app/pipelines/ imported once); ``hidden=False`` leaves out probes."""
+    global _SCANNED
+    if not _SCANNED:
+        for module in pipeline_packages():
+            importlib.import_module(module)
+        _SCANNED = True
+    return {name: spec for name, spec in _REGISTRY.items() if hidden or not spec.hidden}
 
 
 def get(name: str) -> PipelineSpec:
     """One pipeline by name; an unknown name is a user error listing the known ones."""
     from app.core.errors import UserError
 
-    known = pipelines()
-    if name not in known:
-        raise UserError(f"unknown pipeline '{name}'; available: {', '.join(sorted(known)) or 'none'}")
-    return known[name]
+    known_now = pipelines()
+    if name not in known_now:
+        raise UserError(f"unknown pipeline '{name}'; available: {', '.join(sorted(known_now)) or 'none'}")
+    return known_now[name]
 
 
 def params_from_dict(params_type: type, values: dict[str, Any] | None) -> Any:
@@ -208,31 +202,3 @@ def _need_image(image_path: Path | None, source: TrainingSource) -> Path:
         raise AnnotationError(f"{what}: the annotated image was not found"
                               + (f" ({image_path})" if image_path else " (put it beside the annotation file)"))
     return Path(image_path)
-
-
-def analyze_images(run: Any, image_names: list[str], analyze_one: Callable[[str, Path], Job[dict]]) -> Job[Path]:
-    """Job: ``analyze_one(name, image_folder)`` (a job returning the outputs to record) for each image of a run.
-
-    Each image is marked done as it finishes; the run ends "finished", "cancelled" (the consumer
-    closed the job) or "failed" (anything raised, user errors too; the failing image and its reason
-    are recorded in the run).  Returns the run folder.
-    """
-    status = "failed"
-    try:
-        for i, name in enumerate(image_names):
-            yield Progress("images", i, len(image_names), name, item="image")
-            try:
-                outputs = yield from analyze_one(name, run.image_dir(name))
-            except Exception as error:  # recorded in run.json (project list, the GUI's summary), then raised
-                if hasattr(run, "mark_image_failed"):
-                    run.mark_image_failed(name, str(error) or type(error).__name__)
-                raise
-            run.mark_image_done(name, outputs)
-        yield Progress("images", len(image_names), len(image_names), "done", item="image")
-        status = "finished"
-    except GeneratorExit:
-        status = "cancelled"
-        raise
-    finally:
-        run.finish(status)
-    return Path(run.folder)

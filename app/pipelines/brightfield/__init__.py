@@ -41,50 +41,85 @@ def __getattr__(name: str) -> Any:
 
 
 def with_model_defaults(params: Any, card_params: Any) -> Any:
-    """Segment parameters where every field left at its default takes the model card's value.
+    """Segment parameters where every field left at its default takes the model card's value (see the runner)."""
+    from app.pipelines.runner import with_model_defaults as merge
 
-    A model trained on small phantom nuclei stores min_area 40, the sephaCe one 1000: a form or
-    batch that passes the defaults must not undo what the card says (as ``brightfield segment``).
-    """
-    import dataclasses
-
-    if params is None:
-        return card_params
-    defaults = type(params)()
-    changes = {f.name: getattr(card_params, f.name) for f in dataclasses.fields(params)
-               if getattr(params, f.name) == getattr(defaults, f.name) and hasattr(card_params, f.name)}
-    return dataclasses.replace(params, **changes)
+    return merge(params, card_params)
 
 
-def analyze_project(project: Any, image_names: list[str], params: Any, models: dict[str, str] | None = None) -> Any:
-    """Registry entry point: segment project images (each a brightfield z-stack file) into a new run folder.
-
-    Per image: labels.tif, nuclei.csv and objects.json (layer "nuclei") in the run's image folder;
-    returns the run folder.
-    """
+def expand(inputs: Any) -> list[Any]:
+    """Fields from paths as ``brightfield segment`` takes them: field folders, plane files, stack files."""
     from pathlib import Path
 
+    from app.pipelines.brightfield.predict import collect_fields
+    from app.pipelines.contract import Item
+
+    return [Item(f.name, tuple(str(Path(p).resolve()) for p in f.planes),
+                 {"fluorescence": str(Path(f.fluo).resolve())} if f.fluo else {}) for f in collect_fields(list(inputs))]
+
+
+def load(folders: dict[str, str], params: Any) -> Any:
+    """The U-Net of the model folder (once per process or worker)."""
+    from app.pipelines.brightfield.predict import BrightfieldModel
+
+    return BrightfieldModel.load(folders["brightfield"])
+
+
+def prepare(params: Any, loaded: Any) -> Any:
+    """Fields left at their defaults take the model card's segmentation values (min_area 40 vs sephaCe's 1000)."""
+    return with_model_defaults(params, loaded.segment)
+
+
+def device_of(loaded: Any) -> str:
+    from app.pipelines.runner import device_label
+
+    return device_label(next(loaded.net.parameters()).device)
+
+
+def analyze_one(item: Any, folder: Any, loaded: Any, params: Any) -> Any:
+    """Segment one field into ``folder``: labels.tif, nuclei.csv, objects.json (layer "nuclei") [, probability.tif]."""
+    from pathlib import Path
+
+    import numpy as np
+
     from app.core.images import write_tiff
-    from app.core.jobs import Job
-    from app.pipelines.brightfield.predict import BrightfieldModel, segment, write_csv, write_objects_json
-    from app.pipelines.brightfield.stack import load_stack
-    from app.pipelines.registry import analyze_images
+    from app.pipelines.brightfield.predict import segment, write_csv, write_objects_json
+    from app.pipelines.brightfield.stack import load_stack, read_gray
 
-    model = BrightfieldModel.load((models or {}).get("brightfield"))
-    from app.pipelines.brightfield.params import to_dict
+    stack = load_stack([Path(p) for p in item.sources] if len(item.sources) > 1 else Path(item.sources[0]))
+    fluo = read_gray(Path(item.extras["fluorescence"])) if item.extras.get("fluorescence") else None
+    result = yield from segment(loaded, stack, params, fluo, name=item.name)
+    write_tiff(folder / "labels.tif", result.labels, axes="YX")
+    if params.save_probability:
+        write_tiff(folder / "probability.tif", (result.probability * 255).round().astype(np.uint8), axes="YX")
+    write_csv(folder / "nuclei.csv", result.rows)
+    write_objects_json(folder / "objects.json", result, item.name, loaded)
+    return {"nuclei": result.count, "count": result.count}
 
-    params = with_model_defaults(params, model.segment)
 
-    run = project.new_run("brightfield", to_dict(params), {"brightfield": model.model_id})
+def finish(out: Any, names: Any, params: Any, force: bool = False) -> dict[str, Any]:
+    """nuclei.csv (every field's nuclei) and counts.csv (nuclei per field) over the finished fields.
 
-    def one(name: str, folder: Path) -> Job[dict]:
-        result = yield from segment(model, load_stack(project.image_path(name)), params, name=name)
-        written = {"labels": write_tiff(folder / "labels.tif", result.labels, axes="YX"),
-                   "nuclei": write_csv(folder / "nuclei.csv", result.rows),
-                   "objects": write_objects_json(folder / "objects.json", result, name, model)}
-        return {**written, "count": result.count}
+    Tables the user changed are kept and the new ones get versioned names, unless ``force``.
+    """
+    import csv
+    from pathlib import Path
 
-    return (yield from analyze_images(run, image_names, one))
+    from app.core.outputs import save_report_text
+    from app.pipelines.brightfield.predict import csv_text
+
+    rows, counts = [], []
+    for name in names:
+        path = Path(out) / name / "nuclei.csv"
+        if path.exists():
+            with open(path, newline="") as handle:
+                field_rows = list(csv.DictReader(handle))
+            rows += field_rows
+            counts.append({"field": name, "count": len(field_rows)})
+    if not counts:
+        return {}
+    return {"nuclei": save_report_text(Path(out) / "nuclei.csv", csv_text(rows), force),
+            "counts": save_report_text(Path(out) / "counts.csv", csv_text(counts, ("field", "count")), force)}
 
 
 def train_from_sources(sources: list[Any], params: Any, out_dir: Any, resume: bool = False,
@@ -121,10 +156,25 @@ def train_from_sources(sources: list[Any], params: Any, out_dir: Any, resume: bo
     return Path(out_dir)
 
 
+def demo_step(project: Any, folder: Any) -> list[str]:
+    """For the demo: count nuclei in the sample's brightfield field with the shipped phantom-trained model."""
+    from pathlib import Path
+
+    from app.core.jobs import ConsoleProgress, run
+    from app.pipelines.registry import get
+
+    spec = get("brightfield")
+    names = [e.name for e in project.images() if e.group == "brightfield fields" and "planes" in e.name]
+    run_folder = run(spec.analyze(project, names, spec.params(), {"brightfield": "brightfield-phantom-demo"}),
+                     ConsoleProgress())
+    return sorted(str(p) for p in Path(run_folder).rglob("*") if p.suffix in (".tif", ".csv"))
+
+
 def _register() -> None:
-    """Describe the pipeline to the GUI and batch runner (app.pipelines.registry)."""
+    """Describe the pipeline to every entry point (app.pipelines.registry)."""
     from app.pipelines.brightfield.params import SegmentParams, TrainParams
-    from app.pipelines.registry import PipelineSpec, TrainerSpec, register
+    from app.pipelines.contract import Layer, PipelineSpec, Sample, TrainerSpec
+    from app.pipelines.registry import register
 
     register(PipelineSpec(
         name="brightfield",
@@ -132,10 +182,19 @@ def _register() -> None:
         description="A U-Net trained on fluorescence-derived labels segments and counts nuclei from brightfield "
                     "focal planes alone. Outputs a label image, per-nucleus measurements (CSV) and objects JSON.",
         params=SegmentParams,
-        model_pipelines=("brightfield",),
-        analyze=analyze_project,
+        analyze_one=analyze_one,
+        models={"brightfield": "brightfield"},
+        default_models={"brightfield": "brightfield-sephace"},
+        load=load,
+        prepare_params=prepare,
+        device_of=device_of,
+        expand=expand,
+        finish=finish,
+        warm_modules=("app.pipelines.brightfield.predict", "app.core.images", "tifffile"),
         image_kinds=("brightfield-stack",),
-        layers=("nuclei",),
+        layers=(Layer("nuclei", "#00e5ff", 0),),
+        sample=Sample("brightfield fields", "planes"),
+        demo=demo_step,
         trainers={"brightfield": TrainerSpec(
             model_pipeline="brightfield", title="Brightfield U-Net (nuclei from z-planes)", params=TrainParams,
             train=train_from_sources,

@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 P = TypeVar("P")
 
 
-def _p(default: Any, help: str) -> Any:
-    """A dataclass field with its help text (for CLI options and GUI forms)."""
-    return field(default=default, metadata={"help": help})
+def _p(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
+    """A dataclass field with its help text and allowed values (for CLI options and GUI forms)."""
+    return field(default=default, metadata={"help": help, **({"choices": choices} if choices else {})})
 
 
 def _threads() -> Any:
@@ -27,7 +27,7 @@ def _threads() -> Any:
 
 def _device() -> Any:
     """The ``device`` field shared by training and segmentation."""
-    return _p("auto", "auto (cuda when available), cpu or cuda")
+    return _p("auto", "auto (cuda when available), cpu or cuda", ("auto", "cpu", "cuda"))
 
 
 @dataclass
@@ -99,7 +99,7 @@ class ExperimentParams:
     budget_s: float | None = _p(600.0, "stop a run after this many seconds even if its epochs are not done")
     width: int = _p(16, "U-Net width of the experiment runs")
     sizes: tuple[int, ...] = _p((4, 16, 64, 256), "training-set sizes for `experiment size`")
-    by: str = _p("crops", "what `experiment size` counts: crops or fields")
+    by: str = _p("crops", "what `experiment size` counts: crops or fields", ("crops", "fields"))
     max_planes: int | None = _p(None, "stop the best-first plane sequence here (default: all planes)")
     repeats: int = _p(1, "training runs (seeds) per table row; the table shows their mean")
     folds: int | None = _p(None, "how many fields take a turn as the test field (default: all)")

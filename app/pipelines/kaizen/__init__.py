@@ -6,6 +6,8 @@ network), :mod:`.train` (patches and training job), :mod:`.sizing` (object diame
 :mod:`.model` (model folders), :mod:`.params` (parameter dataclasses).  Importing the package
 registers the pipeline; torch loads only when a job runs.
 
+:func:`analyze_one` is the one per-image step every entry point runs (app.pipelines.runner).
+
 Typical use::
 
     from app.pipelines.kaizen.model import load_kaizen_model
@@ -20,31 +22,53 @@ from pathlib import Path
 from typing import Any
 
 from app.core.jobs import Job, Progress
+from app.pipelines.contract import Item, Layer, PipelineSpec, Sample, TrainerSpec
 from app.pipelines.kaizen.params import DecomposeParams, TrainParams
-from app.pipelines.registry import PipelineSpec, TrainerSpec, TrainingSource, analyze_images, register
+from app.pipelines.registry import TrainingSource, register
+
+OUTPUT_STEM = "kaizen"  # <item>/kaizen.tif, kaizen.objects.npz, kaizen.objects.json (+ objects.json)
 
 
-def analyze_project(project: Any, image_names: list[str], params: DecomposeParams,
-                    models: dict[str, str] | None = None) -> Job[Path]:
-    """Registry entry point: decompose project images into a new run folder; returns the folder."""
-    from app.core.results import write_objects
-    from app.pipelines.kaizen.decompose import decompose_job, read_gray
+def _channel(value: str | None) -> int | str | None:
+    """A channel given as text: an index when it is a number, else a name."""
+    if value is None:
+        return None
+    text = str(value)
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def load(folders: dict[str, str], params: DecomposeParams) -> Any:
+    """The Kaizen model on the asked device (once per process or worker)."""
     from app.pipelines.kaizen.model import load_kaizen_model
-    from app.pipelines.kaizen.outputs import write_outputs
     from app.pipelines.kaizen.train import resolve_device
 
-    models = models or {}
-    model = load_kaizen_model(models.get("kaizen"), device=resolve_device(params.device))
-    run = project.new_run("kaizen", params.to_dict(), {"kaizen": model.card.model_id()})
+    return load_kaizen_model(folders["kaizen"], device=resolve_device(params.device))
 
-    def one(name: str, folder: Path) -> Job[dict]:
-        result = yield from decompose_job(read_gray(project.image_path(name)), model, params, name=name)
-        written = write_outputs(folder, "kaizen", result, source=name)
-        written["objects"] = write_objects(folder / "objects.json", name, "kaizen",
-                                           {"objects": [o.to_dict() for o in result.objects]})
-        return {**written, "count": len(result.objects)}
 
-    return (yield from analyze_images(run, image_names, one))
+def prepare(params: DecomposeParams, loaded: Any) -> DecomposeParams:
+    """Fields left at their defaults take the model card's decomposition values."""
+    from app.pipelines.runner import with_model_defaults
+
+    return with_model_defaults(params, loaded.defaults)
+
+
+def device_of(loaded: Any) -> str:
+    from app.pipelines.runner import device_label
+
+    return device_label(next(loaded.network.parameters()).device)
+
+
+def analyze_one(item: Item, folder: Path, loaded: Any, params: DecomposeParams) -> Job[dict]:
+    """Decompose one image into ``folder``: kaizen.tif (labels), kaizen.objects.npz/.json and objects.json."""
+    from app.core.results import write_objects
+    from app.pipelines.kaizen.decompose import decompose_job, read_gray
+    from app.pipelines.kaizen.outputs import write_outputs
+
+    image = read_gray(item.sources[0], channel=_channel(params.channel), z=params.z)
+    result = yield from decompose_job(image, loaded, params, name=item.name)
+    write_outputs(folder, OUTPUT_STEM, result, source=item.name)
+    write_objects(folder / "objects.json", item.name, "kaizen", {"objects": [o.to_dict() for o in result.objects]})
+    return {"objects": len(result.objects), "diameter": result.diameter}
 
 
 def train_from_sources(sources: list[TrainingSource], params: TrainParams, out_dir: Path, resume: bool = False,
@@ -77,6 +101,15 @@ def train_from_sources(sources: list[TrainingSource], params: TrainParams, out_d
     return (yield from train_job(train, val, Path(out_dir), params, resume=resume, data_info=info))
 
 
+def demo_step(project: Any, folder: Path) -> list[str]:
+    """For the demo: decompose the sample's fluorescence nuclei with the shipped Kaizen model."""
+    from app.core.jobs import ConsoleProgress, run
+
+    names = [e.name for e in project.images() if e.group == "fluorescence nuclei"]
+    run_folder = run(SPEC.analyze(project, names, SPEC.params(), {}), ConsoleProgress())
+    return sorted(str(p) for p in Path(run_folder).rglob("*.tif"))
+
+
 def _renumbered(obj: Any, number: int) -> Any:
     """An annotation object with id ``number`` (label values must be unique and positive)."""
     import dataclasses
@@ -90,10 +123,20 @@ SPEC = register(PipelineSpec(
     description="A VQ-VAE redraws one nucleus (or cell) at a time until the internal picture explains the image; "
                 "objects may overlap. Outputs a label image, one generated image per object and objects JSON.",
     params=DecomposeParams,
-    model_pipelines=("kaizen",),
-    analyze=analyze_project,
+    analyze_one=analyze_one,
+    models={"kaizen": "kaizen"},
+    default_models={"kaizen": "kaizen-nuclei"},
+    load=load,
+    prepare_params=prepare,
+    device_of=device_of,
+    warm_modules=("app.pipelines.kaizen.decompose", "app.pipelines.kaizen.model", "app.pipelines.kaizen.outputs",
+                  "app.core.results", "tifffile"),
+    output_names={"labels": f"{OUTPUT_STEM}.tif", "stack": f"{OUTPUT_STEM}.objects.npz",
+                  "json": f"{OUTPUT_STEM}.objects.json", "objects": "objects.json"},
     image_kinds=("fluorescence",),
-    layers=("objects",),
+    layers=(Layer("objects", "#ffd700", 0),),
+    sample=Sample("fluorescence nuclei", "nuclei"),
+    demo=demo_step,
     trainers={"kaizen": TrainerSpec(
         model_pipeline="kaizen", title="Kaizen VQ-VAE (nuclei or whole cells)", params=TrainParams,
         train=train_from_sources,

@@ -97,6 +97,8 @@ class DecomposeParams:
     min_area: int = 0  # objects smaller than this (input pixels) are dropped; 0 = keep all
     batch_size: int = 512  # candidates per network call (a round larger than this is split)
     device: str = "auto"
+    channel: str | None = None  # channel name or index of a multi-channel image; None = the only one (RGB: mean)
+    z: int | None = None  # z-plane of a stack; None = a 2-D image
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -20,16 +20,73 @@ from typing import Any
 
 from app.core.errors import AnnotationError
 from app.core.jobs import Job
-from app.pipelines.registry import PipelineSpec, TrainerSpec, TrainingSource, register, training_images
-from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
+from app.pipelines.contract import Item, Layer, PipelineSpec, Sample, TrainerSpec
+from app.pipelines.registry import TrainingSource, register, training_images
+from app.pipelines.stagetool.classes import CELL_TYPES, STAGES, STAGE_COLOURS
 from app.pipelines.stagetool.params import AnalyzeParams, TrainParams
 
+DEMO_MODELS = {"tubules": "stagetool-tubules-demo", "cells": "stagetool-cells-demo"}  # as loading.DEMO_MODELS
 
-def _analyze(project: Any, image_names: list[str], params: AnalyzeParams, models: dict[str, str]) -> Job[Path]:
-    """Registry entry point: analyse project images into a new run folder (see batch.analyze_project)."""
-    from app.pipelines.stagetool.batch import analyze_project
 
-    return (yield from analyze_project(project, image_names, params, models))
+def expand(inputs: Any) -> list[Item]:
+    """Section files as ``stagetool analyze`` takes them (truth and label files in folders left out)."""
+    from app.pipelines.runner import image_name
+    from app.pipelines.stagetool.batch import section_files
+
+    return [Item(image_name(p), (str(p.resolve()),)) for p in section_files(list(inputs))]
+
+
+def check(items: Any, params: AnalyzeParams) -> None:
+    """Before any model loads: valid parameters, 2-D sections with the channels asked for (project names win)."""
+    from app.pipelines.stagetool.batch import check_sections
+
+    params.validate()
+    check_sections([(i.name, Path(i.sources[0])) for i in items if not i.meta.get("channel_names")], params)
+
+
+def load(folders: dict[str, str], params: AnalyzeParams) -> dict[str, Any]:
+    """The tubule and cell networks (once per process or worker), torch threads as asked."""
+    from app.pipelines.stagetool.batch import use_threads
+    from app.pipelines.stagetool.loading import load_model
+
+    use_threads(int(params.threads or 0))
+    return {kind: load_model(folders[kind], kind, params.device) for kind in ("tubules", "cells")}
+
+
+def device_of(loaded: Any) -> str:
+    from app.pipelines.runner import device_label
+
+    return device_label(loaded["tubules"].device)
+
+
+def analyze_one(item: Item, folder: Path, loaded: Any, params: AnalyzeParams) -> Job[dict]:
+    """One section into ``folder``: predictions.json, objects.json (edits applied), summary.json, CSV tables,
+    ``<section>.xlsx``."""
+    from app.core.edits import edits_for_image, read_edits
+    from app.pipelines.stagetool.batch import write_section_outputs
+    from app.pipelines.stagetool.predict import analyze_section
+
+    metadata = {k: v for k, v in item.meta.items() if k in ("pixel_size_um", "channel_names")}
+    yield from analyze_section(item.sources[0], folder, loaded["tubules"], loaded["cells"], params, name=item.name,
+                               metadata=metadata or None)
+    edits = edits_for_image(read_edits(folder.parent), item.name)  # a batch's edits.json in its output folder
+    summary = write_section_outputs(folder, edits, context={"group": item.meta.get("group")})
+    return {"tubules": summary.get("n_tubules"), "cells": summary.get("n_cells")}
+
+
+def demo(project: Any, folder: Path) -> list[str]:
+    """For the demo: stage the sample's testis section with the demo models; the workbook goes to reports."""
+    from app.pipelines.stagetool.batch import demo_step
+
+    return demo_step(project, folder)
+
+
+def finish(out: Path, names: Any, params: AnalyzeParams, force: bool = False) -> dict[str, Path]:
+    """The batch workbook (batch.xlsx) and pooled batch_summary.json over the finished sections."""
+    from app.pipelines.stagetool.batch import write_batch_outputs
+
+    workbook = write_batch_outputs(Path(out), list(names), force)
+    return {"workbook": workbook} if workbook else {}
 
 
 @dataclass
@@ -84,10 +141,22 @@ SPEC = register(PipelineSpec(
     description="Whole DAPI testis cross-sections: tubules staged (I-V, VI-VIII, IX, X-XI, XII), nine cell types "
                 "counted per tubule, antigen profiles per antibody channel, Excel report.",
     params=AnalyzeParams,
-    model_pipelines=("stagetool-tubules", "stagetool-cells"),
-    analyze=_analyze,
+    analyze_one=analyze_one,
+    models={"tubules": "stagetool-tubules", "cells": "stagetool-cells"},
+    default_models=DEMO_MODELS,
+    load=load,
+    load_key=("device", "threads"),
+    device_of=device_of,
+    expand=expand,
+    check=check,
+    finish=finish,
+    warm_modules=("app.pipelines.stagetool.predict", "app.pipelines.stagetool.batch",
+                  "app.pipelines.stagetool.report_excel"),
     image_kinds=("section", "fluorescence"),
-    layers=("tubules", "cells"),
+    layers=(Layer("tubules", STAGE_COLOURS.get("IX", "#00ff00"), 0), Layer("cells", "#ff00ff", 1)),
+    sample=Sample("testis sections", ""),
+    demo=demo,
+    quick_params={"tta": "off"},
     trainers={
         "stagetool-tubules": TrainerSpec(
             model_pipeline="stagetool-tubules", title="Stagetool tubule stages (Mask R-CNN)",

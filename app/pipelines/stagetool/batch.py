@@ -28,7 +28,6 @@ from app.core.jobs import ConsoleProgress, Job, Progress, run
 from app.core.locks import results_writer
 from app.core.outputs import save_report_text
 from app.core.project import Run, now_iso
-from app.core.project_edit import entry_metadata
 from app.core.results import read_objects, write_objects
 from app.pipelines.stagetool import curation, tables
 from app.pipelines.stagetool.classes import MARKERS
@@ -282,27 +281,6 @@ def analyze_paths(paths: Sequence[str | Path], out: str | Path, params: AnalyzeP
         return (yield from run_sections(run, sections, tubules, cells, params, edits, force, synthetic))
 
 
-def analyze_project(project: Any, image_names: Sequence[str], params: AnalyzeParams,
-                    models: dict[str, str] | None = None) -> Job[Path]:
-    """The registry's entry point: a new run in ``project`` over ``image_names``; returns the run folder."""
-    params.validate()
-    use_threads(params.threads)
-    models = models or {}
-    tubules = load_model(models.get("tubules") or models.get("stagetool-tubules"), "tubules", params.device)
-    cells = load_model(models.get("cells") or models.get("stagetool-cells"), "cells", params.device)
-    run = project.new_run(PIPELINE, params.to_dict(), {"tubules": tubules.reference(), "cells": cells.reference()})
-    sections = [(name, Path(project.image_path(name))) for name in image_names]
-
-    metadata = {name: entry_metadata(project, name) for name in image_names}  # the project's pixel size wins
-    groups = {name: project.image(name).group for name in image_names}
-    try:
-        yield from run_sections(run, sections, tubules, cells, params, metadata=metadata, groups=groups)
-    except GeneratorExit:  # the GUI cancelled the job: the run must not stay "running" for ever
-        run.finish("cancelled")
-        raise
-    return Path(run.folder)
-
-
 def demo_step(project: Any, folder: Path) -> list[str]:
     """For ``./run.sh``: analyse the sample project's testis sections with the shipped demo models.
 
@@ -310,15 +288,15 @@ def demo_step(project: Any, folder: Path) -> list[str]:
     """
     import shutil
 
-
-
     entries = [entry for entry in project.images() if "testis" in (entry.group or "").lower()]
     if not entries:
         return []
     names = [entry.name for entry in entries]
     markers = [c for c in (entries[0].channels or []) if c in MARKERS]
     params = AnalyzeParams(antibodies=",".join(f"{m}={m}" for m in markers), threads=1)
-    run_folder = run(analyze_project(project, names, params), ConsoleProgress())
+    from app.pipelines.stagetool import SPEC
+
+    run_folder = run(SPEC.analyze(project, names, params), ConsoleProgress())
     produced = [str(run_folder / BATCH_WORKBOOK)] if (run_folder / BATCH_WORKBOOK).exists() else []
     if produced:
         report = project.report_path("stagetool-sample.xlsx")
