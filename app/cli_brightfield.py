@@ -240,7 +240,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         return print_result(result, True)
     for row in item_rows(result):
         note = " (done before, skipped)" if row["status"] == "skipped" else f" in {row['seconds'] or 0:.2f} s"
-        print(f"{row['image']}: {row.get('nuclei')} nuclei{note}")
+        print(f"{row['name']}: {row.get('count')} nuclei{note}")
     print(f"results in {args.out} (a folder per field with labels.tif, nuclei.csv and objects.json; nuclei.csv, "
           "counts.csv, run.json)")
     return EXIT_OK

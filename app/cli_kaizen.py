@@ -199,5 +199,5 @@ def cmd_segment(args: argparse.Namespace) -> int:
         return print_result(result, True)
     for row in item_rows(result):
         diameter = f"{row['diameter']:.1f}" if row.get("diameter") else "-"
-        print(f"{row['image']}: {row.get('objects')} objects (diameter {diameter} px) -> {row['folder']}")
+        print(f"{row['name']}: {row.get('count')} objects (diameter {diameter} px) -> {row['folder']}")
     return print_result(result, False)

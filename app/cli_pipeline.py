@@ -137,7 +137,7 @@ def analyze_folder(pipeline: str, inputs: Any, out: Path, models: dict[str, str]
     from app.batch.runner import run_batch
 
     result = run_batch(pipeline, inputs, out, models=models, params=params,
-                       progress=ProgressBar(verbose=not quiet), force=force)
+                       progress=ProgressBar(verbose=False), force=force)  # failures: reported once, at the end
     failed = [r for r in result["records"] if r["status"] == "failed"]
     if failed:
         listed = "; ".join(f"{r['image']}: {r.get('error')}" for r in failed)
@@ -148,7 +148,7 @@ def analyze_folder(pipeline: str, inputs: Any, out: Path, models: dict[str, str]
 def item_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per item: its name, source, folder, status, seconds and the pipeline's statistics."""
     folder = Path(result["folder"])
-    return [{"image": r["image"], "source": r.get("source"), "folder": str(folder / r["image"]),
+    return [{"name": r["image"], "image": r.get("source"), "folder": str(folder / r["image"]),
              "status": r["status"], "seconds": r.get("seconds"), **(r.get("stats") or {})}
             for r in sorted(result["records"], key=lambda r: r["image"])]
 

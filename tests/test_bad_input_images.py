@@ -225,8 +225,11 @@ def test_disk_full_is_one_line_and_leaves_no_partial_result_set(tmp_path, capsys
     out = tmp_path / "out"
     code, _, err = run_cli(capsys, "kaizen", "segment", small_nuclei(tmp_path), "--out", out)
     line = one_line_error(err)
-    assert code == 2 and "no space left" in line and str(out / "img.objects.json") in line
-    assert sorted(p.name for p in out.iterdir()) == []  # nothing half-written, hidden staging removed
+    # the runner's layout: out/img/kaizen.objects.json (was out/img.objects.json); the run records the failure
+    assert code == 2 and "no space left" in line and "kaizen.objects.json" in line and "img" in line
+    assert not (out / "img").exists()  # nothing half-written
+    assert not [p for p in out.iterdir() if p.name.startswith(".batch-tmp")]  # hidden staging removed
+    assert "img" in json.loads((out / "run.json").read_text())["failed"]
 
 
 @pytest.mark.parametrize("number", [errno.ENOSPC, errno.EACCES, errno.EROFS])

@@ -163,7 +163,8 @@ def test_kaizen_batch_loads_the_model_once_and_writes_what_kaizen_segment_writes
     assert [r["model_loaded"] for r in sorted(result["records"], key=lambda r: r["image"])] == [True, False]
     for name in ("n0", "n1"):
         files = {p.name for p in (tmp_path / "out" / name).iterdir()}
-        assert {f"{name}.tif", f"{name}.objects.npz", f"{name}.objects.json", "objects.json", TASK_FILE} <= files
+        # the runner's one Kaizen layout (was <image>/<image>.tif here, <stem>.tif flat in `kaizen segment`)
+        assert {"kaizen.tif", "kaizen.objects.npz", "kaizen.objects.json", "objects.json", TASK_FILE} <= files
     models = read_task_file(tmp_path / "out" / "n0")["models"]
     assert models[0]["name"] == "kaizen-nuclei" and len(models[0]["weights_sha256"]) == 64
 
@@ -264,8 +265,8 @@ def test_kaizen_batch_equals_kaizen_segment(tmp_path):
     tifffile.imwrite(folder / "n0.tif", nuclei(seed=3, size=64, count=5).image.astype(np.float32))
     assert run_batch("kaizen", [folder], tmp_path / "batch")["counts"]["done"] == 1
     assert main(["kaizen", "segment", str(folder), "--out", str(tmp_path / "segment"), "--threads", "1"]) == 0
-    np.testing.assert_array_equal(tifffile.imread(tmp_path / "batch" / "n0" / "n0.tif"),
-                                  tifffile.imread(tmp_path / "segment" / "n0.tif"))
+    # one layout for both (the runner's): the same bytes in the same place
+    assert (tmp_path / "batch" / "n0" / "kaizen.tif").read_bytes() == (tmp_path / "segment" / "n0" / "kaizen.tif").read_bytes()
 
 
 def test_brightfield_batch_on_a_real_field_equals_brightfield_segment(tmp_path, shared_data):
@@ -275,10 +276,10 @@ def test_brightfield_batch_on_a_real_field_equals_brightfield_segment(tmp_path, 
     assert run_batch("brightfield", [field], tmp_path / "bf")["counts"]["done"] == 1
     assert main(["brightfield", "segment", str(field), "--out", str(tmp_path / "bfs")]) == 0
     batch_csv = (tmp_path / "bf" / "set2" / "nuclei.csv").read_text()
-    assert batch_csv == (tmp_path / "bfs" / "set2_nuclei.csv").read_text()
+    assert batch_csv == (tmp_path / "bfs" / "set2" / "nuclei.csv").read_text()  # one layout (was set2_nuclei.csv)
     assert batch_csv.count("\n") > 2  # nuclei were found, with their fluorescence measured
     np.testing.assert_array_equal(tifffile.imread(tmp_path / "bf" / "set2" / "labels.tif"),
-                                  tifffile.imread(tmp_path / "bfs" / "set2_labels.tif"))
+                                  tifffile.imread(tmp_path / "bfs" / "set2" / "labels.tif"))
 
 
 def test_brightfield_batch_with_every_field_given_keeps_the_model_cards_settings(tmp_path):

@@ -143,10 +143,10 @@ def test_cli_segment_writes_labels_and_json(tiny_model, tmp_path, capsys):
     assert [Path(s["image"]).name for s in summary] == ["p6_0.tif", "p6_1.tif"]
     import tifffile
 
-    labels = tifffile.imread(tmp_path / "out" / "p6_0.tif")
+    labels = tifffile.imread(tmp_path / "out" / "p6_0" / "kaizen.tif")  # the runner's layout (was out/p6_0.tif)
     assert labels.shape == items[0][1].shape and labels.dtype == np.uint16 and labels.max() > 0
-    run_doc = json.loads((tmp_path / "out" / "run.json").read_text())
-    assert run_doc["params"]["min_residual"] == 0.1
+    run_doc = json.loads((tmp_path / "out" / "run.json").read_text())  # a run folder's run.json (app.core.project.Run)
+    assert run_doc["parameters"]["min_residual"] == 0.1 and set(run_doc["results"]) == {"p6_0", "p6_1"}
 
 
 def test_read_gray_converts_rgb(tmp_path):

@@ -253,8 +253,13 @@ def analyze_item(spec: PipelineSpec, item: Item, folder: Path, loaded: Any, para
 
 
 def error_text(error: BaseException) -> str:
-    """A failure as one line: a user error's message, else the exception type and message."""
-    return str(error) if isinstance(error, UserError) else f"{type(error).__name__}: {error}"
+    """A failure as one line: a user error's message, a full disk or denied write naming the path, else the
+    exception type and message."""
+    from app.core.errors import os_error_message
+
+    if isinstance(error, UserError):
+        return str(error)
+    return os_error_message(error) or f"{type(error).__name__}: {error}"
 
 
 # ----------------------------------------------------------------------------- project runs
@@ -316,7 +321,7 @@ def analyze_project(spec: PipelineSpec, project: Any, image_names: Sequence[str]
 
     def one(name: str, folder: Path) -> Job[dict]:
         stats = yield from analyze_item(spec, by_name[name], folder, loaded, params)
-        return {**outputs_of(folder, spec.output_names), **stats}
+        return {**stats, **outputs_of(folder, spec.output_names)}  # a file wins over a statistic of its name
 
     try:
         folder = yield from analyze_images(run, list(image_names), one)

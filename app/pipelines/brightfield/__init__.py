@@ -94,7 +94,7 @@ def analyze_one(item: Any, folder: Any, loaded: Any, params: Any) -> Any:
         write_tiff(folder / "probability.tif", (result.probability * 255).round().astype(np.uint8), axes="YX")
     write_csv(folder / "nuclei.csv", result.rows)
     write_objects_json(folder / "objects.json", result, item.name, loaded)
-    return {"nuclei": result.count, "count": result.count}
+    return {"count": result.count}
 
 
 def finish(out: Any, names: Any, params: Any, force: bool = False) -> dict[str, Any]:

@@ -68,7 +68,7 @@ def analyze_one(item: Item, folder: Path, loaded: Any, params: DecomposeParams) 
     result = yield from decompose_job(image, loaded, params, name=item.name)
     write_outputs(folder, OUTPUT_STEM, result, source=item.name)
     write_objects(folder / "objects.json", item.name, "kaizen", {"objects": [o.to_dict() for o in result.objects]})
-    return {"objects": len(result.objects), "diameter": result.diameter}
+    return {"count": len(result.objects), "diameter": result.diameter}
 
 
 def train_from_sources(sources: list[TrainingSource], params: TrainParams, out_dir: Path, resume: bool = False,

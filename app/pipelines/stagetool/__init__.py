@@ -71,7 +71,7 @@ def analyze_one(item: Item, folder: Path, loaded: Any, params: AnalyzeParams) ->
                                metadata=metadata or None)
     edits = edits_for_image(read_edits(folder.parent), item.name)  # a batch's edits.json in its output folder
     summary = write_section_outputs(folder, edits, context={"group": item.meta.get("group")})
-    return {"tubules": summary.get("n_tubules"), "cells": summary.get("n_cells")}
+    return {"n_tubules": summary.get("n_tubules"), "n_cells": summary.get("n_cells")}
 
 
 def demo(project: Any, folder: Path) -> list[str]:
