@@ -56,12 +56,10 @@ def torch_device() -> str:
     """The device Stagescope's "auto" setting would use here, in words (imports torch)."""
     import torch
 
-    if torch.cuda.is_available():
-        return f"cuda ({torch.cuda.get_device_name(0)})"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps (Apple GPU)"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    from app.core.device import describe_device
+
+    text = describe_device("auto")
+    return f"cpu ({torch.get_num_threads()} threads)" if text == "CPU" else text
 
 
 def version_text() -> str:

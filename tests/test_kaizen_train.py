@@ -18,7 +18,7 @@ from app.pipelines.kaizen.train import CHECKPOINT, train_job
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY = dict(patch=24, target_diameter=10.0, channels=8, codebook_size=32, code_dim=8, batch_size=32,
-            validation_patches=64, learning_rate=3e-3)
+            validation_patches=64, lr=3e-3)
 
 
 # Core phantom nuclei (app.core.phantoms): ~8-16 px wide, 15% overlapping and 20% touching another, uneven
