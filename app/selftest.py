@@ -153,7 +153,7 @@ def _failed(pipeline: str, error: Exception, image: str, models: dict[str, str],
 
 def check_run_folder(run_folder: Path, image: str) -> int:
     """Check a finished run: run.json finished, the image done, objects JSON readable and not empty."""
-    from app.core.project import Run
+    from app.core.runs import Run
     from app.core.results import read_objects
 
     run = Run.load(run_folder)

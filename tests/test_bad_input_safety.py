@@ -302,7 +302,7 @@ def test_content_fingerprint_sees_a_change_between_samples_of_a_large_file(tmp_p
 
 def test_stagetool_rerun_analyses_a_section_whose_bytes_changed_but_not_its_size(tmp_path, monkeypatch):
     """The second resume check (app/pipelines/stagetool/batch.py) holds the section's content too."""
-    from app.core.project import Run
+    from app.core.runs import Run
     from app.pipelines.stagetool import batch
 
     files = write_tiffs(tmp_path / "in", 2)

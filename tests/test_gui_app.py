@@ -334,7 +334,7 @@ def test_runs_on_several_images_go_to_the_settings_cluster(window, qtbot, tmp_pa
 
     import app.batch.pipelines as batch_pipelines
     import app.batch.runner as batch_runner
-    from app.core.project import Run, now_iso
+    from app.core.runs import Run, now_iso
     from app.core.results import write_objects
 
     from gui_fakes import FakeParams, fake_layers
