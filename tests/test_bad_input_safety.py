@@ -216,6 +216,7 @@ run_batch("noop", [sys.argv[1]], sys.argv[2], params={"seconds": float(sys.argv[
 """
 
 
+@pytest.mark.slow
 def test_a_second_batch_into_the_same_results_folder_is_refused_not_interleaved(tmp_path, capsys):
     write_tiffs(tmp_path / "in", 3)
     out = tmp_path / "out"

@@ -381,6 +381,7 @@ def test_whole_section_cell_matching_does_not_build_a_dense_matrix():
     assert peak < 300e6, f"peak {peak / 1e6:.0f} MB"
 
 
+@pytest.mark.slow
 def test_matching_with_duplicate_detections_is_solved_per_group_in_small_memory():
     """Found on an 8000 px section: boxes of duplicate detections (two boxes at IoU >= 0.5 with one
     cell) sent the matching to one dense 55 000 x 55 000 problem (22.6 GiB).  Each connected group of
