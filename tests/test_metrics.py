@@ -11,6 +11,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from app.core import metrics as M
+from app.core.metrics.instances import assign_matches
 
 # --------------------------------------------------------------------------------------------
 # semantic
@@ -414,7 +415,7 @@ def test_grouped_assignment_equals_one_dense_assignment():
         truth = np.hstack([centres, centres + rng.uniform(6, 10, (40, 2))])
         pred = truth[rng.integers(0, 40, 60)] + rng.uniform(-2, 2, (60, 4))
         rows, cols, values = M.box_iou_pairs(truth, pred, 0.3)
-        chosen = M._assign(rows, cols, values, 0.3)
+        chosen = assign_matches(rows, cols, values, 0.3)
         assert len(set(rows[chosen])) == len(chosen) == len(set(cols[chosen]))  # one-to-one
         dense = np.zeros((len(truth), len(pred)))
         ok = values >= 0.3
