@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.errors import UserError
+from app.core.params import RENAMED
 
 EXIT_OK = 0
 
@@ -101,19 +102,21 @@ def add_options(parser: argparse.ArgumentParser, cls: type, key: str, skip: tupl
         text = f.metadata.get("help", f.name.replace("_", " "))
         if "default" not in text:
             text += f" (default: {_show(default)})"
-        flag = "--" + f.name.replace("_", "-")
+        # the option of today's name, plus the one it had before names were unified (--max-epochs)
+        flags = ["--" + name.replace("_", "-") for name in (f.name, *(old for old, new in RENAMED.items()
+                                                                       if new == f.name))]
         dest = f"{key}__{f.name}"
         choices = f.metadata.get("choices")
         if kind.startswith(("bool", "<class 'bool'>")):
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
+            group.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif "tuple" in kind:
-            group.add_argument(flag, dest=dest, type=_int_tuple, default=None, metavar="I,J", help=text)
+            group.add_argument(*flags, dest=dest, type=_int_tuple, default=None, metavar="I,J", help=text)
         elif kind.startswith(("int", "<class 'int'>")):
-            group.add_argument(flag, dest=dest, type=int, default=None, metavar="N", help=text)
+            group.add_argument(*flags, dest=dest, type=int, default=None, metavar="N", help=text)
         elif kind.startswith(("float", "<class 'float'>")):
-            group.add_argument(flag, dest=dest, type=float, default=None, metavar="X", help=text)
+            group.add_argument(*flags, dest=dest, type=float, default=None, metavar="X", help=text)
         else:
-            group.add_argument(flag, dest=dest, default=None, choices=choices, help=text)
+            group.add_argument(*flags, dest=dest, default=None, choices=choices, help=text)
 
 
 def given_options(args: argparse.Namespace, key: str) -> dict[str, Any]:

@@ -20,12 +20,12 @@ from app.core.project import (
     MIGRATIONS,
     SCHEMA_VERSION,
     Project,
-    Run,
     atomic_path,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
 )
+from app.core.runs import Run
 
 
 def write_tiff(path: Path, channels: tuple[str, ...] = ("DAPI", "SOX9"), pixel_size: float = 0.5,

@@ -63,7 +63,7 @@ def objects_document(image: str, pipeline: str, layers: dict[str, list[dict]], m
 
 def write_objects(path: Path, image: str, pipeline: str, layers: dict[str, list[dict]], meta: dict | None = None) -> Path:
     """Write one image's objects atomically (temp file + rename)."""
-    from app.core.project import atomic_write_text
+    from app.core.atomic import atomic_write_text
 
     doc = objects_document(image, pipeline, layers, meta)
     atomic_write_text(Path(path), json.dumps(doc, indent=1, default=_default))

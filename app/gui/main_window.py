@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from app import __version__
+from app.core.device import describe_device, job_params
 from app.core.edits import apply_edits, make_edit, next_object_id
 from app.core.errors import UserError
 from app.core.pyramid import build_pyramid, pyramid_cache_dir
@@ -35,7 +36,7 @@ from app.gui.overlays import generated_objects_rgba, outline_objects_from_stack,
 from app.gui.project_browser import IMAGE_SUFFIXES, ProjectBrowser
 from app.gui.properties_panel import PropertiesPanel
 from app.gui.run_panel import (
-    RunPanel, RunRequest, batch_adapter, cluster_batch_job, params_with_threads, run_outcome, with_threads,
+    RunPanel, RunRequest, batch_adapter, cluster_batch_job, run_outcome, with_threads,
 )
 from app.gui.tile_viewer import ChannelPanel, TileViewer
 from app.gui.workers import BackgroundRunner, freeze_gc_heap
@@ -71,22 +72,12 @@ def _apply_edits_task(doc: dict, edits: list[dict], layer: str, key: Any) -> dic
 
 def _detect_device(choice: str) -> str:
     """Reader thread: the device a job would use, as text for the status bar."""
-    if choice == "cpu":
+    if choice.strip().lower() == "cpu":
         return "CPU"
     from app.core.torch_preload import preload_torch_libraries
 
     preload_torch_libraries()  # the loader's ~0.5 s without the GIL: the window keeps drawing (bench/torch_import_stall.py)
-    try:
-        import torch
-    except ImportError:
-        return "CPU (no torch)"
-    if choice in ("auto", "cuda") or choice.startswith("cuda"):
-        if torch.cuda.is_available():
-            index = int(choice.split(":")[1]) if ":" in choice else 0
-            return f"GPU: {torch.cuda.get_device_name(index)}"
-    if choice in ("auto", "mps") and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "GPU: Apple MPS"
-    return "CPU"
+    return describe_device(choice)
 
 
 class MainWindow(QMainWindow):
@@ -803,7 +794,7 @@ class MainWindow(QMainWindow):
             return None
         threads = int(self.settings.threads)
         project, models = self.project, dict(request.models)
-        params = params_with_threads(request.params, threads)
+        params = job_params(request.params, self.settings.device, threads)  # Settings: the jobs' defaults
         title = f"{spec.title} on {images[0]}" if len(images) == 1 else f"{spec.title} on {len(images)} images"
         self.save_settings()
         adapter = batch_adapter(request.pipeline, self.settings, project, images)

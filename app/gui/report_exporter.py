@@ -4,9 +4,9 @@ Sections are read from the project's runs (objects JSON with the run's edits app
 counts).  Each antibody's threshold T starts from the value the analysis used (given or
 suggested) and can be changed here: a histogram of the cells' mean intensities with T as a
 draggable line, and the section's antibody channel with the cells that are positive at T.  The
-workbook is written by the Stagetool report code (app/reports/excel.py with the tables of
-app/pipelines/stagetool/tables.py), looked up when needed, as a job in the queue; the folder can
-be opened afterwards.
+workbook is written by the Stagetool report code (app/pipelines/stagetool/report_excel.py with
+the tables of app/pipelines/stagetool/tables.py), looked up when needed, as a job in the queue;
+the folder can be opened afterwards.
 """
 
 from __future__ import annotations

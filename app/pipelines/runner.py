@@ -247,7 +247,10 @@ def outputs_of(folder: Path, names: dict[str, str] | None = None) -> dict[str, P
 
 def analyze_item(spec: PipelineSpec, item: Item, folder: Path, loaded: Any, params: Any) -> Job[dict[str, Any]]:
     """Job: ``spec.analyze_one`` on ``item`` into ``folder`` (created); returns its statistics."""
+    from app.core.device import use_threads
+
     Path(folder).mkdir(parents=True, exist_ok=True)
+    use_threads(getattr(params, "threads", None))  # torch keeps the count per thread: set on the one that works
     stats = yield from spec.analyze_one(item, Path(folder), loaded, params)
     return dict(stats or {})
 

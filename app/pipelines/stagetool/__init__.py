@@ -46,7 +46,7 @@ def check(items: Any, params: AnalyzeParams) -> None:
 
 def load(folders: dict[str, str], params: AnalyzeParams) -> dict[str, Any]:
     """The tubule and cell networks (once per process or worker), torch threads as asked."""
-    from app.pipelines.stagetool.batch import use_threads
+    from app.core.device import use_threads
     from app.pipelines.stagetool.loading import load_model
 
     use_threads(int(params.threads or 0))
