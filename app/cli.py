@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import importlib.util
-import json
 import logging
 import os
 import sys
@@ -22,23 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from app import __version__
+from app.cli_common import print_json  # noqa: F401 - the name command modules and scripts used
 from app.core.errors import UserError, os_error_message
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
-
-
-def print_json(data: Any) -> None:
-    """Print ``data`` as indented JSON on stdout (numpy scalars converted)."""
-    print(json.dumps(data, indent=2, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
 # ---------------------------------------------------------------- info

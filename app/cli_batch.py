@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from app.cli_common import parse_pairs, print_json  # noqa: F401 - parse_pairs: the name scripts used here
 from app.core.errors import UserError
 
 EXIT_OK = 0
@@ -50,28 +51,10 @@ def add_parser(subparsers: Any) -> None:
     p.set_defaults(func=cmd_analyze)
 
 
-def parse_pairs(values: list[str], option: str, as_json: bool = True) -> dict[str, Any]:
-    """``KEY=VALUE`` strings to a dict; values parsed as JSON when they are JSON, else kept as text."""
-    pairs: dict[str, Any] = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise UserError(f"{option} expects KEY=VALUE, not '{item}'")
-        if as_json:
-            try:
-                pairs[key.strip()] = json.loads(value)
-                continue
-            except ValueError:
-                pass
-        pairs[key.strip()] = value
-    return pairs
-
-
 def cmd_analyze(args: argparse.Namespace) -> int:
     """Run the batch with a progress bar and print where everything went."""
     from app.batch.progress import ProgressBar, format_seconds
     from app.batch.runner import run_batch
-    from app.cli import print_json
     from app.core.outputs import collect_kept
 
     cluster = args.scheduler or args.cluster or ""

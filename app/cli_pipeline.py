@@ -54,7 +54,7 @@ def add_generic(subparsers: Any, spec: Any) -> None:
 
 
 def _generic_analyze(args: argparse.Namespace) -> int:
-    from app.cli_batch import parse_pairs
+    from app.cli_common import parse_pairs
 
     result = analyze_folder(args.pipeline, args.inputs, args.out, parse_pairs(args.model, "--model", as_json=False),
                             given_options(args, "param"), force=args.force, quiet=args.json)
@@ -158,7 +158,7 @@ def item_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def print_result(result: dict[str, Any], as_json: bool) -> int:
     """The per-item rows as JSON, or where things went."""
-    from app.cli import print_json
+    from app.cli_common import print_json
 
     rows = item_rows(result)
     if as_json:

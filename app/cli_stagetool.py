@@ -111,7 +111,7 @@ def _print_kept(kept: list[KeptReport]) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from app.cli import print_json
+    from app.cli_common import print_json
     from app.pipelines.stagetool.evaluate import evaluate_results, format_evaluation
 
     with collect_kept() as kept:

@@ -158,15 +158,17 @@ def test_cli_derive_train_segment(fields, tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["brightfield", "segment", str(f2), "--out", str(out), "--model", str(model_dir),
                  "--min-area", "20", "--threads", "1"]) == 0
-    assert tifffile.imread(out / "f2_labels.tif").shape == fields[1].labels.shape
-    with open(out / "f2_nuclei.csv") as handle:
+    # the runner's layout, as project runs and batches write it (was out/f2_labels.tif, f2_nuclei.csv, ...)
+    assert tifffile.imread(out / "f2" / "labels.tif").shape == fields[1].labels.shape
+    with open(out / "f2" / "nuclei.csv") as handle:
         rows = list(csv.reader(handle))
     assert rows[0][:3] == ["field", "id", "area_px"] and "mean_fluorescence" in rows[0]
-    doc = json.loads((out / "f2.objects.json").read_text())
+    doc = json.loads((out / "f2" / "objects.json").read_text())
     assert doc["pipeline"] == "brightfield" and len(doc["layers"]["nuclei"]) == len(rows) - 1
     run_json = json.loads((out / "run.json").read_text())
-    assert run_json["model"]["weights_sha256"] == card["weights_sha256"]
-    assert run_json["params"]["min_area"] == 20
+    assert run_json["models"]["brightfield"]["weights_sha256"] == card["weights_sha256"]
+    assert run_json["parameters"]["min_area"] == 20 and run_json["status"] == "finished"
+    assert (out / "counts.csv").read_text().splitlines()[1].startswith("f2,")
 
     capsys.readouterr()
     one_plane = tmp_path / "one"
@@ -196,7 +198,7 @@ def test_registry_runs_project_stacks(trained, fields, tmp_path):
     project = Project.create(tmp_path / "proj", name="p")
     entry = project.add_image(stack_file)
     spec = get("brightfield")
-    assert spec.params is SegmentParams and "nuclei" in spec.layers
+    assert spec.params is SegmentParams and "nuclei" in spec.layer_names
     folder = run(spec.analyze(project, [entry.name], SEGMENT, {"brightfield": str(tmp_path / "m")}))
     doc = json.loads((folder / "run.json").read_text())
     assert doc["status"] == "finished" and doc["parameters"]["min_area"] == SEGMENT.min_area

@@ -284,9 +284,13 @@ def test_self_test_fails_on_a_broken_pipeline_and_tells_unfit_input_apart(
 
     fake_project = SimpleNamespace(images=lambda: [SimpleNamespace(name="nuclei_000", group="fluorescence nuclei"),
                                                    SimpleNamespace(name="field_planes", group="brightfield fields")])
-    specs = {name: SimpleNamespace(name=name, model_pipelines=(name,), params=SimpleNamespace, analyze=job)
-             for name, job in (("kaizen", broken), ("brightfield", refuses))}
-    monkeypatch.setattr(registry, "pipelines", lambda: specs)
+    from app.pipelines.contract import Sample
+
+    specs = {name: SimpleNamespace(name=name, model_pipelines=(name,), params=SimpleNamespace, analyze=job,
+                                   sample=sample)  # the sample image each spec names
+             for name, job, sample in (("kaizen", broken, Sample("fluorescence nuclei", "nuclei")),
+                                       ("brightfield", refuses, Sample("brightfield fields", "planes")))}
+    monkeypatch.setattr(registry, "pipelines", lambda hidden=True: specs)
     monkeypatch.setattr(selftest, "sample_project_copy", lambda target: fake_project)
     monkeypatch.setattr(selftest, "shipped_models", lambda pipelines: {p: f"models/{p}" for p in pipelines})
     monkeypatch.setattr(selftest, "quick_params", lambda spec: None)

@@ -129,8 +129,8 @@ class PipelineSpec:
     hidden: bool = False  # not offered in the GUI (the ``noop`` cluster probe)
     # item key -> file name in the item's folder, for run.json when the name alone does not say it
     output_names: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
-    # ``analyze(project, image_names, params, models) -> Job[run folder]``: a project run; None (the
-    # norm) means app.pipelines.runner.analyze_project with this spec; tests' fakes give their own
+    # ``analyze(project, image_names, params, models) -> Job[run folder]``: a project run; left None (the
+    # norm), registry.register binds app.pipelines.runner.analyze_project to the spec; tests' fakes give their own
     analyze: Callable[..., Job[Path]] | None = field(default=None, compare=False, hash=False)
     module: str = ""  # the module that registered it (imported by Dask workers that do not know it yet)
 
@@ -138,8 +138,6 @@ class PipelineSpec:
         layers = tuple(layer if isinstance(layer, Layer) else Layer(str(layer), order=i)
                        for i, layer in enumerate(self.layers))
         object.__setattr__(self, "layers", layers)
-        if self.analyze is None:
-            object.__setattr__(self, "analyze", self._analyze_project)
         if not self.module:
             source = self.analyze_one or self.analyze
             object.__setattr__(self, "module", getattr(source, "__module__", "") or "")
@@ -157,13 +155,6 @@ class PipelineSpec:
     def layer_colours(self) -> dict[str, str]:
         """Layer name -> colour (#rrggbb) for the viewer."""
         return {layer.name: layer.colour for layer in self.layers}
-
-    def _analyze_project(self, project: Any, image_names: Sequence[str], params: Any,
-                         models: dict[str, str] | None = None) -> Job[Path]:
-        """Job: a new run of ``project`` over ``image_names`` (see app.pipelines.runner); returns the run folder."""
-        from app.pipelines.runner import analyze_project
-
-        return analyze_project(self, project, list(image_names), params, models)
 
     def build_params(self, values: dict[str, Any] | None = None, base: Any = None) -> Any:
         """The params dataclass from ``base`` (or defaults) and ``values``; an unknown key is a UserError."""

@@ -12,6 +12,7 @@ project images, corrected predictions of a run, imported COCO / QuPath GeoJSON f
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from app.pipelines.contract import Item, Layer, LoadedModel, PipelineSpec, Sample, TrainerSpec
-from app.pipelines.runner import analyze_images
+from app.pipelines.runner import analyze_images, analyze_project
 
 __all__ = ["Item", "Layer", "LoadedModel", "PipelineSpec", "Sample", "TrainerSpec", "TrainingSource", "TrainingImage",
            "analyze_images", "get", "known", "pipelines", "register", "pipeline_packages", "training_images"]
@@ -71,6 +72,8 @@ def register(spec: PipelineSpec) -> PipelineSpec:
     if old is not None and old.module != spec.module:
         raise ValueError(f"a pipeline named {spec.name!r} is already registered by {old.module or '?'}; "
                          f"{spec.module or '?'} must choose another name")
+    if spec.analyze is None:  # the norm: project runs go through the runner's one loop
+        object.__setattr__(spec, "analyze", functools.partial(analyze_project, spec))
     _REGISTRY[spec.name] = spec
     from app.core.modelcard import register_model_pipeline
 

@@ -75,10 +75,29 @@ def analyze_one(item: Item, folder: Path, loaded: Any, params: AnalyzeParams) ->
 
 
 def demo(project: Any, folder: Path) -> list[str]:
-    """For the demo: stage the sample's testis section with the demo models; the workbook goes to reports."""
-    from app.pipelines.stagetool.batch import demo_step
+    """For ``./run.sh``: analyse the sample project's testis sections with the shipped demo models.
 
-    return demo_step(project, folder)
+    Returns the files a user should open (the batch workbook, copied into the project's reports).
+    """
+    import shutil
+
+    from app.core.jobs import ConsoleProgress, run
+    from app.pipelines.stagetool.classes import MARKERS
+    from app.pipelines.stagetool.layout import BATCH_WORKBOOK
+
+    entries = [entry for entry in project.images() if "testis" in (entry.group or "").lower()]
+    if not entries:
+        return []
+    names = [entry.name for entry in entries]
+    markers = [c for c in (entries[0].channels or []) if c in MARKERS]
+    params = AnalyzeParams(antibodies=",".join(f"{m}={m}" for m in markers), threads=1)
+    run_folder = run(SPEC.analyze(project, names, params), ConsoleProgress())
+    produced = [str(run_folder / BATCH_WORKBOOK)] if (run_folder / BATCH_WORKBOOK).exists() else []
+    if produced:
+        report = project.report_path("stagetool-sample.xlsx")
+        shutil.copy2(run_folder / BATCH_WORKBOOK, report)
+        produced.append(str(report))
+    return produced
 
 
 def finish(out: Path, names: Any, params: AnalyzeParams, force: bool = False) -> dict[str, Path]:

@@ -25,13 +25,12 @@ from app.core.edits import edits_for_image, read_edits
 from app.core.errors import ImageError, UserError
 from app.core.fingerprint import file_fingerprint
 from app.core.images import list_images, open_image
-from app.core.jobs import ConsoleProgress, Job, Progress, run
+from app.core.jobs import Job, Progress
 from app.core.locks import results_writer
 from app.core.outputs import save_report_text
 from app.core.project import Run, now_iso
 from app.core.results import read_objects, write_objects
 from app.pipelines.stagetool import curation, tables
-from app.pipelines.stagetool.classes import MARKERS
 from app.pipelines.stagetool.layout import (
     BATCH_WORKBOOK, EVALUATION_FILE, LOG_FILE, OBJECTS_FILE, PIPELINE, POOLED, PREDICTIONS_FILE, SUMMARY_FILE,
 )
@@ -272,27 +271,3 @@ def analyze_paths(paths: Sequence[str | Path], out: str | Path, params: AnalyzeP
         cells = load_model(cell_model, "cells", params.device)
         run = open_run(Path(out), params, {"tubules": tubules.reference(), "cells": cells.reference()})
         return (yield from run_sections(run, sections, tubules, cells, params, edits, force, synthetic))
-
-
-def demo_step(project: Any, folder: Path) -> list[str]:
-    """For ``./run.sh``: analyse the sample project's testis sections with the shipped demo models.
-
-    Returns the files a user should open (the batch workbook, copied into the project's reports).
-    """
-    import shutil
-
-    entries = [entry for entry in project.images() if "testis" in (entry.group or "").lower()]
-    if not entries:
-        return []
-    names = [entry.name for entry in entries]
-    markers = [c for c in (entries[0].channels or []) if c in MARKERS]
-    params = AnalyzeParams(antibodies=",".join(f"{m}={m}" for m in markers), threads=1)
-    from app.pipelines.stagetool import SPEC
-
-    run_folder = run(SPEC.analyze(project, names, params), ConsoleProgress())
-    produced = [str(run_folder / BATCH_WORKBOOK)] if (run_folder / BATCH_WORKBOOK).exists() else []
-    if produced:
-        report = project.report_path("stagetool-sample.xlsx")
-        shutil.copy2(run_folder / BATCH_WORKBOOK, report)
-        produced.append(str(report))
-    return produced
