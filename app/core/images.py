@@ -47,6 +47,7 @@ import contextlib
 import math
 import os
 import tempfile
+import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -891,6 +892,10 @@ def write_tiff(
     options = _write_options(dtype, compression, tile)
     total = int(np.prod(shape)) * dtype.itemsize * (1.34 if n_sub else 1.0)
     metadata = _ome_write_metadata(axes, shape, channel_names, pixel_size_um, z_spacing_um)
+    # a name-based UUID instead of tifffile's time-based one: the same image written twice (a project
+    # run, a CLI run and a batch of one input) gives the same bytes
+    metadata["UUID"] = "urn:uuid:" + str(uuid.uuid5(uuid.NAMESPACE_URL, repr((path.name, axes, tuple(shape), str(dtype),
+                                                                             sorted(metadata.items())))))
     import tifffile
 
     path.parent.mkdir(parents=True, exist_ok=True)

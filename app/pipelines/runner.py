@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import secrets
+import shutil
 import socket
 import sys
 import threading
@@ -255,6 +258,28 @@ def analyze_item(spec: PipelineSpec, item: Item, folder: Path, loaded: Any, para
     return dict(stats or {})
 
 
+def publish_item(spec: PipelineSpec, item: Item, folder: Path, loaded: Any, params: Any) -> Job[dict[str, Any]]:
+    """Job: :func:`analyze_item` into a hidden folder beside ``folder``, renamed to ``folder`` when complete.
+
+    So an item's folder holds all its files or does not exist (a failure or a cancel leaves none),
+    as in a batch (app.batch.tasks publishes the same way, across workers).
+    """
+    folder = Path(folder)
+    partial = folder.with_name(f".partial-{folder.name}-{secrets.token_hex(4)}")
+    try:
+        stats = yield from analyze_item(spec, item, partial, loaded, params)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(partial, folder)
+        return stats
+    except BaseException:
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # made by the run for this item; nothing is published
+        raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+
+
 def error_text(error: BaseException) -> str:
     """A failure as one line: a user error's message, a full disk or denied write naming the path, else the
     exception type and message."""
@@ -323,7 +348,7 @@ def analyze_project(spec: PipelineSpec, project: Any, image_names: Sequence[str]
     by_name = {item.name: item for item in items}
 
     def one(name: str, folder: Path) -> Job[dict]:
-        stats = yield from analyze_item(spec, by_name[name], folder, loaded, params)
+        stats = yield from publish_item(spec, by_name[name], folder, loaded, params)
         return {**stats, **outputs_of(folder, spec.output_names)}  # a file wins over a statistic of its name
 
     try:
