@@ -130,11 +130,12 @@ def given_options(args: argparse.Namespace, key: str) -> dict[str, Any]:
 
 
 def analyze_folder(pipeline: str, inputs: Any, out: Path, models: dict[str, str] | None, params: dict[str, Any],
-                   force: bool = False, quiet: bool = False) -> dict[str, Any]:
+                   force: bool = False, quiet: bool = False, raise_failures: bool = True) -> dict[str, Any]:
     """Run ``pipeline`` over ``inputs`` (paths or items) into ``out`` here; failing items are reported at the end.
 
     Progress goes to stderr.  Returns the batch result (app.batch.runner.batch_job); raises UserError
-    naming each failed item after the others were done (and recorded in run.json).
+    naming each failed item after the others were done (and recorded in run.json), unless
+    ``raise_failures`` is False (the caller reports them: ``stagetool analyze`` exits 1).
     """
     from app.batch.progress import ProgressBar
     from app.batch.runner import run_batch
@@ -142,7 +143,7 @@ def analyze_folder(pipeline: str, inputs: Any, out: Path, models: dict[str, str]
     result = run_batch(pipeline, inputs, out, models=models, params=params,
                        progress=ProgressBar(verbose=False), force=force)  # failures: reported once, at the end
     failed = [r for r in result["records"] if r["status"] == "failed"]
-    if failed:
+    if failed and raise_failures:
         listed = "; ".join(f"{r['image']}: {r.get('error')}" for r in failed)
         raise UserError(f"{len(failed)} of {len(result['records'])} item(s) failed ({listed}); the others are in {out}")
     return result

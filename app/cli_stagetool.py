@@ -64,10 +64,15 @@ def cmd_fit_stager(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from app.core.edits import read_edits
-    from app.core.jobs import run
-    from app.pipelines.stagetool.batch import analyze_paths, section_files
+    """Sections into DIR/<section>/ through the runner (as project runs and batches); exit 1 when some failed."""
+    import dataclasses
+
+    from app.cli_pipeline import analyze_folder
+    from app.core.edits import edits_path, read_edits, write_edits
+    from app.pipelines.contract import Item
+    from app.pipelines.stagetool.batch import section_files
     from app.pipelines.stagetool.params import AnalyzeParams
+    from app.pipelines.stagetool.predict import section_name
 
     params = AnalyzeParams(tta=args.tta, device=args.device, dapi=args.dapi, antibodies=",".join(args.antibody or []))
     for key in ("overlap", "batch_size", "cell_score", "single_score", "tubule_score", "threads", "cell_tile",
@@ -76,7 +81,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(params, key, value)
     params.validate()
-    edits = []
+    edits = None
     if args.edits is not None:
         if not args.edits.exists():
             raise UserError(f"{args.edits}: no such edits file")
@@ -84,24 +89,32 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     sections = section_files(args.sections)
     if args.truth is not None:  # a truth that cannot be scored is refused before hours of analysis
         from app.pipelines.stagetool.evaluate import check_truth_for_sections
-        from app.pipelines.stagetool.predict import section_name
 
         check_truth_for_sections(args.truth, [(section_name(p), p) for p in sections])
+    items = [Item(section_name(p), (str(Path(p).resolve()),), meta={"synthetic": True} if args.synthetic else {})
+             for p in sections]
+    if edits is not None:  # kept in the output folder, where the GUI keeps a run's edits and reruns find them
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        write_edits(edits_path(Path(args.out)), edits)
+    values = {f.name: getattr(params, f.name) for f in dataclasses.fields(params) if f.init}
+    models = {"tubules": args.tubule_model, "cells": args.cell_model}
     with collect_kept() as kept:
-        result = run(analyze_paths(sections, args.out, params, args.tubule_model, args.cell_model, edits, args.force,
-                                   synthetic=True if args.synthetic else None), _progress())
+        result = analyze_folder("stagetool", items, args.out, models, values, force=args.force, quiet=True,
+                                raise_failures=False)
         if args.truth is not None:
             from app.pipelines.stagetool.evaluate import evaluate_results
 
             evaluate_results(args.out, args.truth, args.force)
-    print(f"{len(result['done'])} section(s) done in {args.out}"
-          + (f" ({len(result['skipped'])} already analysed, reports rewritten)" if result["skipped"] else ""))
-    if result["workbook"]:
-        print(f"  batch workbook: {result['workbook']}")
+    counts = result["counts"]
+    print(f"{counts['done'] + counts['skipped']} section(s) done in {args.out}"
+          + (f" ({counts['skipped']} already analysed, reports rewritten)" if counts["skipped"] else ""))
+    if result["outputs"].get("workbook"):
+        print(f"  batch workbook: {result['outputs']['workbook']}")
     _print_kept(kept)
-    for name, message in result["failed"].items():
-        print(f"  FAILED {name}: {message}")
-    return EXIT_FAILED_SECTIONS if result["failed"] else EXIT_OK
+    for record in result["records"]:
+        if record["status"] == "failed":
+            print(f"  FAILED {record['image']}: {record.get('error')}")
+    return EXIT_FAILED_SECTIONS if counts["failed"] else EXIT_OK
 
 
 def _print_kept(kept: list[KeptReport]) -> None:
@@ -186,7 +199,8 @@ def add_parser(subparsers: Any) -> None:
     q.add_argument("--tta", choices=TTA_MODES, default="off",
                    help="cell rotations: off (default, one pass), full (the paper's 4 rotations: tighter boxes, "
                         "3-4x the time) or adaptive (rotations around uncertain cells only)")
-    q.add_argument("--edits", type=Path, default=None, metavar="FILE", help="curation edits (JSON) to apply")
+    q.add_argument("--edits", type=Path, default=None, metavar="FILE",
+                   help="curation edits (JSON) to apply; kept as DIR/edits.json for later reruns")
     q.add_argument("--force", action="store_true",
                    help="analyse again sections that are already done, and replace workbooks and tables changed "
                         "since Stagescope wrote them (default: keep them, new ones get versioned names)")

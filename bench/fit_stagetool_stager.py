@@ -46,16 +46,15 @@ def main() -> None:
 
 def fit_on_found_cells(work: Path, model: Path = REPO / "models" / "stagetool-tubules-demo"):
     """Write the training phantoms (unless there), analyse them with the shipped models, fit on the found cells."""
-    from app.core.jobs import ConsoleProgress, run
-    from app.pipelines.stagetool.batch import analyze_paths
-    from app.pipelines.stagetool.params import AnalyzeParams
+    from app.batch import run_batch
+    from app.batch.progress import ProgressBar
 
     sections = work / "sections"
     if not (sections / "README.txt").exists():
         write_testis(sections, seed=SEEDS[0], count=len(SEEDS), size=SIZE, markers=())
     paths = sorted(sections.glob("testis_*.ome.tif"))
     results = work / "results"
-    run(analyze_paths(paths, results, AnalyzeParams(stage_from="masks")), ConsoleProgress())
+    run_batch("stagetool", paths, results, params={"stage_from": "masks"}, progress=ProgressBar(verbose=False))
     data = (f"cells found by the shipped cell model 'stagetool-cells-demo' with the default analysis (one pass, cells "
             f"from score 0.4, one box per cell) in the {len(SEEDS)} training phantom sections (seeds {SEEDS[0]}-"
             f"{SEEDS[-1]}, {SIZE} px), each joined to the truth tubule under it, with the truth stages "

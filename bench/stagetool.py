@@ -68,15 +68,19 @@ def one_flow(flow: str, section: Path, truth: Path, out: Path, threads: int, tub
     """Run one flow in this process; seconds, peak memory, tile counts and accuracy."""
     import torch
 
-    from app.core.jobs import run
-    from app.pipelines.stagetool.batch import analyze_paths
+    from app.batch import run_batch
+    from app.pipelines.contract import Item
     from app.pipelines.stagetool.evaluate import evaluate_results
     from app.pipelines.stagetool.params import AnalyzeParams
 
     torch.set_num_threads(threads)
     params = AnalyzeParams(antibodies="SOX9=SOX9", threads=threads, device=device, **FLOWS[flow])
     start = time.perf_counter()
-    run(analyze_paths([section], out, params, tubule_model, cell_model, force=True, synthetic=True))
+    item = Item(section.name.split(".")[0], (str(section),), meta={"synthetic": True})
+    values = {f: getattr(params, f) for f in params.__dataclass_fields__ if params.__dataclass_fields__[f].init}
+    result = run_batch("stagetool", [item], out, models={"tubules": tubule_model, "cells": cell_model},
+                       params=values, force=True)
+    assert result["counts"]["failed"] == 0, result["records"]
     seconds = time.perf_counter() - start
     analysis_mb = _rss_mb()  # peak of the analysis itself, before evaluation reads the truth
     evaluation = next(iter(evaluate_results(out, truth).values()))

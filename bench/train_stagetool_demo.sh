@@ -191,8 +191,8 @@ def evaluate(mode: str) -> None:
     import torch
 
     from app.core.atomic import atomic_write_json
-    from app.core.jobs import run
-    from app.pipelines.stagetool.batch import analyze_paths
+    from app.batch import run_batch
+    from app.pipelines.contract import Item
     from app.pipelines.stagetool.evaluate import POOLED, cell_lists, cell_scores, load_truth
     from app.pipelines.stagetool.evaluate import evaluate_results
     from app.pipelines.stagetool.params import AnalyzeParams
@@ -205,11 +205,14 @@ def evaluate(mode: str) -> None:
                            batch_size=4 if DEVICE == "cuda" else 2, cell_score=0.3 if mode == "off" else 0.5)
     folder = WORK / "eval" / f"tta-{mode}"
     start = time.monotonic()
-    result = run(analyze_paths(files, folder, params, OUT / "models" / NAMES["tubules"],
-                               OUT / "models" / NAMES["cells"], force=True, synthetic=True))
+    items = [Item(f.name.split(".")[0], (str(f),), meta={"synthetic": True}) for f in files]
+    values = {k: getattr(params, k) for k, f in params.__dataclass_fields__.items() if f.init}
+    result = run_batch("stagetool", items, folder, models={"tubules": str(OUT / "models" / NAMES["tubules"]),
+                                                            "cells": str(OUT / "models" / NAMES["cells"])},
+                       params=values, force=True)
     seconds = time.monotonic() - start
-    if result["failed"]:
-        raise SystemExit(f"evaluation {mode} failed: {result['failed']}")
+    if result["counts"]["failed"]:
+        raise SystemExit(f"evaluation {mode} failed: {[r for r in result['records'] if r['status'] == 'failed']}")
     evaluations = evaluate_results(folder, test)
     pooled = evaluations.get(POOLED) or next(iter(evaluations.values()))
     report = {"tta": mode, "cell_score": params.cell_score, "seconds": round(seconds, 1),

@@ -110,7 +110,7 @@ def register_fake() -> Any:
     from app.pipelines.registry import PipelineSpec, register
 
     return register(PipelineSpec(name=FAKE_NAME, title="Fake pipeline", description="Draws fixed tubules and cells.",
-                                 params=FakeParams, model_pipelines=(), analyze=fake_analyze,
+                                 params=FakeParams, analyze=fake_analyze,
                                  image_kinds=("section",), layers=("tubules", "cells")))
 
 

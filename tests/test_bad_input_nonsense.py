@@ -145,16 +145,18 @@ def write_truth(folder, name: str, shape: tuple[int, int]):
 
 @pytest.fixture
 def loads(monkeypatch):
-    """Names of the models Stagetool's batch loads (a refusal must come before any)."""
-    import app.pipelines.stagetool.batch as batch
+    """Names of the models Stagetool loads (a refusal must come before any)."""
+    import app.pipelines.stagetool.loading as loading
+    from app.pipelines.runner import clear_model_cache
 
-    loaded, real = [], batch.load_model
+    loaded, real = [], loading.load_model
 
     def counting(*args, **kwargs):
         loaded.append(args[1])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(batch, "load_model", counting)
+    monkeypatch.setattr(loading, "load_model", counting)  # what the spec's load calls
+    clear_model_cache()
     return loaded
 
 

@@ -301,53 +301,6 @@ def test_content_fingerprint_sees_a_change_between_samples_of_a_large_file(tmp_p
     assert file_fingerprint(tmp_path / "missing.tif") == {"file": "missing.tif", "bytes": None}
 
 
-def test_stagetool_rerun_analyses_a_section_whose_bytes_changed_but_not_its_size(tmp_path, monkeypatch):
-    """The second resume check (app/pipelines/stagetool/batch.py) holds the section's content too."""
-    from app.core.runs import Run
-    from app.pipelines.stagetool import batch
-
-    files = write_tiffs(tmp_path / "in", 2)
-    analysed = []
-
-    def fake_analyze(path, section_dir, *args, **kwargs):
-        analysed.append(Path(path).name)
-        section_dir.mkdir(parents=True, exist_ok=True)
-        return
-        yield  # a generator, like the real one
-
-    class Card:
-        weights_sha256, name = "w" * 64, "fake"
-
-    class Model:
-        card = Card()
-
-    monkeypatch.setattr(batch, "analyze_section", fake_analyze)
-    monkeypatch.setattr(batch, "write_section_outputs", lambda *a, **k: {"n_tubules": 0, "n_cells": 0})
-    monkeypatch.setattr(batch, "write_batch_outputs", lambda *a, **k: None)
-    monkeypatch.setattr(batch, "_stored_fingerprint", lambda section_dir: batch.fingerprint(params, Model, Model))
-    params = batch.AnalyzeParams()
-    sections = [(f.stem, f) for f in files]
-
-    def analyse() -> None:
-        run = batch.open_run(tmp_path / "out", params, {})
-        job = batch.run_sections(run, sections, Model, Model, params)
-        try:
-            while True:
-                next(job)
-        except StopIteration:
-            pass
-
-    analyse()
-    assert analysed == ["img00.tif", "img01.tif"]
-    size = files[1].stat().st_size
-    tifffile.imwrite(files[1], np.full((16, 16), 99, dtype=np.uint16))
-    assert files[1].stat().st_size == size
-    analysed.clear()
-    analyse()
-    assert analysed == ["img01.tif"]
-    assert Run.load(tmp_path / "out").source_of("img01")["sha256"]
-
-
 # ----------------------------------------------------------------------- 7. wrongly typed project.json entries
 
 

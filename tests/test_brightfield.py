@@ -245,7 +245,8 @@ def test_project_run_keeps_the_model_cards_segment_settings(tmp_path):
     from app.core.jobs import run
     from app.core.phantoms import write_phantom
     from app.core.project import Project
-    from app.pipelines.brightfield import analyze_project, with_model_defaults
+    from app.pipelines.brightfield import with_model_defaults
+    from app.pipelines.registry import get
     from app.pipelines.brightfield.params import SegmentParams
 
     card = SegmentParams(min_area=40, split_depth=2.0)
@@ -255,6 +256,6 @@ def test_project_run_keeps_the_model_cards_segment_settings(tmp_path):
     project = Project.create(tmp_path / "p", name="p")
     project.add_image(tmp_path / "raw" / "field_000_planes.tif", mode="link")
     name = project.images()[0].name
-    folder = run(analyze_project(project, [name], SegmentParams(), {"brightfield": "brightfield-phantom-demo"}))
+    folder = run(get("brightfield").analyze(project, [name], SegmentParams(), {"brightfield": "brightfield-phantom-demo"}))
     rows = (folder / name / "nuclei.csv").read_text().splitlines()
     assert len(rows) - 1 >= 20  # 30 nuclei drawn; the shipped phantom model found 26 of them on a held-out field

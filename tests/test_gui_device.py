@@ -36,7 +36,7 @@ def _analyze(project, image_names, params, models):
                                                       ("cpu", "cuda:1", "cuda:1")])
 def test_a_run_uses_the_settings_device_unless_the_form_names_one(qtbot, tmp_path, setting, typed, expected):
     register(PipelineSpec(name="devicetest", title="Test device", description="test pipeline", params=DeviceParams,
-                          model_pipelines=(), analyze=_analyze, image_kinds=("section",), layers=("tubules",)))
+                          analyze=_analyze, image_kinds=("section",), layers=("tubules",)))
     project = make_project(tmp_path, n_images=1)
     configure_pyqtgraph()
     win = MainWindow(Settings(device=setting), save_settings_on_close=False, detect_device=False)

@@ -74,7 +74,7 @@ def _register(name, analyze, params_type, kinds=("section",)):
     from app.pipelines.registry import PipelineSpec, register
 
     return register(PipelineSpec(name=name, title=f"Test {name}", description="test pipeline", params=params_type,
-                                 model_pipelines=(), analyze=analyze, image_kinds=kinds, layers=("tubules", "cells")))
+                                 analyze=analyze, image_kinds=kinds, layers=("tubules", "cells")))
 
 
 @dataclasses.dataclass

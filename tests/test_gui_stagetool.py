@@ -1,7 +1,7 @@
 """A real Stagetool run shown in the main window: tubules by stage with a legend, cells by type, one item per class.
 
 The run goes through the registry exactly as a click on "Run" does (run panel -> job queue ->
-app.pipelines.stagetool.batch.analyze_project -> objects.json), with the exact "oracle" networks of
+app.pipelines.runner.analyze_project -> the spec's analyze_one -> objects.json), with the exact "oracle" networks of
 tests/test_stagetool_section.py in place of trained models, so the test takes seconds.
 """
 
@@ -25,11 +25,13 @@ def stagetool_project(tmp_path, monkeypatch):
     """A project with one drawn testis section; model loading answers with the oracle networks."""
     from app.core.images import write_tiff
     from app.core.project import Project
-    from app.pipelines.stagetool import batch, predict
+    from app.pipelines.runner import clear_model_cache
+    from app.pipelines.stagetool import loading, predict
 
     monkeypatch.setattr(predict, "intensity_range", lambda overview: (0.0, SCALE))
     oracles = {"tubules": oracle_model("tubules", 128, downsample=2), "cells": oracle_model("cells", 128)}
-    monkeypatch.setattr(batch, "load_model", lambda _name, kind, _device="auto": oracles[kind])
+    monkeypatch.setattr(loading, "load_model", lambda _name, kind, _device="auto": oracles[kind])  # the spec's load
+    clear_model_cache()  # models loaded by other tests of this process are not the oracles
     image, truth, _ = draw_section()
     path = tmp_path / "sec.ome.tif"
     write_tiff(path, image.astype(np.uint16), axes="CYX", channel_names=["DAPI", "SOX9"], pixel_size_um=0.5)

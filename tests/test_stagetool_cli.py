@@ -60,7 +60,9 @@ def test_analyze_writes_results_and_a_workbook_that_matches_them(capsys, tmp_pat
     folder = out / "sec"
     for name in ("predictions.json", "objects.json", "summary.json", "tubules.csv", "cells.csv", "sec.xlsx"):
         assert (folder / name).exists(), name
-    assert (out / "batch.xlsx").exists() and (out / "run.json").exists() and "sec" in (out / "log.txt").read_text()
+    # the runner's records (run.json, batch_report.csv: worker, time, status per section) replace log.txt
+    assert (out / "batch.xlsx").exists() and (out / "run.json").exists()
+    assert "sec,done" in (out / "batch_report.csv").read_text()
     doc = json.loads((folder / "objects.json").read_text())
     summary = json.loads((folder / "summary.json").read_text())
     wb = load_workbook(folder / "sec.xlsx")

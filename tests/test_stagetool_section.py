@@ -22,7 +22,7 @@ from app.core.jobs import run
 from app.core.modelcard import ModelCard
 from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool import predict
-from app.pipelines.stagetool.batch import run_sections, write_section_outputs
+from app.pipelines.stagetool.batch import write_section_outputs
 from app.pipelines.stagetool.evaluate import SectionTruth, evaluate_section
 from app.pipelines.stagetool.models import ModelConfig
 from app.pipelines.stagetool.params import AnalyzeParams
@@ -187,32 +187,42 @@ def test_background_tiles_are_skipped_and_results_written(section, tmp_path):
     assert (tmp_path / "out" / "sec.xlsx").exists() and (tmp_path / "out" / "cells.csv").exists()
 
 
-def test_batch_is_resumable_and_a_bad_section_does_not_stop_it(section, tmp_path):
-    from app.core.runs import Run, now_iso
+def test_batch_is_resumable_and_a_bad_section_does_not_stop_it(section, tmp_path, monkeypatch):
+    """Stagetool through the runner (its one loop, as every pipeline): failures recorded, reruns resume."""
+    import dataclasses
+
+    from app.batch import run_batch
+    from app.core.edits import write_edits
+    from app.pipelines import registry
+    from app.pipelines.runner import clear_model_cache
 
     path, _, _ = section
     broken = tmp_path / "broken.tif"
     broken.write_bytes(path.read_bytes()[:4000])  # a truncated file
     out = tmp_path / "batch"
-    out.mkdir()
-    params = AnalyzeParams(tta="off", overlap=32, map_scale=2)
+    values = {"tta": "off", "overlap": 32, "map_scale": 2}
     tubules, cells = oracle_model("tubules", 128, 2), oracle_model("cells", 128)
-    runner = Run(folder=out, id="b", pipeline="stagetool", started=now_iso())
-    result = run(run_sections(runner, [("sec", path), ("broken", broken)], tubules, cells, params))
-    assert result["done"] == ["sec"] and "broken" in result["failed"]
-    assert "broken" in (out / "log.txt").read_text()
+    oracles = dataclasses.replace(registry.get("stagetool"), models={},  # the oracles instead of model folders
+                                  load=lambda folders, params: {"tubules": tubules, "cells": cells})
+    monkeypatch.setitem(registry._REGISTRY, "stagetool", oracles)
+    clear_model_cache()
+    result = run_batch("stagetool", [path, broken], out, params=values)
+    assert result["counts"]["done"] == 1 and result["counts"]["failed"] == 1
+    assert json.loads((out / "run.json").read_text())["failed"].keys() == {"broken"}
     assert (out / "batch.xlsx").exists()
     calls = cells.net.calls
     # again: the finished section is skipped (reports rewritten with the edits), the broken one retried
-    edits = [{"action": "exclude_tubule", "image": "sec", "id": 1, "value": True}]
-    result = run(run_sections(Run.load(out), [("sec", path), ("broken", broken)], tubules, cells, params, edits))
-    assert result["skipped"] == ["sec"] and cells.net.calls == calls
+    write_edits(out, [{"action": "exclude_tubule", "image": "sec", "id": 1, "value": True}])
+    result = run_batch("stagetool", [path, broken], out, params=values)
+    assert result["counts"]["skipped"] == 1 and result["counts"]["failed"] == 1 and cells.net.calls == calls
     summary = json.loads((out / "sec" / "summary.json").read_text())
     assert summary["n_excluded"] == 1 and summary["edits_applied"] == 1
-    # other parameters: analysed again
-    result = run(run_sections(Run.load(out), [("sec", path)], tubules, cells, AnalyzeParams(tta="full", overlap=32,
-                                                                                             map_scale=2)))
-    assert result["skipped"] == [] and cells.net.calls > calls
+    # a parameter that only changes reports (threads): still skipped; one that changes predictions: analysed again
+    assert run_batch("stagetool", [path], out, params={**values, "threads": 1})["counts"]["skipped"] == 1
+    result = run_batch("stagetool", [path], out, params={**values, "tta": "full"})
+    assert result["counts"]["done"] == 1 and cells.net.calls > calls
+    summary = json.loads((out / "sec" / "summary.json").read_text())
+    assert summary["n_excluded"] == 1  # the edits stay applied to the new predictions
 
 
 def test_missing_channel_is_a_clear_error(section, tmp_path):

@@ -33,7 +33,7 @@ from app.core.errors import UserError
 from app.core.jobs import Cancelled, Job, Progress, run
 from app.pipelines import registry
 from app.pipelines.contract import PipelineSpec
-from app.pipelines.runner import items_for, outputs_of, resolve_models
+from app.pipelines.runner import items_for, outputs_of, resolve_models, resume_values
 
 HEARTBEAT_S = 1.0
 
@@ -46,8 +46,9 @@ def make_tasks(spec: PipelineSpec, inputs: Sequence[str | Path], out: Path, mode
     built = spec.build_params(params)
     if spec.check is not None:
         spec.check(items, built)
+    wanted = resume_values(spec, built)  # the full params (defaults too), so a default given or left out is the same
     return [Task(spec.name, item.name, item.sources, str(out), refs, dict(params),
-                 fingerprint(spec.name, item.inputs(), refs, params), force, dict(item.extras), spec.module,
+                 fingerprint(spec.name, item.inputs(), refs, wanted), force, dict(item.extras), spec.module,
                  dict(item.meta))
             for item in items]
 
@@ -299,7 +300,9 @@ def _batch_job(pipeline: str, inputs: Sequence[str | Path], out: str | Path, clu
         meta["stale_removed"] = remove_stale(out)
         batch_run.finish(status)
     finished = [r["image"] for r in records if r["status"] in ("done", "skipped", "duplicate")]
-    outputs = {k: str(v) for k, v in spec.finish(out, sorted(finished), spec.build_params(params), force).items()}
+    skipped = sorted(r["image"] for r in records if r["status"] == "skipped")
+    outputs = {k: str(v) for k, v in spec.finish(out, sorted(finished), spec.build_params(params), force,
+                                                 skipped=skipped).items()}
     wall = round(time.time() - started, 3)
     report = write_summary(out, records, {"pipeline": pipeline, "folder": str(out), "wall_s": wall,
                                           "outputs": outputs, **meta})

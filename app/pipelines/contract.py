@@ -79,7 +79,8 @@ class TrainerSpec:
     description: str = ""
 
 
-def _no_finish(out: Path, names: Sequence[str], params: Any, force: bool = False) -> dict[str, Path]:
+def _no_finish(out: Path, names: Sequence[str], params: Any, force: bool = False,
+               skipped: Sequence[str] = ()) -> dict[str, Path]:
     return {}
 
 
@@ -111,11 +112,15 @@ class PipelineSpec:
     default_models: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
     load: Callable[[dict[str, str], Any], Any] = _default_load  # (kind -> model folder, params) -> loaded models
     load_key: tuple[str, ...] = ("device",)  # params that change what ``load`` returns (part of the cache key)
+    # params that change an item's results (the resume fingerprint); None: all of them.  Others only
+    # change what ``finish`` writes, so a rerun with new ones rewrites reports without analysing again
+    resume_params: tuple[str, ...] | None = None
     device_of: Callable[[Any], str] = _cpu  # where the loaded models compute, in words, for summaries
     expand: Callable[[Sequence[Path]], list[Item]] | None = None  # inputs -> items (default: one per image file)
     check: Callable[[Sequence[Item], Any], None] | None = None  # refuse bad input before any model loads
-    # (out, finished item names, params, force) -> tables/workbooks over the items; a table the user
-    # changed is kept (app.core.outputs) unless force
+    # (out, finished item names, params, force, skipped) -> tables/workbooks over the items; a table the
+    # user changed is kept (app.core.outputs) unless force; ``skipped``: items a rerun found done before
+    # (their reports may need rewriting with the current edits)
     finish: Callable[..., dict[str, Path]] = _no_finish
     prepare_params: Callable[[Any, Any], Any] | None = None  # (params, loaded) -> params (e.g. model defaults)
     warm_modules: tuple[str, ...] = ()  # imported on every Dask worker before its first task

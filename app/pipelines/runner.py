@@ -215,6 +215,12 @@ def fingerprint(pipeline: str, inputs: Sequence[str], models: Sequence[ModelRef]
             "params": json.loads(json.dumps(params, sort_keys=True, default=str))}
 
 
+def resume_values(spec: PipelineSpec, params: Any) -> dict[str, Any]:
+    """The params an item's results depend on (the spec's ``resume_params``, else all), for :func:`fingerprint`."""
+    values = params_dict(params)
+    return values if spec.resume_params is None else {k: values.get(k) for k in spec.resume_params}
+
+
 def final_params(spec: PipelineSpec, values: dict[str, Any] | Any, loaded: Any) -> Any:
     """The params an item runs with: built from values (or a dataclass), then the spec's ``prepare_params``."""
     params = values if dataclasses.is_dataclass(values) else spec.build_params(values)

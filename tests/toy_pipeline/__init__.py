@@ -62,7 +62,7 @@ def analyze_one(item: Item, folder: Path, loaded: dict[str, Any], params: ToyPar
     return {"count": int(count)}
 
 
-def finish(out: Path, names: list[str], params: ToyParams, force: bool = False) -> dict[str, Path]:
+def finish(out: Path, names: list[str], params: ToyParams, force: bool = False, skipped: tuple = ()) -> dict[str, Path]:
     """counts.json: blobs per finished item."""
     counts = {}
     for name in names:

@@ -26,7 +26,7 @@ _EXPORTS = {
     "derive_labels": "labels", "split_nuclei": "labels",
     "ExperimentParams": "params", "LabelParams": "params", "SegmentParams": "params", "TrainParams": "params",
     "BrightfieldModel": "predict", "FieldInput": "predict", "SegmentResult": "predict", "instances": "predict",
-    "probability_job": "predict", "segment": "predict", "segment_fields": "predict",
+    "probability_job": "predict", "segment": "predict",
     "PlaneStack": "stack", "load_stack": "stack",
     "TrainingField": "train", "TrainResult": "train", "load_training_field": "train", "save_trained": "train",
 }  # the training job itself: app.pipelines.brightfield.train.train (the name is also the sub-module's)
@@ -97,7 +97,7 @@ def analyze_one(item: Any, folder: Any, loaded: Any, params: Any) -> Any:
     return {"count": result.count}
 
 
-def finish(out: Any, names: Any, params: Any, force: bool = False) -> dict[str, Any]:
+def finish(out: Any, names: Any, params: Any, force: bool = False, skipped: Any = ()) -> dict[str, Any]:
     """nuclei.csv (every field's nuclei) and counts.csv (nuclei per field) over the finished fields.
 
     Tables the user changed are kept and the new ones get versioned names, unless ``force``.

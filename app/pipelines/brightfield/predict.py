@@ -10,7 +10,6 @@ fluorescence image is given, mean fluorescence, written to CSV beside a uint16 l
 from __future__ import annotations
 
 import csv
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,8 +24,8 @@ from skimage import segmentation
 from app.core.errors import ImageError, ModelError
 from app.core.jobs import Job, Progress
 from app.pipelines.brightfield.labels import label_dtype, split_nuclei
-from app.pipelines.brightfield.params import SegmentParams, TrainParams, from_dict, to_dict
-from app.pipelines.brightfield.stack import PlaneStack, load_stack, planes_for_model
+from app.pipelines.brightfield.params import SegmentParams, TrainParams, from_dict
+from app.pipelines.brightfield.stack import PlaneStack, planes_for_model
 from app.pipelines.brightfield.train import TrainResult, choose_device, prepare_input, resize, set_threads
 from app.pipelines.brightfield.unet import UNet, UNetConfig, pad_to_multiple
 
@@ -284,65 +283,6 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]
     return atomic_write_text(path, csv_text(rows, columns))
 
 
-def segment_fields(
-    model: BrightfieldModel,
-    fields: Sequence[FieldInput],
-    out_dir: Path,
-    params: SegmentParams | None = None,
-    overwrite: bool = False,
-) -> Job[list[dict[str, Any]]]:
-    """Segment many fields into ``out_dir``: per field labels TIFF, nuclei CSV and objects JSON; then
-    nuclei.csv (all fields), counts.csv and run.json.
-
-    A field whose outputs exist is skipped unless ``overwrite``, so a restarted batch resumes.
-    Returns one summary row per field (name, count, seconds, skipped).
-    """
-    from app.core.atomic import atomic_write_json
-    from app.core.images import write_tiff
-    from app.core.outputs import save_report_text
-    from app.core.results import output_set
-
-    params = params or model.segment
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    summary, all_rows = [], []
-    for index, f in enumerate(fields):
-        label_path, csv_path = out_dir / f"{f.name}_labels.tif", out_dir / f"{f.name}_nuclei.csv"
-        yield Progress("fields", index, len(fields), f.name)
-        if label_path.exists() and csv_path.exists() and not overwrite:
-            rows = _read_csv(csv_path)
-            summary.append({"field": f.name, "count": len(rows), "seconds": 0.0, "skipped": True})
-            all_rows.extend(rows)
-            continue
-        stack = load_stack(f.planes)
-        fluo = None
-        if f.fluo is not None:
-            from app.pipelines.brightfield.stack import read_gray
-
-            fluo = read_gray(f.fluo)
-        result = yield from segment(model, stack, params, fluo, f.name)
-        with output_set(out_dir) as staging:  # the field's files appear together or not at all (full disk)
-            write_tiff(staging / label_path.name, result.labels, axes="YX")
-            if params.save_probability:
-                write_tiff(staging / f"{f.name}_probability.tif", (result.probability * 255).round().astype(np.uint8),
-                           axes="YX")
-            write_csv(staging / csv_path.name, result.rows)
-            write_objects_json(staging / f"{f.name}.objects.json", result, str(f.planes[0]), model)
-        summary.append({"field": f.name, "count": result.count, "seconds": result.seconds, "skipped": False})
-        all_rows.extend(result.rows)
-    yield Progress("fields", len(fields), len(fields), "writing summaries")
-    # the tables over all fields are rewritten on every run: one the user changed is kept (app.core.outputs)
-    save_report_text(out_dir / "nuclei.csv", csv_text(all_rows), overwrite)
-    save_report_text(out_dir / "counts.csv", csv_text(summary, ("field", "count", "seconds", "skipped")), overwrite)
-    atomic_write_json(out_dir / "run.json", {
-        "pipeline": "brightfield", "model": model.model_id or {"name": model.name}, "params": to_dict(params),
-        "fields": [{"name": f.name, "planes": [str(p) for p in f.planes], "fluorescence": str(f.fluo) if f.fluo else None}
-                   for f in fields],
-        "summary": summary,
-    })
-    return summary
-
-
 def write_objects_json(path: Path, result: SegmentResult, image: str, model: BrightfieldModel) -> Path:
     """The nuclei as a results objects file (layer "nuclei": outline, box, measurements) for the viewer."""
     from app.core.annotations import labels_to_objects
@@ -359,14 +299,3 @@ def write_objects_json(path: Path, result: SegmentResult, image: str, model: Bri
                         "mean_fluorescence": row.get("mean_fluorescence")})
     return write_objects(path, image, "brightfield", {"nuclei": objects},
                          {"model": model.model_id or {"name": model.name}, "count": len(objects)})
-
-
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    """Rows of a CSV written by :func:`write_csv`."""
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def run_json(path: Path) -> dict:
-    """Read a run.json (for tests and the GUI)."""
-    return json.loads(Path(path).read_text())

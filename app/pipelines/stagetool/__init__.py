@@ -23,7 +23,7 @@ from app.core.jobs import Job
 from app.pipelines.contract import Item, Layer, PipelineSpec, Sample, TrainerSpec
 from app.pipelines.registry import TrainingSource, register, training_images
 from app.pipelines.stagetool.classes import CELL_TYPES, STAGES, STAGE_COLOURS
-from app.pipelines.stagetool.params import AnalyzeParams, TrainParams
+from app.pipelines.stagetool.params import PREDICTION_PARAMS, AnalyzeParams, TrainParams
 
 DEMO_MODELS = {"tubules": "stagetool-tubules-demo", "cells": "stagetool-cells-demo"}  # as loading.DEMO_MODELS
 
@@ -61,15 +61,18 @@ def device_of(loaded: Any) -> str:
 
 def analyze_one(item: Item, folder: Path, loaded: Any, params: AnalyzeParams) -> Job[dict]:
     """One section into ``folder``: predictions.json, objects.json (edits applied), summary.json, CSV tables,
-    ``<section>.xlsx``."""
+    ``<section>.xlsx``.  ``item.meta``: the project's pixel size and channel names (they win over the file's),
+    its group (written into the reports) and ``synthetic`` (say so in the reports; None = ask the file)."""
     from app.core.edits import edits_for_image, read_edits
     from app.pipelines.stagetool.batch import write_section_outputs
+    from app.pipelines.stagetool.layout import EVALUATION_FILE
     from app.pipelines.stagetool.predict import analyze_section
 
     metadata = {k: v for k, v in item.meta.items() if k in ("pixel_size_um", "channel_names")}
+    (folder.parent / EVALUATION_FILE).unlink(missing_ok=True)  # the pooled evaluation was of older predictions
     yield from analyze_section(item.sources[0], folder, loaded["tubules"], loaded["cells"], params, name=item.name,
-                               metadata=metadata or None)
-    edits = edits_for_image(read_edits(folder.parent), item.name)  # a batch's edits.json in its output folder
+                               synthetic=item.meta.get("synthetic"), metadata=metadata or None)
+    edits = edits_for_image(read_edits(folder.parent), item.name)  # edits.json of the run or output folder
     summary = write_section_outputs(folder, edits, context={"group": item.meta.get("group")})
     return {"n_tubules": summary.get("n_tubules"), "n_cells": summary.get("n_cells")}
 
@@ -100,10 +103,16 @@ def demo(project: Any, folder: Path) -> list[str]:
     return produced
 
 
-def finish(out: Path, names: Any, params: AnalyzeParams, force: bool = False) -> dict[str, Path]:
-    """The batch workbook (batch.xlsx) and pooled batch_summary.json over the finished sections."""
-    from app.pipelines.stagetool.batch import write_batch_outputs
+def finish(out: Path, names: Any, params: AnalyzeParams, force: bool = False, skipped: Any = ()) -> dict[str, Path]:
+    """Reports of the sections a rerun skipped, and of any with edits, rewritten with the folder's current edits
+    (new edits need no new analysis); then the batch workbook (batch.xlsx) and batch_summary.json."""
+    from app.core.edits import edits_for_image, read_edits
+    from app.pipelines.stagetool.batch import write_batch_outputs, write_section_outputs
 
+    edits = read_edits(Path(out))
+    for name in names:
+        if name in skipped or edits_for_image(edits, name):
+            write_section_outputs(Path(out) / name, edits_for_image(edits, name), force=force)
     workbook = write_batch_outputs(Path(out), list(names), force)
     return {"workbook": workbook} if workbook else {}
 
@@ -165,6 +174,7 @@ SPEC = register(PipelineSpec(
     default_models=DEMO_MODELS,
     load=load,
     load_key=("device", "threads"),
+    resume_params=PREDICTION_PARAMS,
     device_of=device_of,
     expand=expand,
     check=check,

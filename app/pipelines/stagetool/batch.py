@@ -1,50 +1,31 @@
-"""Batches of sections: resumable, one failing section logged while the others go on, reports per section.
+"""A section's reports and a batch's workbook, from the files the runner's items leave (no loop of its own).
 
-An output folder is a run folder (:class:`app.core.project.Run`): ``run.json`` records the
-parameters, models and which sections are done; each section gets a sub-folder with
-``predictions.json`` (raw predictions), ``objects.json`` (after curation edits), ``summary.json``,
-``tubules.csv``, ``cells.csv`` and ``<section>.xlsx``; ``batch.xlsx`` pools the sections and
-``log.txt`` has one line per section with its time.  Every file is written atomically, so a crash
-loses at most the section in progress, and a restarted batch skips finished sections (unless
-``force``, or unless they were analysed with other models or parameters, or the section file's
-content changed).  Re-running with new edits only rewrites the reports.
+Each section folder (``<out>/<section>/``, written by :func:`app.pipelines.stagetool.analyze_one`
+through app.pipelines.runner, like every pipeline's items) holds ``predictions.json`` (raw
+predictions), ``objects.json`` (after curation edits), ``summary.json``, ``tubules.csv``,
+``cells.csv`` and ``<section>.xlsx`` (:func:`write_section_outputs`); ``batch.xlsx`` and
+``batch_summary.json`` pool the finished sections (:func:`write_batch_outputs`).  Also: which
+files of a folder are sections (:func:`section_files`) and the checks made before models load.
 """
 
 from __future__ import annotations
 
 import json
-import time
-import traceback
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from app.core.atomic import atomic_write_json
-from app.core.device import use_threads
-from app.core.edits import edits_for_image, read_edits
 from app.core.errors import ImageError, UserError
-from app.core.fingerprint import file_fingerprint
 from app.core.images import list_images, open_image
-from app.core.jobs import Job, Progress
-from app.core.locks import results_writer
 from app.core.outputs import save_report_text
-from app.core.project import Run, now_iso
 from app.core.results import read_objects, write_objects
 from app.pipelines.stagetool import curation, tables
 from app.pipelines.stagetool.layout import (
-    BATCH_WORKBOOK, EVALUATION_FILE, LOG_FILE, OBJECTS_FILE, PIPELINE, POOLED, PREDICTIONS_FILE, SUMMARY_FILE,
+    BATCH_WORKBOOK, EVALUATION_FILE, OBJECTS_FILE, PIPELINE, POOLED, PREDICTIONS_FILE, SUMMARY_FILE,
 )
 from app.pipelines.stagetool.params import AnalyzeParams
-from app.pipelines.stagetool.loading import LoadedModel, load_model
-from app.pipelines.stagetool.predict import analyze_section, resolve_channels, section_name
+from app.pipelines.stagetool.predict import resolve_channels
 from app.pipelines.stagetool.report_excel import write_batch_workbook, write_section_workbook
-
-# parameters that change the predictions (the others only change the reports)
-PREDICTION_PARAMS = ("dapi", "antibodies", "tta", "overlap", "cell_tile", "tubule_tile", "tubule_score", "cell_score",
-                     "min_votes",
-                     "adaptive_low", "adaptive_high", "adaptive_block", "skip_background", "min_tissue",
-                     "map_scale", "min_tubule_area_um2", "positive_fraction")
-
 
 def report_context(section_dir: Path, context: dict | None = None) -> dict:
     """Run id and group (animal, condition) a section's reports carry: as given, else as its summary.json
@@ -81,113 +62,6 @@ def write_section_outputs(section_dir: str | Path, edits: Sequence[dict] = (), e
     write_section_workbook(section_dir / f"{curated['image']}.xlsx", summary, tubule_rows, cell_rows, evaluation,
                            force=force)
     return summary
-
-
-def section_outputs(section_dir: Path, name: str) -> dict[str, Path]:
-    """The files a finished section has, for run.json."""
-    return {"predictions": section_dir / PREDICTIONS_FILE, "objects": section_dir / OBJECTS_FILE,
-            "summary": section_dir / SUMMARY_FILE, "tubules": section_dir / "tubules.csv",
-            "cells": section_dir / "cells.csv", "workbook": section_dir / f"{name}.xlsx"}
-
-
-def fingerprint(params: AnalyzeParams, tubule_model: LoadedModel, cell_model: LoadedModel) -> dict[str, Any]:
-    """What a section's predictions depend on: model weights and the prediction parameters."""
-    values = params.to_dict()
-    return {"tubules": tubule_model.card.weights_sha256, "cells": cell_model.card.weights_sha256,
-            **{k: values[k] for k in PREDICTION_PARAMS}}
-
-
-def _stored_fingerprint(section_dir: Path) -> dict[str, Any] | None:
-    path = section_dir / PREDICTIONS_FILE
-    if not path.exists():
-        return None
-    try:
-        meta = json.loads(path.read_text()).get("meta", {})
-    except (OSError, ValueError):
-        return None
-    params = meta.get("params", {})
-    models = meta.get("models", {})
-    return {"tubules": models.get("tubules", {}).get("weights_sha256"),
-            "cells": models.get("cells", {}).get("weights_sha256"), **{k: params.get(k) for k in PREDICTION_PARAMS}}
-
-
-def _log(out: Path, line: str) -> None:
-    """Append a line to the batch log (small appends; the log is a record, not a result)."""
-    with open(out / LOG_FILE, "a", encoding="utf-8") as handle:
-        handle.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')}  {line}\n")
-
-
-def open_run(out: Path, params: AnalyzeParams, models: dict[str, Any]) -> Any:
-    """The run in ``out`` (resumed when run.json exists) or a new one."""
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / "run.json").exists():
-        run = Run.load(out)
-        if run.pipeline != PIPELINE:
-            raise UserError(f"{out} holds a {run.pipeline} run; choose another --out folder for Stagetool")
-        run.parameters, run.models = params.to_dict(), models
-        run.resume()
-        return run
-    run = Run(folder=out, id=out.name, pipeline=PIPELINE, parameters=params.to_dict(), models=models,
-              started=now_iso())
-    run.save()
-    return run
-
-
-def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: LoadedModel, cell_model: LoadedModel,
-                 params: AnalyzeParams, edits: Sequence[dict] = (), force: bool = False,
-                 synthetic: bool | None = None, metadata: dict[str, dict] | None = None,
-                 groups: dict[str, str | None] | None = None) -> Job[dict]:
-    """Analyse ``(name, path)`` sections into ``run.folder``; returns done/failed/skipped and the batch workbook.
-
-    ``metadata`` maps a section to the pixel size / channel names its project gives (they win over the file's);
-    ``groups`` maps it to its project group, written into the reports.
-    """
-    out = Path(run.folder)
-    edits = list(edits) or read_edits(out)  # the GUI keeps its edits in the run folder
-    names = [name for name, _ in sections]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise UserError(f"several sections would be written to the same folder: {', '.join(duplicates)}; "
-                        "rename the files")
-    wanted = fingerprint(params, tubule_model, cell_model)
-    done, failed, skipped = [], {}, []
-    _log(out, f"batch of {len(sections)} sections, TTA {params.tta}, models {tubule_model.card.name} / "
-              f"{cell_model.card.name}")
-    for number, (name, path) in enumerate(sections):
-        yield Progress("sections", number, len(sections), name, item="section")
-        section_dir = out / name
-        start = time.monotonic()
-        try:
-            source = file_fingerprint(path)  # content, so a section rewritten with the same size is analysed again
-            fresh = (force or not run.is_done(name) or _stored_fingerprint(section_dir) != wanted
-                     or run.source_of(name) != source)
-            if fresh:
-                for stale in (section_dir / EVALUATION_FILE, out / EVALUATION_FILE):  # about the old predictions
-                    stale.unlink(missing_ok=True)
-                yield from analyze_section(path, section_dir, tubule_model, cell_model, params, name=name,
-                                           synthetic=synthetic, metadata=(metadata or {}).get(name))
-            else:
-                skipped.append(name)
-            summary = write_section_outputs(section_dir, edits_for_image(edits, name),
-                                            context={"run_id": run.id, "group": (groups or {}).get(name)},
-                                            force=force)
-            run.mark_image_done(name, section_outputs(section_dir, name), source=source)
-            done.append(name)
-            seconds = time.monotonic() - start
-            _log(out, f"{name}: {'analysed' if fresh else 'already done, reports rewritten'} in {seconds:.1f} s; "
-                      f"{summary['n_tubules']} tubules, {summary['n_cells']} cells")
-        except UserError as error:
-            failed[name] = str(error)
-            run.mark_image_failed(name, str(error))
-            _log(out, f"{name}: FAILED: {error}")
-        except Exception as error:  # a bug or a resource problem: log it fully and go on with the next section
-            failed[name] = f"{type(error).__name__}: {error}"
-            run.mark_image_failed(name, failed[name])
-            _log(out, f"{name}: FAILED with an unexpected error:\n{traceback.format_exc()}")
-    yield Progress("sections", len(sections), len(sections), item="section")
-    workbook = write_batch_outputs(out, [n for n in names if run.is_done(n)], force)
-    run.finish("finished" if not failed else "failed")
-    return {"folder": out, "done": done, "failed": failed, "skipped": skipped, "workbook": workbook}
 
 
 def write_batch_outputs(out: Path, names: Sequence[str], force: bool = False) -> Path | None:
@@ -252,22 +126,3 @@ def check_sections(sections: Sequence[tuple[str, Path]], params: AnalyzeParams) 
             resolve_channels(image, dapi, antibodies, str(path))
 
 
-def analyze_paths(paths: Sequence[str | Path], out: str | Path, params: AnalyzeParams | None = None,
-                  tubule_model: str | Path | None = None, cell_model: str | Path | None = None,
-                  edits: Sequence[dict] = (), force: bool = False, synthetic: bool | None = None) -> Job[dict]:
-    """The CLI's batch: sections given as files, results in ``out`` (a resumable run folder)."""
-    params = params or AnalyzeParams()
-    params.validate()
-    sections = [(section_name(Path(p)), Path(p)) for p in paths]
-    for _, path in sections:
-        if not path.is_file():
-            raise UserError(f"{path}: no such section file")
-
-    check_sections(sections, params)  # bad channels or axes: exit 2 before any model loads
-    with results_writer(Path(out)):  # a second analyze into the same folder is refused, not interleaved
-        yield Progress("models", 0, 2, "loading models")
-        use_threads(params.threads)
-        tubules = load_model(tubule_model, "tubules", params.device)
-        cells = load_model(cell_model, "cells", params.device)
-        run = open_run(Path(out), params, {"tubules": tubules.reference(), "cells": cells.reference()})
-        return (yield from run_sections(run, sections, tubules, cells, params, edits, force, synthetic))

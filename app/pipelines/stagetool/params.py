@@ -160,3 +160,9 @@ class TrainParams(Params):
         if not 0.0 <= self.val_fraction < 1.0:
             raise UserError("val_fraction must lie in [0, 1)")
 
+
+# parameters that change the predictions (the others only change the reports)
+PREDICTION_PARAMS = ("dapi", "antibodies", "tta", "overlap", "cell_tile", "tubule_tile", "tubule_score", "cell_score",
+                     "min_votes",
+                     "adaptive_low", "adaptive_high", "adaptive_block", "skip_background", "min_tissue",
+                     "map_scale", "min_tubule_area_um2", "positive_fraction")
