@@ -147,14 +147,14 @@ def test_a_cancelled_stagetool_run_is_recorded_cancelled(qtbot, stagetool_projec
 
     from app.core.jobs import Progress
     from app.core.project import Project
-    from app.pipelines.stagetool import batch
+    from app.pipelines.stagetool import predict
 
     def slow_section(*_args, **_kwargs):
         for step in range(200):
             _time.sleep(0.05)
             yield Progress("tubules", step, 200, "slow")
 
-    monkeypatch.setattr(batch, "analyze_section", slow_section)
+    monkeypatch.setattr(predict, "analyze_section", slow_section)  # what the spec's analyze_one calls
     project, _truth = stagetool_project
     win = _stagetool_window(qtbot)
     try:
