@@ -93,7 +93,8 @@ def pipelines(hidden: bool = True) -> dict[str, PipelineSpec]:
         for module in pipeline_packages():
             importlib.import_module(module)
         _SCANNED = True
-    return {name: spec for name, spec in _REGISTRY.items() if hidden or not spec.hidden}
+    return {name: spec for name, spec in sorted(_REGISTRY.items()) if hidden or not spec.hidden}  # by name: the
+    # same order whichever module happened to import a pipeline first
 
 
 def get(name: str) -> PipelineSpec:
