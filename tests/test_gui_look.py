@@ -288,7 +288,8 @@ def test_zoom_text_is_empty_until_an_image_is_fitted(qtbot, tmp_path):
     import tifffile
 
     from app.gui.main import configure_pyqtgraph
-    from app.gui.tile_viewer import TileViewer, zoom_text
+    from app.gui.channel_display import zoom_text
+    from app.gui.tile_viewer import TileViewer
 
     assert zoom_text(1 / 704) == "70400%" and zoom_text(4.0) == "25%" and zoom_text(200.0) == "0.5%"
     assert zoom_text(0.0) == "" and zoom_text(float("nan")) == ""

@@ -298,7 +298,9 @@ def test_excluded_tubules_are_drawn_apart():
 def test_viewer_shows_overview_then_detail_and_channel_changes(qtbot, tmp_path):
     from app.core.jobs import run
     from app.core.pyramid import build_pyramid
-    from app.gui.tile_viewer import ChannelPanel, TileViewer, composite
+    from app.gui.channel_display import composite
+    from app.gui.channel_panel import ChannelPanel
+    from app.gui.tile_viewer import TileViewer
 
     path = write_section(tmp_path / "s.ome.tif", height=1200, width=1600, channels=2)
     viewer = TileViewer()
@@ -337,7 +339,7 @@ def test_viewer_shows_overview_then_detail_and_channel_changes(qtbot, tmp_path):
     assert before.max() > 0
     # composite is additive and clipped
     data = np.array([[[0, 100]], [[100, 100]]], dtype=np.uint16)
-    from app.gui.tile_viewer import ChannelDisplay
+    from app.gui.channel_display import ChannelDisplay
 
     rgb = composite(data, [ChannelDisplay("a", "#ff0000", (0, 100)), ChannelDisplay("b", "#ff8000", (0, 100))])
     assert rgb[0, 0].tolist() == [255, 128, 0] and rgb[0, 1].tolist() == [255, 128, 0]

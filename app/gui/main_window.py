@@ -37,7 +37,8 @@ from app.gui.properties_panel import PropertiesPanel
 from app.gui.run_panel import (
     RunPanel, RunRequest, batch_adapter, cluster_batch_job, params_with_threads, run_outcome, with_threads,
 )
-from app.gui.tile_viewer import ChannelPanel, TileViewer
+from app.gui.channel_panel import ChannelPanel
+from app.gui.tile_viewer import TileViewer
 from app.gui.workers import BackgroundRunner, freeze_gc_heap
 
 log = logging.getLogger(__name__)
