@@ -70,7 +70,8 @@ def test_one_palette_tells_every_stage_and_cell_type_apart():
 
 def test_other_pipelines_classes_stand_apart_from_each_other_and_kaizens_picture():
     """Kaizen and brightfield classes cycle a palette; the first ones share a view with Kaizen's generated picture."""
-    from app.gui.overlays import GENERATED_COLOUR, class_colour
+    from app.gui.overlays import class_colour
+    from app.gui.theme import GENERATED_COLOUR
 
     drawn = {f"class {i}": class_colour("objects", f"class {i}", i).name() for i in range(4)}
     assert _worst_pairs({**drawn, "generated objects": GENERATED_COLOUR, "selection": SELECTION_COLOUR,

@@ -12,7 +12,7 @@ from PySide6.QtWidgets import (
     QColorDialog, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QVBoxLayout, QWidget,
 )
 
-from app.gui.overlays import colour_icon
+from app.gui.layers_panel import colour_icon
 
 if TYPE_CHECKING:
     from app.gui.tile_viewer import TileViewer

@@ -31,7 +31,8 @@ from app.gui.curation import (
 from app.gui.image_tools import ImageTools
 from app.gui.job_notice import JobNotice
 from app.gui.job_queue import JobQueue, JobQueueWidget
-from app.gui.overlays import generated_objects_rgba, outline_objects_from_stack, prepare_document, prepare_layer
+from app.gui.object_stack import generated_objects_rgba, outline_objects_from_stack
+from app.gui.overlays import prepare_document, prepare_layer
 from app.gui.project_browser import IMAGE_SUFFIXES, ProjectBrowser
 from app.gui.properties_panel import PropertiesPanel
 from app.gui.run_panel import (
@@ -119,7 +120,7 @@ class MainWindow(QMainWindow):
         self.setCentralWidget(self.viewer)
         self.browser = ProjectBrowser()
         self.properties = PropertiesPanel()
-        from app.gui.overlays import LayersPanel
+        from app.gui.layers_panel import LayersPanel
 
         self.layers_panel = LayersPanel(self.viewer.overlays)
         self.channel_panel = ChannelPanel(self.viewer)
