@@ -266,7 +266,7 @@ def test_raw_predictions_with_analysis_time_edits_are_not_edited_twice(window, q
     """Stagetool keeps raw predictions and curated objects apart; edits given at analysis time seed curation."""
     from app.core.edits import make_edit
     from app.core.results import write_objects
-    from app.gui.report_exporter import curated_document, section_entries
+    from app.gui.report_sections import curated_document, section_entries
 
     from gui_fakes import fake_layers
 

@@ -198,7 +198,7 @@ def test_report_exporter_thresholds_preview_and_workbook(qtbot, tmp_path):
 
 def test_report_sections_and_curated_documents(tmp_path):
     from app.core.edits import make_edit, write_edits
-    from app.gui.report_exporter import antibodies_of, cell_measures, curated_document, section_entries
+    from app.gui.report_sections import antibodies_of, cell_measures, curated_document, section_entries
 
     project, run = _project_with_antibody_run(tmp_path)
     write_edits(run.folder, [make_edit("retype_cell", "section2", 1, "m2m")])

@@ -25,9 +25,8 @@ from app.core.errors import UserError
 from app.core.pyramid import build_pyramid, pyramid_cache_dir
 from app.core.results import read_objects
 from app.core.settings import Settings, save_settings
-from app.gui.curation import (
-    CurationSession, base_objects_file, latest_run_with_results, objects_file, seed_edits, stack_file,
-)
+from app.gui.curation import CurationSession
+from app.gui.run_files import base_objects_file, latest_run_with_results, objects_file, seed_edits, stack_file
 from app.gui.image_tools import ImageTools
 from app.gui.job_notice import JobNotice
 from app.gui.job_queue import JobQueue, JobQueueWidget

@@ -79,7 +79,7 @@ def find_trainers() -> dict[str, Trainer]:
 def project_sources(project: Any) -> list[TrainingSource]:
     """Training data the project holds: annotated images and corrected predictions (runs with edits)."""
     from app.core.edits import read_edits
-    from app.gui.curation import base_objects_file
+    from app.gui.run_files import base_objects_file
 
     sources = []
     if project is None:
