@@ -237,7 +237,8 @@ def _wizard(qtbot, tmp_path, metrics):
 
     from app.core.settings import Settings
     from app.gui.job_queue import JobQueue
-    from app.gui.training_wizard import Trainer, TrainingWizard
+    from app.gui.training_sources import Trainer
+    from app.gui.training_wizard import TrainingWizard
     from app.pipelines.stagetool.params import TrainParams
 
     project = SimpleNamespace(images=lambda: [], runs=lambda *a, **k: [], folder=tmp_path, annotations_dir=tmp_path)
