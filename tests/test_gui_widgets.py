@@ -90,7 +90,8 @@ def _counting_job(n, delay=0.0, fail_at=None):
 
 
 def test_job_queue_runs_jobs_in_order_with_progress_and_results(qtbot):
-    from app.gui.job_queue import JobQueue, JobQueueWidget
+    from app.gui.job_queue import JobQueue
+    from app.gui.job_queue_widget import JobQueueWidget
 
     queue = JobQueue()
     widget = JobQueueWidget(queue)
@@ -111,7 +112,8 @@ def test_job_queue_runs_jobs_in_order_with_progress_and_results(qtbot):
 
 
 def test_job_failure_keeps_message_and_traceback(qtbot):
-    from app.gui.job_queue import JobQueue, JobQueueWidget
+    from app.gui.job_queue import JobQueue
+    from app.gui.job_queue_widget import JobQueueWidget
 
     queue = JobQueue()
     widget = JobQueueWidget(queue)
@@ -161,7 +163,7 @@ def test_a_job_in_another_lane_does_not_wait_for_the_main_lane(qtbot):
 
 
 def test_format_seconds():
-    from app.gui.job_queue import format_seconds
+    from app.gui.job_queue_widget import format_seconds
 
     assert (format_seconds(None), format_seconds(12.4), format_seconds(185), format_seconds(3725)) == \
         ("", "12 s", "3 min 05 s", "1 h 02 min")

@@ -29,7 +29,8 @@ from app.gui.curation import CurationSession
 from app.gui.run_files import base_objects_file, latest_run_with_results, objects_file, seed_edits, stack_file
 from app.gui.image_tools import ImageTools
 from app.gui.job_notice import JobNotice
-from app.gui.job_queue import JobQueue, JobQueueWidget
+from app.gui.job_queue import JobQueue
+from app.gui.job_queue_widget import JobQueueWidget
 from app.gui.object_stack import generated_objects_rgba, outline_objects_from_stack
 from app.gui.overlays import prepare_document, prepare_layer
 from app.gui.project_browser import IMAGE_SUFFIXES, ProjectBrowser
