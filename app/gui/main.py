@@ -21,12 +21,17 @@ def configure_pyqtgraph() -> None:
     """Row-major images everywhere (numpy's (row, column) order), set once at start-up."""
     import pyqtgraph as pg
 
-    pg.setConfigOptions(imageAxisOrder="row-major", antialias=False, background="k", foreground="w")
+    from app.gui.theme import PLOT_BACKGROUND, PLOT_FOREGROUND
+
+    pg.setConfigOptions(imageAxisOrder="row-major", antialias=False, background=PLOT_BACKGROUND,
+                        foreground=PLOT_FOREGROUND)
 
 
 def apply_theme(app: Any, theme: str) -> None:
     """Light, dark or the system's look (Fusion style for light and dark, so they look the same everywhere)."""
     from PySide6.QtGui import QColor, QPalette
+
+    from app.gui.theme import DARK_DISABLED_TEXT, DARK_PALETTE
 
     if theme == "system":
         return
@@ -36,14 +41,10 @@ def apply_theme(app: Any, theme: str) -> None:
         return
     palette = QPalette()
     role = QPalette.ColorRole
-    for key, colour in ((role.Window, "#2b2b2b"), (role.WindowText, "#e6e6e6"), (role.Base, "#1e1e1e"),
-                        (role.AlternateBase, "#2b2b2b"), (role.ToolTipBase, "#3a3a3a"), (role.ToolTipText, "#e6e6e6"),
-                        (role.Text, "#e6e6e6"), (role.Button, "#353535"), (role.ButtonText, "#e6e6e6"),
-                        (role.BrightText, "#ff5555"), (role.Highlight, "#2f65ca"), (role.HighlightedText, "#ffffff"),
-                        (role.Link, "#6ea8ff"), (role.PlaceholderText, "#8a8a8a")):
-        palette.setColor(key, QColor(colour))
-    palette.setColor(QPalette.ColorGroup.Disabled, role.Text, QColor("#7a7a7a"))
-    palette.setColor(QPalette.ColorGroup.Disabled, role.ButtonText, QColor("#7a7a7a"))
+    for name, colour in DARK_PALETTE.items():
+        palette.setColor(getattr(role, name), QColor(colour))
+    palette.setColor(QPalette.ColorGroup.Disabled, role.Text, QColor(DARK_DISABLED_TEXT))
+    palette.setColor(QPalette.ColorGroup.Disabled, role.ButtonText, QColor(DARK_DISABLED_TEXT))
     app.setPalette(palette)
 
 
