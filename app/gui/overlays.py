@@ -256,6 +256,7 @@ class OverlayManager(QObject):
     """The overlay layers shown on a view box, the selection highlight, and hit tests."""
 
     layers_changed = Signal()
+    selection_changed = Signal(object)  # (layer, object) or None, after every select()
 
     def __init__(self, view_box: pg.ViewBox, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -374,10 +375,11 @@ class OverlayManager(QObject):
         self.selected = selection
         if selection is None:
             self._highlight.setData(x=np.zeros(0), y=np.zeros(0))
-            return
-        obj = selection[1]
-        x, y, connect = outline_arrays([obj], np.array([object_box(obj)], dtype=float))
-        self._highlight.setData(x=x, y=y, connect=connect)
+        else:
+            obj = selection[1]
+            x, y, connect = outline_arrays([obj], np.array([object_box(obj)], dtype=float))
+            self._highlight.setData(x=x, y=y, connect=connect)
+        self.selection_changed.emit(selection)
 
     def _reselect(self) -> None:
         if self.selected is None:
