@@ -1,0 +1,74 @@
+"""The window's shape: a Qt-free session the widgets observe, Qt-free helper modules, small GUI files."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from app.core.session import Session
+
+APP = Path(__file__).resolve().parents[1] / "app"
+QT_FREE = ("app.core.session", "app.gui.theme", "app.gui.run_files", "app.gui.report_sections",
+           "app.gui.training_sources", "app.gui.object_stack")
+
+
+def test_observers_hear_each_change_once_and_can_stop():
+    session, heard = Session(), []
+    stop = session.observe(lambda name, value: heard.append((name, value)))
+    project, run, hit = object(), object(), ("cells", {"id": 1})
+    session.project = project
+    session.project = project  # the same project again: nothing to tell
+    session.image = "s1"
+    session.image = "".join(["s", "1"])  # an equal name is the same image
+    session.run = run
+    session.selection = hit
+    session.selection = None
+    assert heard == [("project", project), ("image", "s1"), ("run", run), ("selection", hit), ("selection", None)]
+    assert (session.project, session.image, session.run, session.selection) == (project, "s1", run, None)
+    stop()
+    session.image = "s2"
+    assert heard[-1] == ("selection", None) and session.image == "s2"
+
+
+def test_the_window_helpers_named_qt_free_import_no_qt():
+    code = (f"import sys\nfor m in {QT_FREE!r}: __import__(m)\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules if m.split('.')[0] in ('PySide6', 'pyqtgraph')}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=APP.parent).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_gui_file_stays_under_500_lines():
+    sizes = {p.name: len(p.read_text(encoding="utf-8").splitlines()) for p in (APP / "gui").glob("*.py")}
+    assert {name: n for name, n in sizes.items() if n >= 500} == {}
+
+
+def test_the_window_title_and_selection_follow_the_session(qtbot, tmp_path):
+    pytest.importorskip("pytestqt")
+    from app.core.settings import Settings
+    from app.gui.main import configure_pyqtgraph
+    from app.gui.main_window import MainWindow
+
+    from gui_fakes import make_project
+
+    configure_pyqtgraph()
+    window = MainWindow(Settings(), save_settings_on_close=False, detect_device=False)
+    qtbot.addWidget(window)
+    window.show()
+    try:
+        project = make_project(tmp_path, n_images=1, with_run=True)
+        assert window.open_project(project.folder) and window.wait_until_ready(20)
+        assert window.session.project is window.project and window.windowTitle() == f"Stagescope - {project.name}"
+        assert window.session.image == window.current_image == "section1"
+        assert window.session.run is window.current_run is not None
+        assert window.select_object("tubules", 1)
+        assert window.session.selection[0] == "tubules" and window.session.selection[1]["id"] == 1
+        window.curation.clear_selection()
+        assert window.session.selection is None
+    finally:
+        window.confirm = lambda *args: True
+        window.queue.shutdown()
+        window.close()
