@@ -100,7 +100,8 @@ def load_document(result: ResultFile) -> dict[str, Any]:
     doc = read_objects(result.path)
     if "layers" not in doc and isinstance(doc.get("objects"), list):
         shape = [doc["height"], doc["width"]] if doc.get("height") and doc.get("width") else None
-        doc = {"image": result.image, "pipeline": doc.get("pipeline") or "kaizen", "layers": {"objects": doc["objects"]},
+        doc = {"image": result.image, "pipeline": doc.get("pipeline") or "kaizen",
+               "layers": {"objects": doc["objects"]},
                "meta": {"shape": shape}}
     doc.setdefault("image", result.image)
     if result.run_folder is not None and edits_path(result.run_folder).is_file():

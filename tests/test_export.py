@@ -68,7 +68,8 @@ def _ring_problems(ring, where: str) -> list[str]:
 
 def qupath_problems(data) -> list[str]:
     """Every way ``data`` breaks QuPath's GeoJSON import format (empty list = importable)."""
-    if not isinstance(data, dict) or data.get("type") != "FeatureCollection" or not isinstance(data.get("features"), list):
+    if not isinstance(data, dict) or data.get("type") != "FeatureCollection" \
+            or not isinstance(data.get("features"), list):
         return ["not a FeatureCollection with a features list"]
     problems = []
     for i, feature in enumerate(data["features"]):
@@ -179,7 +180,7 @@ def test_kaizen_geojson_outlines_the_whole_objects_and_round_trips(kaizen_result
     for entry in doc["objects"]:
         obj = imported[f"objects {entry['id']}"]
         assert obj.category == "object" and obj.attributes["object_type"] == "detection"
-        assert obj.attributes["measurements"]["area"] == entry["area"]
+        assert obj.attributes["measurements"]["Area px^2"] == entry["area"]  # no pixel size in Kaizen's file
         mask, (oy, ox) = masks[entry["id"]]
         drawn = polygon_to_mask([p - [ox, oy] for p in obj.polygons], mask.shape, [h - [ox, oy] for h in obj.holes])
         assert (drawn == mask).all()  # the outline gives back exactly the object's pixels
@@ -207,7 +208,8 @@ def test_stagetool_labels_and_csv_for_napari(stagetool_results, tmp_path):
             page = tif.pages[0]
             labels = page.asarray()
             assert page.is_tiled and labels.dtype == np.uint16 and labels.shape == (512, 512)
-            assert page.tags["XResolution"].value[0] / page.tags["XResolution"].value[1] == pytest.approx(2e4)  # 0.5 µm
+            numerator, denominator = page.tags["XResolution"].value
+            assert numerator / denominator == pytest.approx(2e4)  # pixels per cm: 0.5 µm
         objects = doc["layers"][layer]
         coords, props = _napari_points(tmp_path / f"testis_000_{layer}.csv")
         assert sorted(int(v) for v in props["label"]) == sorted(o["id"] for o in objects)
@@ -231,6 +233,19 @@ def test_kaizen_labels_match_kaizens_own_label_image(kaizen_results, tmp_path):
     theirs = tifffile.imread(kaizen_results / "results" / "nuclei_000.tif")
     assert ours.shape == theirs.shape and set(np.unique(ours)) == set(np.unique(theirs))
     assert (ours == theirs).mean() > 0.995  # they differ only where objects overlap (Kaizen: brighter wins)
+
+
+def test_brightfield_nuclei_for_qupath_and_napari(tmp_path):
+    assert _main("phantom", "brightfield", "--out", tmp_path / "phantom", "--count", 1, "--size", 96) == 0
+    assert _main("brightfield", "segment", tmp_path / "phantom" / "field_000_planes.tif", "--out", tmp_path / "bf",
+                 "--model", "brightfield-phantom-demo") == 0
+    assert _main("export", "qupath", tmp_path / "bf", "--out", tmp_path / "out") == 0
+    assert _main("export", "labels", tmp_path / "bf", "--out", tmp_path / "out") == 0
+    data = json.loads((tmp_path / "out" / "field_000_planes.geojson").read_text())
+    assert qupath_problems(data) == [] and {f["properties"]["objectType"] for f in data["features"]} == {"detection"}
+    ours = tifffile.imread(tmp_path / "out" / "field_000_planes_nuclei_labels.tif")
+    np.testing.assert_array_equal(ours, tifffile.imread(tmp_path / "bf" / "field_000_planes_labels.tif"))
+    assert len(data["features"]) == len(np.unique(ours)) - 1 > 0
 
 
 def test_label_tiff_is_written_tile_by_tile(tmp_path, monkeypatch):
@@ -270,7 +285,8 @@ def test_gui_action_queues_the_same_export(qtbot, kaizen_results, tmp_path):
     from app.core.jobs import run
     from app.gui.export_actions import ExportDialog
 
-    runs = [SimpleNamespace(id="run-a", pipeline="kaizen", results={"nuclei_000": {}}, folder=kaizen_results / "results"),
+    runs = [SimpleNamespace(id="run-a", pipeline="kaizen", results={"nuclei_000": {}},
+                            folder=kaizen_results / "results"),
             SimpleNamespace(id="run-b", pipeline="kaizen", results={}, folder=tmp_path)]
     dialog = ExportDialog(runs, tmp_path, current=runs[0])
     qtbot.addWidget(dialog)
@@ -281,7 +297,8 @@ def test_gui_action_queues_the_same_export(qtbot, kaizen_results, tmp_path):
     from app.gui.export_actions import ExportActions
 
     submitted = []
-    window = SimpleNamespace(queue=SimpleNamespace(submit=lambda title, factory, **kw: submitted.append((title, factory))))
+    queue = SimpleNamespace(submit=lambda title, factory, **kw: submitted.append((title, factory)))
+    window = SimpleNamespace(queue=queue)
     ExportActions.start(SimpleNamespace(window=window), chosen, fmt, folder)
     [(title, factory)] = submitted
     assert "napari" in title

@@ -25,7 +25,9 @@ from app.core.testis_classes import CLASS_COLOURS
 # first generic colour (app/gui/overlays.py GENERIC_COLOURS[0]), so QuPath shows what the viewer showed
 DEFAULT_COLOUR = "#00e1e1"
 # fields of an objects-file entry that are geometry or bookkeeping, not measurements
-_NOT_MEASURED = {"id", "box", "polygon", "centroid", "codes", "score", "class", "tubule_id", "original_class"}
+# (the area is given once, under QuPath's name with its unit: see area_measurement)
+_NOT_MEASURED = {"id", "box", "polygon", "centroid", "codes", "score", "class", "tubule_id", "original_class",
+                 "area", "area_px"}
 
 
 def hex_to_rgb(colour: str) -> list[int]:

@@ -22,7 +22,8 @@ FORMAT_CHOICES = (("qupath", "QuPath GeoJSON (File > Import objects)"),
 class ExportDialog(QDialog):
     """Choose the run (newest first, the shown one preselected), the format and the output folder."""
 
-    def __init__(self, runs: list[Any], project_folder: Path, current: Any = None, parent: QWidget | None = None) -> None:
+    def __init__(self, runs: list[Any], project_folder: Path, current: Any = None,
+                 parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Export results for QuPath / napari")
         self.project_folder = Path(project_folder)
