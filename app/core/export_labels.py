@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from app.core.annotations import AnnotatedObject, polygon_to_mask
+from app.core.annotations import AnnotatedObject
 from app.core.atomic import atomic_path
 
 TILE = 512
@@ -61,6 +61,54 @@ class TileRasteriser:
         return tile
 
 
+def scanline_mask(polygons: Sequence[np.ndarray], shape: tuple[int, int],
+                  holes: Sequence[np.ndarray] = ()) -> np.ndarray:
+    """The same pixels as :func:`app.core.annotations.polygon_to_mask` (centre inside or on the outline),
+    found row by row from where the edges cross each row instead of testing every pixel against
+    every edge: a 500 px tubule outline fills a 512 px tile in milliseconds, not a third of a second."""
+    mask = np.zeros(shape, bool)
+    for rings, value in ((polygons, True), (holes, False)):
+        for ring in rings:
+            ring = np.asarray(ring, dtype=np.float64).reshape(-1, 2) - 0.5  # pixel centres on integers
+            mask[_ring_pixels(ring[:, 0], ring[:, 1], shape)] = value
+    return mask
+
+
+def _ring_pixels(x: np.ndarray, y: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Bool array of ``shape``: integer points (row, col) inside the ring or on its edges (skimage's rule)."""
+    height, width = shape
+    out = np.zeros(shape, bool)
+    r0, r1 = max(int(np.ceil(y.min())), 0), min(int(np.floor(y.max())), height - 1)
+    if r1 < r0 or x.max() < 0 or x.min() > width - 1:
+        return out
+    rows = np.arange(r0, r1 + 1, dtype=np.float64)[:, None]
+    xi, yi, xj, yj = x, y, np.roll(x, 1), np.roll(y, 1)
+    slanted = yi != yj
+    with np.errstate(divide="ignore", invalid="ignore"):
+        at_row = xi + (rows - yi) * (xj - xi) / (yj - yi)  # where each edge's line meets each row
+    # inside: the even-odd rule with half-open edges, as skimage counts crossings (x < crossing)
+    crossing = slanted & (((yi <= rows) & (rows < yj)) | ((yj <= rows) & (rows < yi)))
+    xs = np.sort(np.where(crossing, at_row, np.inf), axis=1)
+    xs = xs[:, : xs.shape[1] - xs.shape[1] % 2]
+    starts = np.clip(np.ceil(xs[:, 0::2]), 0, width)
+    ends = np.clip(np.ceil(xs[:, 1::2]), 0, width)
+    runs = np.zeros((len(rows), width + 1), np.int32)
+    row_index = np.broadcast_to(np.arange(len(rows))[:, None], starts.shape)
+    np.add.at(runs, (row_index, starts.astype(np.intp)), 1)
+    np.add.at(runs, (row_index, ends.astype(np.intp)), -1)
+    out[r0:r1 + 1] = np.cumsum(runs[:, :width], axis=1) > 0
+    # on the outline: points exactly on a slanted edge, on a horizontal edge, and the vertices
+    on_edge = slanted & (np.minimum(yi, yj) <= rows) & (rows <= np.maximum(yi, yj)) & (at_row == np.round(at_row))
+    hit_rows, hit_edges = np.nonzero(on_edge)
+    cols = at_row[hit_rows, hit_edges].astype(np.intp)
+    keep = (cols >= 0) & (cols < width)
+    out[hit_rows[keep] + r0, cols[keep]] = True
+    for k in np.flatnonzero(~slanted & (y == np.round(y)) & (y >= 0) & (y < height)):
+        c0, c1 = max(int(np.ceil(min(xi[k], xj[k]))), 0), min(int(np.floor(max(xi[k], xj[k]))), width - 1)
+        out[int(y[k]), c0:c1 + 1] = True
+    return out
+
+
 def _window_mask(obj: AnnotatedObject, y0: int, x0: int, y1: int, x1: int) -> np.ndarray:
     """The object's pixels within the window, as a bool array of the window's shape."""
     shape = (y1 - y0, x1 - x0)
@@ -75,7 +123,7 @@ def _window_mask(obj: AnnotatedObject, y0: int, x0: int, y1: int, x1: int) -> np
         return out
     if obj.polygons:
         shift = np.array([x0, y0], np.float64)
-        return polygon_to_mask([p - shift for p in obj.polygons], shape, [h - shift for h in obj.holes])
+        return scanline_mask([p - shift for p in obj.polygons], shape, [h - shift for h in obj.holes])
     return np.ones(shape, bool)  # a box-only object fills every pixel its box touches, as crop_mask does
 
 
