@@ -8,6 +8,7 @@ of centroids with class and measurements (napari opens both).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("source", type=Path, metavar="RUN_OR_RESULTS",
                    help="a project run folder, a results folder of any pipeline, or one objects.json")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write into")
+    p.add_argument("--force", action="store_true",
+                   help="replace export files you changed (otherwise they are kept and the new ones get a (2) name)")
     p.add_argument("--json", action="store_true", help="print the written files as JSON")
     p.set_defaults(func=cmd_export)
 
@@ -32,11 +35,16 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Run the export job with console progress; print what was written."""
     from app.cli import print_json
     from app.core.jobs import ConsoleProgress, run
+    from app.core.outputs import collect_kept
     from app.exports import export_job
 
-    written = run(export_job(args.source, args.format, args.out), None if args.json else ConsoleProgress())
+    with collect_kept() as kept:
+        written = run(export_job(args.source, args.format, args.out, args.force),
+                      None if args.json else ConsoleProgress())
     if args.json:
         print_json({"written": [str(p) for p in written]})
-        return EXIT_OK
-    print(f"wrote {len(written)} file(s) to {args.out}")
+    else:
+        print(f"wrote {len(written)} file(s) to {args.out}")
+    for item in kept:
+        print(item.message(), file=sys.stderr if args.json else sys.stdout)
     return EXIT_OK

@@ -24,6 +24,7 @@ import numpy as np
 
 from app.core.errors import UserError
 from app.core.jobs import Job, Progress
+from app.core.outputs import save_report
 
 FORMATS = ("qupath", "labels")
 OBJECTS_FILE = "objects.json"
@@ -160,9 +161,12 @@ def image_shape(doc: dict[str, Any], result: ResultFile) -> tuple[int, int]:
     return int(extent[1]), int(extent[0])
 
 
-def export_one(result: ResultFile, fmt: str, out: Path) -> list[Path]:
-    """Write one image's export files into ``out``; returns their paths."""
-    from app.core.atomic import atomic_write_json
+def export_one(result: ResultFile, fmt: str, out: Path, force: bool = False) -> list[Path]:
+    """Write one image's export files into ``out``; returns their paths.
+
+    Like every report, a file there that the user changed is kept and the new one gets a versioned
+    name (app.core.outputs), unless ``force``.
+    """
     from app.core.export_labels import napari_rows, write_label_tiff, write_napari_csv
     from app.core.export_qupath import area_measurement, feature_collection, reported_area, stack_masks, to_annotated
 
@@ -174,7 +178,8 @@ def export_one(result: ResultFile, fmt: str, out: Path) -> list[Path]:
     image = result.image
     if fmt == "qupath":
         collection = feature_collection(doc, object_types, measured, stack=stack)
-        return [atomic_write_json(out / f"{image}.geojson", collection, indent=None)]
+        text = json.dumps(collection, ensure_ascii=False)
+        return [save_report(out / f"{image}.geojson", lambda tmp: tmp.write_text(text, encoding="utf-8"), force)]
     pixel = (doc.get("meta") or {}).get("pixel_size_um")
     shape = image_shape(doc, result)
     masks = stack_masks(stack)
@@ -193,13 +198,17 @@ def export_one(result: ResultFile, fmt: str, out: Path) -> list[Path]:
             values = {"area_px": area, "score": entry.get("score"), **(area_measurement(area, pixel) if pixel else {})}
             values.update((measured or {}).get(layer, {}).get(entry["id"], {}))
             extra[obj.id] = values
-        written.append(write_label_tiff(out / f"{image}_{layer}_labels.tif", objects, shape, pixel))
-        written.append(write_napari_csv(out / f"{image}_{layer}.csv", napari_rows(objects, extra)))
+        rows = napari_rows(objects, extra)
+        written.append(save_report(out / f"{image}_{layer}_labels.tif",
+                                   lambda tmp: write_label_tiff(tmp, objects, shape, pixel), force))
+        written.append(save_report(out / f"{image}_{layer}.csv", lambda tmp: write_napari_csv(tmp, rows), force))
     return written
 
 
-def export_job(source: str | Path, fmt: str, out: str | Path) -> Job[list[Path]]:
-    """Export every image's results under ``source`` as ``fmt`` ("qupath" or "labels") into ``out``."""
+def export_job(source: str | Path, fmt: str, out: str | Path, force: bool = False) -> Job[list[Path]]:
+    """Export every image's results under ``source`` as ``fmt`` ("qupath" or "labels") into ``out``.
+
+    ``force`` replaces files there that the user changed (otherwise they are kept, see export_one)."""
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose {' or '.join(FORMATS)}")
     results = find_results(source)
@@ -210,6 +219,6 @@ def export_job(source: str | Path, fmt: str, out: str | Path) -> Job[list[Path]]
     written: list[Path] = []
     for index, result in enumerate(results):
         yield Progress("export", index, len(results), result.image, item="image")
-        written += export_one(result, fmt, out)
+        written += export_one(result, fmt, out, force)
     yield Progress("export", len(results), len(results), "done", item="image")
     return written

@@ -235,6 +235,19 @@ def test_kaizen_labels_match_kaizens_own_label_image(kaizen_results, tmp_path):
     assert (ours == theirs).mean() > 0.995  # they differ only where objects overlap (Kaizen: brighter wins)
 
 
+def test_a_table_the_user_changed_is_kept(kaizen_results, tmp_path, capsys):
+    assert _main("export", "labels", kaizen_results / "results", "--out", tmp_path) == 0
+    assert _main("export", "labels", kaizen_results / "results", "--out", tmp_path) == 0  # untouched: replaced
+    table = tmp_path / "nuclei_000_objects.csv"
+    table.write_text(table.read_text() + "my note\n")
+    capsys.readouterr()
+    assert _main("export", "labels", kaizen_results / "results", "--out", tmp_path) == 0
+    assert table.read_text().endswith("my note\n") and (tmp_path / "nuclei_000_objects (2).csv").is_file()
+    assert "nuclei_000_objects (2).csv" in capsys.readouterr().out
+    assert _main("export", "labels", kaizen_results / "results", "--out", tmp_path, "--force") == 0
+    assert "my note" not in table.read_text()
+
+
 def test_brightfield_nuclei_for_qupath_and_napari(tmp_path):
     assert _main("phantom", "brightfield", "--out", tmp_path / "phantom", "--count", 1, "--size", 96) == 0
     assert _main("brightfield", "segment", tmp_path / "phantom" / "field_000_planes.tif", "--out", tmp_path / "bf",
@@ -299,7 +312,7 @@ def test_export_of_nothing_is_a_one_line_error(tmp_path, capsys):
     assert len(err) == 2 and "no such run" in err[0] and "no results here" in err[1]
 
 
-def test_gui_action_queues_the_same_export(qtbot, kaizen_results, tmp_path):
+def test_export_dialog_offers_runs_formats_and_a_folder(qtbot, kaizen_results, tmp_path):
     from app.core.jobs import run
     from app.gui.export_actions import ExportDialog
 
@@ -312,13 +325,30 @@ def test_gui_action_queues_the_same_export(qtbot, kaizen_results, tmp_path):
     chosen, fmt, folder = dialog.choice()
     assert chosen is runs[0] and fmt == "labels" and folder == tmp_path / "exports" / "run-a-labels"
 
-    from app.gui.export_actions import ExportActions
 
-    submitted = []
-    queue = SimpleNamespace(submit=lambda title, factory, **kw: submitted.append((title, factory)))
-    window = SimpleNamespace(queue=queue)
-    ExportActions.start(SimpleNamespace(window=window), chosen, fmt, folder)
-    [(title, factory)] = submitted
-    assert "napari" in title
-    written = run(factory())
-    assert {p.name for p in written} == {"nuclei_000_objects_labels.tif", "nuclei_000_objects.csv"}
+def test_file_menu_action_exports_a_project_run(qtbot, tmp_path):
+    """The main window's File > Export results...: the dialog offers the project's run, the queue writes the files."""
+    from app.core.settings import Settings
+    from app.gui.main import configure_pyqtgraph
+    from app.gui.main_window import MainWindow
+    from gui_fakes import make_project, register_fake
+
+    configure_pyqtgraph()
+    register_fake()
+    project = make_project(tmp_path, n_images=1, with_run=True)
+    window = MainWindow(Settings(), save_settings_on_close=False, detect_device=False)
+    qtbot.addWidget(window)
+    try:
+        window.open_project(project.folder)
+        window.actions["export_results"].trigger()
+        dialog = window.export_actions.dialog
+        assert dialog.run_box.count() == 1 and dialog.choice()[1] == "qupath"
+        dialog.accept()
+        assert window.queue.wait(30)
+        [run] = project.runs()
+        data = json.loads((project.folder / "exports" / f"{run.id}-qupath" / "section1.geojson").read_text())
+        assert qupath_problems(data) == [] and data["features"]
+    finally:
+        window.confirm = lambda *args: True
+        window.queue.shutdown()
+        window.close()
