@@ -19,6 +19,7 @@ import tifffile
 
 from app.cli import main
 from app.core.annotations import AnnotatedObject, objects_to_labels, polygon_to_mask, read_geojson
+from app.core.errors import AnnotationError
 from app.core.export_labels import TileRasteriser, write_label_tiff
 from app.core.testis_classes import CLASS_COLOURS, STAGES
 from stagetool_testing import one_torch_thread  # noqa: F401  (autouse fixture)
@@ -164,6 +165,38 @@ def test_stagetool_geojson_is_qupath_format_and_round_trips(stagetool_results, t
                                                                          if not t.get("excluded"))
     assert all(o.category in STAGES for o in tubule_section.objects)
     assert Counter(o.category for o in cell_section.objects) == Counter(c["class"] for c in cells)
+
+
+def test_export_shows_the_curation_the_viewer_shows(stagetool_results, tmp_path):
+    """Edits made in the viewer after the analysis (the run's edits.json) are in the export, applied once."""
+    import shutil
+
+    from app.core.edits import edits_path, make_edit, write_edits
+
+    results = shutil.copytree(stagetool_results / "results", tmp_path / "results")
+    cells = json.loads((results / "testis_000" / "objects.json").read_text())["layers"]["cells"]
+    tubule = json.loads((results / "testis_000" / "objects.json").read_text())["layers"]["tubules"][0]
+    write_edits(edits_path(results), [make_edit("delete_cell", "testis_000", cells[0]["id"]),
+                                      make_edit("retype_cell", "testis_000", cells[1]["id"], "Sertoli"),
+                                      make_edit("exclude_tubule", "testis_000", tubule["id"], True)])
+    assert _main("export", "qupath", results, "--out", tmp_path / "out") == 0
+    objects = {o.attributes["name"]: o for o in read_geojson(tmp_path / "out" / "testis_000.geojson").objects}
+    assert f"cells {cells[0]['id']}" not in objects and objects[f"cells {cells[1]['id']}"].category == "Sertoli"
+    assert sum(name.startswith("cells ") for name in objects) == len(cells) - 1
+    assert objects[f"tubules {tubule['id']}"].attributes["measurements"]["Excluded"] == 1
+
+    from app.pipelines.stagetool.dataset import load_sections  # training leaves the excluded tubule out
+
+    shutil.copy(stagetool_results / "phantom" / "testis_000.ome.tif", tmp_path / "out")
+    kept = sum(name.startswith("tubules ") for name in objects) - 1
+    if kept == 0:  # the small phantom holds one tubule: once excluded, nothing is left to train tubules on
+        with pytest.raises(AnnotationError, match="holds no tubule annotations"):
+            load_sections([tmp_path / "out" / "testis_000.geojson"], "tubules")
+    else:
+        [section] = load_sections([tmp_path / "out" / "testis_000.geojson"], "tubules")
+        assert len(section.objects) == kept
+    [section] = load_sections([tmp_path / "out" / "testis_000.geojson"], "cells")
+    assert len(section.objects) == len(cells) - 1
 
 
 def test_kaizen_geojson_outlines_the_whole_objects_and_round_trips(kaizen_results, tmp_path):
