@@ -111,14 +111,31 @@ def load_document(result: ResultFile) -> dict[str, Any]:
         if base.is_file():
             doc = read_objects(base)
         doc = apply_edits(doc, edits)
+    meta = doc.setdefault("meta", {})
+    if not meta.get("pixel_size_um"):  # Kaizen and brightfield results do not record it; the project does
+        meta["pixel_size_um"] = _project_pixel_size(result)
     return doc
+
+
+def _project_pixel_size(result: ResultFile) -> float | None:
+    """The pixel size the project records for the image of a project run (runs/<id>/ in a project folder)."""
+    from app.core.project import PROJECT_FILE, Project
+
+    if result.run_folder is None or not (result.run_folder.parent.parent / PROJECT_FILE).is_file():
+        return None
+    try:
+        return Project.open(result.run_folder.parent.parent).image(result.image).pixel_size_um
+    except (UserError, OSError, ValueError, KeyError):
+        return None
 
 
 def object_stack(result: ResultFile) -> dict[str, np.ndarray] | None:
     """The Kaizen object stack (whole masks) beside an objects file, or None."""
     name = result.path.name
-    beside = [result.path.with_name(name[: -len("json")] + "npz")] if name.endswith("." + OBJECTS_FILE) else []
-    beside += sorted(result.path.parent.glob("*.objects.npz"))
+    if name.endswith("." + OBJECTS_FILE):  # kaizen segment: <stem>.objects.npz beside <stem>.objects.json
+        beside = [result.path.with_name(name[: -len("json")] + "npz")]
+    else:  # a project run: the image's folder holds one stack
+        beside = sorted(result.path.parent.glob("*.objects.npz"))
     for path in beside:
         if path.is_file():
             with np.load(path) as data:

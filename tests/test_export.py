@@ -381,6 +381,8 @@ def test_file_menu_action_exports_a_project_run(qtbot, tmp_path):
         [run] = project.runs()
         data = json.loads((project.folder / "exports" / f"{run.id}-qupath" / "section1.geojson").read_text())
         assert qupath_problems(data) == [] and data["features"]
+        # the fake pipeline records no pixel size; the project knows the section's 0.5 µm
+        assert all("Area µm^2" in f["properties"]["measurements"] for f in data["features"])
     finally:
         window.confirm = lambda *args: True
         window.queue.shutdown()
