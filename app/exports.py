@@ -5,8 +5,8 @@ run :func:`export_job`.  Any pipeline's results are exported: the objects file o
 (``objects.json`` of a project run or ``stagetool analyze``; ``<stem>.objects.json`` of
 ``kaizen segment``), with the run's curation edits applied the way the viewer applies them.  A
 pipeline that has its own vocabulary for QuPath (which layer is an annotation, which measurements)
-provides ``app.pipelines.<name>.exports`` with ``OBJECT_TYPES`` and ``measurements(doc)``; the
-others get detections with their numeric fields and area.  No Qt here.
+provides ``app.pipelines.<name>.exports`` with ``OBJECT_TYPES``, ``COLOURS`` and ``measurements(doc)``;
+the others get detections with their numeric fields and area, in the viewer's first generic colour.  No Qt here.
 """
 
 from __future__ import annotations
@@ -194,7 +194,7 @@ def export_one(result: ResultFile, fmt: str, out: Path, force: bool = False) -> 
     stack = object_stack(result)
     image = result.image
     if fmt == "qupath":
-        collection = feature_collection(doc, object_types, measured, stack=stack)
+        collection = feature_collection(doc, object_types, measured, getattr(hooks, "COLOURS", None), stack=stack)
         text = json.dumps(collection, ensure_ascii=False)
         return [save_report(out / f"{image}.geojson", lambda tmp: tmp.write_text(text, encoding="utf-8"), force)]
     pixel = (doc.get("meta") or {}).get("pixel_size_um")

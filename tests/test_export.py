@@ -21,7 +21,7 @@ from app.cli import main
 from app.core.annotations import AnnotatedObject, objects_to_labels, polygon_to_mask, read_geojson
 from app.core.errors import AnnotationError
 from app.core.export_labels import TileRasteriser, write_label_tiff
-from app.core.testis_classes import CLASS_COLOURS, STAGES
+from app.pipelines.stagetool.classes import CLASS_COLOURS, STAGES
 from stagetool_testing import one_torch_thread  # noqa: F401  (autouse fixture)
 
 

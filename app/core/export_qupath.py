@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 
 from app.core.annotations import AnnotatedObject, mask_to_rings, to_geojson_dict
-from app.core.testis_classes import CLASS_COLOURS
 
-# classes outside the Stagetool palette (Kaizen "object", brightfield "nucleus") get the viewer's
+# classes outside a pipeline's palette (Kaizen "object", brightfield "nucleus") get the viewer's
 # first generic colour (app/gui/overlays.py GENERIC_COLOURS[0]), so QuPath shows what the viewer showed
 DEFAULT_COLOUR = "#00e1e1"
 # fields of an objects-file entry that are geometry or bookkeeping, not measurements
@@ -37,9 +36,8 @@ def hex_to_rgb(colour: str) -> list[int]:
 
 
 def class_colour(name: str, colours: Mapping[str, str] | None = None) -> list[int]:
-    """The [r, g, b] of a class: the given palette, else the app's palette, else the default colour."""
-    palette = {**CLASS_COLOURS, **(colours or {})}
-    return hex_to_rgb(palette.get(name, DEFAULT_COLOUR))
+    """The [r, g, b] of a class: from the pipeline's palette (name -> '#rrggbb'), else the default colour."""
+    return hex_to_rgb((colours or {}).get(name, DEFAULT_COLOUR))
 
 
 def numeric_measurements(values: Mapping[str, Any]) -> dict[str, float]:
@@ -116,7 +114,7 @@ def feature_collection(doc: Mapping[str, Any], object_types: Mapping[str, str] |
 
     ``object_types``: layer -> "annotation"/"detection" (default "detection");
     ``measurements``: layer -> object id -> name -> value (default: the object's numeric fields and
-    its area); ``colours``: class name -> '#rrggbb' over the app's palette; ``stack``: a Kaizen
+    its area); ``colours``: class name -> '#rrggbb', the pipeline's palette; ``stack``: a Kaizen
     objects.npz whose masks outline objects that have only a box.  Each feature's ``name`` is
     "<layer> <id>" so QuPath's object list tells where it came from.
     """

@@ -12,10 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from app.core.export_qupath import area_measurement
-from app.core.testis_classes import CELL_TYPES
 from app.pipelines.stagetool import tables
+from app.pipelines.stagetool.classes import CELL_TYPES, CLASS_COLOURS
 
 OBJECT_TYPES = {"tubules": "annotation", "cells": "detection"}
+COLOURS = CLASS_COLOURS  # QuPath shows the stages and cell types in the viewer's colours
 
 
 def measurements(doc: dict[str, Any]) -> dict[str, dict[Any, dict[str, Any]]]:
