@@ -116,9 +116,14 @@ def test_the_format_check_catches_what_qupath_refuses():
     assert qupath_problems({"type": "FeatureCollection", "features": [good]}) == []
     bad = json.loads(json.dumps(good))
     bad["properties"].update(objectType="cell", classification={"name": "Spg", "color": "#00e1e1"},
-                             measurements={"SOX9 mean": None, "flag": True})
+                             measurements={"SOX9 mean": None, "flag": True, "gain": float("nan"), "stage": "IX"})
     bad["geometry"]["coordinates"][0].pop()
-    assert len(qupath_problems({"type": "FeatureCollection", "features": [bad]})) == 5
+    assert len(qupath_problems(json.loads(json.dumps({"type": "FeatureCollection", "features": [bad]})))) == 7
+    no_class = json.loads(json.dumps(good))
+    del no_class["properties"]["classification"]["name"]
+    no_class["type"], no_class["geometry"] = "feature", {"type": "Point", "coordinates": [1, 2]}
+    assert len(qupath_problems({"type": "FeatureCollection", "features": [no_class]})) == 3
+    assert qupath_problems({"type": "Feature", "features": [good]}) == ["not a FeatureCollection with a features list"]
 
 
 # ------------------------------------------------------------------ QuPath GeoJSON
@@ -135,6 +140,7 @@ def test_stagetool_geojson_is_qupath_format_and_round_trips(stagetool_results, t
     assert len(data["features"]) == len(tubules) + len(cells)
 
     imported = {o.attributes["name"]: o for o in read_geojson(path).objects}
+    assert sorted(imported) == sorted([f"tubules {t['id']}" for t in tubules] + [f"cells {c['id']}" for c in cells])
     assert Counter(o.category for o in imported.values()) == Counter(o["class"] for o in tubules + cells)
     rows = {int(r["id"]): r for r in csv.DictReader(open(results / "testis_000" / "tubules.csv"))}
     for tubule in tubules:
@@ -292,6 +298,18 @@ def test_brightfield_nuclei_for_qupath_and_napari(tmp_path):
     ours = tifffile.imread(tmp_path / "out" / "field_000_planes_nuclei_labels.tif")
     np.testing.assert_array_equal(ours, tifffile.imread(tmp_path / "bf" / "field_000_planes_labels.tif"))
     assert len(data["features"]) == len(np.unique(ours)) - 1 > 0
+    # export -> import: the training import reads back the same nuclei, outlines and measurements
+    nuclei = json.loads((tmp_path / "bf" / "field_000_planes.objects.json").read_text())["layers"]["nuclei"]
+    imported = {o.attributes["name"]: o for o in read_geojson(tmp_path / "out" / "field_000_planes.geojson").objects}
+    assert sorted(imported) == sorted(f"nuclei {n['id']}" for n in nuclei)
+    for nucleus in nuclei:
+        obj = imported[f"nuclei {nucleus['id']}"]
+        assert obj.category == nucleus["class"] == "nucleus" and obj.attributes["object_type"] == "detection"
+        np.testing.assert_allclose(obj.polygons[0], nucleus["polygon"], atol=1e-6)
+        values = obj.attributes["measurements"]
+        assert values["Area px^2"] == nucleus["area_px"]  # a phantom outside a project: no pixel size
+        assert values["mean_brightfield"] == pytest.approx(nucleus["mean_brightfield"])
+        assert "mean_fluorescence" not in values  # null in the results: left out, QuPath refuses null
 
 
 def test_fast_fill_gives_the_pixels_of_polygon_to_mask():
