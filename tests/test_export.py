@@ -253,6 +253,7 @@ def test_stagetool_labels_and_csv_for_napari(stagetool_results, tmp_path):
         coords, props = _napari_points(tmp_path / f"testis_000_{layer}.csv")
         assert sorted(int(v) for v in props["label"]) == sorted(o["id"] for o in objects)
         assert Counter(props["class"]) == Counter(o["class"] for o in objects)
+        assert all(len(v.partition(".")[2]) <= 3 for v in props["area_px"])  # no float noise (115.28929999999981)
         present = set(np.unique(labels)) - {0}
         assert present <= {o["id"] for o in objects} and len(present) >= 0.95 * len(objects)
         by_label = dict(zip((int(v) for v in props["label"]), coords))
