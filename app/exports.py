@@ -212,7 +212,8 @@ def export_one(result: ResultFile, fmt: str, out: Path, force: bool = False) -> 
         extra = {}
         for obj, entry in zip(objects, entries):
             area = reported_area(entry, obj)
-            values = {"area_px": round(area, 3), "score": entry.get("score"), **(area_measurement(area, pixel) if pixel else {})}
+            values = {"area_px": round(area, 3), "score": entry.get("score"),
+                      **(area_measurement(area, pixel) if pixel else {})}
             values.update((measured or {}).get(layer, {}).get(entry["id"], {}))
             extra[obj.id] = values
         rows = napari_rows(objects, extra)
