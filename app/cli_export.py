@@ -23,7 +23,8 @@ def add_parser(subparsers: Any) -> None:
                                           "IMAGE_LAYER_labels.tif and IMAGE_LAYER.csv (napari: File > Open).")
     p.add_argument("format", choices=("qupath", "labels"), metavar="qupath|labels", help="what to write")
     p.add_argument("source", type=Path, metavar="RUN_OR_RESULTS",
-                   help="a project run folder, a results folder of any pipeline, or one objects.json")
+                   help="a project run folder, a results folder of any pipeline, one objects.json, or a whole "
+                        "project (an image analysed in several runs gets a folder per run)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="folder to write into")
     p.add_argument("--force", action="store_true",
                    help="replace export files you changed (otherwise they are kept and the new ones get a (2) name)")

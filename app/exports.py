@@ -47,16 +47,35 @@ def find_results(source: str | Path) -> list[ResultFile]:
         return [ResultFile(_image_name(source), source)]
     if not source.is_dir():
         raise UserError(f"{source}: no such run or results folder")
-    found: list[ResultFile] = []
     run_file = source / "run.json"
-    if run_file.is_file():
-        found = _run_results(source, run_file)
+    found = _run_results(source, run_file) if run_file.is_file() else []
     if not found:
-        paths = sorted(p for p in source.rglob("*objects.json") if p.name == OBJECTS_FILE
-                       or p.name.endswith("." + OBJECTS_FILE))
-        found = [ResultFile(_image_name(p), p, p.parent if (p.parent / "run.json").is_file() else None) for p in paths]
+        found = _results_below(source)
     if not found:
         raise UserError(f"{source}: no results here (no objects.json); give a run folder or a results folder")
+    return found
+
+
+def _results_below(source: Path) -> list[ResultFile]:
+    """Objects files under a folder of runs (a project, its runs/) or of results folders.
+
+    The runs found below are read through their run.json, so their edits and the project's pixel
+    size apply; a Kaizen project run's ``kaizen.objects.json`` beside the image's ``objects.json``
+    is the same objects again, not another image."""
+    found: list[ResultFile] = []
+    runs: list[Path] = []
+    for run_file in sorted(source.rglob("run.json")):
+        listed = _run_results(run_file.parent, run_file)
+        if listed:
+            runs.append(run_file.parent)
+            found += listed
+    for path in sorted(source.rglob("*objects.json")):
+        plain = path.name == OBJECTS_FILE
+        if not (plain or path.name.endswith("." + OBJECTS_FILE)) or any(run in path.parents for run in runs):
+            continue
+        if not plain and (path.parent / OBJECTS_FILE).is_file():
+            continue
+        found.append(ResultFile(_image_name(path), path, path.parent if (path.parent / "run.json").is_file() else None))
     return found
 
 
@@ -223,6 +242,24 @@ def export_one(result: ResultFile, fmt: str, out: Path, force: bool = False) -> 
     return written
 
 
+def output_folders(results: list[ResultFile], source: Path, out: Path) -> list[Path]:
+    """Where each image's files go: ``out``, or when two results share an image name (the same image
+    in several runs of a project) ``out/<run folder>``, so no export replaces another."""
+    names = [r.image for r in results]
+    if len(set(names)) == len(names):
+        return [out] * len(results)
+    base = source if source.is_dir() else source.parent
+    folders = []
+    for result in results:
+        folder = result.run_folder or result.path.parent
+        try:
+            relative = folder.resolve().relative_to(base.resolve())
+        except ValueError:
+            relative = Path(folder.name)
+        folders.append(out / relative if relative.parts else out)
+    return folders
+
+
 def export_job(source: str | Path, fmt: str, out: str | Path, force: bool = False) -> Job[list[Path]]:
     """Export every image's results under ``source`` as ``fmt`` ("qupath" or "labels") into ``out``.
 
@@ -234,9 +271,11 @@ def export_job(source: str | Path, fmt: str, out: str | Path, force: bool = Fals
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
+    folders = output_folders(results, Path(source), out)
     written: list[Path] = []
     for index, result in enumerate(results):
         yield Progress("export", index, len(results), result.image, item="image")
-        written += export_one(result, fmt, out, force)
+        folders[index].mkdir(parents=True, exist_ok=True)
+        written += export_one(result, fmt, folders[index], force)
     yield Progress("export", len(results), len(results), "done", item="image")
     return written

@@ -364,6 +364,33 @@ def test_export_of_nothing_is_a_one_line_error(tmp_path, capsys):
     assert len(err) == 2 and "no such run" in err[0] and "no results here" in err[1]
 
 
+def test_a_project_folder_exports_each_run_apart_with_its_edits(tmp_path):
+    """Given the whole project: two runs of the same section land in a folder each (neither replaces the other),
+    each with its own curation edits and the project's pixel size; a kaizen.objects.json beside an image's
+    objects.json is not taken for another image."""
+    import shutil
+
+    from app.core.edits import edits_path, make_edit, write_edits
+    from app.core.jobs import run as run_job
+    from gui_fakes import FakeParams, fake_analyze, make_project
+
+    project = make_project(tmp_path, n_images=1, with_run=True)
+    run_job(fake_analyze(project, ["section1"], FakeParams(), {}))
+    first, second = sorted(project.runs(), key=lambda r: r.id)
+    cells = json.loads((first.folder / "section1" / "objects.json").read_text())["layers"]["cells"]
+    write_edits(edits_path(first.folder), [make_edit("delete_cell", "section1", cells[0]["id"])])
+    shutil.copy(second.folder / "section1" / "objects.json", second.folder / "section1" / "kaizen.objects.json")
+    assert _main("export", "qupath", project.folder, "--out", tmp_path / "out") == 0
+
+    written = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.geojson"))
+    assert written == sorted(f"runs/{r.id}/section1.geojson" for r in (first, second))
+    for run, expected in ((first, len(cells) - 1), (second, len(cells))):
+        data = json.loads((tmp_path / "out" / "runs" / run.id / "section1.geojson").read_text())
+        names = [f["properties"]["name"] for f in data["features"]]
+        assert sum(n.startswith("cells ") for n in names) == expected
+        assert all("Area µm^2" in f["properties"]["measurements"] for f in data["features"])
+
+
 def test_export_dialog_offers_runs_formats_and_a_folder(qtbot, kaizen_results, tmp_path):
     from app.core.jobs import run
     from app.gui.export_actions import ExportDialog
