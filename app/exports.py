@@ -197,6 +197,33 @@ def image_shape(doc: dict[str, Any], result: ResultFile) -> tuple[int, int]:
     return int(extent[1]), int(extent[0])
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value)
+
+
+def check_document(doc: dict[str, Any], path: Path, stack_ids: set[int]) -> None:
+    """Refuse in one line, naming the file, an objects document the export cannot draw (a hand-edited or
+    foreign file): layers of objects, each with a whole-number id and an outline, a box or a stack mask."""
+    layers = doc.get("layers")
+    if not isinstance(layers, dict):
+        raise UserError(f"{path}: not a results file (no layers of objects)")
+    for layer, entries in layers.items():
+        if not isinstance(entries, list):
+            raise UserError(f"{path}: layer {layer!r} is not a list of objects")
+        for number, entry in enumerate(entries, 1):
+            where = f"{path}: object {number} of layer {layer!r}"
+            if not isinstance(entry, dict) or isinstance(entry.get("id"), bool) or not isinstance(entry.get("id"), int):
+                raise UserError(f"{where} has no whole-number id")
+            polygon, box = entry.get("polygon"), entry.get("box")
+            if polygon and not (isinstance(polygon, list) and all(
+                    isinstance(p, list) and len(p) == 2 and all(_is_number(v) for v in p) for p in polygon)):
+                raise UserError(f"{where}: its outline is not a list of [x, y] numbers")
+            if box is not None and not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
+                raise UserError(f"{where}: its box is not [x0, y0, x1, y1] numbers")
+            if not (polygon and len(polygon) >= 3) and box is None and entry["id"] not in stack_ids:
+                raise UserError(f"{where} has no outline, box or mask")
+
+
 def export_one(result: ResultFile, fmt: str, out: Path, force: bool = False) -> list[Path]:
     """Write one image's export files into ``out``; returns their paths.
 
@@ -207,10 +234,11 @@ def export_one(result: ResultFile, fmt: str, out: Path, force: bool = False) -> 
     from app.core.export_qupath import area_measurement, feature_collection, reported_area, stack_masks, to_annotated
 
     doc = load_document(result)
+    stack = object_stack(result)
+    check_document(doc, result.path, set(stack_masks(stack)))
     hooks = pipeline_hooks(doc.get("pipeline"))
     object_types = getattr(hooks, "OBJECT_TYPES", None)
     measured = hooks.measurements(doc) if hooks is not None else None
-    stack = object_stack(result)
     image = result.image
     if fmt == "qupath":
         collection = feature_collection(doc, object_types, measured, getattr(hooks, "COLOURS", None), stack=stack)

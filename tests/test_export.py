@@ -364,6 +364,38 @@ def test_export_of_nothing_is_a_one_line_error(tmp_path, capsys):
     assert len(err) == 2 and "no such run" in err[0] and "no results here" in err[1]
 
 
+@pytest.mark.parametrize("text, says", [
+    ("[1, 2]", "not a results file"),
+    ('{"layers": [1]}', "no layers of objects"),
+    ('{"layers": {"cells": [{"class": "Spg"}]}}', "object 1 of layer 'cells' has no whole-number id"),
+    ('{"layers": {"cells": [{"id": "x", "box": [0, 0, 4, 4]}]}}', "has no whole-number id"),
+    ('{"layers": {"cells": [{"id": 1, "class": "Spg"}]}}', "has no outline, box or mask"),
+    ('{"layers": {"cells": [{"id": 1, "polygon": [[1, 2], [3]]}]}}', "outline is not a list of [x, y] numbers"),
+    ('{"layers": {"cells": [{"id": 1, "box": [1, 2, "a", 4]}]}}', "box is not [x0, y0, x1, y1] numbers"),
+])
+@pytest.mark.parametrize("fmt", ["qupath", "labels"])
+def test_a_broken_objects_file_is_a_one_line_error(tmp_path, capsys, fmt, text, says):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "objects.json").write_text(text)
+    assert _main("export", fmt, tmp_path / "results", "--out", tmp_path / "out") == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("[export]")]  # progress
+    assert len(err) == 1 and "objects.json" in err[0] and says in err[0]
+
+
+def test_a_score_qupath_cannot_hold_is_left_out(tmp_path):
+    """NaN or text as a score would make QuPath refuse the whole file; the object keeps its other measurements."""
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "objects.json").write_text(json.dumps({"layers": {"cells": [
+        {"id": 1, "class": "Spg", "box": [1, 2, 5, 6], "score": float("nan")},
+        {"id": 2, "class": "Spg", "box": [8, 2, 12, 6], "score": "high"},
+        {"id": 3, "class": "Spg", "box": [1, 8, 5, 12], "score": 0.5}]}}))
+    assert _main("export", "qupath", tmp_path / "results", "--out", tmp_path / "out") == 0
+    data = json.loads((tmp_path / "out" / "results.geojson").read_text())
+    assert qupath_problems(data) == []
+    assert [f["properties"]["measurements"].get("score") for f in data["features"]] == [None, None, 0.5]
+    assert all(f["properties"]["measurements"]["Area px^2"] == 16 for f in data["features"])
+
+
 def test_a_project_folder_exports_each_run_apart_with_its_edits(tmp_path):
     """Given the whole project: two runs of the same section land in a folder each (neither replaces the other),
     each with its own curation edits and the project's pixel size; a kaizen.objects.json beside an image's

@@ -69,6 +69,12 @@ def reported_area(entry: Mapping[str, Any], obj: AnnotatedObject) -> float:
     return obj.area
 
 
+def _finite(value: Any) -> float | None:
+    """A score QuPath can hold (a finite number), else None: it becomes the "score" measurement."""
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    return float(value) if ok and math.isfinite(float(value)) else None
+
+
 def generic_measurements(obj: Mapping[str, Any]) -> dict[str, float]:
     """The numeric scalar fields of an objects-file entry (area, intensities, gain ...), as they are named."""
     return numeric_measurements({k: v for k, v in obj.items() if k not in _NOT_MEASURED})
@@ -88,7 +94,7 @@ def to_annotated(obj: Mapping[str, Any],
     if polygons:
         box = None  # the outline's own box, so the geometry and the box agree
     return AnnotatedObject(id=int(obj["id"]), category=category, box=tuple(box) if box else None,
-                           polygons=polygons, holes=holes, score=obj.get("score"))
+                           polygons=polygons, holes=holes, score=_finite(obj.get("score")))
 
 
 def stack_masks(stack: Mapping[str, np.ndarray] | None) -> dict[int, tuple[np.ndarray, tuple[int, int]]]:
