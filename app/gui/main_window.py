@@ -196,6 +196,8 @@ class MainWindow(QMainWindow):
         file.addSeparator()
         file.addAction(self._action("export_report", "&Export report...", self.export_report_dialog, "Ctrl+E",
                                     "Write an Excel workbook from runs"))
+        from app.gui.export_actions import ExportActions  # File > Export results for QuPath / napari...
+        self.export_actions = ExportActions(self, file)
         file.addAction(self._action("screenshot", "Save &screenshot...", self.save_screenshot_dialog, "Ctrl+Shift+S",
                                     "Save a PNG of the window"))
         file.addAction(self._action("open_folder", "Show project &folder", self.show_project_folder, "Ctrl+Shift+F",
