@@ -136,6 +136,10 @@ def test_stagetool_geojson_is_qupath_format_and_round_trips(stagetool_results, t
     path = tmp_path / "testis_000.geojson"
     data = json.loads(path.read_text())
     assert qupath_problems(data) == []
+    again = tmp_path / "again"
+    assert _main("export", "qupath", results, "--out", again) == 0
+    assert (again / "testis_000.geojson").read_bytes() == path.read_bytes()  # same results, same file
+    assert len({f["id"] for f in data["features"]}) == len(data["features"])
     tubules, cells = doc["layers"]["tubules"], doc["layers"]["cells"]
     assert len(data["features"]) == len(tubules) + len(cells)
 
