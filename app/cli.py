@@ -352,10 +352,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_gui)
 
     from app.cli_batch import add_parser as add_batch
+    from app.cli_export import add_parser as add_export
     from app.cli_pipeline import add_parsers
 
     add_parsers(sub)  # one command group per registered pipeline (app.pipelines.registry)
     add_batch(sub)
+    add_export(sub)
     return parser
 
 

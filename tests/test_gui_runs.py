@@ -278,7 +278,8 @@ def test_the_report_exporter_offers_stagetool_runs_only_and_counts_a_section_onc
     from app.pipelines.stagetool import tables  # noqa: F401 - what the exporter writes through
     from app.core.jobs import run as run_job
     from app.core.settings import Settings
-    from app.gui.report_exporter import ReportExporter, find_report_writer, report_job
+    from app.gui.report_exporter import ReportExporter
+    from app.gui.report_sections import find_report_writer, report_job
 
     from app.core.results import OBJECTS_FILE, write_objects
 
@@ -375,7 +376,8 @@ def test_the_report_exporter_measures_an_antibody_the_analysis_left_out(qtbot, t
     import numpy as np
 
     from app.core.settings import Settings
-    from app.gui.report_exporter import ReportExporter, cell_measures, curated_document
+    from app.gui.report_exporter import ReportExporter
+    from app.gui.report_sections import cell_measures, curated_document
 
     project = make_project(tmp_path, n_images=1)  # channels DAPI and marker1 (bright inside the discs)
     run = _stagetool_run(project, ["section1"])

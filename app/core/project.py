@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import re
 import shutil
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -39,6 +40,7 @@ from app.core.atomic import (
 )
 from app.core.errors import ImageError, ProjectError
 from app.core.locks import hold_project_lock, project_lock
+from app.core.outputs import versioned
 from app.core.project_schema import (
     ANNOTATIONS_DIR, IMAGES_DIR, MIGRATIONS, MODES, PROJECT_FILE, REPORTS_DIR, RUNS_DIR, SCHEMA_VERSION, SUBFOLDERS,
     ImageEntry, check_name, migrate, now_iso, parse_project_json, safe_name, split_image_name, unique_name,
@@ -411,18 +413,33 @@ class Project:
     # -- reports
 
     def reports(self) -> list[Path]:
-        """Report files in ``reports/``, sorted by name (temporary files of unfinished writes excluded)."""
+        """Report files in ``reports/``, sorted by name with ``x (2).xlsx`` after ``x.xlsx`` (temporary files
+        of unfinished writes excluded)."""
         if not self.reports_dir.is_dir():
             return []
-        return sorted(p for p in self.reports_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        return sorted((p for p in self.reports_dir.iterdir() if p.is_file() and not p.name.startswith(".")),
+                      key=_report_order)
 
     def report_path(self, name: str) -> Path:
-        """A path in ``reports/`` for a new report ``name`` that never overwrites one (``x_2.xlsx``)."""
+        """A path in ``reports/`` for a new report ``name`` that never overwrites one.
+
+        Copies are named as the command line names them (``x (2).xlsx``, :func:`app.core.outputs.versioned`).
+        """
         check_name(name, "report name")
-        base, suffix = split_image_name(name)
-        stem = unique_name(base, lambda n: (self.reports_dir / f"{n}{suffix}").exists())
+        path, number = self.reports_dir / name, 1
+        while path.exists():
+            number += 1
+            path = versioned(self.reports_dir / name, number)
         self.reports_dir.mkdir(exist_ok=True)
-        return self.reports_dir / f"{stem}{suffix}"
+        return path
+
+
+def _report_order(path: Path) -> tuple[str, int, str]:
+    """Sort key: the name without its `` (n)`` copy number, then that number (1 for the original)."""
+    stem, dot, suffix = path.name.partition(".")
+    match = re.fullmatch(r"(.*) \((\d+)\)", stem)
+    base, number = (match.group(1), int(match.group(2))) if match else (stem, 1)
+    return (f"{base}{dot}{suffix}".lower(), number, path.name)
 
 
 @contextmanager

@@ -107,8 +107,14 @@ class ImageEntry:
                                    f"{key!r} must be {expected}, not {values[key]!r}; fix project.json by hand")
         values["channels"] = list(values.get("channels") or [])
         if values.get("pixel_size_um") is not None:
-            values["pixel_size_um"] = float(values["pixel_size_um"])
+            size = float(values["pixel_size_um"])
+            # older versions stored tifffile's 1 pixel-per-inch fallback (25,400 µm) as a calibration
+            values["pixel_size_um"] = size if size <= MAX_PIXEL_SIZE_UM else None
         return cls(**values)
+
+
+MAX_PIXEL_SIZE_UM = 1000.0
+"""Largest pixel size (µm) a project keeps; larger ones read from project.json count as unknown."""
 
 
 def _is_number(value: Any) -> bool:

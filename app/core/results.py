@@ -74,6 +74,8 @@ def read_objects(path: Path) -> dict[str, Any]:
     """Read an objects file; a corrupt or newer one is a user error naming the file."""
     path = Path(path)
     doc = read_json(path, UserError, "results file")
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: not a results file (a JSON object is expected, this holds a {type(doc).__name__})")
     if doc.get("schema_version", 0) > RESULTS_SCHEMA_VERSION:
         raise UserError(f"{path}: results written by a newer Stagescope (schema {doc['schema_version']})")
     return doc

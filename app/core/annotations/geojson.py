@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import uuid
@@ -189,9 +190,16 @@ def to_geojson_dict(objects: Iterable[AnnotatedObject], object_type: str = "anno
             measurements["score"] = obj.score
         if measurements:
             properties["measurements"] = measurements
-        features.append({"type": "Feature", "id": a.get("qupath_id") or str(uuid.uuid4()),
-                         "geometry": _geojson_geometry(obj), "properties": properties})
+        geometry = _geojson_geometry(obj)
+        features.append({"type": "Feature", "id": a.get("qupath_id") or _feature_id(len(features), geometry, properties),
+                         "geometry": geometry, "properties": properties})
     return {"type": "FeatureCollection", "features": features}
+
+
+def _feature_id(index: int, geometry: dict[str, Any], properties: dict[str, Any]) -> str:
+    """A UUID made from the feature itself, so exporting the same results twice gives the same file."""
+    text = json.dumps([index, geometry, properties], sort_keys=True, default=str)
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, "stagescope:" + text))
 
 
 def write_geojson(path: str | os.PathLike[str], annotations: ImageAnnotations | Iterable[AnnotatedObject],
