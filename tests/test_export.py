@@ -44,7 +44,8 @@ def stagetool_results(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def kaizen_results(tmp_path_factory):
-    """A `kaizen segment` folder of one 192 px phantom nuclei image (shipped model)."""
+    """A `kaizen segment` folder of one 192 px phantom nuclei image (shipped model): the runner's layout,
+    results/nuclei_000/{kaizen.tif, kaizen.objects.npz, kaizen.objects.json, objects.json} + run.json."""
     base = tmp_path_factory.mktemp("kaizen")
     assert _main("phantom", "nuclei", "--out", base / "phantom", "--count", 1, "--size", 192) == 0
     assert _main("kaizen", "segment", base / "phantom" / "nuclei_000.tif", "--out", base / "results") == 0
@@ -211,13 +212,13 @@ def test_export_shows_the_curation_the_viewer_shows(stagetool_results, tmp_path)
 
 def test_kaizen_geojson_outlines_the_whole_objects_and_round_trips(kaizen_results, tmp_path):
     results = kaizen_results / "results"
-    doc = json.loads((results / "nuclei_000.objects.json").read_text())
-    assert _main("export", "qupath", results / "nuclei_000.objects.json", "--out", tmp_path) == 0
+    doc = json.loads((results / "nuclei_000" / "kaizen.objects.json").read_text())
+    assert _main("export", "qupath", results, "--out", tmp_path) == 0
     data = json.loads((tmp_path / "nuclei_000.geojson").read_text())
     assert qupath_problems(data) == []
     imported = {o.attributes["name"]: o for o in read_geojson(tmp_path / "nuclei_000.geojson").objects}
     assert len(imported) == len(doc["objects"]) > 5
-    with np.load(results / "nuclei_000.objects.npz") as stack:
+    with np.load(results / "nuclei_000" / "kaizen.objects.npz") as stack:
         masks = {int(i): (m[:h, :w], tuple(o)) for i, m, (h, w), o in
                  zip(stack["ids"], stack["masks"], stack["shapes"], stack["offsets"])}
     for entry in doc["objects"]:
@@ -274,7 +275,7 @@ def test_stagetool_labels_and_csv_for_napari(stagetool_results, tmp_path):
 def test_kaizen_labels_match_kaizens_own_label_image(kaizen_results, tmp_path):
     assert _main("export", "labels", kaizen_results / "results", "--out", tmp_path) == 0
     ours = tifffile.imread(tmp_path / "nuclei_000_objects_labels.tif")
-    theirs = tifffile.imread(kaizen_results / "results" / "nuclei_000.tif")
+    theirs = tifffile.imread(kaizen_results / "results" / "nuclei_000" / "kaizen.tif")
     assert ours.shape == theirs.shape and set(np.unique(ours)) == set(np.unique(theirs))
     assert (ours == theirs).mean() > 0.995  # they differ only where objects overlap (Kaizen: brighter wins)
 
@@ -301,10 +302,10 @@ def test_brightfield_nuclei_for_qupath_and_napari(tmp_path):
     data = json.loads((tmp_path / "out" / "field_000_planes.geojson").read_text())
     assert qupath_problems(data) == [] and {f["properties"]["objectType"] for f in data["features"]} == {"detection"}
     ours = tifffile.imread(tmp_path / "out" / "field_000_planes_nuclei_labels.tif")
-    np.testing.assert_array_equal(ours, tifffile.imread(tmp_path / "bf" / "field_000_planes_labels.tif"))
+    np.testing.assert_array_equal(ours, tifffile.imread(tmp_path / "bf" / "field_000_planes" / "labels.tif"))
     assert len(data["features"]) == len(np.unique(ours)) - 1 > 0
     # export -> import: the training import reads back the same nuclei, outlines and measurements
-    nuclei = json.loads((tmp_path / "bf" / "field_000_planes.objects.json").read_text())["layers"]["nuclei"]
+    nuclei = json.loads((tmp_path / "bf" / "field_000_planes" / "objects.json").read_text())["layers"]["nuclei"]
     imported = {o.attributes["name"]: o for o in read_geojson(tmp_path / "out" / "field_000_planes.geojson").objects}
     assert sorted(imported) == sorted(f"nuclei {n['id']}" for n in nuclei)
     for nucleus in nuclei:
