@@ -65,7 +65,7 @@ def test_shipped_model_on_the_held_out_field(set2):
 def test_cli_segments_set2(sephace, tmp_path):
     out = tmp_path / "out"
     assert main(["brightfield", "segment", str(sephace / "set2"), "--out", str(out)]) == 0
-    with open(out / "set2_nuclei.csv") as handle:
+    with open(out / "set2" / "nuclei.csv") as handle:  # the runner's layout (was out/set2_nuclei.csv)
         rows = list(csv.DictReader(handle))
     assert 7 <= len(rows) <= 12
     bright = [float(r["mean_fluorescence"]) > 40 for r in rows]  # DAPI: nuclei ~70-100, background ~22

@@ -101,12 +101,15 @@ def test_a_stagetool_run_uses_the_project_s_pixel_size_and_channel_names(tmp_pat
     from test_stagetool_section import SCALE, draw_section, oracle_model
 
     from app.core.jobs import run
-    from app.pipelines.stagetool import batch, predict
+    from app.pipelines.registry import get
+    from app.pipelines.runner import clear_model_cache
+    from app.pipelines.stagetool import loading, predict
     from app.pipelines.stagetool.params import AnalyzeParams
 
     monkeypatch.setattr(predict, "intensity_range", lambda overview: (0.0, SCALE))
     models = {"tubules": oracle_model("tubules", 128, 2), "cells": oracle_model("cells", 128)}
-    monkeypatch.setattr(batch, "load_model", lambda ref, kind, device: models[kind])
+    monkeypatch.setattr(loading, "load_model", lambda ref, kind, device: models[kind])  # the spec's load
+    clear_model_cache()
     image, _, _ = draw_section()
     path = tmp_path / "plain.tif"
     tifffile.imwrite(path, image.astype(np.uint16))  # no names, no pixel size
@@ -114,7 +117,7 @@ def test_a_stagetool_run_uses_the_project_s_pixel_size_and_channel_names(tmp_pat
     name = project.add_image(path).name
     set_image_metadata(project, name, pixel_size_um=0.5, channels="DAPI,SOX9")
     params = AnalyzeParams(tta="off", overlap=32, map_scale=2, antibodies="SOX9=SOX9:400", threads=1)
-    folder = run(batch.analyze_project(project, [name], params))
+    folder = run(get("stagetool").analyze(project, [name], params))
     meta = json.loads((Path(folder) / name / predict.PREDICTIONS_FILE).read_text())["meta"]
     assert meta["pixel_size_um"] == 0.5
     assert meta["antibodies"][0]["channel_index"] == 1
