@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 )
 
 # string fields whose values are well known get a combo box (still editable)
-KNOWN_CHOICES = {"device": ("auto", "cpu", "cuda", "mps"), "tta": ("off", "full", "adaptive")}
+KNOWN_CHOICES = {"device": ("auto", "cpu", "cuda", "mps")}  # a pipeline's own choices: field(metadata={"choices": ...})
 
 
 def field_comments(cls: type) -> dict[str, str]:

@@ -115,7 +115,8 @@ def check_weights(card: Any) -> None:
     try:
         digest = sha256_file(path)
     except OSError as error:
-        raise ModelError(f"model folder {card.folder}: cannot read {WEIGHTS_FILE} ({error.strerror or error})") from error
+        raise ModelError(f"model folder {card.folder}: cannot read {WEIGHTS_FILE} "
+                         f"({error.strerror or error})") from error
     if digest != card.weights_sha256:
         raise ModelError(f"model folder {card.folder}: {WEIGHTS_FILE} does not match its card.json (sha256 "
                          f"{digest[:12]}... instead of {card.weights_sha256[:12]}...): the file is corrupt or was "
@@ -208,7 +209,8 @@ def device_label(device: Any) -> str:
 # ----------------------------------------------------------------------------- one item
 
 
-def fingerprint(pipeline: str, inputs: Sequence[str], models: Sequence[ModelRef], params: dict[str, Any]) -> dict[str, Any]:
+def fingerprint(pipeline: str, inputs: Sequence[str], models: Sequence[ModelRef],
+                params: dict[str, Any]) -> dict[str, Any]:
     """What an item's results depend on (input contents, model sha256, parameters); a rerun redoes it when changed."""
     return {"pipeline": pipeline, "inputs": [file_fingerprint(source) for source in inputs],
             "models": {m.kind: m.sha256 for m in models},
