@@ -1,6 +1,6 @@
 """Parameters of the brightfield pipeline: one dataclass per step (labels, training, segmentation, experiments).
 
-Each field carries its help text in ``metadata["help"]``, so the CLI options (cli_brightfield.py)
+Each field carries its help text in ``metadata["help"]``, so the CLI options (app/cli/brightfield.py)
 and GUI forms are built from these classes; the values used are saved beside the results
 (labels JSON, card.json, run.json).  Sizes are in pixels of the original field unless a name
 says otherwise.

@@ -171,7 +171,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """Decompose each image into ``DIR/<image>/`` (the runner's layout, as project runs and batches write it)."""
-    from app.cli_pipeline import analyze_folder, item_rows, print_result
+    from app.cli.pipelines import analyze_folder, item_rows, print_result
 
     _set_threads(args.threads)
     overrides = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}

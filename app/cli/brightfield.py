@@ -31,8 +31,8 @@ PHANTOM_MIN_AREA = 30  # phantom nuclei are far smaller than sephaCe's (whose de
 
 def add_options(parser: argparse.ArgumentParser, cls: type, key: str, skip: tuple[str, ...] = (),
                 only: tuple[str, ...] = ()) -> None:
-    """One ``--option`` per documented field of ``cls`` (app.cli_pipeline.add_options)."""
-    from app.cli_pipeline import add_options as add
+    """One ``--option`` per documented field of ``cls`` (app.cli.pipelines.add_options)."""
+    from app.cli.pipelines import add_options as add
 
     add(parser, cls, key, skip, only, need_help=True)
 
@@ -222,7 +222,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment each field into DIR/<field>/ (labels.tif, nuclei.csv, objects.json); nuclei.csv and counts.csv
     over all fields; run.json and the batch summary (the runner's layout, as project runs and batches)."""
-    from app.cli_pipeline import analyze_folder, given_options, item_rows, print_result
+    from app.cli.pipelines import analyze_folder, given_options, item_rows, print_result
     from app.core.outputs import collect_kept
     from app.pipelines.brightfield.predict import collect_fields
     from app.pipelines.contract import Item

@@ -34,7 +34,7 @@ def add_parser(subparsers: Any) -> None:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Run the export job with console progress; print what was written."""
-    from app.cli_common import print_json
+    from app.cli.common import print_json
     from app.core.jobs import ConsoleProgress, run
     from app.core.outputs import collect_kept
     from app.exports import export_job

@@ -67,7 +67,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Sections into DIR/<section>/ through the runner (as project runs and batches); exit 1 when some failed."""
     import dataclasses
 
-    from app.cli_pipeline import analyze_folder
+    from app.cli.pipelines import analyze_folder
     from app.core.edits import edits_path, read_edits, write_edits
     from app.pipelines.contract import Item
     from app.pipelines.stagetool.batch import section_files
@@ -124,7 +124,7 @@ def _print_kept(kept: list[KeptReport]) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from app.cli_common import print_json
+    from app.cli.common import print_json
     from app.pipelines.stagetool.evaluate import evaluate_results, format_evaluation
 
     with collect_kept() as kept:

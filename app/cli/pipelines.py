@@ -1,6 +1,6 @@
 """`stagescope <pipeline> ...`: each registered pipeline's commands, and the one way they analyse a folder.
 
-A pipeline with its own command module (``app/cli_<name>.py``, ``add_parser(subparsers)``) adds its
+A pipeline with its own command module (``app/cli/<name>.py``, ``add_parser(subparsers)``) adds its
 commands; every other registered pipeline gets ``stagescope <name> analyze INPUT... --out DIR``
 with one option per field of its params dataclass (dataclass -> argparse, as the GUI's form).
 Every analysing command runs :func:`analyze_folder`: the batch job run here (app.batch), so a CLI
@@ -31,7 +31,7 @@ def add_parsers(subparsers: Any) -> None:
     from app.pipelines.registry import pipelines
 
     for name, spec in pipelines(hidden=False).items():
-        module = f"app.cli_{name}"
+        module = f"app.cli.{name}"
         if importlib.util.find_spec(module) is not None:
             importlib.import_module(module).add_parser(subparsers)
         elif spec.analyze_one is not None:
@@ -54,7 +54,7 @@ def add_generic(subparsers: Any, spec: Any) -> None:
 
 
 def _generic_analyze(args: argparse.Namespace) -> int:
-    from app.cli_common import parse_pairs
+    from app.cli.common import parse_pairs
 
     result = analyze_folder(args.pipeline, args.inputs, args.out, parse_pairs(args.model, "--model", as_json=False),
                             given_options(args, "param"), force=args.force, quiet=args.json)
@@ -159,7 +159,7 @@ def item_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def print_result(result: dict[str, Any], as_json: bool) -> int:
     """The per-item rows as JSON, or where things went."""
-    from app.cli_common import print_json
+    from app.cli.common import print_json
 
     rows = item_rows(result)
     if as_json:

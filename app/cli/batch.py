@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.cli_common import parse_pairs, print_json  # noqa: F401 - parse_pairs: the name scripts used here
+from app.cli.common import parse_pairs, print_json  # noqa: F401 - parse_pairs: the name scripts used here
 from app.core.errors import UserError
 
 EXIT_OK = 0

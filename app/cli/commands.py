@@ -2,7 +2,7 @@
 
 Each sub-command is a small handler returning an exit code.  A :class:`UserError` (bad input the
 user can fix) prints one line on stderr and exits 2, never a traceback.  Each registered pipeline
-gets its command group from app/cli_pipeline.py (its own `app/cli_<pipeline>.py` module, or the
+gets its command group from app/cli/pipelines.py (its own `app/cli/<pipeline>.py` module, or the
 generic ``analyze`` built from its params dataclass).
 """
 
@@ -21,11 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from app import __version__
-from app.cli_common import print_json  # noqa: F401 - the name command modules and scripts used
+from app.cli.common import EXIT_OK, EXIT_USER_ERROR, print_json
 from app.core.errors import UserError, os_error_message
 
-EXIT_OK = 0
-EXIT_USER_ERROR = 2
 
 
 # ---------------------------------------------------------------- info
@@ -351,9 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", default=None, metavar="NAME")
     p.set_defaults(func=cmd_gui)
 
-    from app.cli_batch import add_parser as add_batch
-    from app.cli_export import add_parser as add_export
-    from app.cli_pipeline import add_parsers
+    from app.cli.batch import add_parser as add_batch
+    from app.cli.export import add_parser as add_export
+    from app.cli.pipelines import add_parsers
 
     add_parsers(sub)  # one command group per registered pipeline (app.pipelines.registry)
     add_batch(sub)

@@ -1,7 +1,7 @@
 """What every CLI module shares: JSON output, ``KEY=VALUE`` options and the exit codes.
 
-Its own module so the command modules (app/cli_*.py) and the top-level parser (app/cli.py) import
-it without importing each other (no import loop among the CLI modules).
+The bottom of the CLI package: the command modules (app/cli/*.py) and the top-level parser
+(app/cli/commands.py) import it, never each other's helpers, so the CLI modules have no import loop.
 """
 
 from __future__ import annotations
