@@ -96,7 +96,7 @@ def test_the_gui_modules_import_each_other_without_a_loop_when_run():
     grimp = pytest.importorskip("grimp")
     nx = pytest.importorskip("networkx")
 
-    graph = grimp.build_graph("app", exclude_type_checking_imports=True)
+    graph = grimp.build_graph("app", exclude_type_checking_imports=True, cache_dir=None)  # no stale cache
     edges = nx.DiGraph()
     for module in graph.modules:
         if module.startswith("app.gui"):
