@@ -22,7 +22,9 @@ if str(REPO) not in sys.path[:1]:
 
 def import_cycles(package: str, root: str = "app") -> list[list[str]]:
     """Each import loop among the modules of ``package`` (sorted module names), largest first."""
-    graph = grimp.build_graph(root)
+    # no cache: grimp's cache trusts file modification times, and an edit undone within the same
+    # second once left a removed loop in it (a stale graph can hide a loop as easily as show one)
+    graph = grimp.build_graph(root, cache_dir=None)
     modules = {m for m in graph.modules if m == package or m.startswith(package + ".")}
     edges = nx.DiGraph()
     for module in modules:

@@ -127,6 +127,36 @@ def test_settings_dialog_run_queue_choice_is_stored_as_batch_cluster(qtbot):
     assert settings.batch_cluster == "" and dialog.run_queue.error.text() == ""
 
 
+def test_the_run_queue_note_and_its_error_are_shown_whole_even_in_a_large_font(qtbot):
+    """The note was cut off once the dialog ran out of height (a large font, or an error line appearing):
+    a word-wrapped label's minimum height is guessed short, so the layout squeezed it."""
+    from PySide6.QtGui import QFont
+    from PySide6.QtWidgets import QApplication
+
+    from app.gui.settings_dialog import SettingsDialog
+
+    app = QApplication.instance()
+    font = QFont(app.font())
+    try:
+        large = QFont(font)
+        large.setPointSize(16)
+        app.setFont(large)
+        dialog = SettingsDialog(Settings())
+        qtbot.addWidget(dialog)
+        dialog.show()
+        queue = dialog.run_queue
+        queue.scheduler.setChecked(True)
+        dialog.accept()  # no address: refused, with an error line under the note
+        qtbot.wait(50)
+        assert "batch analyze" in queue.note.text() and "tcp://host:8786" in queue.error.text()
+        for label in (queue.note, queue.error):
+            assert label.isVisible() and label.height() >= label.sizeHint().height(), label.text()
+            assert label.width() >= label.sizeHint().width(), label.text()
+        dialog.close()
+    finally:
+        app.setFont(font)
+
+
 def test_batch_cluster_setting_values():
     from app.core.settings import check_batch_cluster
 

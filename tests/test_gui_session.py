@@ -68,6 +68,9 @@ def test_the_window_title_and_selection_follow_the_session(qtbot, tmp_path):
         assert window.session.selection[0] == "tubules" and window.session.selection[1]["id"] == 1
         window.curation.clear_selection()
         assert window.session.selection is None
+        from app.gui.window_api import missing_members
+
+        assert missing_members(window) == []  # the controllers' WindowApi names only what the window has
     finally:
         window.confirm = lambda *args: True
         window.queue.shutdown()
@@ -88,12 +91,12 @@ def test_a_first_window_fits_a_smaller_screen_and_keeps_its_size_on_a_large_one(
 
 
 def test_the_gui_modules_import_each_other_without_a_loop_when_run():
-    """Controllers name ``MainWindow`` in annotations only (under TYPE_CHECKING); no executed import loops back
+    """No executed import loops back among the GUI modules (test_import_structure.py checks type-only imports too)
     (the Settings dialog once reached the start-up module for the theme, which imports the window)."""
     grimp = pytest.importorskip("grimp")
     nx = pytest.importorskip("networkx")
 
-    graph = grimp.build_graph("app", exclude_type_checking_imports=True)
+    graph = grimp.build_graph("app", exclude_type_checking_imports=True, cache_dir=None)  # no stale cache
     edges = nx.DiGraph()
     for module in graph.modules:
         if module.startswith("app.gui"):
@@ -132,3 +135,18 @@ def test_accepting_the_settings_dialog_applies_the_dark_theme(qtbot):
         app.setPalette(palette)
         window.queue.shutdown()
         window.close()
+
+
+def test_the_training_wizard_has_what_its_pages_use(qtbot):
+    """The pages type the wizard as ``WizardApi`` (no import of the wizard): a real wizard has each member."""
+    from app.core.settings import Settings
+    from app.gui.job_queue import JobQueue
+    from app.gui.training_pages import WizardApi
+    from app.gui.training_wizard import TrainingWizard
+    from app.gui.window_api import protocol_members
+
+    wizard = TrainingWizard(None, Settings(), JobQueue(), trainers={})
+    qtbot.addWidget(wizard)
+    names = protocol_members(WizardApi)
+    assert {"trainers", "settings", "start", "save_model"} <= set(names)
+    assert [name for name in names if not hasattr(wizard, name)] == []

@@ -13,7 +13,7 @@ from PySide6.QtCore import Qt
 from app.core.edits import make_edit, next_object_id
 
 if TYPE_CHECKING:
-    from app.gui.main_window import MainWindow
+    from app.gui.window_api import WindowApi
 
 DEFAULT_CELL_SIZE = 12.0
 
@@ -21,7 +21,7 @@ DEFAULT_CELL_SIZE = 12.0
 class CurationController:
     """Turns clicks, menu actions and Properties buttons into selections and edits."""
 
-    def __init__(self, window: MainWindow) -> None:
+    def __init__(self, window: WindowApi) -> None:
         self.w = window
         self.add_mode = False
 

@@ -12,13 +12,13 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 from app import __version__
 
 if TYPE_CHECKING:
-    from app.gui.main_window import MainWindow
+    from app.gui.window_api import WindowApi
 
 
 class DialogActions:
     """Opens the window's dialogs (non-modal; the last of each kind is kept for tests) and desktop links."""
 
-    def __init__(self, window: MainWindow) -> None:
+    def __init__(self, window: WindowApi) -> None:
         self.w = window
         self.report_dialog: Any = None
         self.model_dialog: Any = None

@@ -79,9 +79,10 @@ class MainWindow(QMainWindow):
         self.dialogs = DialogActions(self)
         self.hooks = WindowHooks(self)
 
-        self.docks: dict[str, QDockWidget] = {}
-        build_docks(self)
-        build_status_bar(self)
+        self.docks: dict[str, QDockWidget] = build_docks(self, self.viewer, {
+            "project": self.browser, "layers": self.layers_panel, "properties": self.properties,
+            "display": self.channel_panel, "run": self.run_panel, "jobs": self.jobs_widget})
+        self.coords_label, self.value_label, self.device_label = build_status_bar(self)
         self.actions: dict[str, QAction] = {}
         build_menus(self)
         self._connect()

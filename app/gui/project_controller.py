@@ -14,13 +14,13 @@ from app.gui.project_browser import IMAGE_SUFFIXES
 from app.gui.run_files import objects_file
 
 if TYPE_CHECKING:
-    from app.gui.main_window import MainWindow
+    from app.gui.window_api import WindowApi
 
 
 class ProjectController:
     """Opens and edits the project shown in the window; problems are shown in the window."""
 
-    def __init__(self, window: MainWindow) -> None:
+    def __init__(self, window: WindowApi) -> None:
         self.w = window
 
     def open_project(self, folder: str | Path, image: str | None = None) -> bool:

@@ -23,7 +23,7 @@ from app.gui.run_files import base_objects_file, latest_run_with_results, object
 from app.gui.workers import BackgroundRunner
 
 if TYPE_CHECKING:
-    from app.gui.main_window import MainWindow
+    from app.gui.window_api import WindowApi
 
 BACKGROUND_EDIT_OBJECTS = 5000  # layers this big are redrawn after an edit on a reader thread
 
@@ -53,7 +53,7 @@ def apply_edits_task(doc: dict, edits: list[dict], layer: str, key: Any) -> dict
 class ResultsController:
     """Opens images and shows a run's results on them; keeps the curation sessions of the run folders."""
 
-    def __init__(self, window: MainWindow) -> None:
+    def __init__(self, window: WindowApi) -> None:
         self.w = window
         self.doc: dict[str, Any] | None = None  # results of the current image, before edits
         self.doc_key: tuple[str, str] | None = None  # (run folder, image)

@@ -21,13 +21,13 @@ from app.gui.run_panel import (
 )
 
 if TYPE_CHECKING:
-    from app.gui.main_window import MainWindow
+    from app.gui.window_api import WindowApi
 
 
 class RunController:
     """Queues pipeline runs and pyramid jobs; tells the Run panel which images are selected."""
 
-    def __init__(self, window: MainWindow) -> None:
+    def __init__(self, window: WindowApi) -> None:
         self.w = window
         self.pyramid_jobs: set[str] = set()
         self.facts: dict[Any, Any] = {}  # (image, project metadata) -> suitability.ImageFacts or the read error

@@ -7,6 +7,7 @@ saves it (atomically, under platformdirs) and applies the theme.
 from __future__ import annotations
 
 import os
+import textwrap
 
 from PySide6.QtWidgets import (
     QButtonGroup, QComboBox, QDialog, QDialogButtonBox, QFormLayout, QGridLayout, QGroupBox, QLabel, QLineEdit,
@@ -18,6 +19,18 @@ from app.core.settings import DEVICES, THEMES, Settings, check_batch_cluster
 from app.gui.theme import error_style
 
 NO_DEFAULT = "(first available)"
+NOTE_COLUMNS = 60  # the Run queue's note and errors break after this many characters
+
+
+def fixed_lines(text: str, columns: int = NOTE_COLUMNS) -> str:
+    """``text`` broken into lines of at most ``columns`` characters (words and addresses kept whole).
+
+    A label with these line breaks and no word wrap has an exact minimum height, so a layout never
+    squeezes it; a word-wrapped label's minimum height is guessed short, and a tall dialog (large font,
+    small screen, an error line appearing) then cut the Run queue's note off.
+    """
+    return "\n".join(textwrap.wrap(" ".join(text.split()), columns, break_long_words=False,
+                                    break_on_hyphens=False))
 
 
 class SettingsDialog(QDialog):
@@ -114,7 +127,7 @@ class SettingsDialog(QDialog):
     def accept(self) -> None:  # noqa: D102 - Qt's name
         problem = self.run_queue.problem()
         if problem:
-            self.run_queue.error.setText(problem)
+            self.run_queue.show_problem(problem)
             self.run_queue.address.setFocus()
             return
         self.apply()
@@ -141,12 +154,11 @@ class RunQueueChoice(QGroupBox):
         self.workers.setRange(1, 256)
         self.workers.setValue(2)
         self.workers.setSuffix(" workers")
-        self.error = QLabel("")
+        self.error = QLabel("")  # fixed_lines, not word wrap: see fixed_lines
         self.error.setStyleSheet(error_style())
-        self.error.setWordWrap(True)
-        note = QLabel("Batches of sections run there (stagescope batch analyze --scheduler / --cluster); "
-                      "a single run from the run panel stays on this computer.")
-        note.setWordWrap(True)
+        self.note = note = QLabel(fixed_lines(
+            "Batches of sections run there (stagescope batch analyze --scheduler / --cluster); "
+            "a single run from the run panel stays on this computer."))
         grid = QGridLayout(self)
         grid.addWidget(self.here, 0, 0, 1, 2)
         grid.addWidget(self.scheduler, 1, 0)
@@ -180,6 +192,10 @@ class RunQueueChoice(QGroupBox):
         self.address.setEnabled(not self.local.isChecked())
         self.workers.setEnabled(not self.scheduler.isChecked())
         self.error.setText("")
+
+    def show_problem(self, problem: str) -> None:
+        """Show why the value cannot be stored, under the choices; the dialog grows to show it whole."""
+        self.error.setText(fixed_lines(problem))
 
     def problem(self) -> str:
         """Why the chosen value cannot be stored, or "" when it can."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pyqtgraph as pg
 from PySide6.QtCore import Qt
@@ -20,14 +20,37 @@ from app.gui.training_sources import (
 from app.pipelines.registry import TrainingSource
 
 if TYPE_CHECKING:
-    from app.gui.training_wizard import TrainingWizard
+    from app.core.settings import Settings
+    from app.gui.training_sources import Trainer
+
+class WizardApi(Protocol):
+    """What the pages use of the training wizard (:class:`app.gui.training_wizard.TrainingWizard`, which
+    imports this module): its inputs, the training's state and its few actions."""
+
+    project: Any
+    settings: Settings
+    trainers: dict[str, Trainer]
+    params: Any
+    out_dir: Path | None
+    result_dir: Path | None
+
+    def trainer(self) -> Trainer | None: ...
+
+    def start(self, resume: bool = False) -> Any: ...
+
+    def cancel(self) -> None: ...
+
+    def result_card(self) -> Any: ...
+
+    def save_model(self) -> Path | None: ...
+
 
 NO_PRETRAINED = ("No pretrained weights can be downloaded here: networks start from random weights "
                  "(or from a model of your library), so give them enough annotated data and epochs.")
 
 
 class PipelinePage(QWizardPage):
-    def __init__(self, wizard: TrainingWizard) -> None:
+    def __init__(self, wizard: WizardApi) -> None:
         super().__init__()
         self.setTitle("What to train")
         self.w = wizard
@@ -65,7 +88,7 @@ class PipelinePage(QWizardPage):
 
 
 class DataPage(QWizardPage):
-    def __init__(self, wizard: TrainingWizard) -> None:
+    def __init__(self, wizard: WizardApi) -> None:
         super().__init__()
         self.setTitle("Training data")
         self.setSubTitle("Annotated images, corrected predictions of earlier runs, or imported COCO / GeoJSON files.")
@@ -134,7 +157,7 @@ class DataPage(QWizardPage):
 
 
 class ParamsPage(QWizardPage):
-    def __init__(self, wizard: TrainingWizard) -> None:
+    def __init__(self, wizard: WizardApi) -> None:
         super().__init__()
         self.setTitle("Parameters")
         self.setSubTitle("Defaults suit the pipeline; the time per epoch is estimated once training starts.")
@@ -163,7 +186,7 @@ class ParamsPage(QWizardPage):
 
 
 class TrainPage(QWizardPage):
-    def __init__(self, wizard: TrainingWizard) -> None:
+    def __init__(self, wizard: WizardApi) -> None:
         super().__init__()
         self.setTitle("Training")
         self.w = wizard
@@ -218,7 +241,7 @@ class TrainPage(QWizardPage):
 
 
 class ResultPage(QWizardPage):
-    def __init__(self, wizard: TrainingWizard) -> None:
+    def __init__(self, wizard: WizardApi) -> None:
         super().__init__()
         self.setTitle("Result")
         self.w = wizard

@@ -2,17 +2,37 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PySide6.QtGui import QAction, QKeySequence
 
 from app.gui.image_tools import ImageTools
 
-if TYPE_CHECKING:
-    from app.gui.main_window import MainWindow
+from app.gui.window_api import WindowApi
+
+if TYPE_CHECKING:  # the controllers, not the window: none of them imports this module
+    from app.gui.curation_controller import CurationController
+    from app.gui.dialog_actions import DialogActions
+    from app.gui.export_actions import ExportActions
+    from app.gui.project_controller import ProjectController
+    from app.gui.results_controller import ResultsController
+    from app.gui.run_controller import RunController
+    from app.gui.window_hooks import WindowHooks
 
 
-def add_action(window: MainWindow, key: str, text: str, slot: Any, shortcut: Any = None, tip: str = "",
+class MenuWindow(WindowApi, Protocol):
+    """The window as its menus see it: :class:`WindowApi` with the whole controllers, whose slots they call."""
+
+    projects: ProjectController
+    results: ResultsController
+    curation: CurationController
+    runs: RunController
+    dialogs: DialogActions
+    hooks: WindowHooks
+    export_actions: ExportActions
+
+
+def add_action(window: WindowApi, key: str, text: str, slot: Any, shortcut: Any = None, tip: str = "",
                checkable: bool = False) -> QAction:
     """Make an action of the window, known as ``window.actions[key]``."""
     action = QAction(text, window)
@@ -29,7 +49,7 @@ def add_action(window: MainWindow, key: str, text: str, slot: Any, shortcut: Any
     return action
 
 
-def build_menus(w: MainWindow) -> None:
+def build_menus(w: MenuWindow) -> None:
     """File, Edit, View, Analysis, Models and Help menus of the window."""
     def act(*args: Any, **kwargs: Any) -> QAction:
         return add_action(w, *args, **kwargs)

@@ -18,7 +18,7 @@ from app.core.errors import UserError
 from app.gui.workers import BackgroundRunner, freeze_gc_heap
 
 if TYPE_CHECKING:
-    from app.gui.main_window import MainWindow
+    from app.gui.window_api import WindowApi
 
 READY_ROUNDS = 3  # ready this many event-loop rounds in a row counts as settled
 
@@ -36,7 +36,7 @@ def detect_device_task(choice: str) -> str:
 class WindowHooks:
     """The status bar's coordinates, values and device; screenshots; whether everything is drawn."""
 
-    def __init__(self, window: MainWindow) -> None:
+    def __init__(self, window: WindowApi) -> None:
         self.w = window
         self.device_runner = BackgroundRunner(window, "stagescope-device")
         self.device_runner.done.connect(self._device_done, Qt.ConnectionType.QueuedConnection)

@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from PySide6.QtCore import QByteArray, QSize, Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QWidget
-
-if TYPE_CHECKING:
-    from app.gui.main_window import MainWindow
 
 DEFAULT_SIZE = QSize(1500, 950)
 SCREEN_SHARE = 0.95  # a first window on a smaller screen leaves room for the frame and panels
@@ -18,29 +13,30 @@ JOBS_HEIGHT = 120
 LEFT_SPLIT = (300, 520)  # project browser over run panel
 RIGHT_SPLIT = (380, 420)  # layers over properties / display
 
+LEFT, RIGHT = Qt.DockWidgetArea.LeftDockWidgetArea, Qt.DockWidgetArea.RightDockWidgetArea
+BOTTOM = Qt.DockWidgetArea.BottomDockWidgetArea
+PANELS = (("project", "Project", LEFT), ("layers", "Layers", RIGHT), ("properties", "Properties", RIGHT),
+          ("display", "Display", RIGHT), ("run", "Run", LEFT), ("jobs", "Jobs", BOTTOM))  # in this order
 
-def add_dock(window: MainWindow, key: str, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
-    """Put ``widget`` in a dock of the window, known as ``window.docks[key]``."""
+
+def add_dock(window: QMainWindow, key: str, title: str, widget: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
+    """Put ``widget`` in a dock of the window; the dock's object name comes from ``key``."""
     dock = QDockWidget(title, window)
     dock.setObjectName(f"dock-{key}")  # saveState / restoreState find it by this name
     dock.setWidget(widget)
     window.addDockWidget(area, dock)
-    window.docks[key] = dock
     return dock
 
 
-def build_docks(w: MainWindow) -> None:
-    """Project and Run on the left, Layers and Properties / Display on the right, Jobs below."""
+def build_docks(window: QMainWindow, central: QWidget, panels: dict[str, QWidget]) -> dict[str, QDockWidget]:
+    """Project and Run on the left, Layers and Properties / Display on the right, Jobs below.
+
+    ``panels`` holds a widget for each key of :data:`PANELS`; the docks come back under the same keys.
+    """
+    w = window
     w.setDockOptions(QMainWindow.DockOption.AnimatedDocks | QMainWindow.DockOption.AllowTabbedDocks)
-    w.setCentralWidget(w.viewer)
-    left, right = Qt.DockWidgetArea.LeftDockWidgetArea, Qt.DockWidgetArea.RightDockWidgetArea
-    add_dock(w, "project", "Project", w.browser, left)
-    add_dock(w, "layers", "Layers", w.layers_panel, right)
-    add_dock(w, "properties", "Properties", w.properties, right)
-    add_dock(w, "display", "Display", w.channel_panel, right)
-    add_dock(w, "run", "Run", w.run_panel, left)
-    add_dock(w, "jobs", "Jobs", w.jobs_widget, Qt.DockWidgetArea.BottomDockWidgetArea)
-    docks = w.docks
+    w.setCentralWidget(central)
+    docks = {key: add_dock(w, key, title, panels[key], area) for key, title, area in PANELS}
     w.tabifyDockWidget(docks["properties"], docks["display"])
     docks["properties"].raise_()
     w.resizeDocks([docks["project"]], [SIDE_WIDTH], Qt.Orientation.Horizontal)
@@ -48,16 +44,19 @@ def build_docks(w: MainWindow) -> None:
     w.resizeDocks([docks["jobs"]], [JOBS_HEIGHT], Qt.Orientation.Vertical)
     w.resizeDocks([docks["project"], docks["run"]], list(LEFT_SPLIT), Qt.Orientation.Vertical)
     w.resizeDocks([docks["layers"], docks["properties"]], list(RIGHT_SPLIT), Qt.Orientation.Vertical)
+    return docks
 
 
-def build_status_bar(w: MainWindow) -> None:
-    """Coordinates and channel values under the mouse on the left, the device on the right."""
-    w.coords_label = QLabel("")
-    w.value_label = QLabel("")
-    w.device_label = QLabel("Device: ...")
-    w.statusBar().addWidget(w.coords_label)
-    w.statusBar().addWidget(w.value_label, 1)
-    w.statusBar().addPermanentWidget(w.device_label)
+def build_status_bar(window: QMainWindow) -> tuple[QLabel, QLabel, QLabel]:
+    """Coordinates and channel values under the mouse on the left, the device on the right.
+
+    Returns the three labels: coordinates, values, device.
+    """
+    coords, values, device = QLabel(""), QLabel(""), QLabel("Device: ...")
+    window.statusBar().addWidget(coords)
+    window.statusBar().addWidget(values, 1)
+    window.statusBar().addPermanentWidget(device)
+    return coords, values, device
 
 
 def window_state(w: QMainWindow) -> dict[str, str]:
