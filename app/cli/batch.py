@@ -11,12 +11,11 @@ pipeline's parameter names, values as JSON or text).  Exit code 1 when some imag
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from app.cli.common import parse_pairs, print_json  # noqa: F401 - parse_pairs: the name scripts used here
+from app.cli.common import parse_pairs, print_json
 from app.core.errors import UserError
 
 EXIT_OK = 0

@@ -116,7 +116,8 @@ def add_options(parser: argparse.ArgumentParser, cls: type, key: str, skip: tupl
         elif kind.startswith(("float", "<class 'float'>")):
             group.add_argument(*flags, dest=dest, type=float, default=None, metavar="X", help=text)
         else:
-            group.add_argument(*flags, dest=dest, default=None, choices=choices, help=text)
+            group.add_argument(*flags, dest=dest, default=None, choices=choices, help=text,
+                               metavar=None if choices else f.name.upper())
 
 
 def given_options(args: argparse.Namespace, key: str) -> dict[str, Any]:

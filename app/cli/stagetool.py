@@ -22,6 +22,9 @@ from app.core.outputs import KeptReport, collect_kept
 
 EXIT_OK = 0
 EXIT_FAILED_SECTIONS = 1
+# AnalyzeParams fields offered as `stagetool analyze` options (antibodies: the repeatable --antibody)
+ANALYZE_OPTIONS = ("dapi", "stage_from", "tta", "device", "batch_size", "overlap", "cell_score", "single_score",
+                   "tubule_score", "cell_tile", "tubule_tile", "threads")
 
 
 def _progress() -> Any:
@@ -67,19 +70,17 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     """Sections into DIR/<section>/ through the runner (as project runs and batches); exit 1 when some failed."""
     import dataclasses
 
-    from app.cli.pipelines import analyze_folder
+    from app.cli.pipelines import analyze_folder, given_options
     from app.core.edits import edits_path, read_edits, write_edits
     from app.pipelines.contract import Item
     from app.pipelines.stagetool.batch import section_files
     from app.pipelines.stagetool.params import AnalyzeParams
     from app.pipelines.stagetool.predict import section_name
 
-    params = AnalyzeParams(tta=args.tta, device=args.device, dapi=args.dapi, antibodies=",".join(args.antibody or []))
-    for key in ("overlap", "batch_size", "cell_score", "single_score", "tubule_score", "threads", "cell_tile",
-                "tubule_tile", "stage_from"):
-        value = getattr(args, key, None)
-        if value is not None:
-            setattr(params, key, value)
+    given = given_options(args, "param")
+    if args.antibody:
+        given["antibodies"] = ",".join(args.antibody)
+    params = dataclasses.replace(AnalyzeParams(), **given)
     params.validate()
     edits = None
     if args.edits is not None:
@@ -155,7 +156,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: Any) -> None:
     """Add ``stagetool`` with train / analyze / evaluate / export to the main command tree."""
-    from app.pipelines.stagetool.params import BACKBONES, STAGE_FROM, TTA_MODES
+    from app.cli.pipelines import add_options
+    from app.pipelines.stagetool.params import BACKBONES, AnalyzeParams
 
     p = subparsers.add_parser("stagetool", help="testis sections: tubule stages, cell types, antigen profiles",
                               description="Stagetool (Meikar, Majoral et al. 2023) on whole DAPI testis sections.")
@@ -190,32 +192,17 @@ def add_parser(subparsers: Any) -> None:
     q.add_argument("--out", type=Path, required=True, metavar="DIR")
     q.add_argument("--tubule-model", default=None, metavar="NAME_OR_DIR", help="default: the shipped stagetool-tubules-demo")
     q.add_argument("--cell-model", default=None, metavar="NAME_OR_DIR", help="default: the shipped stagetool-cells-demo")
-    q.add_argument("--dapi", default="0", metavar="CHANNEL", help="DAPI channel name or index (default 0)")
     q.add_argument("--antibody", action="append", metavar="NAME=CHANNEL[:T]",
                    help="an antibody channel (repeatable); without T a threshold is suggested from the data")
-    q.add_argument("--stage-from", choices=STAGE_FROM, default=None,
-                   help="tubule stages from the cells in them (cells), the tubule model's masks (masks, the paper) "
-                        "or cells where a tubule holds enough of them (auto, the default)")
-    q.add_argument("--tta", choices=TTA_MODES, default="off",
-                   help="cell rotations: off (default, one pass), full (the paper's 4 rotations: tighter boxes, "
-                        "3-4x the time) or adaptive (rotations around uncertain cells only)")
     q.add_argument("--edits", type=Path, default=None, metavar="FILE",
                    help="curation edits (JSON) to apply; kept as DIR/edits.json for later reruns")
     q.add_argument("--force", action="store_true",
                    help="analyse again sections that are already done, and replace workbooks and tables changed "
                         "since Stagescope wrote them (default: keep them, new ones get versioned names)")
     q.add_argument("--truth", type=Path, default=None, metavar="TRUTH", help="ground truth: add an Evaluation sheet")
-    q.add_argument("--device", default="auto")
-    q.add_argument("--batch-size", type=int, default=None, help="tiles per network call")
-    q.add_argument("--overlap", type=int, default=None, help="tile overlap in pixels (default 128)")
-    q.add_argument("--cell-score", type=float, default=None, help="with rotations: minimum cell score per pass")
-    q.add_argument("--single-score", type=float, default=None, help="tta off: minimum cell score (default 0.4)")
-    q.add_argument("--tubule-score", type=float, default=None)
-    q.add_argument("--cell-tile", type=int, default=None, metavar="PX", help="cell model tile side (default: the model's)")
-    q.add_argument("--tubule-tile", type=int, default=None, metavar="PX",
-                   help="tubule model tile side in model pixels (default: the model's)")
-    q.add_argument("--threads", type=int, default=None, help="CPU threads for torch (1 is fastest on a busy machine)")
     q.add_argument("--synthetic", action="store_true", help="mark the input as synthetic data in the reports")
+    # the analysis options: one per field of the params dataclass (help, choices and defaults from it)
+    add_options(q, AnalyzeParams, "param", only=ANALYZE_OPTIONS)
     q.set_defaults(func=cmd_analyze)
 
     q = sub.add_parser("evaluate", help="compare results with ground truth (paper tables 2-4)")
