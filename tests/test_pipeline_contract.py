@@ -24,8 +24,6 @@ from app.core.project import Project
 
 distributed = pytest.importorskip("distributed", reason="dask.distributed is not installed")
 
-pytestmark = pytest.mark.slow  # one local Dask cluster for the module
-
 RESUME_RECORD = "task.json"
 
 
@@ -83,6 +81,7 @@ def blob_images(folder: Path, count: int = 4) -> list[Path]:
     return files
 
 
+@pytest.mark.slow  # a local Dask cluster (shared by the module's cluster tests)
 def test_a_fourth_pipeline_from_one_folder_runs_everywhere_with_identical_folders(tmp_path, scheduler):
     import toy_pipeline
 
@@ -159,6 +158,7 @@ def test_resume_redoes_only_what_changed(tmp_path):
 # ------------------------------------------------------------------------------- (b) the three pipelines
 
 
+@pytest.mark.slow  # a local Dask cluster (shared by the module's cluster tests)
 def test_kaizen_writes_the_same_label_file_in_the_same_place_three_ways(tmp_path, scheduler):
     from app.core.phantoms import nuclei
     from app.pipelines.kaizen.params import DecomposeParams
@@ -179,6 +179,7 @@ def test_kaizen_writes_the_same_label_file_in_the_same_place_three_ways(tmp_path
         assert folder_bytes(ways["cli"] / name) == expected and folder_bytes(ways["batch"] / name) == expected
 
 
+@pytest.mark.slow  # a local Dask cluster (shared by the module's cluster tests)
 def test_brightfield_writes_the_same_label_file_in_the_same_place_three_ways(tmp_path, scheduler):
     from app.core.phantoms import write_phantom
     from app.pipelines.brightfield.params import SegmentParams
@@ -198,6 +199,7 @@ def test_brightfield_writes_the_same_label_file_in_the_same_place_three_ways(tmp
     assert folder_bytes(ways["cli"] / name) == expected and folder_bytes(ways["batch"] / name) == expected
 
 
+@pytest.mark.slow  # a local Dask cluster (shared by the module's cluster tests)
 def test_stagetool_writes_the_same_objects_in_the_same_place_three_ways(tmp_path, scheduler):
     """Stagetool writes no label image: its objects (tubule outlines, cell boxes) and tables must match."""
     from test_stagetool_cli import tiny_model
