@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,19 @@ def _isolated_user_dirs(tmp_path_factory, monkeypatch):
     base = tmp_path_factory.mktemp("userdirs")
     monkeypatch.setenv("STAGESCOPE_DATA_DIR", str(base / "data"))
     monkeypatch.setenv("STAGESCOPE_CONFIG_DIR", str(base / "config"))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_model_cache():
+    """Models a test loaded (or faked: oracle networks under a shipped model's sha256) stay with that test.
+
+    The runner keeps loaded models per process (once per worker in a batch); without this a later
+    test in the same process would be handed an earlier test's stand-ins.
+    """
+    yield
+    runner = sys.modules.get("app.pipelines.runner")
+    if runner is not None:
+        runner.clear_model_cache()
 
 
 @pytest.fixture(scope="session")
