@@ -225,3 +225,22 @@ def test_stagetool_writes_the_same_objects_in_the_same_place_three_ways(tmp_path
         assert doc["layers"] == expected["layers"] and doc["layers"]["cells"], way
         for table in ("tubules.csv", "cells.csv"):
             assert (folder / "sec" / table).read_bytes() == (ways["project"] / "sec" / table).read_bytes(), (way, table)
+
+
+def test_models_load_once_per_process_and_one_set_per_pipeline_is_kept():
+    """The runner's cache: the same models and load params load once; another set replaces the pipeline's old one."""
+    import dataclasses
+
+    import toy_pipeline
+
+    from app.pipelines import runner
+
+    spec = dataclasses.replace(toy_pipeline.SPEC, load_key=("threshold",))
+    runner.clear_model_cache()
+    before = len(toy_pipeline.LOADS)
+    first = runner.cached_load(spec, (), toy_pipeline.ToyParams(threshold=1.0))[0]
+    assert runner.cached_load(spec, (), toy_pipeline.ToyParams(threshold=1.0, min_area=9))[0] is first
+    assert len(toy_pipeline.LOADS) - before == 1  # min_area does not change what load returns
+    runner.cached_load(spec, (), toy_pipeline.ToyParams(threshold=2.0))
+    assert len(toy_pipeline.LOADS) - before == 2
+    assert [key for key in runner._MODEL_CACHE if key[0] == "toy"] == [("toy", (), ("2.0",))]

@@ -166,7 +166,8 @@ LOAD_COUNTS: dict[tuple, int] = {}
 def cached_load(spec: PipelineSpec, refs: Sequence[ModelRef], params: Any) -> tuple[Any, float, bool]:
     """The spec's loaded models, loaded (and verified) once per process for the same models and load params.
 
-    Returns (loaded, seconds spent loading now, whether this call loaded models).
+    Only the latest set of each pipeline is kept (other models or devices replace it).  Returns
+    (loaded, seconds spent loading now, whether this call loaded models).
     """
     values = params_dict(params)
     key = (spec.name, tuple((m.kind, m.folder, m.sha256) for m in refs),
@@ -178,6 +179,8 @@ def cached_load(spec: PipelineSpec, refs: Sequence[ModelRef], params: Any) -> tu
         for ref in refs:
             verify_weights(ref)
         loaded = spec.load({m.kind: m.folder for m in refs}, params)
+        for other in [k for k in _MODEL_CACHE if k[0] == spec.name]:
+            del _MODEL_CACHE[other]  # one loaded set per pipeline: a long GUI session does not pile up models
         _MODEL_CACHE[key] = loaded
         LOAD_COUNTS[key] = LOAD_COUNTS.get(key, 0) + 1
         return loaded, time.perf_counter() - start, bool(refs)
