@@ -20,6 +20,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from app.cli.common import parse_pairs, print_json
 from app.core.errors import UserError
 from app.core.params import RENAMED
 
@@ -54,8 +55,6 @@ def add_generic(subparsers: Any, spec: Any) -> None:
 
 
 def _generic_analyze(args: argparse.Namespace) -> int:
-    from app.cli.common import parse_pairs
-
     result = analyze_folder(args.pipeline, args.inputs, args.out, parse_pairs(args.model, "--model", as_json=False),
                             given_options(args, "param"), force=args.force, quiet=args.json)
     return print_result(result, args.json)
@@ -160,8 +159,6 @@ def item_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def print_result(result: dict[str, Any], as_json: bool) -> int:
     """The per-item rows as JSON, or where things went."""
-    from app.cli.common import print_json
-
     rows = item_rows(result)
     if as_json:
         print_json(rows)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from app.core.errors import UserError
 from app.core.jobs import Job
 
 
@@ -163,8 +164,6 @@ class PipelineSpec:
 
     def build_params(self, values: dict[str, Any] | None = None, base: Any = None) -> Any:
         """The params dataclass from ``base`` (or defaults) and ``values``; an unknown key is a UserError."""
-        from app.core.errors import UserError
-
         values = dict(values or {})
         names = {f.name for f in dataclasses.fields(self.params) if f.init}
         unknown = sorted(set(values) - names)

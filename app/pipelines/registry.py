@@ -19,6 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from app.core.errors import AnnotationError, UserError
+from app.core.modelcard import register_model_pipeline
+from app.core.results import read_objects
 from app.pipelines.contract import Item, Layer, LoadedModel, PipelineSpec, Sample, TrainerSpec
 from app.pipelines.runner import analyze_images, analyze_project
 
@@ -75,7 +78,6 @@ def register(spec: PipelineSpec) -> PipelineSpec:
     if spec.analyze is None:  # the norm: project runs go through the runner's one loop
         object.__setattr__(spec, "analyze", functools.partial(analyze_project, spec))
     _REGISTRY[spec.name] = spec
-    from app.core.modelcard import register_model_pipeline
 
     register_model_pipeline(*spec.model_pipelines, *spec.trainers)
     return spec
@@ -99,8 +101,6 @@ def pipelines(hidden: bool = True) -> dict[str, PipelineSpec]:
 
 def get(name: str) -> PipelineSpec:
     """One pipeline by name; an unknown name is a user error listing the known ones."""
-    from app.core.errors import UserError
-
     known_now = pipelines()
     if name not in known_now:
         raise UserError(f"unknown pipeline '{name}'; available: {', '.join(sorted(known_now)) or 'none'}")
@@ -123,8 +123,6 @@ def training_images(sources: list[TrainingSource]) -> list[TrainingImage]:
 
     A source whose image cannot be found, or whose file cannot be read, is a UserError naming it.
     """
-    from app.core.errors import UserError
-
     out: list[TrainingImage] = []
     for source in sources:
         if source.kind == "corrected":
@@ -140,9 +138,7 @@ def training_images(sources: list[TrainingSource]) -> list[TrainingImage]:
 
 def _corrected_image(source: TrainingSource) -> TrainingImage:
     """A run's objects of one image with the project's curation edits applied."""
-    from app.core.edits import apply_edits, edits_for_image, read_edits
-    from app.core.results import read_objects
-
+    from app.core.edits import apply_edits, edits_for_image, read_edits  # numpy: kept off the CLI's start
     doc = read_objects(Path(source.path))
     if source.run_folder is not None and (Path(source.run_folder) / "edits.json").exists():
         doc = apply_edits(doc, edits_for_image(read_edits(source.run_folder), source.image or doc.get("image")))
@@ -199,8 +195,6 @@ def _resolve(file_name: str | None, base: Path) -> Path | None:
 
 
 def _need_image(image_path: Path | None, source: TrainingSource) -> Path:
-    from app.core.errors import AnnotationError
-
     if image_path is None or not Path(image_path).is_file():
         what = source.path or source.image
         raise AnnotationError(f"{what}: the annotated image was not found"

@@ -30,9 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from app.core.errors import ModelError, UserError
+from app.core.device import use_threads
+from app.core.errors import ModelError, UserError, os_error_message
 from app.core.fingerprint import file_fingerprint
 from app.core.jobs import Job, Progress
+from app.core.modelcard import WEIGHTS_FILE, resolve_model, sha256_file
+from app.core.project_edit import entry_metadata
 from app.pipelines.contract import Item, PipelineSpec
 
 IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpg", ".jpeg")
@@ -75,8 +78,6 @@ def items_for(spec: PipelineSpec, inputs: Sequence[str | Path | Item]) -> list[I
 
 def project_items(project: Any, image_names: Sequence[str]) -> list[Item]:
     """Project images as items: the image file, and what project.json says of it (pixel size, channels, group)."""
-    from app.core.project_edit import entry_metadata
-
     items = []
     for name in image_names:
         meta = {**entry_metadata(project, name), "group": project.image(name).group}
@@ -109,8 +110,6 @@ class ModelRef:
 
 def check_weights(card: Any) -> None:
     """At the start: the weights file is the one its card describes, else ModelError naming the model folder."""
-    from app.core.modelcard import WEIGHTS_FILE, sha256_file
-
     path = Path(card.folder) / WEIGHTS_FILE
     try:
         digest = sha256_file(path)
@@ -125,8 +124,6 @@ def check_weights(card: Any) -> None:
 
 def resolve_models(spec: PipelineSpec, models: dict[str, str] | None) -> tuple[ModelRef, ...]:
     """Each model kind of ``spec`` as folder + sha256; keys may be kinds or model-card pipelines."""
-    from app.core.modelcard import resolve_model
-
     by_pipeline = {pipeline: kind for kind, pipeline in spec.models.items()}
     given = {by_pipeline.get(key, key): value for key, value in (models or {}).items() if value}
     unknown = sorted(set(given) - set(spec.models))
@@ -145,8 +142,6 @@ def resolve_models(spec: PipelineSpec, models: dict[str, str] | None) -> tuple[M
 
 def verify_weights(ref: ModelRef) -> None:
     """Refuse a model whose weights file differs from the digest the run was started with."""
-    from app.core.modelcard import WEIGHTS_FILE, sha256_file
-
     path = Path(ref.folder) / WEIGHTS_FILE
     if not path.is_file():
         raise ModelError(f"model {ref.name!r}: {path} is not reachable from this worker "
@@ -261,8 +256,6 @@ def outputs_of(folder: Path, names: dict[str, str] | None = None) -> dict[str, P
 
 def analyze_item(spec: PipelineSpec, item: Item, folder: Path, loaded: Any, params: Any) -> Job[dict[str, Any]]:
     """Job: ``spec.analyze_one`` on ``item`` into ``folder`` (created); returns its statistics."""
-    from app.core.device import use_threads
-
     Path(folder).mkdir(parents=True, exist_ok=True)
     use_threads(getattr(params, "threads", None))  # torch keeps the count per thread: set on the one that works
     stats = yield from spec.analyze_one(item, Path(folder), loaded, params)
@@ -294,8 +287,6 @@ def publish_item(spec: PipelineSpec, item: Item, folder: Path, loaded: Any, para
 def error_text(error: BaseException) -> str:
     """A failure as one line: a user error's message, a full disk or denied write naming the path, else the
     exception type and message."""
-    from app.core.errors import os_error_message
-
     if isinstance(error, UserError):
         return str(error)
     return os_error_message(error) or f"{type(error).__name__}: {error}"
