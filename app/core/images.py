@@ -54,12 +54,12 @@ import numpy as np
 
 from app.core.atomic import atomic_path
 from app.core.errors import ImageError, UserError
+from app.core.formats import IMAGE_SUFFIXES, image_format, is_image_path, split_scene  # noqa: F401 (re-exported)
 
 PathLike = Union[str, "os.PathLike[str]"]
 Region = tuple[int, int, int, int]
 ChannelKey = Union[int, str]
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".png", ".jpg", ".jpeg")
 SCREEN_DPI = (72.0, 96.0)  # editors' default resolutions: not a microscope calibration
 RGB_NAMES = ("R", "G", "B")
 
@@ -90,6 +90,8 @@ class ImageInfo:
     pixel_size_um: float | None
     levels: tuple[tuple[int, int], ...]  # (height, width) of each resolution, full first
     z_spacing_um: float | None = None
+    scene: int = 0  # 0-based scene of a multi-scene file (CZI, LIF, ND2)
+    scenes: tuple[str, ...] = ()  # names of all the file's scenes (empty: one image per file)
 
     @property
     def height(self) -> int:
@@ -119,6 +121,7 @@ class ImageInfo:
             "n_channels": self.n_channels, "channel_names": list(self.channel_names),
             "n_planes": self.n_planes, "pixel_size_um": self.pixel_size_um,
             "z_spacing_um": self.z_spacing_um, "levels": [list(level) for level in self.levels],
+            "scene": self.scene, "scenes": list(self.scenes),
         }
 
 
@@ -288,29 +291,51 @@ class Image:
 
 
 def list_images(path: Path) -> list[Path]:
-    """The image files of a folder (sorted), or the file itself; a missing path is a user error."""
+    """The images of a folder (sorted) or of one file: each scene of a multi-scene file apart
+    (``file.czi#scene-2``); a missing path is a user error."""
     path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if path.is_dir() and not is_image_path(path):
+        files = sorted(p for p in path.iterdir() if is_image_path(p))
         if not files:
             raise UserError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-        return files
-    if not path.exists():
+        return [scene for f in files for scene in _scenes_of(f)]
+    if not split_scene(path)[0].exists():
         raise UserError(f"{path}: no such file or folder")
-    return [path]
+    return _scenes_of(path)
+
+
+def _scenes_of(path: Path) -> list[Path]:
+    """``[path]``, or one ``path#scene-N`` per scene of a multi-scene file (library formats only)."""
+    if split_scene(path)[1] is not None or image_format(path) not in LIBRARY_FORMATS:
+        return [path]
+    from app.core.formats import scene_ref
+    from app.core.readers import scene_names
+
+    count = len(scene_names(path))
+    return [path] if count < 2 else [Path(scene_ref(path, i)) for i in range(count)]
 
 
 def open_image(path: PathLike, axes: str | None = None) -> Image:
-    """Open a TIFF / OME-TIFF / ImageJ TIFF / PNG / JPEG lazily; ImageError if it cannot be used.
+    """Open an image lazily; ImageError if it cannot be used.
 
-    ``axes`` overrides the axes guessed for the file's non-singleton dimensions in file order,
-    e.g. ``"ZYX"`` for a plain multi-page TIFF that is a z-stack rather than channels.
+    TIFF/OME-TIFF/ImageJ TIFF, PNG and JPEG are read here; CZI, OME-Zarr, ND2, LIF and
+    whole-slide scans through their libraries (:mod:`app.core.readers`).  ``file.czi#scene-2``
+    opens the second scene of a multi-scene file.  ``axes`` overrides the axes guessed for the
+    file's non-singleton dimensions in file order, e.g. ``"ZYX"`` for a plain multi-page TIFF
+    that is a z-stack rather than channels.
     """
-    path = Path(path)
+    path, scene = split_scene(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
+    fmt = image_format(path)
+    if fmt in LIBRARY_FORMATS:
+        from app.core.readers import open_library_image
+
+        return open_library_image(path, scene, axes)
     if path.is_dir():
         raise ImageError(f"{path}: is a folder, not an image file")
+    if scene:
+        raise ImageError(f"{path}: has one scene only; open it without '#scene-{scene + 1}'")
     try:
         with open(path, "rb") as handle:
             magic = handle.read(8)
@@ -325,6 +350,9 @@ def open_image(path: PathLike, axes: str | None = None) -> Image:
     if not magic:
         raise ImageError(f"{path}: the file is empty")
     raise ImageError(f"{path}: not a TIFF, PNG or JPEG image")
+
+
+LIBRARY_FORMATS = ("czi", "ome-zarr", "nd2", "lif", "whole-slide")
 
 
 def read_image(path: PathLike, channel: ChannelKey | Sequence[ChannelKey] | None = None,

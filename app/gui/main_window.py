@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 from app import __version__
 from app.core.edits import apply_edits, make_edit, next_object_id
 from app.core.errors import UserError
+from app.core.images import list_images
 from app.core.pyramid import build_pyramid, pyramid_cache_dir
 from app.core.results import read_objects
 from app.core.settings import Settings, save_settings
@@ -448,10 +449,10 @@ class MainWindow(QMainWindow):
         files: list[Path] = []
         for path in paths:
             path = Path(path)
-            if path.is_dir():
-                files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            else:
-                files.append(path)
+            try:
+                files += list_images(path)  # folders: their images; multi-scene files: each scene
+            except UserError as error:
+                problems.append(str(error))
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
             for path in files:
