@@ -234,3 +234,18 @@ def test_stagetool_analyze_finds_the_same_tubules_and_cells_in_czi_zarr_and_ome_
     assert reference["tubules"] and reference["cells"]
     for name in ("czi_section_scene-2", "zarr_section"):
         assert objects(name) == reference, name
+
+
+def test_viewer_overview_levels_build_for_a_czi_scene(tmp_path, arrays):
+    """The viewer's cached overview of one scene: built from that scene, stamped with the CZI file."""
+    from app.core.jobs import run
+    from app.core.pyramid import build_pyramid, open_pyramid
+
+    czi = write_czi(tmp_path / "slide.czi", arrays, ["DAPI", "SOX9"], 0.5)
+    ref, cache = f"{czi}#scene-2", tmp_path / "cache"
+    run(build_pyramid(ref, cache, min_side=64))
+    with open_pyramid(ref, cache) as pyramid:
+        assert len(pyramid.levels) > 1 and not pyramid.needs_cache()
+        half = pyramid.read(1)
+        assert half.shape == (2, 125, 190)
+        assert abs(float(half[1].mean()) - float(arrays[1][1].mean())) < 200

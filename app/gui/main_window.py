@@ -22,6 +22,7 @@ from PySide6.QtWidgets import (
 from app import __version__
 from app.core.edits import apply_edits, make_edit, next_object_id
 from app.core.errors import UserError
+from app.core.formats import is_image_path, split_scene
 from app.core.images import list_images
 from app.core.pyramid import build_pyramid, pyramid_cache_dir
 from app.core.results import read_objects
@@ -508,7 +509,7 @@ class MainWindow(QMainWindow):
         except UserError as error:
             self.show_error("Cannot open the image", str(error))
             return
-        if not path.is_file():
+        if not path.is_file() and not is_image_path(split_scene(path)[0]):  # a scene, an OME-Zarr folder
             box = self.show_error("Image file missing", f"image {name!r}: {path} not found (moved or deleted?)")
             self.image_tools.offer_locate(box, name)  # "Locate file...": relinks the other moved files too
             return
