@@ -223,19 +223,27 @@ class _CziScene:
 # ------------------------------------------------------------------------- bioio (Zarr, ND2, LIF)
 
 
-_BIOIO = {"ome-zarr": "bioio_ome_zarr", "nd2": "bioio_nd2", "lif": "bioio_lif"}
+_BIOIO = ("ome-zarr", "nd2", "lif")  # formats read through a bioio plugin
 
 
 def _bioimage(path: Path, fmt: str) -> Any:
-    """A BioImage with the plugin named explicitly (no guessing among installed plugins)."""
-    import importlib
+    """A BioImage with the plugin named explicitly (no guessing among installed plugins).
+
+    The plugins are imported by name (not found through entry points) so that the installer's
+    import analysis bundles them.
+    """
     import logging
 
     from bioio import BioImage
 
     logging.getLogger("bioio").setLevel(logging.ERROR)  # its "reader attempt failed" warnings: we raise one line
-
-    return BioImage(str(path), reader=importlib.import_module(_BIOIO[fmt]).Reader)
+    if fmt == "ome-zarr":
+        from bioio_ome_zarr import Reader
+    elif fmt == "nd2":
+        from bioio_nd2 import Reader
+    else:
+        from bioio_lif import Reader
+    return BioImage(str(path), reader=Reader)
 
 
 def _open_bioio(path: Path, scene: int, axes: str | None) -> Any:
@@ -251,8 +259,8 @@ def _open_bioio(path: Path, scene: int, axes: str | None) -> Any:
         levels.append(image.reader.dask_data)
     image.set_resolution_level(0)
     order = image.reader.dims.order
-    if any(tuple(a.shape[:-2]) != tuple(levels[0].shape[:-2]) for a in levels if order.endswith("YX")):
-        levels = levels[:1]  # levels that also shrink Z or C are not a 2-D pyramid: keep the full one
+    planar = [i for i, d in enumerate(order) if d not in "YX"]
+    levels = [a for a in levels if all(a.shape[i] == levels[0].shape[i] for i in planar)]  # not Z-shrunk ones
     sizes = image.physical_pixel_sizes
     rgb = "S" in order and levels[0].shape[order.index("S")] in (3, 4)
     return _build(path, fmt, order, levels, axes, image.channel_names, sizes.X, sizes.Z,
