@@ -8,7 +8,10 @@
 2. Time to first picture: ``TileViewer.open_image`` until the whole section is on screen, using the
    file's own levels (no cache to build), best of 3 (target < 1 s); then a 1:1 detail.
 3. Peak memory (ru_maxrss of this process, which only grows) after a full-resolution pass over the
-   section in analysis-sized windows (2048 px, both channels), as Stagetool reads it (target < 4 GB).
+   section in analysis-sized windows (2048 px, both channels), as Stagetool reads it, and after
+   Stagetool's whole-section step (DAPI overview and tissue mask) (target < 4 GB).  Run it again
+   with ``--keep DIR --skip-viewer`` on the written section for figures without the writer's memory.
+   The models' passes over the tiles are not run here (hours on a CPU for 20000 px).
 
 Prints each figure with its target.
 """
@@ -124,6 +127,18 @@ def analysis_pass(path: Path, window: int = 2048) -> None:
                 total += float(block[0].mean())
     print(f"  full-resolution pass in {window} px windows: {time.perf_counter() - start:.1f} s, "
           f"peak memory of this process {peak_rss_mb():.0f} MiB (target < 4096 MiB)")
+    import math
+
+    from app.pipelines.stagetool.params import AnalyzeParams
+    from app.pipelines.stagetool.predict import section_overview, tissue_mask
+
+    start = time.perf_counter()
+    with open_image(path) as image:
+        scale = max(AnalyzeParams().map_scale, math.ceil(math.sqrt(h * w / 64e6)))
+        overview = section_overview(image, 0, scale, str(path))
+        tissue = tissue_mask(overview)
+    print(f"  Stagetool's whole-section step (DAPI overview 1:{scale} {overview.shape}, tissue mask "
+          f"{int(tissue.sum())} px): {time.perf_counter() - start:.1f} s, peak memory {peak_rss_mb():.0f} MiB")
 
 
 def main() -> None:
