@@ -179,6 +179,16 @@ def test_registered_readers_refuse_a_damaged_file_in_one_line(capsys, tmp_path, 
     assert err.count("\n") == 0 and str(path) in err and "Traceback" not in err
 
 
+def test_vsi_is_refused_with_what_to_do_not_read_as_its_tiff_thumbnail(capsys, tmp_path):
+    import tifffile
+
+    path = tmp_path / "scan.vsi"
+    tifffile.imwrite(path, np.zeros((32, 32), np.uint8))  # VSI files are TIFF-structured (a label/overview)
+    assert main(["info", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "VSI" in err and "OME-TIFF" in err and err.count("\n") == 0
+
+
 def test_scene_names_split_only_real_scene_marks(tmp_path):
     assert split_scene("a/slide.czi#scene-2") == (Path("a/slide.czi"), 1)
     assert split_scene("a/slide.czi#scene-0") == (Path("a/slide.czi#scene-0"), None)

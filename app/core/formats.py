@@ -22,6 +22,11 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "lif": (".lif",),
     "whole-slide": (".svs", ".ndpi", ".scn"),
 }
+UNSUPPORTED: dict[str, str] = {
+    ".vsi": "Olympus/Evident VSI files are not read yet (no reader without Java is published); "
+            "export the scan to OME-TIFF (QuPath: File > Export, or bfconvert)",
+}
+"""Suffixes of formats labs use that no installed library reads, with what to do instead."""
 IMAGE_SUFFIXES: tuple[str, ...] = tuple(s for suffixes in FORMATS.values() for s in suffixes)
 PLANE_SUFFIXES: tuple[str, ...] = FORMATS["tiff"][:2] + FORMATS["png"] + FORMATS["jpeg"]
 """Single-plane files a brightfield field folder is made of (one file per z-plane/channel)."""

@@ -42,7 +42,7 @@ from typing import Any, Union
 import numpy as np
 
 from app.core.errors import ImageError, UserError
-from app.core.formats import IMAGE_SUFFIXES, image_format, is_image_path, split_scene  # noqa: F401 (re-exported)
+from app.core.formats import IMAGE_SUFFIXES, UNSUPPORTED, image_format, is_image_path, split_scene  # noqa: F401
 from app.core.tiff_writer import TileSource, halve, write_tiff  # noqa: F401 (re-exported: callers import them here)
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -305,6 +305,8 @@ def open_image(path: PathLike, axes: str | None = None) -> Image:
     path, scene = split_scene(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
+    if path.suffix.lower() in UNSUPPORTED:
+        raise ImageError(f"{path}: {UNSUPPORTED[path.suffix.lower()]}")
     fmt = image_format(path)
     if fmt in LIBRARY_FORMATS:
         from app.core.readers import open_library_image
