@@ -1,7 +1,7 @@
 """Which image files Stagescope opens: one suffix table for the CLI, the project and the GUI.
 
 Kept free of imports so that every module (images, readers, project browser, pipelines) can use
-it without pulling in the reading libraries.  A scene of a multi-scene file (CZI, LIF, ND2
+it without pulling in the reading libraries.  A scene of a multi-scene file (CZI, LIF, VSI, ND2
 positions) is named ``file.czi#scene-2`` (1-based, as microscope software counts scenes).
 """
 
@@ -20,13 +20,9 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "ome-zarr": (".ome.zarr", ".zarr"),
     "nd2": (".nd2",),
     "lif": (".lif",),
+    "vsi": (".vsi",),
     "whole-slide": (".svs", ".ndpi", ".scn"),
 }
-UNSUPPORTED: dict[str, str] = {
-    ".vsi": "Olympus/Evident VSI files are not read yet (no reader without Java is published); "
-            "export the scan to OME-TIFF (QuPath: File > Export, or bfconvert)",
-}
-"""Suffixes of formats labs use that no installed library reads, with what to do instead."""
 IMAGE_SUFFIXES: tuple[str, ...] = tuple(s for suffixes in FORMATS.values() for s in suffixes)
 PLANE_SUFFIXES: tuple[str, ...] = FORMATS["tiff"][:2] + FORMATS["png"] + FORMATS["jpeg"]
 """Single-plane files a brightfield field folder is made of (one file per z-plane/channel)."""

@@ -42,7 +42,7 @@ from typing import Any, Union
 import numpy as np
 
 from app.core.errors import ImageError, UserError
-from app.core.formats import IMAGE_SUFFIXES, UNSUPPORTED, image_format, is_image_path, split_scene  # noqa: F401
+from app.core.formats import IMAGE_SUFFIXES, image_format, is_image_path, split_scene  # noqa: F401
 from app.core.tiff_writer import TileSource, halve, write_tiff  # noqa: F401 (re-exported: callers import them here)
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -296,8 +296,8 @@ def _scenes_of(path: Path) -> list[Path]:
 def open_image(path: PathLike, axes: str | None = None) -> Image:
     """Open an image lazily; ImageError if it cannot be used.
 
-    TIFF/OME-TIFF/ImageJ TIFF, PNG and JPEG are read here; CZI, OME-Zarr, ND2, LIF and
-    whole-slide scans through their libraries (:mod:`app.core.readers`).  ``file.czi#scene-2``
+    TIFF/OME-TIFF/ImageJ TIFF, PNG and JPEG are read here; CZI, OME-Zarr, ND2, LIF, VSI
+    and whole-slide scans through their libraries (:mod:`app.core.readers`).  ``file.czi#scene-2``
     opens the second scene of a multi-scene file.  ``axes`` overrides the axes guessed for the
     file's non-singleton dimensions in file order, e.g. ``"ZYX"`` for a plain multi-page TIFF
     that is a z-stack rather than channels.
@@ -305,8 +305,6 @@ def open_image(path: PathLike, axes: str | None = None) -> Image:
     path, scene = split_scene(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
-    if path.suffix.lower() in UNSUPPORTED:
-        raise ImageError(f"{path}: {UNSUPPORTED[path.suffix.lower()]}")
     fmt = image_format(path)
     if fmt in LIBRARY_FORMATS:
         from app.core.readers import open_library_image
@@ -332,7 +330,7 @@ def open_image(path: PathLike, axes: str | None = None) -> Image:
     raise ImageError(f"{path}: not a TIFF, PNG or JPEG image")
 
 
-LIBRARY_FORMATS = ("czi", "ome-zarr", "nd2", "lif", "whole-slide")
+LIBRARY_FORMATS = ("czi", "ome-zarr", "nd2", "lif", "vsi", "whole-slide")
 
 
 def read_image(path: PathLike, channel: ChannelKey | Sequence[ChannelKey] | None = None,

@@ -6,9 +6,10 @@ the TIFF reader: pixels stay on disk and a region read decodes only what it touc
 
 * CZI (Zeiss): ``pylibCZIrw`` (Zeiss' own libCZI).  A region is one ``read(roi=...)`` per
   plane; scenes come from the subblocks' scene index (also when the metadata lists none).
-* OME-Zarr, ND2 (Nikon), LIF (Leica): ``bioio`` with its plugins ``bioio-ome-zarr``,
-  ``bioio-nd2``, ``bioio-lif``; pixels are the plugin's dask array (one chunk per Zarr chunk,
-  per ND2/LIF plane), pyramid levels are the file's own resolution levels.
+* OME-Zarr, ND2 (Nikon), LIF (Leica), VSI (Olympus/Evident, no Java): ``bioio`` with its
+  plugins ``bioio-ome-zarr``, ``bioio-nd2``, ``bioio-lif``, ``bioio-vsi``; pixels are the
+  plugin's dask array (one chunk per Zarr chunk, per ND2/LIF plane), pyramid levels are the
+  file's own resolution levels.
 * SVS, NDPI, SCN (whole-slide scanners): ``tiffslide``; its levels are the slide's pyramid and
   the pixel size its ``mpp``.
 
@@ -31,11 +32,11 @@ from app.core.errors import ImageError
 from app.core.formats import image_format, scene_ref
 
 LIBRARIES: dict[str, str] = {
-    "czi": "pylibCZIrw", "ome-zarr": "bioio-ome-zarr", "nd2": "bioio-nd2", "lif": "bioio-lif",
+    "czi": "pylibCZIrw", "ome-zarr": "bioio-ome-zarr", "nd2": "bioio-nd2", "lif": "bioio-lif", "vsi": "bioio-vsi",
     "whole-slide": "tiffslide",
 }
 """Format -> the library that reads it (also shown in errors when the library is missing)."""
-NAMES = {"czi": "CZI", "ome-zarr": "OME-Zarr", "nd2": "ND2", "lif": "LIF", "whole-slide": "whole-slide (SVS/NDPI/SCN)"}
+NAMES = {"czi": "CZI", "ome-zarr": "OME-Zarr", "nd2": "ND2", "lif": "LIF", "vsi": "VSI", "whole-slide": "whole-slide (SVS/NDPI/SCN)"}
 
 
 def open_library_image(path: Path, scene: int | None, axes: str | None) -> Any:
@@ -223,7 +224,7 @@ class _CziScene:
 # ------------------------------------------------------------------------- bioio (Zarr, ND2, LIF)
 
 
-_BIOIO = ("ome-zarr", "nd2", "lif")  # formats read through a bioio plugin
+_BIOIO = ("ome-zarr", "nd2", "lif", "vsi")  # formats read through a bioio plugin
 
 
 def _bioimage(path: Path, fmt: str) -> Any:
@@ -241,6 +242,8 @@ def _bioimage(path: Path, fmt: str) -> Any:
         from bioio_ome_zarr import Reader
     elif fmt == "nd2":
         from bioio_nd2 import Reader
+    elif fmt == "vsi":
+        from bioio_vsi import Reader
     else:
         from bioio_lif import Reader
     return BioImage(str(path), reader=Reader)
@@ -293,6 +296,6 @@ def _open_slide(path: Path, scene: int, axes: str | None) -> Any:
 
 
 _OPENERS: dict[str, Callable[[Path, int, str | None], Any]] = {
-    "czi": _open_czi, "ome-zarr": _open_bioio, "nd2": _open_bioio, "lif": _open_bioio,
+    "czi": _open_czi, "ome-zarr": _open_bioio, "nd2": _open_bioio, "lif": _open_bioio, "vsi": _open_bioio,
     "whole-slide": _open_slide,
 }
