@@ -11,14 +11,17 @@ import argparse
 import importlib
 import importlib.util
 import json
+import logging
 import os
 import sys
+import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from app import __version__
-from app.core.errors import UserError
+from app.core.errors import UserError, os_error_message
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
@@ -89,16 +92,13 @@ def _paired_files(truth: Path, pred: Path) -> list[tuple[Path, Path]]:
 
 
 def _read_labels(path: Path):
-    from app.core.images import read_image
+    from app.core.images import label_ids, open_image
 
-    labels = read_image(path)
+    with open_image(path) as image:
+        labels = image.read(finite=False)  # NaN ids are reported by label_ids as ids, not as pixels
     if labels.ndim != 2:
         raise UserError(f"{path}: a label image must be 2-D, this one has shape {labels.shape}")
-    if labels.dtype.kind == "f":
-        if not (labels == labels.round()).all():
-            raise UserError(f"{path}: a label image must hold integer ids, this one holds fractions")
-        labels = labels.astype("int64")
-    return labels
+    return label_ids(labels, path)
 
 
 def _check_same_shape(a, b, path_a: Path, path_b: Path) -> None:
@@ -292,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The whole command tree; pipelines add theirs through ``add_parser``."""
     parser = argparse.ArgumentParser(prog="stagescope", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"stagescope {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and library warnings with errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("info", help="shape, axes, channels, planes and pixel size of images")
@@ -374,24 +375,73 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the console script; returns the process exit code."""
+    """Entry point of the console script; returns the process exit code.
+
+    Errors the user can fix (a :class:`UserError`, or a full disk, a read-only folder or a denied
+    permission) end as one line on stderr and exit 2; ``--debug`` adds the traceback and shows the
+    warnings of the image libraries, which are otherwise kept off the terminal.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
+    debug = bool(getattr(args, "debug", False))
+    quiet_libraries(debug)
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USER_ERROR
     try:
         return int(args.func(args) or EXIT_OK)
     except UserError as error:
-        print(f"stagescope: error: {error}", file=sys.stderr)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print("stagescope: interrupted", file=sys.stderr)
-        return 130
+        return _fail(str(error), debug)
     except BrokenPipeError:  # `stagescope info ... | head` closed the pipe: not an error of ours
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so Python's exit flush does not raise again
         return EXIT_OK
+    except OSError as error:
+        message = os_error_message(error)
+        if message is None:
+            raise
+        return _fail(message, debug)
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        print("stagescope: interrupted", file=sys.stderr)
+        return 130
+
+
+def _fail(message: str, debug: bool) -> int:
+    """Print a user error as one line (with the traceback first under --debug); the exit code 2."""
+    if debug:
+        traceback.print_exc()
+    print(f"stagescope: error: {message}", file=sys.stderr)
+    return EXIT_USER_ERROR
+
+
+def quiet_libraries(debug: bool = False) -> None:
+    """Keep the image libraries' warnings (tifffile's tag complaints, zarr's abandoned decode tasks) off stderr.
+
+    They are not the user's business when a one-line error follows and would bury it; ``--debug``
+    shows them at WARNING level instead.
+    """
+    if debug:
+        logging.basicConfig(level=logging.WARNING, format="%(name)s: %(levelname)s: %(message)s")
+        return
+    for name in ("tifffile", "asyncio", "zarr", "imagecodecs"):
+        logger = logging.getLogger(name)
+        if not any(isinstance(h, logging.NullHandler) for h in logger.handlers):
+            logger.addHandler(logging.NullHandler())
+        logger.propagate = False
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+    if getattr(sys.unraisablehook, "stagescope_quiet", False):
+        return
+    default_hook = sys.unraisablehook
+
+    def unraisable(info: Any) -> None:  # a decode task zarr left behind, failing as its file closes
+        if "zarr" in repr(getattr(info, "object", "")) or "zarr" in "".join(traceback.format_tb(info.exc_traceback)):
+            return
+        default_hook(info)
+
+    unraisable.stagescope_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = unraisable
 
 
 if __name__ == "__main__":

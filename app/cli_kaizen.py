@@ -136,7 +136,9 @@ def _stem(path: Path) -> str:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a model folder (resuming a checkpoint there unless --no-resume)."""
-    from app.core.annotations import integer_labels
+    import numpy as np
+
+    from app.core.images import label_ids
     from app.core.jobs import ConsoleProgress, run
     from app.pipelines.kaizen.decompose import read_gray
     from app.pipelines.kaizen.params import TrainParams
@@ -148,7 +150,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     train, val = [], []
     for image_path, label_path in _pairs(args.images, args.labels):
         image = read_gray(image_path, channel=_channel(args.channel), z=args.z)
-        labels = integer_labels(read_gray(label_path, labels=True), label_path)
+        labels = label_ids(read_gray(label_path, labels=True), label_path).astype(np.int32)
         if labels.shape != image.shape:
             raise UserError(f"{label_path}: label image size {labels.shape[1]}x{labels.shape[0]} does not match "
                             f"image {image_path} size {image.shape[1]}x{image.shape[0]} (width x height)")
@@ -179,11 +181,10 @@ def cmd_segment(args: argparse.Namespace) -> int:
     """Decompose each image and write labels, object stack and objects JSON per image."""
     from app.cli import print_json
     from app.core.images import list_images
-    from app.core.atomic import atomic_write_json
     from app.core.jobs import ConsoleProgress, run
     from app.pipelines.kaizen.decompose import decompose_job, read_gray
     from app.pipelines.kaizen.model import load_kaizen_model
-    from app.pipelines.kaizen.outputs import write_outputs
+    from app.pipelines.kaizen.outputs import output_paths, write_outputs
     from app.pipelines.kaizen.train import resolve_device
 
     _set_threads(args.threads)
@@ -205,15 +206,17 @@ def cmd_segment(args: argparse.Namespace) -> int:
             started = time.perf_counter()
             result = run(decompose_job(image, model, params, name=str(path)), progress)
             seconds = time.perf_counter() - started
-            written = write_outputs(args.out, _stem(path), result, source=str(path))
+            written = output_paths(args.out, _stem(path))
             summary.append({"image": str(path), "objects": len(result.objects), "diameter": result.diameter,
                             "seconds": round(seconds, 3), **{k: str(v) for k, v in written.items()}})
+            # run.json goes in the image's output set: a full disk leaves no image unrecorded
+            run_record = {"pipeline": "kaizen", "model": model.card.model_id(), "params": params.to_dict(),
+                          "images": summary}
+            write_outputs(args.out, _stem(path), result, source=str(path), extra={"run.json": run_record})
             if not args.json:
                 diameter = f"{result.diameter:.1f}" if result.diameter else "-"
                 print(f"{path.name}: {len(result.objects)} objects (diameter {diameter} px, {seconds:.2f} s) "
                       f"-> {written['labels']}")
-        atomic_write_json(Path(args.out) / "run.json", {"pipeline": "kaizen", "model": model.card.model_id(),
-                                                        "params": params.to_dict(), "images": summary})
     if args.json:
         print_json(summary)
     return EXIT_OK

@@ -96,6 +96,19 @@ QT_QPA_PLATFORM=offscreen STAGESCOPE_CPU_ONLY=$CPU_ONLY STAGESCOPE_PRUNE_CUDA=$P
 APP="$DIST/Stagescope"
 step "built $APP ($(du -sh "$APP" | cut -f1))"
 
+# ------------------------------------------------------------------ Qt's window plugin (xcb)
+# PyInstaller bundles the libraries Qt's xcb plugin links when it finds them where it builds; those
+# it did not find must be on each user's machine, else no window opens (packaging/README.md)
+xcb_plugin="$APP/_internal/PySide6/Qt/plugins/platforms/libqxcb.so"
+if [ -f "$xcb_plugin" ] && command -v ldd >/dev/null; then
+    xcb_missing="$(LD_LIBRARY_PATH="$APP/_internal:$APP/_internal/PySide6/Qt/lib" ldd "$xcb_plugin" \
+                   | awk '/not found/ { print $1 }' | sort -u | tr '\n' ' ')"
+    if [ -n "$xcb_missing" ]; then
+        step "note: not bundled, so each user's machine needs them for the window: $xcb_missing"
+        step "      (Debian/Ubuntu package names in packaging/README.md; install them here and rebuild to bundle them)"
+    fi
+fi
+
 # ------------------------------------------------------------------ check the built app
 if [ "$SELF_TEST" = 1 ]; then
     step "checking the built app (--version, --self-test)"

@@ -5,7 +5,9 @@ spec's hidden imports and collected packages.  So we run the app from source (``
 the GUI modules), record every module it loads, and check each would be bundled: our own modules
 are reachable by static imports or listed as hidden imports; nothing loaded is in the spec's
 excludes; third-party packages loaded by name are found by an import statement in a loaded module,
-by a PyInstaller hook, or are listed in the spec.  Plus: the spec has no absolute paths, and
+by a PyInstaller hook, or are listed in the spec; and every third-party module and compiled library
+the run loads, also by name or by path (imagecodecs' codec modules, torchvision's operators), would
+be collected (packaging/bundle_coverage.py).  Plus: the spec has no absolute paths, and
 ``--version``, ``--self-test`` and the first-start copy of the sample project work from source.
 """
 
@@ -26,16 +28,22 @@ SPEC = REPO / "packaging" / "stagescope.spec"
 ENTRY = REPO / "app" / "__main__.py"
 
 TRACE = """
-import json, os, sys
+import json, os, sys, sysconfig
+baseline = sorted(sys.modules)  # what the interpreter and site's .pth files load: not the app's
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 from app.__main__ import main
 code = main(["--self-test"])
 import app.gui.main, app.gui.main_window  # what a GUI start loads before the first window
 from app.cli import build_parser
 build_parser()  # the command line loads each pipeline's CLI module by name
+maps = []  # every shared library in the process, also those opened by path (torch.ops.load_library)
+if os.path.exists("/proc/self/maps"):
+    with open("/proc/self/maps") as f:
+        maps = sorted({line.split(None, 5)[5].strip() for line in f if len(line.split(None, 5)) == 6})
 with open(sys.argv[1], "w") as out:
     files = {name: getattr(module, "__file__", None) for name, module in list(sys.modules.items())}
-    json.dump({"code": code, "modules": sorted(sys.modules), "files": files}, out)
+    json.dump({"code": code, "modules": sorted(sys.modules), "files": files, "maps": maps, "baseline": baseline,
+               "roots": sorted({sysconfig.get_paths()[k] for k in ("purelib", "platlib")})}, out)
 """
 
 
@@ -67,7 +75,7 @@ def traced(tmp_path_factory: pytest.TempPathFactory) -> dict:
     proc = subprocess.run([sys.executable, "-c", TRACE, str(out)], cwd=REPO, env=_env(tmp),
                           capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0 and out.is_file(), proc.stdout[-2000:] + proc.stderr[-2000:]
-    return {**json.loads(out.read_text()), "stdout": proc.stdout, "tmp": tmp}
+    return {**json.loads(out.read_text()), "stdout": proc.stdout, "tmp": tmp, "trace": out}
 
 
 # ------------------------------------------------------------------------------ static import graph
@@ -182,6 +190,26 @@ def test_third_party_packages_loaded_by_name_are_covered(traced: dict) -> None:
     uncovered = sorted(t for t in third_party - hooked - listed
                        if not re.search(rf"^\s*(import|from)\s+{re.escape(t)}\b", sources, re.M))
     assert not uncovered, f"loaded by name, no import statement, hook or spec entry: {uncovered}"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps and ldd, as PyInstaller on Linux")
+def test_bundle_holds_every_module_and_compiled_library_the_pipelines_load(traced: dict) -> None:
+    """What the self-test loaded, also by name or path (codec modules, torchvision's ops), would be bundled.
+
+    packaging/bundle_coverage.py runs PyInstaller's hooks for the loaded packages and reads import
+    statements, links (ldd) and the spec's lists, in seconds, where a build takes half an hour.
+    """
+    pytest.importorskip("PyInstaller", reason="pyinstaller not installed (pip install -e .[test] brings it)")
+    assert traced["maps"], "the trace recorded no shared libraries"
+    proc = subprocess.run([sys.executable, str(REPO / "packaging" / "bundle_coverage.py"), str(traced["trace"])],
+                          cwd=traced["tmp"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    missing = json.loads(proc.stdout)
+    assert not missing["hook_errors"], f"PyInstaller hooks that failed to run: {missing['hook_errors']}"
+    assert not missing["modules"], ("modules a pipeline loads that the bundle would lack (add them to the spec's "
+                                    f"HIDDEN_IMPORTS or COLLECT_PACKAGES): {missing['modules']}")
+    assert not missing["libraries"], ("compiled libraries a pipeline loads by path or name that the bundle would lack "
+                                      f"(add them to LIBRARIES_LOADED_AT_RUN_TIME): {missing['libraries']}")
 
 
 def _loaded_source_texts(files: dict[str, str | None]) -> str:

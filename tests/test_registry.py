@@ -51,3 +51,14 @@ def test_closing_the_job_cancels_the_run(tmp_path):
     next(job), next(job)  # the first image has started
     job.close()
     assert fake.status == "cancelled" and fake.done == {}
+
+
+def test_the_failing_image_and_its_reason_are_recorded(tmp_path):
+    from app.core.project import Project
+
+    project = Project.create(tmp_path / "p")
+    run_record = project.new_run("fake", {})
+    with pytest.raises(ValueError):
+        run(analyze_images(run_record, ["a", "bad"], one))
+    loaded = project.get_run(run_record.id)
+    assert loaded.status == "failed" and loaded.failed == {"bad": "bad image"} and list(loaded.results) == ["a"]

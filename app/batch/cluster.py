@@ -19,6 +19,9 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+import signal
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -98,12 +101,41 @@ def _start_cluster(spec: ClusterSpec) -> Any:
     if spec.kind == "local":
         from distributed import LocalCluster
 
-        dashboard = ":0" if has_bokeh() else None
+        # ":0": a free port for the scheduler's web server (with or without bokeh), never a clash on 8787
         return LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                            dashboard_address=dashboard, silence_logs=logging.ERROR, **spec.options)
+                            dashboard_address=":0", silence_logs=logging.ERROR, **spec.options)
     if spec.kind in JOBQUEUE_KINDS:
         return _jobqueue_cluster(spec)
     return None
+
+
+def block_interrupts() -> Any:
+    """Ignore Ctrl-C (SIGINT) while worker processes start; returns the handler to restore.
+
+    A terminal sends Ctrl-C to every process of the foreground group, workers included: each then
+    printed its own KeyboardInterrupt traceback.  "Ignore" is inherited through fork and exec
+    (POSIX), and Python then installs no KeyboardInterrupt handler, so workers started meanwhile
+    never see Ctrl-C and only this process stops, closing the cluster cleanly.  (A blocked signal
+    mask would keep a Ctrl-C pressed during start-up, but distributed starts workers from threads
+    that may predate the mask, so only "ignore" is reliable; a Ctrl-C in those seconds is lost.)
+    None (nothing done) on Windows or outside the main thread (a batch the GUI started).
+    """
+    if threading.current_thread() is not threading.main_thread() or os.name == "nt":
+        return None
+    return signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def restore_interrupts(previous: Any) -> None:
+    """Undo :func:`block_interrupts`."""
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
+
+
+def quiet_shutdown() -> None:
+    """Keep distributed's complaints about workers that go away mid-message off stderr after a Ctrl-C."""
+    for name in ("distributed", "distributed.scheduler", "distributed.core", "distributed.nanny",
+                 "distributed.worker", "distributed.comm"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
 @contextmanager
@@ -113,8 +145,14 @@ def open_client(spec: ClusterSpec) -> Iterator[Any]:
     import dask
     from distributed import Client
 
-    cluster = _start_cluster(spec)
+    mask = block_interrupts()  # worker processes start deaf to the terminal's Ctrl-C
     try:
+        cluster = _start_cluster(spec)
+    except BaseException:
+        restore_interrupts(mask)
+        raise
+    try:
+        restore_interrupts(mask)
         with dask.config.set({"distributed.comm.timeouts.connect": f"{CONNECT_TIMEOUT_S}s"}):
             try:
                 client = Client(cluster if cluster is not None else spec.address, timeout=CONNECT_TIMEOUT_S)
@@ -122,8 +160,14 @@ def open_client(spec: ClusterSpec) -> Iterator[Any]:
                 raise UserError(f"cannot reach the Dask scheduler {spec.address or spec.kind}: {error}") from error
         try:
             yield client
+        except KeyboardInterrupt:
+            quiet_shutdown()
+            raise
         finally:
             client.close()
+    except KeyboardInterrupt:
+        quiet_shutdown()
+        raise
     finally:
         if cluster is not None:
             cluster.close()

@@ -290,24 +290,6 @@ def labels_to_objects(labels: np.ndarray, category: str = "object", tolerance: f
     return objects
 
 
-def integer_labels(labels: np.ndarray, where: str | os.PathLike[str]) -> np.ndarray:
-    """A label image as int32 object ids; AnnotationError for fractional or non-finite values (not ids).
-
-    A float label image that was resampled or averaged holds values such as 2.5; casting would
-    silently truncate them into wrong objects.
-    """
-    labels = np.asarray(labels)
-    if labels.dtype.kind == "f":
-        finite = np.isfinite(labels)
-        bad = labels[~finite] if not finite.all() else labels[labels != np.round(labels)]
-        if bad.size:
-            raise AnnotationError(f"{where}: a label image must hold whole-number object ids, this one holds "
-                                  f"{bad.size} pixel(s) like {float(bad[0]):g}; export the labels as integers")
-    elif labels.dtype.kind not in "iub":
-        raise AnnotationError(f"{where}: a label image must hold integer object ids, not {labels.dtype}")
-    return labels.astype(np.int32)
-
-
 def objects_to_labels(objects: Sequence[AnnotatedObject], shape: tuple[int, int],
                       largest_first: bool = True) -> np.ndarray:
     """Paint objects into a label image whose values are the object ids (must be unique and > 0).

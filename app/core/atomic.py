@@ -7,9 +7,11 @@ openpyxl, ``torch.save``).  Only plain files are handled, not directories.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import secrets
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,10 +72,23 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
             raise FileNotFoundError(f"nothing was written to the temporary file for {target}")
         _fsync_file(tmp)
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as error:
         tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) and not error.filename:  # a full disk while writing: name the file
+            error.filename = str(target)
+        elif isinstance(error, Exception) and not isinstance(error, OSError) and _disk_full(target.parent):
+            # writers such as torch.save report a full disk as their own RuntimeError: say what it was
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(target)) from error
         raise
     _fsync_dir(target.parent)
+
+
+def _disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """Whether ``folder``'s disk has less than ``margin`` bytes free (False when that cannot be asked)."""
+    try:
+        return shutil.disk_usage(folder).free < margin
+    except OSError:
+        return False
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -19,8 +19,11 @@ Reading
 
     Pixel size in micrometres comes from OME ``PhysicalSizeX`` (with its unit), ImageJ's
     ``unit`` plus the XResolution tag, or plain TIFF XResolution when ResolutionUnit is
-    centimetre or inch (also PNG/JPEG dpi); otherwise it is None.  72 and 96 dpi are the
-    defaults image editors write, not a calibration, and are read as "unknown".
+    centimetre or inch (also PNG/JPEG dpi); otherwise it is None ("unknown": lengths stay in
+    pixels).  Not a calibration, so also None: resolution tags that are absent (Pillow writes
+    none, and tifffile then reports its 1 pixel per inch default), a missing ResolutionUnit,
+    72 and 96 dpi (the defaults image editors write), and any size outside
+    :data:`PIXEL_SIZE_RANGE_UM`.
 
 Writing is :mod:`app.core.tiff_writer` (:func:`write_tiff`, re-exported here).
 
@@ -50,6 +53,9 @@ Region = tuple[int, int, int, int]
 ChannelKey = Union[int, str]
 
 SCREEN_DPI = (72.0, 96.0)  # editors' default resolutions: not a microscope calibration
+# pixel sizes a microscope image can have (1 nm for super-resolution ... 100 µm for a slide overview);
+# outside it a value is a default or a unit mix-up (1 pixel per inch = 25 400 µm), not a calibration
+PIXEL_SIZE_RANGE_UM = (1e-3, 100.0)
 RGB_NAMES = ("R", "G", "B")
 
 # ---------------------------------------------------------------------------------------- info
@@ -195,13 +201,19 @@ class Image:
 
     def read(self, channel: ChannelKey | Sequence[ChannelKey] | None = None,
              z: int | Sequence[int] | None = None, region: Region | None = None,
-             level: int = 0) -> np.ndarray:
+             level: int = 0, *, finite: bool = True, work_bytes_per_pixel: int = 0) -> np.ndarray:
         """Pixels as a numpy array with axes C, Z, Y, X minus those selected away.
 
         ``channel``: name or index (axis dropped), a list of them (axis kept) or None (all).
         ``z``: plane index, list, or None.  ``region`` = (y0, x0, y1, x1) in the pixels of
         ``level``; it may extend beyond the image (zero padded) but must overlap it.
         Only the tiles/strips the region touches are decoded.
+
+        Before decoding, a read that would not fit the memory free on this computer (the
+        decoded array plus ``work_bytes_per_pixel`` per pixel the caller needs to work on it)
+        is refused with an ImageError giving the size.  With ``finite`` (the default) floating-point
+        pixels that are NaN or infinite are refused with an ImageError counting them, so no
+        pipeline silently finds nothing in them; tiled readers get that check tile by tile.
         """
         if self.closed:
             raise ImageError(f"{self.info.path}: the image was closed")
@@ -214,6 +226,9 @@ class Image:
         planes, drop_z = self._selection(z, self._plane_index)
         y0, x0, y1, x1 = _check_region(self.info.path, region, height, width)
         cy0, cx0, cy1, cx1 = max(y0, 0), max(x0, 0), min(y1, height), min(x1, width)
+        n_c = self.info.n_channels if channels is None else len(channels)
+        n_z = self.info.n_planes if planes is None else len(planes)
+        check_fits_memory(self.info.path, y1 - y0, x1 - x0, self.info.dtype, n_c * n_z, work_bytes_per_pixel)
         try:
             data = self._read_native(level, channels, drop_c, planes, drop_z, (cy0, cx0, cy1, cx1))
         except ImageError:
@@ -221,6 +236,9 @@ class Image:
         except Exception as error:  # tifffile/zarr/codec errors on a damaged file
             raise ImageError(f"{self.info.path}: cannot decode the pixels ({type(error).__name__}: "
                              f"{error}); the file may be truncated or corrupt") from error
+        if finite and data.dtype.kind == "f":
+            whole = (cy0, cx0, cy1, cx1) == (0, 0, height, width)
+            _check_finite(self.info.path, data, None if whole else (cy0, cx0, cy1, cx1))
         if channels is not None and not drop_c and "C" not in self.info.axes:
             data = data[np.newaxis]  # a list of channels asked of a one-channel image
         if planes is not None and not drop_z and "Z" not in self.info.axes:
@@ -233,7 +251,9 @@ class Image:
     def _read_native(self, level: int, channels: list[int] | None, drop_c: bool,
                      planes: list[int] | None, drop_z: bool, region: Region) -> np.ndarray:
         """Index the native array of ``level`` and reorder its axes to C, Z, Y, X."""
-        if self._loader is not None and not self._levels:
+        if self._loader is not None and not self._levels:  # Pillow decodes the whole picture, whatever the region
+            check_fits_memory(self.info.path, self.info.height, self.info.width, self.info.dtype,
+                              self.info.n_channels * self.info.n_planes)
             self._levels = [self._loader()]
         array = self._levels[level]
         layout = self._layout
@@ -350,6 +370,31 @@ def require_dtype(image: Image | ImageInfo, allowed: Iterable[Any], purpose: str
     return info.dtype
 
 
+def label_ids(labels: np.ndarray, path: PathLike) -> np.ndarray:
+    """A label image as int64 ids; ImageError naming the file for negative or fractional ids (or NaN).
+
+    Ids are object numbers (0 = background): a negative or fractional one is a conversion gone
+    wrong, and counting or training on it would fail deep inside numpy or score nonsense.
+    """
+    data = np.asarray(labels)
+    if data.dtype.kind == "b":
+        return data.astype(np.int64)
+    if data.dtype.kind == "f":
+        if not np.isfinite(data).all():
+            raise ImageError(f"{path}: a label image must hold whole-number object ids, this one holds NaN or "
+                             "infinite values")
+        if not (data == np.round(data)).all():
+            raise ImageError(f"{path}: a label image must hold whole-number object ids, this one holds fractions")
+    elif data.dtype.kind not in "iu":
+        raise ImageError(f"{path}: a label image must hold whole-number object ids, not {data.dtype}")
+    if data.dtype.kind != "u" and data.size:
+        negative = int(np.count_nonzero(data < 0))
+        if negative:
+            raise ImageError(f"{path}: a label image holds object ids 0 (background), 1, 2, ...; {negative} "
+                             f"pixel(s) have negative ids (down to {data.min():g}); relabel it first")
+    return data.astype(np.int64, copy=False)
+
+
 def list_channel_names(names: Sequence[str | None] | None, n: int, rgb: bool = False) -> tuple[str, ...]:
     """``n`` channel names: the given ones where present, R/G/B for RGB, else C0, C1, ..."""
     defaults = RGB_NAMES if rgb and n == 3 else tuple(f"C{i}" for i in range(n))
@@ -464,6 +509,7 @@ def _tiff_metadata(tif: Any, series: Any, page: Any) -> dict[str, Any]:
         meta.update(_imagej_metadata(tif.imagej_metadata, page))
     if meta.get("pixel_size_um") is None:
         meta["pixel_size_um"] = _tag_pixel_size(page)
+    meta["pixel_size_um"] = plausible_pixel_size(meta.get("pixel_size_um"))
     return meta
 
 
@@ -509,8 +555,23 @@ def _resolution(page: Any) -> float | None:
     return xres if xres > 0 and math.isfinite(xres) else None
 
 
+def plausible_pixel_size(size_um: float | None) -> float | None:
+    """``size_um`` when it lies in :data:`PIXEL_SIZE_RANGE_UM`, else None (unknown)."""
+    if size_um is None or not math.isfinite(size_um):
+        return None
+    low, high = PIXEL_SIZE_RANGE_UM
+    return float(size_um) if low <= size_um <= high else None
+
+
 def _tag_pixel_size(page: Any) -> float | None:
-    """Pixel size from XResolution when ResolutionUnit is inch, cm, mm or µm (not 'none')."""
+    """Pixel size from XResolution when ResolutionUnit is inch, cm, mm or µm (not 'none').
+
+    Both tags must be in the file: tifffile reports 1 pixel per inch for a TIFF without them
+    (what Pillow writes), which is the absence of a calibration, not a 25 400 µm pixel.
+    """
+    tags = getattr(page, "tags", None)
+    if tags is None or "XResolution" not in tags or "ResolutionUnit" not in tags:
+        return None
     xres = _resolution(page)
     unit = int(getattr(page, "resolutionunit", 1) or 1)
     per_unit = {2: 25400.0, 3: 1e4, 4: 1e3, 5: 1.0}.get(unit)
@@ -569,7 +630,7 @@ def _open_pillow(path: Path, fmt: str, axes_override: str | None) -> Image:
     pixel_size = None
     if isinstance(dpi, (tuple, list)) and dpi and float(dpi[0]) > 0:
         if not any(abs(float(dpi[0]) - d) < 0.05 for d in SCREEN_DPI):
-            pixel_size = 25400.0 / float(dpi[0])
+            pixel_size = plausible_pixel_size(25400.0 / float(dpi[0]))
     names = list_channel_names(None, _n(layout, "C"), rgb=samples == 3)
     image_info = ImageInfo(path=str(path), format=fmt, shape=layout.shape, dtype=np.dtype(dtype),
                            axes=layout.axes, channel_names=names, pixel_size_um=pixel_size,
@@ -684,6 +745,68 @@ def _check_dtype(path: Path, dtype: Any) -> None:
 
 
 # -- reading helpers
+
+
+# Where the free memory cannot be asked (no psutil and no sysconf), a whole read larger than
+# this is refused: 8 GiB, what most lab workstations can still spare.
+DEFAULT_MEMORY_LIMIT = 8 << 30
+SMALL_READ_BYTES = 32 << 20  # reads below this are not checked against free memory
+
+
+def available_memory() -> int:
+    """Bytes of memory free for a new array now (psutil, else sysconf, else :data:`DEFAULT_MEMORY_LIMIT`)."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except Exception:  # psutil missing or unable to ask the OS
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES")) * int(os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return DEFAULT_MEMORY_LIMIT
+
+
+def check_fits_memory(path: PathLike, height: int, width: int, dtype: Any, layers: int = 1,
+                      work_bytes_per_pixel: int = 0) -> None:
+    """ImageError (with the size) when ``layers`` planes of ``height`` x ``width`` pixels of ``dtype``, plus the
+    caller's working memory per pixel, exceed the memory free now.
+
+    Asked before decoding, so a file that declares a huge image (e.g. 100000 x 100000 in a few
+    hundred kB) is refused by its size instead of failing midway or being blamed on corruption.
+    """
+    pixels = float(height) * float(width) * float(layers)
+    needed = pixels * (np.dtype(dtype).itemsize + max(0, int(work_bytes_per_pixel)))
+    if needed <= SMALL_READ_BYTES:  # tiles and small images: not worth asking the OS on every read
+        return
+    free = available_memory()
+    if needed <= free:
+        return
+    planes = f" x {layers} channels/planes" if layers > 1 else ""
+    raise ImageError(f"{path}: reading {width} x {height} pixels{planes} at once needs {_gib(needed)} of memory, "
+                     f"but {_gib(free)} is free on this computer; crop or downsample the image, or use a step "
+                     "that reads it tile by tile")
+
+
+def _gib(n_bytes: float) -> str:
+    """'12.3 GiB' (or MiB below 1 GiB) for messages."""
+    return f"{n_bytes / 2**30:.1f} GiB" if n_bytes >= 2**30 else f"{n_bytes / 2**20:.1f} MiB"
+
+
+def _check_finite(path: str, data: np.ndarray, region: Region | None) -> None:
+    """ImageError counting NaN and infinite pixels in floating-point ``data`` (``region`` None = whole image)."""
+    finite = np.isfinite(data)
+    n_bad = int(finite.size - np.count_nonzero(finite))
+    del finite
+    if not n_bad:
+        return
+    n_nan = int(np.count_nonzero(np.isnan(data)))
+    what = " and ".join(part for part in (f"{n_nan} NaN" if n_nan else "",
+                                          f"{n_bad - n_nan} infinite" if n_bad - n_nan else "") if part)
+    where = "" if region is None else (f" in rows {region[0]}-{region[2]}, columns {region[1]}-{region[3]} "
+                                       "(the part read so far)")
+    raise ImageError(f"{path}: {what} pixels{where}; no analysis can use them: replace them "
+                     "(e.g. with 0) or crop them away first")
 
 
 def _check_region(path: str, region: Any, height: int, width: int) -> Region:

@@ -10,6 +10,11 @@ draws separately (e.g. "tubules", "cells", "nuclei", "objects").
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +23,31 @@ from app.core.errors import UserError
 
 RESULTS_SCHEMA_VERSION = 1
 OBJECTS_FILE = "objects.json"
+STAGING_PREFIX = ".partial-"
+
+
+@contextmanager
+def output_set(folder: Path) -> Iterator[Path]:
+    """Yield a hidden staging folder inside ``folder``; its files move into ``folder`` only if the block succeeds.
+
+    One image's outputs (labels, objects file, tables, run record) thus appear together or not at
+    all: a full disk or an error midway leaves the previous files untouched and no labels without
+    their objects.json.  Hidden leftovers (writers' temporary files) are not moved.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=folder))
+    try:
+        yield staging
+        for item in sorted(staging.iterdir()):
+            if not item.name.startswith("."):
+                os.replace(item, folder / item.name)
+    except OSError as error:  # name the output the user asked for, not the staging folder
+        if error.filename and str(error.filename).startswith(str(staging)):
+            error.filename = str(folder / Path(error.filename).relative_to(staging))
+        raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def objects_document(image: str, pipeline: str, layers: dict[str, list[dict]], meta: dict | None = None) -> dict:

@@ -45,6 +45,9 @@ class Settings:
     window: dict[str, str] = field(default_factory=dict)  # saved geometry/state (base64), GUI only
     # where queued batches run: "" this computer, "tcp://host:8786" a Dask scheduler, "local:N" N local workers
     batch_cluster: str = ""
+    # CPU threads torch may use in a job (0 = torch's choice, all cores): on a small or busy machine one
+    # thread was about 3x faster than all of them (Stagetool, issue 14: 24.5 s vs 79 s for one section)
+    threads: int = 1
 
     def add_recent_project(self, folder: str | os.PathLike[str]) -> None:
         """Put ``folder`` first in the recent projects (no duplicates, at most :data:`MAX_RECENT`)."""

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PySide6.QtCore import QObject, Qt, QTimer, Signal
+from PySide6.QtGui import QBrush, QColor
 from PySide6.QtWidgets import (
     QAbstractItemView, QDialog, QDialogButtonBox, QHBoxLayout, QHeaderView, QLabel, QPlainTextEdit,
     QProgressBar, QPushButton, QSizePolicy, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget,
@@ -24,7 +25,7 @@ from PySide6.QtWidgets import (
 from app.core.jobs import Overall, OverallProgress, Progress
 from app.gui.workers import JobWorker
 
-STATUSES = ("queued", "running", "finished", "failed", "cancelled")
+STATUSES = ("queued", "running", "finished", "partly failed", "failed", "cancelled")
 _ids = itertools.count(1)
 # Worker threads have no Qt parent and are kept here until they have finished: a QThread deleted
 # while it runs aborts the process, which a parent (a queue going away) could otherwise cause.
@@ -63,6 +64,9 @@ class JobRecord:
     details: str = ""
     on_success: Callable[[Any], None] | None = None
     worker: JobWorker | None = field(default=None, repr=False)
+    # outcome(result) -> (status, {item: one-line reason}) for a job that returns although some items failed
+    outcome: Callable[[Any], tuple[str, dict[str, str]]] | None = None
+    problems: dict[str, str] = field(default_factory=dict)  # item (image) -> why it failed
     tracker: OverallProgress = field(default_factory=OverallProgress, repr=False)
     overall: Overall = field(default_factory=Overall)  # progress over the whole job (all sections)
     overall_at: float | None = None  # when ``overall`` was last updated
@@ -143,13 +147,17 @@ class JobQueue(QObject):
     # -- actions
 
     def submit(self, title: str, factory: Callable[[], Any], kind: str = "",
-               on_success: Callable[[Any], None] | None = None, lane: str = "main") -> JobRecord:
+               on_success: Callable[[Any], None] | None = None, lane: str = "main",
+               outcome: Callable[[Any], tuple[str, dict[str, str]]] | None = None) -> JobRecord:
         """Queue a job; ``on_success(result)`` runs on the GUI thread when it finishes.
 
         Jobs of a lane run one after another; a short job in another lane (e.g. building the
-        overview of an image just opened) does not wait behind an overnight batch.
+        overview of an image just opened) does not wait behind an overnight batch.  ``outcome(result)``
+        says whether a job that returned had items fail (a run whose images failed): then the job ends
+        "partly failed" or "failed" with its problems, and ``failed`` is emitted instead of ``succeeded``.
         """
-        record = JobRecord(title=title, factory=factory, kind=kind, on_success=on_success, lane=lane)
+        record = JobRecord(title=title, factory=factory, kind=kind, on_success=on_success, lane=lane,
+                           outcome=outcome)
         self.records.append(record)
         self.changed.emit(record)
         QTimer.singleShot(0, self._start_next)
@@ -272,7 +280,28 @@ class JobQueue(QObject):
                 record.details = traceback.format_exc()
                 self.failed.emit(record)
                 return
+        status, problems = self._outcome(record, result)
+        if problems:
+            record.status, record.problems = status, problems
+            first = next(iter(problems.items()))
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            record.message = f"{len(problems)} failed: {first[0]}: {first[1]}{more}"
+            record.details = "\n".join(f"{item}: {why}" for item, why in problems.items())
+            self.changed.emit(record)
+            self.failed.emit(record)
+            return
         self.succeeded.emit(record)
+
+    @staticmethod
+    def _outcome(record: JobRecord, result: Any) -> tuple[str, dict[str, str]]:
+        """The job's verdict on its items (none failed when it has no ``outcome`` or cannot tell)."""
+        if record.outcome is None:
+            return "finished", {}
+        try:
+            status, problems = record.outcome(result)
+        except Exception:  # noqa: BLE001 - a result that cannot be inspected counts as finished
+            return "finished", {}
+        return status, dict(problems or {})
 
     def _on_failed(self, message: str, details: str) -> None:
         record = self._end("failed")
@@ -400,7 +429,12 @@ class JobQueueWidget(QWidget):
             self._items[record.id], self._bars[record.id] = item, bar
         bar = self._bars[record.id]
         fraction = record.fraction()
-        if record.status == "finished":
+        if record.status == "partly failed":
+            bar.setRange(0, 100)
+            bar.setValue(100)
+            bar.setFormat("partly failed")
+            bar.setStyleSheet("QProgressBar::chunk { background: #d62728; }")  # not the colour of success
+        elif record.status == "finished":
             bar.setRange(0, 100)
             bar.setValue(100)
         elif record.status == "running" and fraction is None:
@@ -415,7 +449,10 @@ class JobQueueWidget(QWidget):
         bar.setToolTip(record.progress_text())
         item.setText(3, format_seconds(record.seconds_left()))
         item.setText(4, record.message)
-        item.setToolTip(4, record.message)
+        item.setToolTip(4, record.details if record.problems else record.message)
+        if record.status in ("failed", "partly failed"):
+            for column in range(len(self.COLUMNS)):
+                item.setForeground(column, QBrush(QColor("#d62728")))
         self._update_summary()
 
     def _fit_title(self, title: str) -> None:
@@ -433,7 +470,7 @@ class JobQueueWidget(QWidget):
 
     def _update_summary(self) -> None:
         active = self.queue.active_count()
-        failed = sum(1 for r in self.queue.records if r.status == "failed")
+        failed = sum(1 for r in self.queue.records if r.status in ("failed", "partly failed"))
         text = f"{active} active" if active else "Idle"
         if failed:
             text += f", {failed} failed"

@@ -36,7 +36,9 @@ from app.gui.job_queue import JobQueue, JobQueueWidget
 from app.gui.overlays import generated_objects_rgba, outline_objects_from_stack, prepare_document, prepare_layer
 from app.gui.project_browser import IMAGE_SUFFIXES, ProjectBrowser
 from app.gui.properties_panel import PropertiesPanel
-from app.gui.run_panel import RunPanel, RunRequest, batch_adapter, cluster_batch_job
+from app.gui.run_panel import (
+    RunPanel, RunRequest, batch_adapter, cluster_batch_job, params_with_threads, run_outcome, with_threads,
+)
 from app.gui.tile_viewer import ChannelPanel, TileViewer
 from app.gui.workers import BackgroundRunner, freeze_gc_heap
 
@@ -106,6 +108,7 @@ class MainWindow(QMainWindow):
         self._doc_key: tuple[str, str] | None = None  # (run folder, image)
         self._results_pending = False
         self._pyramid_jobs: set[str] = set()
+        self._facts: dict[Any, Any] = {}  # (image, project metadata) -> suitability.ImageFacts or the read error
         self.sessions: dict[Path, CurationSession] = {}
         self.undo_group = QUndoGroup(self)
         self.add_mode = False
@@ -299,6 +302,10 @@ class MainWindow(QMainWindow):
         self.browser.report_activated.connect(self.open_path)
         self.browser.files_dropped.connect(lambda files: self.add_images(files, "link"))
         self.browser.remove_image_requested.connect(self.remove_image)
+        self._selection_timer = QTimer(self)  # many selection signals (a refresh, a Shift+click) -> one update
+        self._selection_timer.setSingleShot(True)
+        self._selection_timer.timeout.connect(self._selection_changed)
+        self.browser.tree.itemSelectionChanged.connect(lambda: self._selection_timer.start(0))
         self.viewer.needs_pyramid.connect(self.build_pyramid_for)
         self.viewer.load_failed.connect(
             lambda message, details: self.show_error("Cannot show the image", message, details))
@@ -307,7 +314,7 @@ class MainWindow(QMainWindow):
         self.viewer.image_opened.connect(lambda name: self.statusBar().showMessage(
             f"{name}: first picture in {1000 * (self.viewer.first_picture_s or 0):.0f} ms", 4000))
         self.run_panel.run_requested.connect(self._submit_run)
-        self.queue.failed.connect(lambda r: self.show_error(f"Job failed: {r.title}", r.message, r.details))
+        self.queue.failed.connect(self._job_failed)
         self.queue.succeeded.connect(lambda r: self.statusBar().showMessage(f"Finished: {r.title}", 5000))
         self.properties.restage_requested.connect(self.restage)
         self.properties.exclude_requested.connect(self.set_excluded)
@@ -329,6 +336,17 @@ class MainWindow(QMainWindow):
         self._message_boxes.append(box)
         box.open()
         return box
+
+    def _job_failed(self, record: Any) -> None:
+        """A job failed, or a run ended with images that failed: say which and why, in the box itself."""
+        if not record.problems:
+            self.show_error(f"Job failed: {record.title}", record.message, record.details)
+            return
+        lines = [f"{item}: {why}" for item, why in record.problems.items()]
+        shown = lines[:12] + ([f"... and {len(lines) - 12} more"] if len(lines) > 12 else [])
+        what = "failed" if record.status == "failed" else "partly failed"
+        self.show_error(f"Run {what}: {record.title}",
+                        f"{len(lines)} image(s) failed:\n" + "\n".join(shown), "\n".join(lines))
 
     def _guard(self, title: str, function: Any, *args: Any) -> Any:
         """Run ``function``; a failure is shown in the window instead of escaping to the terminal."""
@@ -357,6 +375,7 @@ class MainWindow(QMainWindow):
         project = self._guard("Cannot open the project", Project.open, folder)
         if project is None:
             return False
+        self._facts.clear()
         self._set_project(project)
         self.settings.add_recent_project(project.folder)
         self.settings.remember_folder("project", project.folder.parent)
@@ -517,6 +536,7 @@ class MainWindow(QMainWindow):
         self.browser.select_image(name, emit=False)
         self.viewer.open_image(name, path, pyramid_cache_dir(self.project.folder, name))
         self.clear_selection()
+        self._selection_timer.start(0)  # after the first picture is on its way
         self.properties.show_info(f"Image {name}", {"file": str(path), "mode": entry.mode,
                                                     "channels": ", ".join(entry.channels) or "?",
                                                     "pixel size (µm)": entry.pixel_size_um or "unknown",
@@ -760,6 +780,9 @@ class MainWindow(QMainWindow):
 
     def run_pipeline(self, all_images: bool = False) -> None:
         """Queue the Run panel's pipeline on the selected images (or all)."""
+        if self._selection_timer.isActive():  # the panel shows the channels of the images selected just now
+            self._selection_timer.stop()
+            self._selection_changed()
         self._guard("Cannot start the run", self.run_panel.request_run, all_images)
 
     def _submit_run(self, request: RunRequest) -> Any:
@@ -775,7 +798,14 @@ class MainWindow(QMainWindow):
         if not images:
             self.show_error("No images", "Select images in the project browser, or run on all images.")
             return None
-        project, params, models = self.project, request.params, dict(request.models)
+        reasons = self.refusals(request.pipeline, images, request.params, request.models)
+        if reasons:
+            more = f" (and {len(reasons) - 1} more image(s))" if len(reasons) > 1 else ""
+            self.show_error("Cannot start the run", f"{spec.title}: {reasons[0]}{more}", "\n".join(reasons))
+            return None
+        threads = int(self.settings.threads)
+        project, models = self.project, dict(request.models)
+        params = params_with_threads(request.params, threads)
         title = f"{spec.title} on {images[0]}" if len(images) == 1 else f"{spec.title} on {len(images)} images"
         self.save_settings()
         adapter = batch_adapter(request.pipeline, self.settings, project, images)
@@ -783,9 +813,44 @@ class MainWindow(QMainWindow):
             cluster = self.settings.batch_cluster
             return self.queue.submit(f"{title} ({cluster})", lambda: cluster_batch_job(
                 project, request.pipeline, adapter, images, params, models, cluster), kind="analyze",
-                on_success=self._run_finished)
-        return self.queue.submit(title, lambda: spec.analyze(project, images, params, models), kind="analyze",
-                                 on_success=self._run_finished)
+                on_success=self._run_finished, outcome=run_outcome)
+        return self.queue.submit(title, lambda: with_threads(threads, lambda: spec.analyze(project, images, params,
+                                                                                            models)),
+                                 kind="analyze", on_success=self._run_finished, outcome=run_outcome)
+
+    def image_facts(self, name: str) -> Any:
+        """What the pipeline rules know of a project image (read once; a read error is kept as its text)."""
+        from app.core.project_edit import entry_metadata
+        from app.pipelines.suitability import image_facts
+
+        try:
+            metadata = entry_metadata(self.project, name)
+        except UserError as error:
+            return f"cannot be read: {error}"
+        key = (name, repr(sorted(metadata.items())))  # read again once the user sets a pixel size or channels
+        if key not in self._facts:
+            try:
+                self._facts[key] = image_facts(name, self.project.image_path(name),
+                                               pyramid_cache_dir(self.project.folder, name), metadata)
+            except (UserError, OSError, ValueError) as error:
+                self._facts[key] = f"cannot be read: {error}"
+        return self._facts[key]
+
+    def refusals(self, pipeline: str, images: list[str], params: Any, models: dict[str, str]) -> list[str]:
+        """One line per image the pipeline cannot analyse (unreadable, wrong kind): the run is refused."""
+        from app.pipelines.suitability import refusals
+
+        facts = [self.image_facts(name) for name in images]
+        unreadable = [f"{name}: {item}" for name, item in zip(images, facts) if isinstance(item, str)]
+        return unreadable + refusals(pipeline, [f for f in facts if not isinstance(f, str)], params, models)
+
+    def _selection_changed(self) -> None:
+        """Tell the run panel which images are selected (their channels, the pipeline that fits them)."""
+        if self.project is None:
+            return
+        names = self.browser.selected_images() or ([self.current_image] if self.current_image else [])
+        facts = [self.image_facts(name) for name in names[:50]]
+        self.run_panel.set_images([f for f in facts if not isinstance(f, str)])
 
     def _run_finished(self, result: Any) -> None:
         """A pipeline job ended: list the new run and show its results on the current image."""
@@ -944,7 +1009,7 @@ class MainWindow(QMainWindow):
     def is_ready(self) -> bool:
         """Whether the current image, its detail and its overlays are drawn and no job is pending."""
         return (self.viewer.is_idle() and not self._results_pending and not self.results_runner.busy
-                and not self.queue.is_busy() and not self.device_runner.busy
+                and not self.queue.is_busy() and not self.device_runner.busy and not self._selection_timer.isActive()
                 and (self.current_image is None or self.viewer.pyramid is not None))
 
     def wait_until_ready(self, timeout_s: float = 60.0) -> bool:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import Qt, Signal
+from PySide6.QtCore import QItemSelectionModel, Qt, Signal
 from PySide6.QtGui import QIcon, QImage, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView, QLineEdit, QMenu, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget,
@@ -22,6 +22,9 @@ from app.core.pyramid import open_pyramid, pyramid_cache_dir
 from app.gui.workers import BackgroundRunner
 
 THUMB = 48
+# programmatic selection replaces the selection whatever modifier keys Qt believes are held (a held Ctrl
+# would otherwise toggle the item)
+CLEAR_AND_SELECT = QItemSelectionModel.SelectionFlag.ClearAndSelect | QItemSelectionModel.SelectionFlag.Rows
 IMAGE, GROUP, RUN, RUN_IMAGE, REPORT, SECTION = range(6)
 
 
@@ -117,6 +120,7 @@ class ProjectBrowser(QWidget):
         self._image_items: dict[str, QTreeWidgetItem] = {}
         self._run_items: dict[str, QTreeWidgetItem] = {}
         self._quiet = False
+        self.shown_run: str | None = None  # the run whose results the viewer draws (shown bold)
 
     # ------------------------------------------------------------------ content
 
@@ -129,6 +133,7 @@ class ProjectBrowser(QWidget):
     def refresh(self) -> None:
         """Re-read the project's images, runs and reports, keeping the current selection."""
         current = self._current_key()
+        selected = [self._key(item) for item in self.tree.selectedItems()]  # a run ending keeps the user's picks
         self._quiet = True
         self.tree.clear()
         self._image_items.clear()
@@ -172,6 +177,8 @@ class ProjectBrowser(QWidget):
                 child.setData(0, Qt.ItemDataRole.UserRole, (RUN_IMAGE, (run.id, image_name)))
             self._run_items[run.id] = item
         run_top.setExpanded(True)
+        if self.shown_run in self._run_items:
+            self.select_run(self.shown_run)
         reports = self.project.reports()
         report_top = self._section(f"Reports ({len(reports)})", "reports")
         for path in reports:
@@ -181,7 +188,7 @@ class ProjectBrowser(QWidget):
         report_top.setExpanded(True)
         self._quiet = False
         if current is not None:
-            self._select_key(current)
+            self._select_key(current, selected)
         self._apply_filter(self.filter.text())
 
     def _section(self, title: str, key: str) -> QTreeWidgetItem:
@@ -233,7 +240,20 @@ class ProjectBrowser(QWidget):
     def _current_key(self) -> tuple[int, Any] | None:
         return self._key(self.tree.currentItem())
 
-    def _select_key(self, key: tuple[int, Any]) -> None:
+    def _select_key(self, key: tuple[int, Any], also: list[tuple[int, Any]] | None = None) -> None:
+        """Make the item of ``key`` current (quietly), and select the items of ``also`` with it."""
+        item = self._item_for(key)
+        if item is not None:
+            self._quiet = True
+            self.tree.setCurrentItem(item, 0, CLEAR_AND_SELECT)
+            for other in filter(None, (self._item_for(k) for k in also or [])):
+                other.setSelected(True)
+            self._quiet = False
+
+    def _item_for(self, key: tuple[int, Any] | None) -> QTreeWidgetItem | None:
+        """The tree item of an image, run or run image key (None when it is gone)."""
+        if key is None:
+            return None
         kind, value = key
         item = None
         if kind == IMAGE:
@@ -245,26 +265,34 @@ class ProjectBrowser(QWidget):
             if parent is not None:
                 item = next((parent.child(i) for i in range(parent.childCount())
                              if self._key(parent.child(i)) == (RUN_IMAGE, tuple(value))), None)
-        if item is not None:
-            self._quiet = True
-            self.tree.setCurrentItem(item)
-            self._quiet = False
+        return item
 
     def select_image(self, name: str, emit: bool = True) -> None:
-        """Make ``name`` the current image (emits image_selected unless ``emit`` is False)."""
+        """Make ``name`` the current image (emits image_selected unless ``emit`` is False).
+
+        An image that is already current keeps the selection as it is: a Ctrl+click opens the image
+        while the tree is still adding it to the selection, and re-selecting it then would drop the others.
+        """
         item = self._image_items.get(name)
-        if item is None:
+        if item is None or item is self.tree.currentItem():
             return
         self._quiet = not emit
-        self.tree.setCurrentItem(item)
+        self.tree.setCurrentItem(item, 0, CLEAR_AND_SELECT)
         self._quiet = False
 
     def select_run(self, run_id: str, emit: bool = False) -> None:
+        """Show which run's results are drawn: bold, without touching the selected images.
+
+        With ``emit`` the run becomes the current item (and run_selected is emitted), as a click would.
+        """
+        self.shown_run = run_id
+        for key, run_item in self._run_items.items():
+            font = run_item.font(0)
+            font.setBold(key == run_id)
+            run_item.setFont(0, font)
         item = self._run_items.get(run_id)
-        if item is not None:
-            self._quiet = not emit
-            self.tree.setCurrentItem(item)
-            self._quiet = False
+        if item is not None and emit:
+            self.tree.setCurrentItem(item, 0, CLEAR_AND_SELECT)
 
     def selected_images(self) -> list[str]:
         """Images selected in the tree (a group or run counts as its images), in project order."""

@@ -24,7 +24,8 @@ import pyqtgraph as pg
 from PySide6.QtCore import Qt, QUrl, Signal
 from PySide6.QtGui import QDesktopServices
 from PySide6.QtWidgets import (
-    QAbstractItemView, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel,
+    QAbstractItemView, QComboBox, QDialog, QDialogButtonBox, QDoubleSpinBox, QFormLayout, QGroupBox, QHBoxLayout,
+    QLabel,
     QLineEdit, QMessageBox, QPushButton, QSplitter, QTableWidget, QTableWidgetItem, QTreeWidget, QTreeWidgetItem,
     QVBoxLayout, QWidget,
 )
@@ -34,7 +35,7 @@ from app.core.errors import UserError
 from app.core.jobs import Progress
 from app.core.results import read_objects
 from app.core.settings import Settings
-from app.gui.curation import base_objects_file, seed_edits
+from app.gui.curation import base_objects_file, objects_file, seed_edits
 from app.gui.workers import BackgroundRunner
 
 
@@ -51,10 +52,25 @@ class SectionEntry:
     group: str | None = None  # the image's group in the project (animal, condition), for the workbook
 
 
-def section_entries(project: Any) -> list[SectionEntry]:
-    """Every (run, image) of the project that has an objects file, newest run first."""
+REPORT_LAYERS = ("tubules", "cells")  # the workbook holds tubules with stages and cells with types
+
+
+def report_pipelines() -> set[str]:
+    """Pipelines whose results fill the workbook: Stagetool, and any registered one writing its layers."""
+    from app.pipelines import registry
+
+    found = {name for name, spec in registry.pipelines().items() if set(REPORT_LAYERS) <= set(spec.layers)}
+    return found | {"stagetool"}
+
+
+def section_entries(project: Any, pipelines: set[str] | None = None) -> list[SectionEntry]:
+    """Every (run, image) with an objects file of the runs of ``pipelines`` (default: :func:`report_pipelines`;
+    Kaizen or Brightfield runs would make an all-zero Stagetool workbook), newest run first."""
+    pipelines = report_pipelines() if pipelines is None else pipelines
     entries = []
     for run in reversed(project.runs()):
+        if run.pipeline not in pipelines:
+            continue
         for image in run.results:
             path = base_objects_file(run, image)
             if path is not None:
@@ -117,6 +133,32 @@ def suggested_threshold(means: np.ndarray) -> float | None:
         return None
     value = float(antigen.suggest_threshold(means)) if len(means) else float("nan")
     return value if np.isfinite(value) else None
+
+
+def duplicated_sections(entries: list[SectionEntry]) -> dict[str, list[str]]:
+    """Images chosen from more than one run: image -> run ids (such a section would be counted twice)."""
+    runs: dict[str, list[str]] = {}
+    for entry in entries:
+        runs.setdefault(entry.image, []).append(entry.run_id)
+    return {image: ids for image, ids in runs.items() if len(ids) > 1}
+
+
+def entry_files(project: Any, entry: SectionEntry) -> list[Path]:
+    """The objects files of a section in its run: the raw predictions and, when apart, the curated objects."""
+    run = project.get_run(entry.run_id)
+    curated = objects_file(run, entry.image)
+    return [entry.objects] + ([curated] if curated is not None and curated != entry.objects else [])
+
+
+def add_antibody_job(project: Any, entries: list[SectionEntry], name: str, channel: str) -> Any:
+    """Job: measure antibody ``name`` on ``channel`` for the saved cells of each section (Stagetool's
+    remeasure step, no networks); returns the number of cells measured."""
+    from app.pipelines.stagetool.remeasure import add_antibody
+
+    total = 0
+    for entry in entries:
+        total += yield from add_antibody(entry_files(project, entry), project.image_path(entry.image), name, channel)
+    return total
 
 
 def find_report_writer() -> Callable[[list[dict[str, Any]], Path], Path] | None:
@@ -229,6 +271,10 @@ class ReportExporter(QDialog):
         if find_report_writer() is None:
             self.write_button.setEnabled(False)
             self.status.setText("The Excel report writer is not part of this build.")
+        elif not self.entries:
+            self.write_button.setEnabled(False)
+            self.status.setText("No Stagetool results yet: the workbook reports Stagetool runs (tubule stages and "
+                                "cell types). Run Stagetool on testis sections first.")
 
         left = QWidget()
         left_layout = QVBoxLayout(left)
@@ -238,6 +284,16 @@ class ReportExporter(QDialog):
         thresholds_layout = QVBoxLayout(thresholds)
         thresholds_layout.addWidget(self.table)
         thresholds_layout.addWidget(QLabel("Positive: mean > T and at least 65% of its pixels > T/2."))
+        self.add_channel = QComboBox()
+        self.add_channel.setToolTip("A channel of the ticked sections that was not measured during the analysis")
+        self.add_button = QPushButton("Measure antibody")
+        self.add_button.setToolTip("Measure this channel in the saved cells of the ticked sections (no new analysis)")
+        self.add_button.clicked.connect(lambda: self.add_antibody(self.add_channel.currentText()))
+        add_row = QHBoxLayout()
+        add_row.addWidget(QLabel("Add channel"))
+        add_row.addWidget(self.add_channel, 1)
+        add_row.addWidget(self.add_button)
+        thresholds_layout.addLayout(add_row)
         left_layout.addWidget(thresholds)
         right = QWidget()
         right_layout = QVBoxLayout(right)
@@ -306,7 +362,18 @@ class ReportExporter(QDialog):
                 state = Qt.CheckState.Checked if (entry.run_id, entry.image) in chosen else Qt.CheckState.Unchecked
                 item.setCheckState(0, state)
 
-    def _sections_changed(self, *_: Any) -> None:
+    def _sections_changed(self, item: QTreeWidgetItem | None = None, *_: Any) -> None:
+        """Ticking a section in one run unticks the same section in the other runs (it would count twice)."""
+        index = item.data(0, Qt.ItemDataRole.UserRole) if item is not None else None
+        if index is not None and item.checkState(0) == Qt.CheckState.Checked:
+            image = self.entries[index].image
+            for i in range(self.sections.topLevelItemCount()):
+                parent = self.sections.topLevelItem(i)
+                for j in range(parent.childCount()):
+                    other = parent.child(j)
+                    if other is not item and other.checkState(0) == Qt.CheckState.Checked \
+                            and self.entries[other.data(0, Qt.ItemDataRole.UserRole)].image == image:
+                        other.setCheckState(0, Qt.CheckState.Unchecked)
         self._load_docs()
 
     def _load_docs(self) -> None:
@@ -337,11 +404,55 @@ class ReportExporter(QDialog):
             self.table.setCellWidget(row, 2, suggest)
         if antibodies and self.table.currentRow() < 0:
             self.table.setCurrentCell(0, 0)
+        self._fill_add_channels(antibodies)
         self.histogram.setVisible(bool(antibodies))
         self.image_plot.setTitle("Positive cells on the antibody channel" if antibodies else "Section (DAPI)")
         if not antibodies:
             self.preview_label.setText("These sections have no antibody channels: the workbook holds counts only.")
         self._update_preview()
+
+    def _fill_add_channels(self, measured: dict[str, Any]) -> None:
+        """Offer the ticked sections' channels that are not measured yet (DAPI and the like last)."""
+        from app.pipelines.suitability import DNA_CHANNELS
+
+        channels: list[str] = []
+        for entry in self.chosen():
+            try:
+                names = self.project.image(entry.image).channels
+            except UserError:
+                continue
+            channels += [c for c in names if c not in channels and c not in measured]
+        channels.sort(key=lambda c: c.strip().lower() in DNA_CHANNELS)
+        self.add_channel.clear()
+        self.add_channel.addItems(channels)
+        self.add_button.setEnabled(bool(channels))
+
+    def add_antibody(self, channel: str) -> Any:
+        """Measure ``channel`` (named after it) in the ticked sections' saved cells, then list it here."""
+        entries = self.chosen()
+        if not channel or not entries:
+            self.status.setText("Tick sections and choose a channel to measure.")
+            return None
+
+        def measured(count: Any) -> None:
+            self.docs.clear()
+            self._load_docs()
+            self.status.setText(f"{channel}: {count} cells measured; set its threshold, then write the workbook.")
+
+        self.status.setText(f"Measuring {channel}...")
+        if self.queue is None:
+            from app.core.jobs import run
+
+            try:
+                count = run(add_antibody_job(self.project, entries, channel, channel))
+            except UserError as error:
+                self.status.setText(str(error))
+                return None
+            measured(count)
+            return count
+        return self.queue.submit(f"Measure {channel} in {len(entries)} section(s)",
+                                 lambda: add_antibody_job(self.project, entries, channel, channel),
+                                 kind="report", on_success=measured)
 
     # ------------------------------------------------------------------ thresholds and preview
 
@@ -454,6 +565,12 @@ class ReportExporter(QDialog):
             return None
         if not entries:
             self.status.setText("Tick at least one section.")
+            return None
+        twice = duplicated_sections(entries)
+        if twice:
+            image, runs = next(iter(twice.items()))
+            self.status.setText(f"{image} is ticked in {len(runs)} runs ({', '.join(runs)}): tick it in one run "
+                                "only, or it is counted twice.")
             return None
         try:
             path = self.output_path()

@@ -10,20 +10,41 @@ images is dispatched as one batch (:func:`cluster_batch_job`, app.batch) into a 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
-    QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton, QRadioButton, QScrollArea,
-    QVBoxLayout, QWidget,
+    QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QRadioButton,
+    QScrollArea, QVBoxLayout, QWidget,
 )
 
 from app.core.settings import Settings
 from app.gui.forms import DataclassForm, jsonable_params
 
 NO_MODEL = "(no model)"
+ANTIBODY_FIELD = "antibodies"  # a parameters field of this name gets the checkable channel list
+
+
+def is_dna_channel(name: str) -> bool:
+    """A nuclear stain (DAPI, Hoechst): offered as an antibody channel but not ticked."""
+    from app.pipelines.suitability import DNA_CHANNELS
+
+    return name.strip().lower() in DNA_CHANNELS
+
+
+def merge_antibodies(text: str, channels: list[str]) -> str:
+    """The form's ``NAME=CHANNEL[:T]`` entries plus ``C=C`` for each ticked channel not named there.
+
+    A bare name typed in the form (``SOX9``) means the channel of that name, as the list does.
+    """
+    entries = [item.strip() for item in text.split(",") if item.strip()]
+    entries = [item if "=" in item else f"{item}={item}" for item in entries]
+    named = {item.partition("=")[0].strip().lower() for item in entries}
+    entries += [f"{c}={c}" for c in channels if c.lower() not in named]
+    return ",".join(entries)
 
 
 @dataclass
@@ -105,6 +126,13 @@ class RunPanel(QWidget):
         self.reset_button = QPushButton("Defaults")
         self.reset_button.setToolTip("Reset the parameters to the pipeline's defaults")
         self.reset_button.clicked.connect(lambda: self.form.reset() if self.form else None)
+        self.antibody_box = QGroupBox("Antibody channels")
+        self.antibody_box.setToolTip("Channels whose antigen profiles are measured (from the selected images' "
+                                     "channel names); thresholds can be set later in the report exporter")
+        self.antibody_list = QListWidget()
+        QVBoxLayout(self.antibody_box).addWidget(self.antibody_list)
+        self.antibody_box.setVisible(False)
+        self.image_facts: list[Any] = []  # app.pipelines.suitability.ImageFacts of the selected images
         self.selected_radio = QRadioButton("Selected images")
         self.all_radio = QRadioButton("All images")
         self.selected_radio.setChecked(True)
@@ -127,6 +155,7 @@ class RunPanel(QWidget):
         layout.addLayout(row)
         layout.addWidget(self.description)
         layout.addWidget(self.models_box)
+        layout.addWidget(self.antibody_box)
         layout.addWidget(self.params_box, 1)
         layout.addLayout(scope)
         layout.addLayout(buttons)
@@ -149,6 +178,7 @@ class RunPanel(QWidget):
             self.pipeline_combo.setCurrentIndex(self.pipeline_combo.findData(current))
         elif self.specs:
             last = self.settings.pipeline_params.get("__last__", {}).get("pipeline")
+            last = last if last in self.specs else self.fitting_pipeline()
             index = self.pipeline_combo.findData(last) if last in self.specs else 0
             self.pipeline_combo.setCurrentIndex(max(0, index))
         self._pipeline_changed()
@@ -159,6 +189,49 @@ class RunPanel(QWidget):
     def current_spec(self) -> Any:
         name = self.pipeline_combo.currentData()
         return self.specs.get(name)
+
+    def fitting_pipeline(self) -> str | None:
+        """The pipeline that fits the selected images' kind (app.pipelines.suitability), if any."""
+        from app.pipelines.suitability import suggest_pipeline
+
+        return suggest_pipeline(self.image_facts, self.specs) if self.image_facts else None
+
+    def set_images(self, facts: list[Any]) -> None:
+        """The selected images changed: offer their antibody channels, and the pipeline that fits them
+        unless the user has picked one."""
+        self.image_facts = list(facts)
+        fitting = self.fitting_pipeline()
+        if fitting and not self._chosen:
+            self.select_pipeline(fitting)
+        self._fill_antibodies()
+
+    def _fill_antibodies(self) -> None:
+        """List the selected images' channels (ticks the user set are kept); shown for pipelines with antibodies."""
+        spec = self.current_spec()
+        wanted = spec is not None and ANTIBODY_FIELD in {f.name for f in dataclasses.fields(spec.params)}
+        previous = {self.antibody_list.item(i).text(): self.antibody_list.item(i).checkState()
+                    for i in range(self.antibody_list.count())}
+        channels: list[str] = []
+        for facts in self.image_facts:
+            channels += [c for c in facts.channels if c and c not in channels]
+        self.antibody_list.clear()
+        for name in channels:
+            item = QListWidgetItem(name)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            default = Qt.CheckState.Unchecked if is_dna_channel(name) else Qt.CheckState.Checked
+            item.setCheckState(previous.get(name, default))
+            self.antibody_list.addItem(item)
+        rows = min(max(len(channels), 1), 4)  # as tall as its channels (up to 4), so the parameters keep the room
+        row = self.antibody_list.sizeHintForRow(0) if channels else 18
+        self.antibody_list.setFixedHeight(rows * max(row, 16) + 2 * self.antibody_list.frameWidth() + 2)
+        self.antibody_box.setVisible(bool(wanted and channels))
+
+    def checked_antibodies(self) -> list[str]:
+        """The ticked antibody channels (empty when the list is not shown)."""
+        if not self.antibody_box.isVisibleTo(self):
+            return []
+        return [self.antibody_list.item(i).text() for i in range(self.antibody_list.count())
+                if self.antibody_list.item(i).checkState() == Qt.CheckState.Checked]
 
     def suggest_pipeline(self, name: str) -> None:
         """Show ``name`` (the pipeline of the results in view) unless the user has picked a pipeline."""
@@ -205,6 +278,7 @@ class RunPanel(QWidget):
         self.models_box.setVisible(bool(spec.model_pipelines))
         self.form = DataclassForm(spec.params, self.settings.pipeline_params.get(spec.name))
         self.scroll.setWidget(self.form)
+        self._fill_antibodies()
 
     def refresh_models(self) -> None:
         """Re-list the models (after an import or a training)."""
@@ -220,6 +294,11 @@ class RunPanel(QWidget):
         if self.form is None:
             raise ValueError("the pipeline has no parameter form")
         params = self.form.values()
+        if self.antibody_box.isVisibleTo(self) and hasattr(params, ANTIBODY_FIELD):
+            text = merge_antibodies(getattr(params, ANTIBODY_FIELD) or "", self.checked_antibodies())
+            params = dataclasses.replace(params, **{ANTIBODY_FIELD: text})
+        if callable(getattr(params, "validate", None)):
+            params.validate()  # a value that cannot work is refused now, not seconds into the job
         models = {role: combo.currentData() for role, combo in self.model_combos.items() if combo.currentData()}
         return RunRequest(spec.name, params, models, all_images)
 
@@ -230,8 +309,9 @@ class RunPanel(QWidget):
         self.run_requested.emit(request)
 
     def remember(self, request: RunRequest) -> None:
-        """Keep the parameters and models as the user's last used ones."""
-        self.settings.pipeline_params[request.pipeline] = jsonable_params(request.params)
+        """Keep the parameters (as typed in the form, without the ticked channels) and models as the last used."""
+        typed = self.form.values() if self.form is not None else request.params
+        self.settings.pipeline_params[request.pipeline] = jsonable_params(typed)
         self.settings.pipeline_params["__last__"] = {"pipeline": request.pipeline}
         self._chosen = True
         for role, folder in request.models.items():
@@ -246,3 +326,43 @@ def _card_tooltip(card: Any) -> str:
         lines.append(f"trained on: {card.training['data']}")
     lines.append(f"folder: {card.folder}")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ jobs of a run
+
+
+def params_with_threads(params: Any, threads: int) -> Any:
+    """``params`` with the Settings' CPU thread count where the pipeline has a ``threads`` parameter left at
+    its default (a value typed in the run form wins for that run)."""
+    fields = {f.name: f for f in dataclasses.fields(params)} if dataclasses.is_dataclass(params) else {}
+    field = fields.get("threads")
+    if field is None or field.default is dataclasses.MISSING or getattr(params, "threads") != field.default:
+        return params
+    return dataclasses.replace(params, threads=int(threads))
+
+
+def with_threads(threads: int, factory: Any) -> Any:
+    """Job: ``factory()``'s job with torch held to ``threads`` CPU threads (0: torch's choice).
+
+    torch keeps its thread count per thread, so it is set here, on the worker thread that pulls the job.
+    """
+    if threads > 0:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    job = factory()
+    if hasattr(job, "send") and hasattr(job, "throw"):
+        return (yield from job)
+    return job
+
+
+def run_outcome(result: Any) -> tuple[str, dict[str, str]]:
+    """A finished run's verdict from its run.json: ("partly failed" | "failed", {image: reason}), or no problems."""
+    from app.core.project import Run
+
+    if not isinstance(result, (str, Path)) or not (Path(result) / "run.json").is_file():
+        return "finished", {}
+    run = Run.load(result)
+    if not run.failed:
+        return "finished", {}
+    return ("partly failed" if run.results else "failed"), dict(run.failed)

@@ -6,6 +6,8 @@ saves it (atomically, under platformdirs) and applies the theme.
 
 from __future__ import annotations
 
+import os
+
 from PySide6.QtWidgets import (
     QButtonGroup, QComboBox, QDialog, QDialogButtonBox, QFormLayout, QGridLayout, QGroupBox, QLabel, QLineEdit,
     QPushButton, QRadioButton, QSpinBox, QVBoxLayout, QWidget,
@@ -36,6 +38,13 @@ class SettingsDialog(QDialog):
         form = QFormLayout(general)
         form.addRow("Device", self.device)
         form.addRow("Theme", self.theme)
+        self.threads = QSpinBox()
+        self.threads.setRange(0, max(1, os.cpu_count() or 1))
+        self.threads.setValue(int(settings.threads))
+        self.threads.setSpecialValueText("all cores")
+        self.threads.setToolTip("CPU threads a job may use; 1 is fastest when the machine is small or busy, "
+                                "more help on a large idle machine")
+        form.addRow("CPU threads per job", self.threads)
 
         self.run_queue = RunQueueChoice(settings.batch_cluster)
 
@@ -90,6 +99,7 @@ class SettingsDialog(QDialog):
         self.settings.device = self.device.currentText().strip() or "auto"
         self.settings.batch_cluster = self.run_queue.value()
         self.settings.theme = self.theme.currentText()
+        self.settings.threads = int(self.threads.value())
         for pipeline, combo in self.model_combos.items():
             folder = combo.currentData()
             if folder:

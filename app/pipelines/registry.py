@@ -214,13 +214,19 @@ def analyze_images(run: Any, image_names: list[str], analyze_one: Callable[[str,
     """Job: ``analyze_one(name, image_folder)`` (a job returning the outputs to record) for each image of a run.
 
     Each image is marked done as it finishes; the run ends "finished", "cancelled" (the consumer
-    closed the job) or "failed" (anything raised, user errors too).  Returns the run folder.
+    closed the job) or "failed" (anything raised, user errors too; the failing image and its reason
+    are recorded in the run).  Returns the run folder.
     """
     status = "failed"
     try:
         for i, name in enumerate(image_names):
             yield Progress("images", i, len(image_names), name, item="image")
-            outputs = yield from analyze_one(name, run.image_dir(name))
+            try:
+                outputs = yield from analyze_one(name, run.image_dir(name))
+            except Exception as error:  # recorded in run.json (project list, the GUI's summary), then raised
+                if hasattr(run, "mark_image_failed"):
+                    run.mark_image_failed(name, str(error) or type(error).__name__)
+                raise
             run.mark_image_done(name, outputs)
         yield Progress("images", len(image_names), len(image_names), "done", item="image")
         status = "finished"

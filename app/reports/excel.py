@@ -53,6 +53,7 @@ COUNT_STATS = "0.0"
 FORMATS = {"score": "0.00", "area_px": "#,##0", "area_um2": "#,##0.0", "centroid_y": "0.0", "centroid_x": "0.0",
            "x0": "0.0", "y0": "0.0", "x1": "0.0", "y1": "0.0"}
 MIN_WIDTH, MAX_WIDTH = 8, 48  # column widths in characters; longer text wraps or runs into the empty cell beside
+UNKNOWN_PIXEL_SIZE = "unknown: the image has no calibration, so lengths and areas are in px"
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -214,7 +215,7 @@ def _summary_sheet(wb: Workbook, summary: dict[str, Any]) -> None:
     for label, value in [
         ("section", summary.get("section")), ("group", summary.get("group")), ("run id", summary.get("run_id")),
         ("image file", summary.get("image")),
-        ("height (px)", shape[0]), ("width (px)", shape[1]), ("pixel size (µm)", pixel),
+        ("height (px)", shape[0]), ("width (px)", shape[1]), ("pixel size (µm)", pixel if pixel else UNKNOWN_PIXEL_SIZE),
         ("tubule model", summary.get("models", {}).get("tubules", {}).get("name")),
         ("cell model", summary.get("models", {}).get("cells", {}).get("name")),
         ("cell TTA", summary.get("params", {}).get("tta")),
@@ -255,7 +256,9 @@ def _antigen_sheet(wb: Workbook, antigen: dict[str, Any], stages: Sequence[str],
     """Per antibody: % positive per cell type (rows) and stage (columns), the counts, a bar chart (fig. 19)."""
     ws = _sheet(wb, "Antigen profiles")
     if not antigen:
-        ws.append(["no antibody channels were analysed (stagescope stagetool analyze --antibody NAME=CHANNEL[:T])"])
+        ws.append(["no antibody channels were analysed: tick them under Antibody channels in the Run panel, or add "
+                   "one to finished results with Measure antibody in Export report (command line: --antibody "
+                   "NAME=CHANNEL[:T])"])
         return
     ws.append([ANTIGEN_RULE.format(fraction=fraction)])
     row = 1

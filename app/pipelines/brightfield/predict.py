@@ -300,6 +300,7 @@ def segment_fields(
     from app.core.atomic import atomic_write_json
     from app.core.images import write_tiff
     from app.core.outputs import save_report_text
+    from app.core.results import output_set
 
     params = params or model.segment
     out_dir = Path(out_dir)
@@ -320,11 +321,13 @@ def segment_fields(
 
             fluo = read_gray(f.fluo)
         result = yield from segment(model, stack, params, fluo, f.name)
-        write_tiff(label_path, result.labels, axes="YX")
-        if params.save_probability:
-            write_tiff(out_dir / f"{f.name}_probability.tif", (result.probability * 255).round().astype(np.uint8), axes="YX")
-        write_csv(csv_path, result.rows)
-        write_objects_json(out_dir / f"{f.name}.objects.json", result, str(f.planes[0]), model)
+        with output_set(out_dir) as staging:  # the field's files appear together or not at all (full disk)
+            write_tiff(staging / label_path.name, result.labels, axes="YX")
+            if params.save_probability:
+                write_tiff(staging / f"{f.name}_probability.tif", (result.probability * 255).round().astype(np.uint8),
+                           axes="YX")
+            write_csv(staging / csv_path.name, result.rows)
+            write_objects_json(staging / f"{f.name}.objects.json", result, str(f.planes[0]), model)
         summary.append({"field": f.name, "count": result.count, "seconds": result.seconds, "skipped": False})
         all_rows.extend(result.rows)
     yield Progress("fields", len(fields), len(fields), "writing summaries")

@@ -113,7 +113,8 @@ def read_gray(path: Path) -> np.ndarray:
 
     with open_image(path) as image:
         info = image.info
-        data = np.asarray(image.read())
+        # the U-Net pass holds float copies, a probability map and labels per pixel: refuse what cannot fit
+        data = np.asarray(image.read(work_bytes_per_pixel=16))
     if info.n_channels > 1 and info.n_planes > 1:
         raise ImageError(f"{path}: has {info.n_channels} channels and {info.n_planes} z-planes; "
                          "give the brightfield planes as a single-channel z-stack or as one file per plane")

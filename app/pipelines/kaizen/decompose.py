@@ -305,6 +305,11 @@ __all__ = ["decompose", "decompose_job", "core_algorithm", "core_round", "distan
            "box_size", "suppression_size", "read_gray"]
 
 
+# memory a decomposition needs per image pixel beside the decoded image (float copies, maps, labels):
+# peak RSS grew by ~9 bytes per added pixel from a 1024 to a 2048 px image; 12 leaves some room
+WORK_BYTES_PER_PIXEL = 12
+
+
 def read_gray(path: str | os.PathLike[str], channel: int | str | None = None, z: int | None = None,
               labels: bool = False) -> np.ndarray:
     """Read one 2-D image for Kaizen: RGB becomes the mean of R, G, B; other channels or planes must be chosen.
@@ -317,9 +322,9 @@ def read_gray(path: str | os.PathLike[str], channel: int | str | None = None, z:
     with open_image(path) as image:
         info = image.info
         if not labels and channel is None and info.channel_names == ("R", "G", "B"):
-            data = image.read(z=z).astype(np.float32).mean(axis=0)
+            data = image.read(z=z, work_bytes_per_pixel=WORK_BYTES_PER_PIXEL).astype(np.float32).mean(axis=0)
         else:
-            data = image.read(channel=channel, z=z)
+            data = image.read(channel=channel, z=z, work_bytes_per_pixel=WORK_BYTES_PER_PIXEL)
     if data.ndim != 2:
         what = "label image" if labels else "image"
         hint = "" if labels else "; choose one with --channel / --z"

@@ -123,19 +123,34 @@ def object_stack(decomposition: Decomposition) -> dict[str, np.ndarray]:
             "codes": np.array([o.codes for o in objs], np.int16).reshape(len(objs), *grid)}
 
 
-def write_outputs(out_dir: Path, stem: str, decomposition: Decomposition, source: str | None = None) -> dict[str, Path]:
-    """Write the label TIFF, object stack and objects JSON for one image (each atomically)."""
+def output_paths(out_dir: Path, stem: str) -> dict[str, Path]:
+    """Where :func:`write_outputs` puts one image's labels, object stack and objects JSON."""
+    out_dir = Path(out_dir)
+    return {"labels": out_dir / f"{stem}.tif", "stack": out_dir / f"{stem}.objects.npz",
+            "json": out_dir / f"{stem}.objects.json"}
+
+
+def write_outputs(out_dir: Path, stem: str, decomposition: Decomposition, source: str | None = None,
+                  extra: dict[str, Any] | None = None) -> dict[str, Path]:
+    """Write the label TIFF, object stack and objects JSON for one image, all or none (see ``output_set``).
+
+    ``extra`` maps further file names to JSON documents written in the same set (the CLI's run.json),
+    so a full disk never leaves labels without their objects file or run record.
+    """
     import tifffile
 
+    from app.core.results import output_set
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"labels": out_dir / f"{stem}.tif", "stack": out_dir / f"{stem}.objects.npz",
-             "json": out_dir / f"{stem}.objects.json"}
-    with atomic_path(paths["labels"]) as tmp:
-        tifffile.imwrite(tmp, decomposition.labels(), compression="zlib", metadata={"axes": "YX"})
-    with atomic_path(paths["stack"]) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez_compressed(handle, **object_stack(decomposition))
-    document = {"schema_version": 1, "pipeline": "kaizen", "image": source or stem, **decomposition.to_dict()}
-    atomic_write_json(paths["json"], document, indent=1)
-    return paths
+    names = {key: path.name for key, path in output_paths(out_dir, stem).items()}
+    with output_set(out_dir) as staging:
+        with atomic_path(staging / names["labels"]) as tmp:
+            tifffile.imwrite(tmp, decomposition.labels(), compression="zlib", metadata={"axes": "YX"})
+        with atomic_path(staging / names["stack"]) as tmp:
+            with open(tmp, "wb") as handle:
+                np.savez_compressed(handle, **object_stack(decomposition))
+        document = {"schema_version": 1, "pipeline": "kaizen", "image": source or stem, **decomposition.to_dict()}
+        atomic_write_json(staging / names["json"], document, indent=1)
+        for name, extra_document in (extra or {}).items():
+            atomic_write_json(staging / name, extra_document)
+    return {key: out_dir / name for key, name in names.items()}

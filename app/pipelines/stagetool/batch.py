@@ -310,7 +310,11 @@ def analyze_project(project: Any, image_names: Sequence[str], params: AnalyzePar
 
     metadata = {name: entry_metadata(project, name) for name in image_names}  # the project's pixel size wins
     groups = {name: project.image(name).group for name in image_names}
-    yield from run_sections(run, sections, tubules, cells, params, metadata=metadata, groups=groups)
+    try:
+        yield from run_sections(run, sections, tubules, cells, params, metadata=metadata, groups=groups)
+    except GeneratorExit:  # the GUI cancelled the job: the run must not stay "running" for ever
+        run.finish("cancelled")
+        raise
     return Path(run.folder)
 
 

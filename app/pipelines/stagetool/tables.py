@@ -143,6 +143,8 @@ def tubule_rows(doc: dict) -> list[dict[str, Any]]:
             "excluded": bool(t.get("excluded", False)), "edited": bool(t.get("edited", False)),
             "original_stage": t.get("original_class"),
         }
+        if not pixel:  # no calibration: areas exist in px² only, so no empty µm² column
+            del row["area_um2"]
         row.update(counts[t["id"]])
         row["cells"] = sum(counts[t["id"]].values())
         rows.append(row)
