@@ -166,6 +166,9 @@ def test_svs_style_slide_through_tiffslide_keeps_its_levels_and_mpp(tmp_path):
 def test_registered_readers_refuse_a_damaged_file_in_one_line(capsys, tmp_path, suffix):
     fmt = image_format(f"x{suffix}")
     assert fmt in LIBRARIES and suffix in IMAGE_SUFFIXES
+    from app.core.project import Project
+
+    Project.create(tmp_path / "proj", "p")
     path = tmp_path / f"broken{suffix}"
     if suffix == ".zarr":
         path.mkdir()
@@ -174,9 +177,10 @@ def test_registered_readers_refuse_a_damaged_file_in_one_line(capsys, tmp_path, 
         path.write_bytes(b"II*\x00" + bytes(range(256)) * 3 if suffix in (".ndpi", ".scn", ".svs") else b"\x00junk" * 50)
     with pytest.raises(ImageError, match="broken"):
         open_image(path)
-    assert main(["info", str(path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and str(path) in err and "Traceback" not in err
+    for argv in (["info", str(path)], ["project", "add", str(tmp_path / "proj"), str(path)]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and str(path) in err and "Traceback" not in err, argv
 
 
 def test_scene_names_split_only_real_scene_marks(tmp_path):

@@ -41,35 +41,41 @@ NAMES = {"czi": "CZI", "ome-zarr": "OME-Zarr", "nd2": "ND2", "lif": "LIF", "vsi"
 
 def open_library_image(path: Path, scene: int | None, axes: str | None) -> Any:
     """Open ``path`` (scene ``scene``, 0-based) with the library for its format; ImageError if it cannot."""
-    fmt = image_format(path)
-    opener = _OPENERS.get(fmt or "")
+    fmt = image_format(path) or ""
+    opener = _OPENERS.get(fmt)
     if opener is None:
         raise ImageError(f"{path}: no reader for this kind of file")
-    try:
-        return opener(path, scene or 0, axes)
-    except ImageError:
-        raise
-    except ModuleNotFoundError as error:
-        raise ImageError(f"{path}: reading {fmt} files needs the {LIBRARIES[fmt]} package, which is "
-                         f"not installed ({error.name})") from error
-    except Exception as error:  # the library's own error on a damaged or foreign file
-        message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
-        raise ImageError(f"{path}: not a readable {NAMES[fmt]} file ({type(error).__name__}"
-                         f"{': ' + message if message else ''}); the file may be truncated or corrupt") from error
+    return _one_line_errors(path, fmt, lambda: opener(path, scene or 0, axes))
 
 
 def scene_names(path: Path) -> list[str]:
     """Names of the scenes of a file (one entry for single-scene files and plain formats)."""
-    fmt = image_format(path)
-    if fmt == "czi":
-        with _czi(path) as czi:
-            return _czi_scene_names(czi, len(_czi_scenes(czi)))
-    if fmt in _BIOIO:
-        try:
+    fmt = image_format(path) or ""
+
+    def names() -> list[str]:
+        if fmt == "czi":
+            with _czi(path) as czi:
+                return _czi_scene_names(czi, len(_czi_scenes(czi)))
+        if fmt in _BIOIO:
             return [str(s) for s in _bioimage(path, fmt).scenes]
-        except Exception as error:
-            raise ImageError(f"{path}: not a readable {NAMES[fmt]} file ({type(error).__name__})") from error
-    return [Path(path).name]
+        return [Path(path).name]
+
+    return _one_line_errors(path, fmt, names)
+
+
+def _one_line_errors(path: Path, fmt: str, call: Callable[[], Any]) -> Any:
+    """``call()``, with a library's error on a damaged or foreign file turned into one ImageError."""
+    try:
+        return call()
+    except ImageError:
+        raise
+    except ModuleNotFoundError as error:
+        raise ImageError(f"{path}: reading {NAMES[fmt]} files needs the {LIBRARIES[fmt]} package, which is "
+                         f"not installed ({error.name})") from error
+    except Exception as error:
+        message = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        raise ImageError(f"{path}: not a readable {NAMES[fmt]} file ({type(error).__name__}"
+                         f"{': ' + message if message else ''}); the file may be truncated or corrupt") from error
 
 
 def _check_scene(path: Path, scene: int, count: int) -> None:
