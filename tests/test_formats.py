@@ -253,3 +253,27 @@ def test_viewer_overview_levels_build_for_a_czi_scene(tmp_path, arrays):
         half = pyramid.read(1)
         assert half.shape == (2, 125, 190)
         assert abs(float(half[1].mean()) - float(arrays[1][1].mean())) < 200
+
+
+def test_gui_adds_each_czi_scene_and_an_ome_zarr_folder_and_shows_a_scene(qtbot, tmp_path, arrays):
+    """Files dropped on the project browser: a two-scene CZI becomes two images, an OME-Zarr folder one."""
+    from app.core.settings import Settings
+    from app.gui.main import configure_pyqtgraph
+    from app.gui.main_window import MainWindow
+
+    configure_pyqtgraph()
+    window = MainWindow(Settings(), save_settings_on_close=False, detect_device=False)
+    qtbot.addWidget(window)
+    try:
+        assert window.new_project(tmp_path / "proj")
+        czi = write_czi(tmp_path / "slide.czi", arrays, ["DAPI", "SOX9"], 0.25)
+        zarr_path = write_zarr(tmp_path / "sec.ome.zarr", arrays[0], ["DAPI", "SOX9"], 0.5, levels=2)
+        window.browser.files_dropped.emit([czi, zarr_path])
+        assert [e.name for e in window.project.images()] == ["slide_scene-1", "slide_scene-2", "sec"]
+        window.open_image("slide_scene-2")
+        assert window.wait_until_ready(30) and window.current_image == "slide_scene-2"
+        assert not window.errors
+    finally:
+        window.confirm = lambda *args: True
+        window.queue.shutdown()
+        window.close()
