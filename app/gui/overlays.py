@@ -28,10 +28,10 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.edits import point_in_polygon
-from app.core.testis_classes import (  # one palette for stages and cell types lives in the core
+from app.pipelines.stagetool.classes import (  # one palette for stages and cell types: Stagetool's vocabulary
     CELL_TYPE_COLOURS, CELL_TYPES, CLASS_COLOURS, EXCLUDED_COLOUR, SELECTION_COLOUR, STAGES,
 )
-from app.core.testis_classes import STAGE_COLOURS as STAGE_COLOUR_MAP
+from app.pipelines.stagetool.classes import STAGE_COLOURS as STAGE_COLOUR_MAP
 
 EXCLUDED = "excluded"
 LAYER_ORDER = ("tubules", "objects", "nuclei", "cells")  # drawing order, bottom to top
