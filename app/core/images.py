@@ -340,7 +340,7 @@ def open_image(path: PathLike, axes: str | None = None) -> Image:
     if fmt in LIBRARY_FORMATS:
         from app.core.readers import open_library_image
 
-        return open_library_image(path, scene, axes)
+        return _from_library(open_library_image(path, scene), axes)
     if path.is_dir():
         raise ImageError(f"{path}: is a folder, not an image file")
     if scene:
@@ -362,6 +362,27 @@ def open_image(path: PathLike, axes: str | None = None) -> Image:
 
 
 LIBRARY_FORMATS = ("czi", "ome-zarr", "nd2", "lif", "vsi", "whole-slide")
+
+
+def _from_library(found: Any, axes: str | None) -> Image:
+    """An Image from what a reading library found (:class:`app.core.readers.LibraryImage`); closes it on failure."""
+    try:
+        levels = found.levels
+        dtype = np.dtype(levels[0].dtype)
+        _check_dtype(found.path, dtype)
+        layout = _map_axes(found.path, found.axes, tuple(int(s) for s in levels[0].shape), axes, rgb=found.rgb,
+                           alpha=False)
+        y, x = found.axes.index("Y"), found.axes.index("X")
+        info = ImageInfo(
+            path=found.ref, format=found.format, shape=layout.shape, dtype=dtype.newbyteorder("="), axes=layout.axes,
+            channel_names=list_channel_names(found.channel_names, _n(layout, "C"), rgb=found.rgb),
+            pixel_size_um=found.pixel_size_um, z_spacing_um=found.z_spacing_um,
+            levels=tuple((int(a.shape[y]), int(a.shape[x])) for a in levels), scene=found.scene, scenes=found.scenes)
+    except BaseException:
+        for close in found.closers:
+            close()
+        raise
+    return Image(info, layout, list(levels), list(found.closers))
 
 
 def read_image(path: PathLike, channel: ChannelKey | Sequence[ChannelKey] | None = None,

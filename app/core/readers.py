@@ -1,8 +1,9 @@
 """Microscope and slide-scanner formats read through their makers' or the community's libraries.
 
 :func:`app.core.images.open_image` sends every file that is not TIFF, PNG or JPEG here, by suffix
-(:mod:`app.core.formats`).  Each reader returns the same lazy :class:`~app.core.images.Image` as
-the TIFF reader: pixels stay on disk and a region read decodes only what it touches.
+(:mod:`app.core.formats`).  Each reader returns a :class:`LibraryImage` (lazy level arrays and
+metadata) that ``open_image`` makes into the same lazy Image as the TIFF reader: pixels stay on
+disk and a region read decodes only what it touches.
 
 * CZI (Zeiss): ``pylibCZIrw`` (Zeiss' own libCZI).  A region is one ``read(roi=...)`` per
   plane; scenes come from the subblocks' scene index (also when the metadata lists none).
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from dataclasses import dataclass
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -39,13 +41,13 @@ LIBRARIES: dict[str, str] = {
 NAMES = {"czi": "CZI", "ome-zarr": "OME-Zarr", "nd2": "ND2", "lif": "LIF", "vsi": "VSI", "whole-slide": "whole-slide (SVS/NDPI/SCN)"}
 
 
-def open_library_image(path: Path, scene: int | None, axes: str | None) -> Any:
+def open_library_image(path: Path, scene: int | None) -> LibraryImage:
     """Open ``path`` (scene ``scene``, 0-based) with the library for its format; ImageError if it cannot."""
     fmt = image_format(path) or ""
     opener = _OPENERS.get(fmt)
     if opener is None:
         raise ImageError(f"{path}: no reader for this kind of file")
-    return _one_line_errors(path, fmt, lambda: opener(path, scene or 0, axes))
+    return _one_line_errors(path, fmt, lambda: opener(path, scene or 0))
 
 
 def scene_names(path: Path) -> list[str]:
@@ -83,25 +85,40 @@ def _check_scene(path: Path, scene: int, count: int) -> None:
         raise ImageError(f"{path}: no scene {scene + 1}; the file has {count} scene(s), 1 to {count}")
 
 
-def _build(path: Path, fmt: str, native_axes: str, levels: Sequence[Any], axes: str | None,
-           channel_names: Sequence[Any] | None, pixel_size_um: Any, z_spacing_um: Any,
-           closers: Sequence[Callable[[], None]], scene: int, scenes: Sequence[str], rgb: bool) -> Any:
-    """An Image from native-order level arrays and the metadata the library found."""
-    from app.core import images
+@dataclass
+class LibraryImage:
+    """What a library found in one scene: its level arrays in the library's axis order and the metadata.
 
-    shape = tuple(int(s) for s in levels[0].shape)
-    dtype = np.dtype(levels[0].dtype)
-    images._check_dtype(path, dtype)
-    layout = images._map_axes(path, native_axes, shape, axes, rgb=rgb, alpha=False)
-    y, x = native_axes.index("Y"), native_axes.index("X")
-    names = images.list_channel_names([str(n) if n is not None else None for n in (channel_names or [])],
-                                      images._n(layout, "C"), rgb=rgb)
-    info = images.ImageInfo(
-        path=scene_ref(path, scene) if len(scenes) > 1 else str(path), format=fmt, shape=layout.shape, dtype=dtype.newbyteorder("="), axes=layout.axes,
-        channel_names=names, pixel_size_um=_positive(pixel_size_um), z_spacing_um=_positive(z_spacing_um),
-        levels=tuple((int(a.shape[y]), int(a.shape[x])) for a in levels), scene=scene,
-        scenes=tuple(str(s) for s in scenes))
-    return images.Image(info, layout, list(levels), list(closers))
+    :func:`app.core.images.open_image` turns it into an Image (axes mapped, dtype checked), so this
+    module needs nothing from ``images`` (no import loop).
+    """
+
+    path: Path
+    format: str
+    axes: str  # native order of the level arrays, e.g. "TCZYX"
+    levels: list[Any]
+    channel_names: list[str | None]
+    pixel_size_um: float | None
+    z_spacing_um: float | None
+    closers: list[Callable[[], None]]
+    scene: int
+    scenes: tuple[str, ...]
+    rgb: bool
+
+    @property
+    def ref(self) -> str:
+        """The image's name: ``file.czi#scene-N`` for a scene of a multi-scene file, else the file."""
+        return scene_ref(self.path, self.scene) if len(self.scenes) > 1 else str(self.path)
+
+
+def _build(path: Path, fmt: str, native_axes: str, levels: Sequence[Any], channel_names: Sequence[Any] | None,
+           pixel_size_um: Any, z_spacing_um: Any, closers: Sequence[Callable[[], None]], scene: int,
+           scenes: Sequence[str], rgb: bool) -> LibraryImage:
+    """A LibraryImage from native-order level arrays and the metadata the library found."""
+    return LibraryImage(path, fmt, native_axes, list(levels),
+                        [str(n) if n is not None else None for n in (channel_names or [])],
+                        _positive(pixel_size_um), _positive(z_spacing_um), list(closers), scene,
+                        tuple(str(s) for s in scenes), rgb)
 
 
 def _positive(value: Any) -> float | None:
@@ -156,7 +173,7 @@ def _dig(tree: Any, *keys: str) -> Any:
     return tree
 
 
-def _open_czi(path: Path, scene: int, axes: str | None) -> Any:
+def _open_czi(path: Path, scene: int) -> LibraryImage:
     """One scene of a CZI as a lazy T, C, Z, Y, X (+ S for RGB) array read through pylibCZIrw."""
     from pylibCZIrw import czi as pyczi
 
@@ -183,7 +200,7 @@ def _open_czi(path: Path, scene: int, axes: str | None) -> Any:
         sizes = {d.get("@Id"): d.get("Value") for d in _as_list(_dig(meta, "Scaling", "Items", "Distance"))
                  if isinstance(d, dict)}
         to_um = lambda v: _positive(v) and _positive(v) * 1e6  # noqa: E731  (CZI stores metres)
-        return _build(path, "czi", array.axes, [array], axes,
+        return _build(path, "czi", array.axes, [array],
                       [c.get("@Name") if isinstance(c, dict) else None for c in channels],
                       to_um(sizes.get("X")), to_um(sizes.get("Z")), closers, scene,
                       _czi_scene_names(czi, len(rects)), rgb)
@@ -255,7 +272,7 @@ def _bioimage(path: Path, fmt: str) -> Any:
     return BioImage(str(path), reader=Reader)
 
 
-def _open_bioio(path: Path, scene: int, axes: str | None) -> Any:
+def _open_bioio(path: Path, scene: int) -> LibraryImage:
     """One scene through a bioio plugin; each of its resolution levels is the plugin's dask array."""
     fmt = image_format(path) or ""
     image = _bioimage(path, fmt)
@@ -272,14 +289,14 @@ def _open_bioio(path: Path, scene: int, axes: str | None) -> Any:
     levels = [a for a in levels if all(a.shape[i] == levels[0].shape[i] for i in planar)]  # not Z-shrunk ones
     sizes = image.physical_pixel_sizes
     rgb = "S" in order and levels[0].shape[order.index("S")] in (3, 4)
-    return _build(path, fmt, order, levels, axes, image.channel_names, sizes.X, sizes.Z,
+    return _build(path, fmt, order, levels, image.channel_names, sizes.X, sizes.Z,
                   [getattr(image, "close", lambda: None)], scene, scenes, rgb)
 
 
 # ----------------------------------------------------------------------------------- whole slide
 
 
-def _open_slide(path: Path, scene: int, axes: str | None) -> Any:
+def _open_slide(path: Path, scene: int) -> LibraryImage:
     """A whole-slide scan through tiffslide: the slide's pyramid levels as its zarr arrays (Y, X, S)."""
     import tiffslide
 
@@ -293,7 +310,7 @@ def _open_slide(path: Path, scene: int, axes: str | None) -> Any:
         rgb = order == "YXS" and sample.shape[2] in (3, 4)
         if rgb and sample.shape[2] == 4:
             raise ImageError(f"{path}: RGBA slides are not supported")
-        return _build(path, "whole-slide", order, levels, axes, None,
+        return _build(path, "whole-slide", order, levels, None,
                       slide.properties.get("tiffslide.mpp-x"), None, [slide.close], scene,
                       [Path(path).name], rgb)
     except BaseException:
@@ -301,7 +318,7 @@ def _open_slide(path: Path, scene: int, axes: str | None) -> Any:
         raise
 
 
-_OPENERS: dict[str, Callable[[Path, int, str | None], Any]] = {
+_OPENERS: dict[str, Callable[[Path, int], LibraryImage]] = {
     "czi": _open_czi, "ome-zarr": _open_bioio, "nd2": _open_bioio, "lif": _open_bioio, "vsi": _open_bioio,
     "whole-slide": _open_slide,
 }
