@@ -8,6 +8,7 @@ their readers are checked to be registered and to refuse a damaged file in one l
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -255,7 +256,20 @@ def test_viewer_overview_levels_build_for_a_czi_scene(tmp_path, arrays):
         assert abs(float(half[1].mean()) - float(arrays[1][1].mean())) < 200
 
 
-def test_gui_adds_each_czi_scene_and_an_ome_zarr_folder_and_shows_a_scene(qtbot, tmp_path, arrays):
+def test_preload_imports_only_the_libraries_a_project_needs(tmp_path):
+    """In a fresh process (this one has them all): an OME-Zarr loads bioio's plugin, a TIFF nothing more, no libCZI."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from app.core.readers import preload; done = preload(['a/s.ome.zarr', 'b.tif', 'c.ome.tif']); "
+            "print(done, 'bioio_ome_zarr' in sys.modules, 'pylibCZIrw' in sys.modules, preload(['d.zarr']))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["['bioio',", "'bioio_ome_zarr']", "True", "False", "[]"]
+
+
+def test_gui_adds_each_czi_scene_and_an_ome_zarr_folder_and_shows_a_scene(qtbot, tmp_path, arrays, monkeypatch):
     """Files dropped on the project browser: a two-scene CZI becomes two images, an OME-Zarr folder one."""
     from app.core.settings import Settings
     from app.gui.main import configure_pyqtgraph
@@ -273,6 +287,15 @@ def test_gui_adds_each_czi_scene_and_an_ome_zarr_folder_and_shows_a_scene(qtbot,
         window.open_image("slide_scene-2")
         assert window.wait_until_ready(30) and window.current_image == "slide_scene-2"
         assert not window.errors
+        # opening the project again starts importing its readers in the background (seconds for OME-Zarr)
+        from app.gui import main_window
+
+        seen: list[list[str]] = []
+        monkeypatch.setattr(main_window, "preload_readers", lambda paths: seen.append([str(p) for p in paths]))
+        assert window.open_project(tmp_path / "proj")
+        window._preload.join(10)
+        assert len(seen) == 1 and any(p.endswith("sec.ome.zarr") for p in seen[0])
+        assert any(p.endswith("slide.czi#scene-2") for p in seen[0])
     finally:
         window.confirm = lambda *args: True
         window.queue.shutdown()

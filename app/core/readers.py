@@ -22,9 +22,10 @@ one :class:`~app.core.errors.ImageError` naming the file.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,35 @@ LIBRARIES: dict[str, str] = {
 }
 """Format -> the library that reads it (also shown in errors when the library is missing)."""
 NAMES = {"czi": "CZI", "ome-zarr": "OME-Zarr", "nd2": "ND2", "lif": "LIF", "vsi": "VSI", "whole-slide": "whole-slide (SVS/NDPI/SCN)"}
+
+
+_MODULES: dict[str, tuple[str, ...]] = {
+    "czi": ("pylibCZIrw.czi",), "ome-zarr": ("bioio", "bioio_ome_zarr"), "nd2": ("bioio", "bioio_nd2"),
+    "lif": ("bioio", "bioio_lif"), "vsi": ("bioio", "bioio_vsi"), "whole-slide": ("tiffslide",),
+}
+"""Format -> the modules its reader imports (bioio-ome-zarr's take seconds: ome-types' models, dask.array)."""
+
+
+def preload(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Import the reading libraries the given images need, so that the first one opened is not slowed by them.
+
+    Meant for a background thread when a project is opened; returns the modules it imported.  A library
+    that fails to import is skipped: opening the file reports it in one line.
+    """
+    import importlib
+    import sys
+
+    wanted = dict.fromkeys(m for p in paths for m in _MODULES.get(image_format(p) or "", ()))
+    done = []
+    for module in wanted:
+        if module in sys.modules:
+            continue
+        try:
+            importlib.import_module(module)
+        except Exception:  # noqa: BLE001 - reported when the file is opened
+            continue
+        done.append(module)
+    return done
 
 
 def open_library_image(path: Path, scene: int | None) -> LibraryImage:

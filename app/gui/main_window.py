@@ -9,6 +9,7 @@ are always read from the run folder (objects JSON + edits.json), never kept only
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from app.core.errors import UserError
 from app.core.formats import is_image_path, split_scene
 from app.core.images import list_images
 from app.core.pyramid import build_pyramid, pyramid_cache_dir
+from app.core.readers import preload as preload_readers
 from app.core.results import read_objects
 from app.core.settings import Settings, save_settings
 from app.gui.curation import (
@@ -395,6 +397,10 @@ class MainWindow(QMainWindow):
         self._doc = self._doc_key = None
         self.viewer.close_image()
         self.browser.set_project(project)
+        if project is not None:  # bioio-ome-zarr's import alone takes seconds: not on the first picture's time
+            paths = [e.path for e in project.images()]
+            self._preload = threading.Thread(target=preload_readers, args=(paths,), daemon=True, name="preload-readers")
+            self._preload.start()
         self.setWindowTitle(f"Stagescope - {project.name}" if project else "Stagescope")
         self.properties.show_info(f"Project {project.name}", {"folder": str(project.folder),
                                                               "images": len(project.images()),
