@@ -78,7 +78,7 @@ def test_curation_edits_write_the_edits_file_with_undo_redo(window, qtbot, tmp_p
     assert overlays.object_count() == 6 + 36
 
     # click a tubule (centre of the first disc) -> properties show it
-    window._clicked(200.0, 180.0, None)
+    window.curation.clicked(200.0, 180.0, None)
     assert window.properties.layer == "tubules" and window.properties.obj["id"] == 1
     assert window.properties.tubule_box.isVisibleTo(window.properties)
     window.restage("XII")
@@ -106,7 +106,7 @@ def test_curation_edits_write_the_edits_file_with_undo_redo(window, qtbot, tmp_p
     assert overlays.find("cells", 2) is None
     window.set_add_mode(True)
     window.properties.add_type.setCurrentText("Spc sec")
-    window._clicked(50.0, 60.0, None)
+    window.curation.clicked(50.0, 60.0, None)
     added = [c for c in overlays.layers["cells"].data.objects if c.get("added")]
     assert len(added) == 1 and added[0]["class"] == "Spc sec" and added[0]["centroid"] == [60.0, 50.0]
     assert added[0]["box"] == [45.0, 55.0, 55.0, 65.0]  # the median cell size (10 px) of this image
@@ -114,9 +114,9 @@ def test_curation_edits_write_the_edits_file_with_undo_redo(window, qtbot, tmp_p
     assert actions == ["restage_tubule", "retype_cell", "delete_cell", "add_cell"]
 
     # big layers are redrawn after an edit on a reader thread (same result)
-    import app.gui.main_window as main_window
+    import app.gui.results_controller as results_controller
 
-    main_window.BACKGROUND_EDIT_OBJECTS = 0
+    results_controller.BACKGROUND_EDIT_OBJECTS = 0
     try:
         window.select_object("cells", 3)
         assert overlays.find("cells", 3)["class"] == "Spc Pach"
@@ -127,10 +127,10 @@ def test_curation_edits_write_the_edits_file_with_undo_redo(window, qtbot, tmp_p
         window.actions["undo"].trigger()
         assert window.wait_until_ready(20) and overlays.find("cells", 3)["class"] == "Spc Pach"
     finally:
-        main_window.BACKGROUND_EDIT_OBJECTS = 5000
+        results_controller.BACKGROUND_EDIT_OBJECTS = 5000
 
     # reopening the image reads the edits back from disk
-    window.sessions.clear()
+    window.results.sessions.clear()
     window.open_image("section1")
     assert window.wait_until_ready(20)
     assert overlays.find("tubules", 1)["class"] == "XII" and overlays.find("cells", 2) is None
@@ -209,7 +209,7 @@ def test_screenshot_waits_for_the_picture(window, qtbot, tmp_path):
 
 
 def test_end_to_end_run_then_export_the_report(window, qtbot, tmp_path):
-    pytest.importorskip("app.pipelines.stagetool.tables")
+    from app.pipelines.stagetool import tables  # noqa: F401 - what the exporter writes through
     import openpyxl
 
     project = make_project(tmp_path, n_images=1)
@@ -220,7 +220,7 @@ def test_end_to_end_run_then_export_the_report(window, qtbot, tmp_path):
     window.select_object("tubules", 2)
     window.toggle_exclude()  # curation counts in the report
     window.export_report_dialog()
-    dialog = window._report_dialog
+    dialog = window.dialogs.report_dialog
     assert [e.image for e in dialog.chosen()] == ["section1"]
     dialog.name_edit.setText("e2e")
     with qtbot.waitSignal(dialog.report_written, timeout=20000):
@@ -266,7 +266,7 @@ def test_raw_predictions_with_analysis_time_edits_are_not_edited_twice(window, q
     """Stagetool keeps raw predictions and curated objects apart; edits given at analysis time seed curation."""
     from app.core.edits import make_edit
     from app.core.results import write_objects
-    from app.gui.report_exporter import curated_document, section_entries
+    from app.gui.report_sections import curated_document, section_entries
 
     from gui_fakes import fake_layers
 
@@ -305,10 +305,10 @@ def test_new_project_add_images_and_status_bar(window, qtbot, tmp_path):
     assert added == ["good"]
     assert window.errors[-1][0] == "Some images were not added" and "bad.tif" in window.errors[-1][2]
     assert window.wait_until_ready(20) and window.current_image == "good"
-    window._mouse_moved(100.4, 50.6)
+    window.hooks.mouse_moved(100.4, 50.6)
     assert window.coords_label.text() == "x 100  y 50"
     assert window.value_label.text().startswith("DAPI: ") and "marker1: " in window.value_label.text()
-    window._mouse_moved(-5, 10)
+    window.hooks.mouse_moved(-5, 10)
     assert window.coords_label.text() == ""
 
 
@@ -329,12 +329,11 @@ def test_unexpected_exceptions_are_shown_in_the_window(window, monkeypatch):
 
 def test_runs_on_several_images_go_to_the_settings_cluster(window, qtbot, tmp_path, monkeypatch):
     """With a run queue set (batch_cluster), a run on several images is one app.batch batch into a project run."""
-    pytest.importorskip("app.batch.runner")
     from types import SimpleNamespace
 
     import app.batch.pipelines as batch_pipelines
     import app.batch.runner as batch_runner
-    from app.core.project import Run, now_iso
+    from app.core.runs import Run, now_iso
     from app.core.results import write_objects
 
     from gui_fakes import FakeParams, fake_layers

@@ -162,7 +162,7 @@ def _project_with_antibody_run(tmp_path):
 
 
 def test_report_exporter_thresholds_preview_and_workbook(qtbot, tmp_path):
-    pytest.importorskip("app.pipelines.stagetool.tables")
+    from app.pipelines.stagetool import tables  # noqa: F401 - what the exporter writes through
     import openpyxl
 
     from app.core.edits import make_edit, write_edits
@@ -198,7 +198,7 @@ def test_report_exporter_thresholds_preview_and_workbook(qtbot, tmp_path):
 
 def test_report_sections_and_curated_documents(tmp_path):
     from app.core.edits import make_edit, write_edits
-    from app.gui.report_exporter import antibodies_of, cell_measures, curated_document, section_entries
+    from app.gui.report_sections import antibodies_of, cell_measures, curated_document, section_entries
 
     project, run = _project_with_antibody_run(tmp_path)
     write_edits(run.folder, [make_edit("retype_cell", "section2", 1, "m2m")])
@@ -238,7 +238,8 @@ def test_training_wizard_trains_and_saves_to_the_library(qtbot, tmp_path):
     from app.core.edits import make_edit, write_edits
     from app.core.paths import user_models_dir
     from app.gui.job_queue import JobQueue
-    from app.gui.training_wizard import Trainer, TrainingWizard, class_counts, project_sources
+    from app.gui.training_sources import Trainer, class_counts, project_sources
+    from app.gui.training_wizard import TrainingWizard
 
     project = make_project(tmp_path, n_images=1, with_run=True)
     run = project.runs()[0]

@@ -70,7 +70,8 @@ def test_one_palette_tells_every_stage_and_cell_type_apart():
 
 def test_other_pipelines_classes_stand_apart_from_each_other_and_kaizens_picture():
     """Kaizen and brightfield classes cycle a palette; the first ones share a view with Kaizen's generated picture."""
-    from app.gui.overlays import GENERATED_COLOUR, class_colour
+    from app.gui.overlays import class_colour
+    from app.gui.theme import GENERATED_COLOUR
 
     drawn = {f"class {i}": class_colour("objects", f"class {i}", i).name() for i in range(4)}
     assert _worst_pairs({**drawn, "generated objects": GENERATED_COLOUR, "selection": SELECTION_COLOUR,
@@ -236,7 +237,8 @@ def _wizard(qtbot, tmp_path, metrics):
 
     from app.core.settings import Settings
     from app.gui.job_queue import JobQueue
-    from app.gui.training_wizard import Trainer, TrainingWizard
+    from app.gui.training_sources import Trainer
+    from app.gui.training_wizard import TrainingWizard
     from app.pipelines.stagetool.params import TrainParams
 
     project = SimpleNamespace(images=lambda: [], runs=lambda *a, **k: [], folder=tmp_path, annotations_dir=tmp_path)
@@ -288,7 +290,8 @@ def test_zoom_text_is_empty_until_an_image_is_fitted(qtbot, tmp_path):
     import tifffile
 
     from app.gui.main import configure_pyqtgraph
-    from app.gui.tile_viewer import TileViewer, zoom_text
+    from app.gui.channel_display import zoom_text
+    from app.gui.tile_viewer import TileViewer
 
     assert zoom_text(1 / 704) == "70400%" and zoom_text(4.0) == "25%" and zoom_text(200.0) == "0.5%"
     assert zoom_text(0.0) == "" and zoom_text(float("nan")) == ""

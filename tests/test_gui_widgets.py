@@ -90,7 +90,8 @@ def _counting_job(n, delay=0.0, fail_at=None):
 
 
 def test_job_queue_runs_jobs_in_order_with_progress_and_results(qtbot):
-    from app.gui.job_queue import JobQueue, JobQueueWidget
+    from app.gui.job_queue import JobQueue
+    from app.gui.job_queue_widget import JobQueueWidget
 
     queue = JobQueue()
     widget = JobQueueWidget(queue)
@@ -111,7 +112,8 @@ def test_job_queue_runs_jobs_in_order_with_progress_and_results(qtbot):
 
 
 def test_job_failure_keeps_message_and_traceback(qtbot):
-    from app.gui.job_queue import JobQueue, JobQueueWidget
+    from app.gui.job_queue import JobQueue
+    from app.gui.job_queue_widget import JobQueueWidget
 
     queue = JobQueue()
     widget = JobQueueWidget(queue)
@@ -161,7 +163,7 @@ def test_a_job_in_another_lane_does_not_wait_for_the_main_lane(qtbot):
 
 
 def test_format_seconds():
-    from app.gui.job_queue import format_seconds
+    from app.gui.job_queue_widget import format_seconds
 
     assert (format_seconds(None), format_seconds(12.4), format_seconds(185), format_seconds(3725)) == \
         ("", "12 s", "3 min 05 s", "1 h 02 min")
@@ -173,7 +175,8 @@ def test_format_seconds():
 def test_overlays_draw_one_item_per_class_and_hit_test(qtbot):
     import pyqtgraph as pg
 
-    from app.gui.overlays import LayersPanel, OverlayManager
+    from app.gui.layers_panel import LayersPanel
+    from app.gui.overlays import OverlayManager
 
     widget = pg.GraphicsLayoutWidget()
     qtbot.addWidget(widget)
@@ -230,7 +233,7 @@ def test_overlays_draw_one_item_per_class_and_hit_test(qtbot):
 
 
 def test_generated_object_images_are_summed_in_place():
-    from app.gui.overlays import generated_objects_rgba
+    from app.gui.object_stack import generated_objects_rgba
 
     stack = {"images": np.ones((2, 3, 3), np.float32), "offsets": np.array([[0, 0], [1, 2]]),
              "shapes": np.array([[3, 3], [2, 3]])}
@@ -242,7 +245,7 @@ def test_generated_object_images_are_summed_in_place():
 
 
 def test_kaizen_objects_get_the_outline_of_their_whole_mask():
-    from app.gui.overlays import outline_objects_from_stack
+    from app.gui.object_stack import outline_objects_from_stack
 
     masks = np.zeros((2, 8, 8), bool)
     masks[0, 2:6, 1:5] = True  # a 4 x 4 square at crop (2, 1)
@@ -298,7 +301,9 @@ def test_excluded_tubules_are_drawn_apart():
 def test_viewer_shows_overview_then_detail_and_channel_changes(qtbot, tmp_path):
     from app.core.jobs import run
     from app.core.pyramid import build_pyramid
-    from app.gui.tile_viewer import ChannelPanel, TileViewer, composite
+    from app.gui.channel_display import composite
+    from app.gui.channel_panel import ChannelPanel
+    from app.gui.tile_viewer import TileViewer
 
     path = write_section(tmp_path / "s.ome.tif", height=1200, width=1600, channels=2)
     viewer = TileViewer()
@@ -337,7 +342,7 @@ def test_viewer_shows_overview_then_detail_and_channel_changes(qtbot, tmp_path):
     assert before.max() > 0
     # composite is additive and clipped
     data = np.array([[[0, 100]], [[100, 100]]], dtype=np.uint16)
-    from app.gui.tile_viewer import ChannelDisplay
+    from app.gui.channel_display import ChannelDisplay
 
     rgb = composite(data, [ChannelDisplay("a", "#ff0000", (0, 100)), ChannelDisplay("b", "#ff8000", (0, 100))])
     assert rgb[0, 0].tolist() == [255, 128, 0] and rgb[0, 1].tolist() == [255, 128, 0]

@@ -126,7 +126,8 @@ def _running_record(title: str = "Stagetool on 20 images"):
 
 
 def test_jobs_dock_shows_section_of_total_and_an_overall_bar(qtbot):
-    from app.gui.job_queue import JobQueue, JobQueueWidget
+    from app.gui.job_queue import JobQueue
+    from app.gui.job_queue_widget import JobQueueWidget
 
     queue = JobQueue()
     widget = JobQueueWidget(queue)
@@ -158,7 +159,8 @@ def test_jobs_dock_shows_section_of_total_and_an_overall_bar(qtbot):
 
 
 def test_long_titles_fit_the_job_column_and_keep_their_tooltip(qtbot):
-    from app.gui.job_queue import JobQueue, JobQueueWidget
+    from app.gui.job_queue import JobQueue
+    from app.gui.job_queue_widget import JobQueueWidget
 
     queue = JobQueue()
     widget = JobQueueWidget(queue)
@@ -262,6 +264,7 @@ def test_a_job_that_runs_out_of_disk_space_says_so(qtbot):
     assert "Traceback" in record.details
 
 
+@pytest.mark.slow
 def test_torch_libraries_load_before_the_import_without_breaking_it():
     """The preload maps libtorch_cpu (the GIL-free part of importing torch); torch works afterwards."""
     import json

@@ -23,6 +23,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.core.errors import UserError
+from app.gui.theme import error_style
 
 SCALES = (1, 2, 4)  # export resolution: screen pixels times this
 
@@ -80,7 +81,7 @@ class ImageMetadataDialog(QDialog):
         self.channels = QLineEdit(", ".join(entry.channels))
         self.channels.setPlaceholderText("e.g. DAPI, SOX9 (in the file's order)")
         self.error = QLabel("")
-        self.error.setStyleSheet("color: #d04040")
+        self.error.setStyleSheet(error_style())
         self.error.setWordWrap(True)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self.accept)

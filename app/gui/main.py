@@ -21,30 +21,10 @@ def configure_pyqtgraph() -> None:
     """Row-major images everywhere (numpy's (row, column) order), set once at start-up."""
     import pyqtgraph as pg
 
-    pg.setConfigOptions(imageAxisOrder="row-major", antialias=False, background="k", foreground="w")
+    from app.gui.theme import PLOT_BACKGROUND, PLOT_FOREGROUND
 
-
-def apply_theme(app: Any, theme: str) -> None:
-    """Light, dark or the system's look (Fusion style for light and dark, so they look the same everywhere)."""
-    from PySide6.QtGui import QColor, QPalette
-
-    if theme == "system":
-        return
-    app.setStyle("Fusion")
-    if theme == "light":
-        app.setPalette(app.style().standardPalette())
-        return
-    palette = QPalette()
-    role = QPalette.ColorRole
-    for key, colour in ((role.Window, "#2b2b2b"), (role.WindowText, "#e6e6e6"), (role.Base, "#1e1e1e"),
-                        (role.AlternateBase, "#2b2b2b"), (role.ToolTipBase, "#3a3a3a"), (role.ToolTipText, "#e6e6e6"),
-                        (role.Text, "#e6e6e6"), (role.Button, "#353535"), (role.ButtonText, "#e6e6e6"),
-                        (role.BrightText, "#ff5555"), (role.Highlight, "#2f65ca"), (role.HighlightedText, "#ffffff"),
-                        (role.Link, "#6ea8ff"), (role.PlaceholderText, "#8a8a8a")):
-        palette.setColor(key, QColor(colour))
-    palette.setColor(QPalette.ColorGroup.Disabled, role.Text, QColor("#7a7a7a"))
-    palette.setColor(QPalette.ColorGroup.Disabled, role.ButtonText, QColor("#7a7a7a"))
-    app.setPalette(palette)
+    pg.setConfigOptions(imageAxisOrder="row-major", antialias=False, background=PLOT_BACKGROUND,
+                        foreground=PLOT_FOREGROUND)
 
 
 def sample_project_job(folder: Path):
@@ -125,6 +105,7 @@ def main(args: Any) -> int:
 
     from app.core.settings import load_settings
     from app.gui.main_window import MainWindow
+    from app.gui.palette import apply_theme
     from app.gui.workers import freeze_gc_heap
 
     configure_pyqtgraph()

@@ -7,47 +7,38 @@ objects): zoomed out, one item per class; zoomed in, one per spatial chunk of 20
 only the chunks in view are painted.  50 000 cells cost nine items (or a few hundred small ones),
 never 50 000.  Tubules are coloured by stage,
 cells by type; excluded tubules are drawn dashed grey.  :func:`prepare_layer` does the numpy work
-and may run on a background thread; items are made on the GUI thread.  :class:`LayersPanel` is the
-legend: layer and class toggles with colours and counts, and an opacity slider per layer.
+(with :mod:`app.gui.overlay_data`) and may run on a background thread; items are made on the GUI
+thread.  :class:`app.gui.layers_panel.LayersPanel` is the legend.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
-from pyqtgraph.Qt.internals import PrimitiveArray
-from pyqtgraph.graphicsItems.PlotCurveItem import arrayToLineSegments
-from PySide6.QtCore import QObject, QPointF, QRectF, Qt, Signal
-from PySide6.QtGui import QColor, QIcon, QPen, QPixmap
-from PySide6.QtWidgets import (
-    QGraphicsItem, QHeaderView, QSlider, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget,
-)
+from PySide6.QtCore import QObject, QRectF, Qt, Signal
+from PySide6.QtGui import QColor, QPen
+from PySide6.QtWidgets import QGraphicsItem
 
 from app.core.edits import point_in_polygon
+from app.gui.overlay_data import (
+    CHUNK, EXCLUDED, ClassDrawing, LayerData, Primitives, chunk_keys, draw_class, line_primitives, object_box,
+    outline_arrays, point_primitives,
+)
+from app.gui.theme import DEFAULT_LAYER_WIDTH, GENERIC_COLOURS, LAYER_WIDTH, SELECTION_WIDTH
 from app.pipelines.stagetool.classes import (  # one palette for stages and cell types: Stagetool's vocabulary
     CELL_TYPE_COLOURS, CELL_TYPES, CLASS_COLOURS, EXCLUDED_COLOUR, SELECTION_COLOUR, STAGES,
 )
 from app.pipelines.stagetool.classes import STAGE_COLOURS as STAGE_COLOUR_MAP
 
-EXCLUDED = "excluded"
 LAYER_ORDER = ("tubules", "objects", "nuclei", "cells")  # drawing order, bottom to top
 LAYER_Z = {name: 10 + i for i, name in enumerate(LAYER_ORDER)}
 SELECTION_Z = 30
-CHUNK = 2048.0  # side (image pixels) of the spatial chunks a class's outlines are split into
 FINE_VIEW_WIDTH = 4 * CHUNK  # views narrower than this draw chunk items (only those in view are painted)
-LAYER_WIDTH = {"tubules": 2.0}
-OPACITY_WIDTH = 70  # legend column holding each layer's opacity slider
 STAGE_COLOURS = tuple(STAGE_COLOUR_MAP[s] for s in STAGES)
 CELL_COLOURS = tuple(CELL_TYPE_COLOURS[t] for t in CELL_TYPES)
-# Classes of other pipelines (Kaizen objects, brightfield nuclei) cycle through the same palette, in an
-# order whose first entries also stand apart from Kaizen's generated-object picture (GENERATED_COLOUR)
-# drawn under them; tests/test_gui_look.py checks it.
-GENERIC_COLOURS = ("#00e1e1", "#ffc300", "#00b45a", "#ff5a00", "#ffff96", "#c3ffd2", "#ffb496", "#698700")
-GENERATED_COLOUR = "#ff4fd8"
 
 
 def class_colour(layer: str, name: str, index: int) -> QColor:
@@ -57,121 +48,6 @@ def class_colour(layer: str, name: str, index: int) -> QColor:
     if name in CLASS_COLOURS:
         return QColor(CLASS_COLOURS[name])
     return QColor(GENERIC_COLOURS[index % len(GENERIC_COLOURS)])
-
-
-@dataclass
-class Primitives:
-    """Ready-to-paint QLineF or QPointF memory (pyqtgraph's PrimitiveArray) with its bounding box."""
-
-    array: Any
-    rect: tuple[float, float, float, float]  # x, y, w, h
-    count: int
-
-
-@dataclass
-class ClassDrawing:
-    """One class of a layer, prepared off the GUI thread: chunked outlines, all outlines, centre dots."""
-
-    chunks: list[Primitives]
-    whole: Primitives | None
-    points: Primitives
-
-
-def _bounds(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float, float]:
-    if not len(x):
-        return (0.0, 0.0, 0.0, 0.0)
-    return (float(x.min()), float(y.min()), float(np.ptp(x)), float(np.ptp(y)))
-
-
-def line_primitives(x: np.ndarray, y: np.ndarray, connect: np.ndarray) -> Primitives:
-    """Line segments of outlines (no Qt objects are made: safe on a reader thread)."""
-    array = arrayToLineSegments(x, y, connect=connect, finiteCheck=False)
-    return Primitives(array, _bounds(x, y), len(array))
-
-
-def point_primitives(boxes: np.ndarray) -> Primitives:
-    """Box centres as points (no Qt objects are made: safe on a reader thread)."""
-    array = PrimitiveArray(QPointF, 2)
-    array.resize(len(boxes))
-    if not len(boxes):
-        return Primitives(array, (0.0, 0.0, 0.0, 0.0), 0)
-    memory = array.ndarray()
-    memory[:, 0] = (boxes[:, 0] + boxes[:, 2]) / 2
-    memory[:, 1] = (boxes[:, 1] + boxes[:, 3]) / 2
-    return Primitives(array, _bounds(memory[:, 0], memory[:, 1]), len(boxes))
-
-
-@dataclass
-class LayerData:
-    """A layer's objects as arrays for drawing and hit testing (no Qt: may be built off the GUI thread)."""
-
-    name: str
-    objects: list[dict[str, Any]]
-    classes: list[str]  # draw class per object (stage/type, or "excluded")
-    class_names: list[str]  # ordered, each once
-    boxes: np.ndarray  # (N, 4) x0, y0, x1, y1
-    outlines: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]]  # class -> per chunk: x, y, connect
-    drawings: dict[str, ClassDrawing] = field(default_factory=dict)  # class -> ready-to-paint arrays
-
-    def counts(self) -> dict[str, int]:
-        values, counts = np.unique(np.asarray(self.classes, dtype=object), return_counts=True) if self.classes \
-            else ([], [])
-        return {str(v): int(c) for v, c in zip(values, counts)}
-
-
-def object_box(obj: dict[str, Any]) -> tuple[float, float, float, float]:
-    """An object's box; from its polygon or centroid when it has none."""
-    box = obj.get("box")
-    if box is not None and len(box) == 4:
-        return tuple(float(v) for v in box)  # type: ignore[return-value]
-    polygon = obj.get("polygon")
-    if polygon:
-        points = np.asarray(polygon, dtype=float)
-        return (points[:, 0].min(), points[:, 1].min(), points[:, 0].max(), points[:, 1].max())
-    y, x = obj.get("centroid", (0.0, 0.0))
-    return (x - 2, y - 2, x + 2, y + 2)
-
-
-def draw_class(obj: dict[str, Any]) -> str:
-    """The class an object is drawn as (excluded objects are drawn apart)."""
-    return EXCLUDED if obj.get("excluded") else str(obj.get("class", "object"))
-
-
-def outline_arrays(objects: Sequence[dict[str, Any]], boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """x, y and connect arrays drawing the closed outline of each object (polygon, else box)."""
-    if not len(objects):
-        empty = np.zeros(0)
-        return empty, empty, np.zeros(0, dtype=bool)
-    with_polygon = np.array([bool(o.get("polygon")) and len(o["polygon"]) >= 3 for o in objects])
-    parts_x, parts_y, parts_c = [], [], []
-    if (~with_polygon).any():
-        b = boxes[~with_polygon]
-        xs = np.stack([b[:, 0], b[:, 2], b[:, 2], b[:, 0], b[:, 0]], axis=1)
-        ys = np.stack([b[:, 1], b[:, 1], b[:, 3], b[:, 3], b[:, 1]], axis=1)
-        connect = np.ones(xs.shape, dtype=bool)
-        connect[:, -1] = False
-        parts_x.append(xs.ravel())
-        parts_y.append(ys.ravel())
-        parts_c.append(connect.ravel())
-    if with_polygon.any():
-        polygons = [np.asarray(o["polygon"], dtype=float) for o, p in zip(objects, with_polygon) if p]
-        closed = [np.vstack([p, p[:1]]) for p in polygons]
-        points = np.concatenate(closed)
-        connect = np.ones(len(points), dtype=bool)
-        connect[np.cumsum([len(p) for p in closed]) - 1] = False
-        parts_x.append(points[:, 0])
-        parts_y.append(points[:, 1])
-        parts_c.append(connect)
-    return np.concatenate(parts_x), np.concatenate(parts_y), np.concatenate(parts_c)
-
-
-def chunk_keys(boxes: np.ndarray, chunk: float = CHUNK) -> np.ndarray:
-    """The spatial chunk of each object (by its box centre), as one integer per object."""
-    if not len(boxes):
-        return np.zeros(0, dtype=np.int64)
-    cx = ((boxes[:, 0] + boxes[:, 2]) / 2 // chunk).astype(np.int64)
-    cy = ((boxes[:, 1] + boxes[:, 3]) / 2 // chunk).astype(np.int64)
-    return cy * 1_000_003 + cx
 
 
 def prepare_layer(name: str, objects: list[dict[str, Any]], chunk: float = CHUNK) -> LayerData:
@@ -204,6 +80,7 @@ def prepare_layer(name: str, objects: list[dict[str, Any]], chunk: float = CHUNK
 def prepare_document(doc: dict[str, Any]) -> dict[str, LayerData]:
     """Arrays for every layer of an objects document."""
     return {name: prepare_layer(name, list(objects or [])) for name, objects in (doc.get("layers") or {}).items()}
+
 
 
 class PrimitivesItem(QGraphicsItem):
@@ -271,7 +148,7 @@ class OverlayLayer:
         return class_colour(self.name, cls, self.data.class_names.index(cls) if cls in self.data.class_names else 0)
 
     def _pen(self, cls: str) -> QPen:
-        pen = pg.mkPen(self.colour(cls), width=LAYER_WIDTH.get(self.name, 1.5))
+        pen = pg.mkPen(self.colour(cls), width=LAYER_WIDTH.get(self.name, DEFAULT_LAYER_WIDTH))
         pen.setCosmetic(True)
         if cls == EXCLUDED:
             pen.setStyle(Qt.PenStyle.DashLine)
@@ -379,6 +256,7 @@ class OverlayManager(QObject):
     """The overlay layers shown on a view box, the selection highlight, and hit tests."""
 
     layers_changed = Signal()
+    selection_changed = Signal(object)  # (layer, object) or None, after every select()
 
     def __init__(self, view_box: pg.ViewBox, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -386,7 +264,7 @@ class OverlayManager(QObject):
         self.layers: dict[str, OverlayLayer] = {}
         self.document: dict[str, Any] | None = None
         self.selected: tuple[str, dict[str, Any]] | None = None
-        pen = pg.mkPen(SELECTION_COLOUR, width=3.0)
+        pen = pg.mkPen(SELECTION_COLOUR, width=SELECTION_WIDTH)
         pen.setCosmetic(True)
         self._highlight = pg.PlotCurveItem(pen=pen, antialias=True)
         self._highlight.setZValue(SELECTION_Z)
@@ -497,10 +375,11 @@ class OverlayManager(QObject):
         self.selected = selection
         if selection is None:
             self._highlight.setData(x=np.zeros(0), y=np.zeros(0))
-            return
-        obj = selection[1]
-        x, y, connect = outline_arrays([obj], np.array([object_box(obj)], dtype=float))
-        self._highlight.setData(x=x, y=y, connect=connect)
+        else:
+            obj = selection[1]
+            x, y, connect = outline_arrays([obj], np.array([object_box(obj)], dtype=float))
+            self._highlight.setData(x=x, y=y, connect=connect)
+        self.selection_changed.emit(selection)
 
     def _reselect(self) -> None:
         if self.selected is None:
@@ -509,180 +388,6 @@ class OverlayManager(QObject):
         self.select((layer, found) if (found := self.find(layer, obj.get("id"))) is not None else None)
 
 
-def colour_icon(colour: QColor, dashed: bool = False, size: int = 14) -> QIcon:
-    """A small square swatch of a class colour for the legend."""
-    pixmap = QPixmap(size, size)
-    pixmap.fill(Qt.GlobalColor.transparent if dashed else colour)
-    if dashed:
-        from PySide6.QtGui import QPainter
-
-        painter = QPainter(pixmap)
-        pen = QPen(colour, 2, Qt.PenStyle.DashLine)
-        painter.setPen(pen)
-        painter.drawRect(1, 1, size - 3, size - 3)
-        painter.end()
-    return QIcon(pixmap)
-
-
-class LayersPanel(QWidget):
-    """Legend and controls of the overlay layers: toggles per layer and class, opacity per layer."""
-
-    def __init__(self, overlays: OverlayManager, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.overlays = overlays
-        self.tree = QTreeWidget()
-        self.tree.setHeaderLabels(["Layer / class", "Count", "Opacity"])
-        header = self.tree.header()
-        header.setStretchLastSection(False)
-        # names are never elided: the name column fits its longest entry and the panel asks for that width
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
-        header.setSectionResizeMode(2, QHeaderView.ResizeMode.Fixed)
-        self.tree.setColumnWidth(2, OPACITY_WIDTH)
-        self.tree.setTextElideMode(Qt.TextElideMode.ElideNone)
-        self.tree.itemChanged.connect(self._item_changed)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(2, 2, 2, 2)
-        layout.addWidget(self.tree)
-        self._updating = False
-        overlays.layers_changed.connect(self.refresh)
-        self.refresh()
-
-    def refresh(self) -> None:
-        """Rebuild the legend from the current layers."""
-        self._updating = True
-        self.tree.clear()
-        for name in sorted(self.overlays.layers, key=lambda n: LAYER_ORDER.index(n) if n in LAYER_ORDER else 99):
-            layer = self.overlays.layers[name]
-            counts = layer.data.counts()
-            top = QTreeWidgetItem([name, str(len(layer.data.objects)), ""])
-            top.setFlags(top.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            top.setCheckState(0, Qt.CheckState.Checked if layer.visible else Qt.CheckState.Unchecked)
-            top.setData(0, Qt.ItemDataRole.UserRole, (name, None))
-            self.tree.addTopLevelItem(top)
-            for cls in layer.data.class_names:
-                child = QTreeWidgetItem([cls, str(counts.get(cls, 0)), ""])
-                child.setIcon(0, colour_icon(layer.colour(cls), dashed=cls == EXCLUDED))
-                child.setFlags(child.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-                visible = cls not in layer.hidden_classes
-                child.setCheckState(0, Qt.CheckState.Checked if visible else Qt.CheckState.Unchecked)
-                child.setData(0, Qt.ItemDataRole.UserRole, (name, cls))
-                top.addChild(child)
-            slider = QSlider(Qt.Orientation.Horizontal)
-            slider.setRange(0, 100)
-            slider.setValue(int(layer.opacity * 100))
-            slider.setToolTip(f"Opacity of the {name} layer")
-            slider.valueChanged.connect(lambda value, n=name: self._set_opacity(n, value))
-            self.tree.setItemWidget(top, 2, slider)
-            top.setExpanded(True)
-        for name, image_item in self.overlays.image_layers.items():
-            top = QTreeWidgetItem([name, "image", ""])
-            top.setFlags(top.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            top.setCheckState(0, Qt.CheckState.Checked if image_item.isVisible() else Qt.CheckState.Unchecked)
-            top.setData(0, Qt.ItemDataRole.UserRole, (name, "__image__"))
-            self.tree.addTopLevelItem(top)
-            slider = QSlider(Qt.Orientation.Horizontal)
-            slider.setRange(0, 100)
-            slider.setValue(int(image_item.opacity() * 100))
-            slider.valueChanged.connect(lambda value, n=name: self._set_opacity(n, value))
-            self.tree.setItemWidget(top, 2, slider)
-        self._updating = False
-        self._fit_width()
-
-    def _fit_width(self) -> None:
-        """Ask for the width that shows every layer and class name whole (the dock grows to it)."""
-        header = self.tree.header()
-        columns = sum(max(self.tree.sizeHintForColumn(i), header.sectionSizeHint(i)) for i in range(2))
-        needed = (columns + OPACITY_WIDTH + 2 * self.tree.frameWidth()
-                  + self.tree.verticalScrollBar().sizeHint().width() + 4)
-        self.tree.setMinimumWidth(max(needed, 160))
-
-    def _set_opacity(self, name: str, value: int) -> None:
-        if name in self.overlays.layers:
-            self.overlays.layers[name].set_opacity(value / 100)
-        elif name in self.overlays.image_layers:
-            self.overlays.image_layers[name].setOpacity(value / 100)
-
-    def _item_changed(self, item: QTreeWidgetItem, column: int) -> None:
-        if self._updating or column != 0:
-            return
-        name, cls = item.data(0, Qt.ItemDataRole.UserRole)
-        if cls == "__image__" and name in self.overlays.image_layers:
-            self.overlays.image_layers[name].setVisible(item.checkState(0) == Qt.CheckState.Checked)
-            return
-        layer = self.overlays.layers.get(name)
-        if layer is None:
-            return
-        checked = item.checkState(0) == Qt.CheckState.Checked
-        if cls is None:
-            layer.set_visible(checked)
-        else:
-            layer.set_class_visible(cls, checked)
-
-    def set_layer_visible(self, name: str, visible: bool) -> None:
-        """Toggle a layer from a menu action (keeps the check box in step)."""
-        for i in range(self.tree.topLevelItemCount()):
-            item = self.tree.topLevelItem(i)
-            if item.data(0, Qt.ItemDataRole.UserRole)[0] == name:
-                item.setCheckState(0, Qt.CheckState.Checked if visible else Qt.CheckState.Unchecked)
-
-
 def layer_names(layers: Iterable[str]) -> list[str]:
     """Layer names in drawing order."""
     return sorted(layers, key=lambda n: LAYER_ORDER.index(n) if n in LAYER_ORDER else 99)
-
-
-def generated_objects_rgba(stack: dict[str, np.ndarray], colour: str = GENERATED_COLOUR) -> tuple[np.ndarray, tuple]:
-    """Kaizen's generated object images (an ``objects.npz`` stack) summed in place as an RGBA picture.
-
-    Returns the picture and its rect (x, y, w, h) in image pixels; alpha follows the intensity so
-    the section shows through where nothing was generated.  No Qt: runs on the reader thread.
-    """
-    images, offsets = stack["images"], stack["offsets"]
-    shapes = stack.get("shapes", np.array([im.shape for im in images]))
-    if not len(images):
-        return np.zeros((1, 1, 4), np.uint8), (0.0, 0.0, 1.0, 1.0)
-    height = int(max(o[0] + s[0] for o, s in zip(offsets, shapes)))
-    width = int(max(o[1] + s[1] for o, s in zip(offsets, shapes)))
-    total = np.zeros((height, width), np.float32)
-    for image, (y, x), (h, w) in zip(images, offsets, shapes):
-        y0, x0 = max(int(y), 0), max(int(x), 0)
-        crop = image[y0 - int(y): int(h), x0 - int(x): int(w)]
-        total[y0: y0 + crop.shape[0], x0: x0 + crop.shape[1]] += crop
-    top = float(np.percentile(total[total > 0], 99.5)) if (total > 0).any() else 1.0
-    level = np.clip(total / max(top, 1e-12), 0, 1)
-    text = colour.lstrip("#")
-    rgb = [int(text[i: i + 2], 16) for i in (0, 2, 4)]
-    rgba = np.empty((height, width, 4), np.uint8)
-    for channel, value in enumerate(rgb):
-        rgba[..., channel] = (level * value).astype(np.uint8)
-    rgba[..., 3] = (level * 255).astype(np.uint8)
-    return rgba, (0.0, 0.0, float(width), float(height))
-
-
-def outline_objects_from_stack(doc: dict, stack: dict[str, np.ndarray], tolerance: float = 0.5) -> int:
-    """Give objects without a ``polygon`` the outline of their mask in a Kaizen object stack (by id).
-
-    Kaizen's objects.json holds boxes; its ``objects.npz`` holds each object's whole mask (overlaps
-    kept), so the viewer draws outlines rather than boxes.  Changes ``doc`` in place; returns how
-    many objects got an outline.  No Qt: runs on the reader thread.
-    """
-    from app.core.annotations import mask_to_polygons
-
-    if "masks" not in stack or "offsets" not in stack:
-        return 0
-    ids = stack.get("ids", np.arange(1, len(stack["masks"]) + 1))
-    shapes = stack.get("shapes", np.array([m.shape for m in stack["masks"]]))
-    by_id = {int(i): k for k, i in enumerate(ids)}
-    count = 0
-    for objects in (doc.get("layers") or {}).values():
-        for obj in objects:
-            k = by_id.get(int(obj.get("id", -1))) if not obj.get("polygon") else None
-            if k is None:
-                continue
-            h, w = (int(v) for v in shapes[k])
-            rings = mask_to_polygons(stack["masks"][k][:h, :w], tolerance, tuple(int(v) for v in stack["offsets"][k]))
-            if rings:
-                obj["polygon"] = max(rings, key=len).tolist()
-                count += 1
-    return count

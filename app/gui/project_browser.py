@@ -30,7 +30,7 @@ IMAGE, GROUP, RUN, RUN_IMAGE, REPORT, SECTION = range(6)
 
 def thumbnail_array(path: Path, cache_dir: Path | None, size: int = THUMB) -> np.ndarray | None:
     """A small (h, w, 3) uint8 picture of an image (first channels as gray or RGB), or None if too big."""
-    from app.gui.tile_viewer import channel_stats, composite, default_colours, ChannelDisplay
+    from app.gui.channel_display import channel_stats, composite, default_colours, ChannelDisplay
 
     with open_pyramid(path, cache_dir) as pyramid:
         level = pyramid.overview_level()

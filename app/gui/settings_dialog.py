@@ -15,6 +15,7 @@ from PySide6.QtWidgets import (
 
 from app.core.paths import settings_path
 from app.core.settings import DEVICES, THEMES, Settings, check_batch_cluster
+from app.gui.theme import error_style
 
 NO_DEFAULT = "(first available)"
 
@@ -141,7 +142,7 @@ class RunQueueChoice(QGroupBox):
         self.workers.setValue(2)
         self.workers.setSuffix(" workers")
         self.error = QLabel("")
-        self.error.setStyleSheet("color: #d32f2f")
+        self.error.setStyleSheet(error_style())
         self.error.setWordWrap(True)
         note = QLabel("Batches of sections run there (stagescope batch analyze --scheduler / --cluster); "
                       "a single run from the run panel stays on this computer.")

@@ -5,7 +5,7 @@ level that fits 2048 px) at once and, when zoomed in past it, a *detail* picture
 region (plus a margin) read from the coarsest level that is still as fine as the screen.  All reads
 and the colour compositing run on one background thread (newest request wins); the GUI thread only
 places finished RGB pictures, so panning never waits for the disk.  Channels are composited
-additively, each with its colour, contrast levels and visibility (:class:`ChannelPanel` edits them
+additively, each with its colour, contrast levels and visibility (:class:`app.gui.channel_panel.ChannelPanel` edits them
 with a histogram).  A scale bar appears when the pixel size is known; overlays come from
 :mod:`app.gui.overlays`.  Coordinates in the view are level-0 image pixels (x right, y down).
 """
@@ -14,155 +14,33 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
-from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
-    QColorDialog, QHBoxLayout, QLabel, QListWidget, QListWidgetItem, QPushButton, QSlider, QVBoxLayout, QWidget,
+    QHBoxLayout, QLabel, QPushButton, QSlider, QVBoxLayout, QWidget,
 )
 
-from app.core.pyramid import OVERVIEW_SIDE, Pyramid, open_pyramid
-from app.gui.overlays import OverlayManager, colour_icon
+from app.core.pyramid import OVERVIEW_SIDE, Pyramid
+from app.gui.channel_display import (
+    ChannelDisplay, Picture, composite_task, open_task, read_task, zoom_text,
+)
+from app.gui.overlays import OverlayManager
+from app.gui.theme import PLOT_BACKGROUND, SCALE_BAR_COLOUR, TITLE_STYLE, Z_SLIDER_WIDTH
 from app.gui.workers import BackgroundRunner
 
 DEBOUNCE_MS = 60  # wait for the view to settle this long before reading its detail
 DETAIL_MARGIN = 0.15  # share of the view added on each side of a detail read
-NAMED_COLOURS = {"dapi": "#5a8cff", "hoechst": "#5a8cff"}
-PALETTE = ("#5a8cff", "#3cff5a", "#ff3cff", "#ff5a3c", "#ffe43c", "#3ce4ff", "#ffa03c")
-
-
-def zoom_text(image_px_per_screen_px: float) -> str:
-    """Zoom as a plain percentage of the image's pixels ("25%", "400%", "0.5%"); "" when undefined."""
-    if not (image_px_per_screen_px > 0 and math.isfinite(image_px_per_screen_px)):
-        return ""
-    percent = 100.0 / image_px_per_screen_px
-    return f"{percent:.0f}%" if percent >= 10 else f"{percent:.2g}%"
-
-
-@dataclass
-class ChannelDisplay:
-    """How one channel is drawn: colour, contrast levels, visibility; histogram for the panel."""
-
-    name: str
-    colour: str = "#ffffff"
-    levels: tuple[float, float] = (0.0, 1.0)
-    visible: bool = True
-    auto_levels: tuple[float, float] = (0.0, 1.0)
-    histogram: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
-
-
-def default_colours(names: list[str]) -> list[str]:
-    """White for a single channel; DAPI blue and then a bright palette for several."""
-    if len(names) == 1:
-        return ["#ffffff"]
-    colours, palette = [], [c for c in PALETTE]
-    for name in names:
-        named = NAMED_COLOURS.get(name.lower().strip())
-        if named is not None:
-            colours.append(named)
-            if named in palette:
-                palette.remove(named)
-        else:
-            colours.append("")
-    it = iter(palette * 4)
-    return [c or next(it) for c in colours]
-
-
-def _sample(plane: np.ndarray, limit: int = 512) -> np.ndarray:
-    """A strided subsample of a plane with at most about ``limit`` x ``limit`` pixels."""
-    step = max(1, int(np.ceil(max(plane.shape) / limit)))
-    return plane[::step, ::step]
-
-
-def channel_stats(data: np.ndarray) -> list[tuple[tuple[float, float], tuple[np.ndarray, np.ndarray]]]:
-    """Per channel of (C, h, w): auto levels (0.5 and 99.9 percentiles) and a 128-bin histogram."""
-    stats = []
-    for plane in data:
-        sample = _sample(plane)
-        if sample.size == 0:
-            stats.append(((0.0, 1.0), (np.zeros(1), np.array([0.0, 1.0]))))
-            continue
-        if sample.dtype in (np.uint8, np.uint16):  # exact percentiles from value counts: fast
-            counts = np.bincount(sample.ravel())
-            cumulative = np.cumsum(counts) / sample.size
-            lo, hi = (float(np.searchsorted(cumulative, q)) for q in (0.005, 0.999))
-            low, top = float(np.flatnonzero(counts)[0]), float(len(counts) - 1)
-        else:
-            values = sample.astype(np.float32)
-            lo, hi = (float(v) for v in np.percentile(values, [0.5, 99.9]))
-            low, top = float(values.min()), float(values.max())
-        if hi <= lo:
-            hi = lo + 1.0
-        top = top if top > low else low + 1.0
-        counts, edges = np.histogram(sample, bins=128, range=(low, top))
-        stats.append(((lo, hi), (counts, edges)))
-    return stats
-
-
-def hex_rgb(colour: str) -> tuple[int, int, int]:
-    """``#rrggbb`` as (r, g, b) without Qt (composites are made on the reader thread)."""
-    text = colour.lstrip("#")
-    return int(text[0:2], 16), int(text[2:4], 16), int(text[4:6], 16)
-
-
-def _packed_lut(display: ChannelDisplay, dtype: np.dtype) -> np.ndarray:
-    """Value -> colour packed as 10-bit R, G, B fields of a uint32 (sums of 4 channels cannot overflow)."""
-    values = np.arange(256 if dtype == np.uint8 else 65536, dtype=np.float32)
-    lo, hi = display.levels
-    ramp = np.clip((values - lo) / max(hi - lo, 1e-12), 0, 1)
-    r, g, b = (np.rint(ramp * c).astype(np.uint32) for c in hex_rgb(display.colour))
-    return r | (g << 10) | (b << 20)
-
-
-def composite(data: np.ndarray, displays: list[ChannelDisplay]) -> np.ndarray:
-    """Additive colour composite of a (C, h, w) array as (h, w, 3) uint8, each channel through its levels.
-
-    Integer images go through per-channel lookup tables of packed colours (one gather and one add
-    per channel and pixel); other types are scaled arithmetically.
-    """
-    c, h, w = data.shape
-    packed = np.zeros((h, w), dtype=np.uint32)
-    for index in range(min(c, len(displays))):
-        display = displays[index]
-        if not display.visible:
-            continue
-        plane = data[index]
-        if plane.dtype in (np.uint8, np.uint16):
-            packed += _packed_lut(display, plane.dtype)[plane]
-        else:
-            lo, hi = display.levels
-            ramp = np.clip((plane.astype(np.float32) - lo) / max(hi - lo, 1e-12), 0, 1)
-            r, g, b = (np.rint(ramp * col).astype(np.uint32) for col in hex_rgb(display.colour))
-            packed += r | (g << 10) | (b << 20)
-    out = np.empty((h, w, 3), dtype=np.uint8)
-    for channel, shift in enumerate((0, 10, 20)):
-        field = (packed >> shift) & 1023 if shift else packed & 1023
-        np.minimum(field, 255, out=field)
-        out[..., channel] = field
-    return out
-
-
-@dataclass
-class _Picture:
-    """Raw pixels and their composite placed at ``rect`` (level-0 coordinates) from ``level``."""
-
-    level: int
-    rect: QRectF
-    raw: np.ndarray
-    rgb: np.ndarray | None = None
-    region: tuple[int, int, int, int] = (0, 0, 0, 0)  # in level pixels
 
 
 class ScaleBar(pg.ScaleBar):
     """A scale bar that picks a round length (1, 2 or 5 x 10^k um) of about 120 screen pixels."""
 
     def __init__(self, pixel_size_um: float) -> None:
-        super().__init__(size=10, width=5, brush="w", pen=None, suffix="m", offset=(-20, -20))
+        super().__init__(size=10, width=5, brush=SCALE_BAR_COLOUR, pen=None, suffix="m", offset=(-20, -20))
         self.pixel_size_um = pixel_size_um
 
     def updateBar(self) -> None:  # noqa: N802 - pyqtgraph's name
@@ -197,7 +75,7 @@ class TileViewer(QWidget):
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.graphics = pg.GraphicsLayoutWidget()
-        self.graphics.setBackground("k")
+        self.graphics.setBackground(PLOT_BACKGROUND)
         self.view: pg.ViewBox = self.graphics.addViewBox(lockAspect=True, invertY=True, enableMenu=False)
         self.view.setDefaultPadding(0.02)
         self.overview_item = pg.ImageItem()
@@ -212,12 +90,12 @@ class TileViewer(QWidget):
         self.runner.error.connect(self._on_error, Qt.ConnectionType.QueuedConnection)
 
         self.title = QLabel("No image")
-        self.title.setStyleSheet("font-weight: bold")
+        self.title.setStyleSheet(TITLE_STYLE)
         self.status = QLabel("")
         self.status.setContentsMargins(12, 0, 0, 0)
         self.z_label = QLabel("z")
         self.z_slider = QSlider(Qt.Orientation.Horizontal)
-        self.z_slider.setMaximumWidth(160)
+        self.z_slider.setMaximumWidth(Z_SLIDER_WIDTH)
         self.z_slider.setToolTip("Focal plane (PgUp/PgDown in the View menu)")
         self.z_slider.valueChanged.connect(self._z_changed)
         self.zoom_label = QLabel("")
@@ -247,8 +125,8 @@ class TileViewer(QWidget):
         self.channels: list[ChannelDisplay] = []
         self.z = 0
         self._token = 0
-        self._overview: _Picture | None = None
-        self._detail: _Picture | None = None
+        self._overview: Picture | None = None
+        self._detail: Picture | None = None
         self._detail_pending = False
         self._opening = False
         self._opened_at = 0.0
@@ -277,7 +155,7 @@ class TileViewer(QWidget):
         self.first_picture_s = None
         self.title.setText(name)
         self.status.setText("opening...")
-        self.runner.submit(("open", self._token), _open_task, self.path, self.cache_dir, z,
+        self.runner.submit(("open", self._token), open_task, self.path, self.cache_dir, z,
                            self.overview_side, self._token)
 
     def set_pixel_size(self, pixel_size_um: float | None) -> None:
@@ -385,7 +263,7 @@ class TileViewer(QWidget):
         self.z_label.setText(f"z {z + 1}/{self.pyramid.n_planes}")
         level = self._overview.level if self._overview is not None else 0
         self._opening = True
-        self.runner.submit(("overview", self._token), _read_task, self.pyramid, level, None, z, self.channels)
+        self.runner.submit(("overview", self._token), read_task, self.pyramid, level, None, z, self.channels)
         self._detail = None
         self._schedule_detail()
 
@@ -404,9 +282,9 @@ class TileViewer(QWidget):
     def _recomposite(self) -> None:
         displays = [replace(c) for c in self.channels]
         if self._overview is not None:
-            self.runner.submit(("composite", "overview", self._token), _composite_task, self._overview, displays)
+            self.runner.submit(("composite", "overview", self._token), composite_task, self._overview, displays)
         if self._detail is not None:
-            self.runner.submit(("composite", "detail", self._token), _composite_task, self._detail, displays)
+            self.runner.submit(("composite", "detail", self._token), composite_task, self._detail, displays)
 
     # ------------------------------------------------------------------ background results
 
@@ -474,12 +352,12 @@ class TileViewer(QWidget):
         self.image_opened.emit(self.name)
         self._schedule_detail()
 
-    def _show_overview(self, picture: _Picture) -> None:
+    def _show_overview(self, picture: Picture) -> None:
         self._overview = picture
         self._place(self.overview_item, picture)
         self._opening = False
 
-    def _show_detail(self, picture: _Picture | None) -> None:
+    def _show_detail(self, picture: Picture | None) -> None:
         self._detail_pending = False
         if picture is None:
             return
@@ -489,7 +367,7 @@ class TileViewer(QWidget):
         self.view_loaded.emit()
 
     @staticmethod
-    def _place(item: pg.ImageItem, picture: _Picture) -> None:
+    def _place(item: pg.ImageItem, picture: Picture) -> None:
         item.setImage(picture.rgb, autoLevels=False, levels=None)  # uint8 RGB shown as is (no LUT pass)
         item.setRect(picture.rect)
 
@@ -552,7 +430,7 @@ class TileViewer(QWidget):
         lh, lw = pyramid.levels[level].height, pyramid.levels[level].width
         region = (int(y0 / f), int(x0 / f), min(lh, math.ceil(y1 / f)), min(lw, math.ceil(x1 / f)))
         self._detail_pending = True
-        self.runner.submit(("detail", self._token), _read_task, pyramid, level, region, self.z,
+        self.runner.submit(("detail", self._token), read_task, pyramid, level, region, self.z,
                            [replace(c) for c in self.channels])
 
     # ------------------------------------------------------------------ mouse
@@ -575,144 +453,3 @@ class TileViewer(QWidget):
             return pixels * max(self.view.viewPixelSize())
         except Exception:  # noqa: BLE001
             return pixels
-
-
-# ---------------------------------------------------------------------- background tasks (no widgets)
-
-
-def _open_task(path: Path, cache_dir: Path | None, z: int, overview_side: int, token: int) -> dict[str, Any]:
-    """Open the pyramid and read its overview (reader thread)."""
-    pyramid = open_pyramid(path, cache_dir)
-    try:
-        level = pyramid.overview_level(overview_side)
-        if level is None:
-            return {"pyramid": pyramid, "overview": None, "displays": None}
-        raw = pyramid.read(level, None, z)
-        entry = pyramid.levels[level]
-        rect = QRectF(0, 0, entry.width * entry.factor, entry.height * entry.factor)
-        names = list(pyramid.channel_names)[: pyramid.n_channels]
-        names += [f"channel {i}" for i in range(len(names), pyramid.n_channels)]
-        displays = [ChannelDisplay(name, colour, levels, True, levels, histogram)
-                    for name, colour, (levels, histogram) in zip(names, default_colours(names), channel_stats(raw))]
-        picture = _Picture(level, rect, raw, composite(raw, displays), (0, 0, entry.height, entry.width))
-        return {"pyramid": pyramid, "overview": picture, "displays": displays}
-    except BaseException:
-        pyramid.close()
-        raise
-
-
-def _read_task(pyramid: Pyramid, level: int, region: tuple[int, int, int, int] | None, z: int,
-               displays: list[ChannelDisplay]) -> _Picture:
-    """Read one region of a level and composite it (reader thread)."""
-    entry = pyramid.levels[level]
-    if region is None:
-        region = (0, 0, entry.height, entry.width)
-    raw = pyramid.read(level, region, z)
-    y0, x0, y1, x1 = region
-    f = entry.factor
-    rect = QRectF(x0 * f, y0 * f, raw.shape[2] * f, raw.shape[1] * f)
-    return _Picture(level, rect, raw, composite(raw, displays), region)
-
-
-def _composite_task(picture: _Picture, displays: list[ChannelDisplay]) -> _Picture:
-    """Recolour a picture after a display change (reader thread)."""
-    return replace(picture, rgb=composite(picture.raw, displays))
-
-
-class ChannelPanel(QWidget):
-    """Channel list (toggle, colour) and a histogram with draggable contrast levels for the selected one."""
-
-    def __init__(self, viewer: TileViewer, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.viewer = viewer
-        self.list = QListWidget()
-        self.list.setMaximumHeight(120)
-        self.list.itemChanged.connect(self._item_changed)
-        self.list.currentRowChanged.connect(self._show_histogram)
-        self.plot = pg.PlotWidget()
-        self.plot.setMaximumHeight(140)
-        self.plot.setMouseEnabled(x=False, y=False)
-        self.plot.hideButtons()
-        self.plot.getPlotItem().hideAxis("left")
-        self.curve = pg.PlotCurveItem(x=np.array([0.0, 1.0]), y=np.array([0.0]), stepMode="center", fillLevel=0,
-                                      brush=(200, 200, 200, 80), pen="w")
-        self.plot.addItem(self.curve)
-        self.region = pg.LinearRegionItem()
-        self.region.sigRegionChangeFinished.connect(self._levels_dragged)
-        self.plot.addItem(self.region)
-        self.colour_button = QPushButton("Colour...")
-        self.colour_button.clicked.connect(self._pick_colour)
-        self.auto_button = QPushButton("Auto contrast")
-        self.auto_button.clicked.connect(self.auto_contrast)
-        self.levels_label = QLabel("")
-        buttons = QHBoxLayout()
-        buttons.addWidget(self.colour_button)
-        buttons.addWidget(self.auto_button)
-        layout = QVBoxLayout(self)
-        layout.setContentsMargins(2, 2, 2, 2)
-        layout.addWidget(self.list)
-        layout.addWidget(self.plot)
-        layout.addWidget(self.levels_label)
-        layout.addLayout(buttons)
-        self._updating = False
-        viewer.channels_changed.connect(self.refresh)
-
-    def refresh(self) -> None:
-        """Show the viewer's channels (keeps the selected row)."""
-        row = max(0, self.list.currentRow())
-        self._updating = True
-        self.list.clear()
-        for display in self.viewer.channels:
-            item = QListWidgetItem(colour_icon(QColor(display.colour)), display.name)
-            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
-            item.setCheckState(Qt.CheckState.Checked if display.visible else Qt.CheckState.Unchecked)
-            self.list.addItem(item)
-        self._updating = False
-        if self.viewer.channels:
-            self.list.setCurrentRow(min(row, len(self.viewer.channels) - 1))
-            self._show_histogram(self.list.currentRow())
-
-    def _item_changed(self, item: QListWidgetItem) -> None:
-        if self._updating:
-            return
-        row = self.list.row(item)
-        self.viewer.set_channel(row, visible=item.checkState() == Qt.CheckState.Checked)
-
-    def _show_histogram(self, row: int) -> None:
-        if row < 0 or row >= len(self.viewer.channels):
-            return
-        display = self.viewer.channels[row]
-        if display.histogram is not None:
-            counts, edges = display.histogram
-            self.curve.setData(edges, np.log1p(counts.astype(float)))
-        self._updating = True
-        self.region.setRegion(display.levels)
-        self._updating = False
-        self.levels_label.setText(f"{display.name}: {display.levels[0]:.4g} - {display.levels[1]:.4g}")
-
-    def _levels_dragged(self) -> None:
-        row = self.list.currentRow()
-        if self._updating or row < 0 or row >= len(self.viewer.channels):
-            return
-        lo, hi = self.region.getRegion()
-        if hi <= lo:
-            hi = lo + 1e-6
-        self.viewer.set_channel(row, levels=(float(lo), float(hi)))
-
-    def set_levels(self, row: int, lo: float, hi: float) -> None:
-        """Set a channel's contrast levels (also used by tests)."""
-        self.viewer.set_channel(row, levels=(float(lo), float(hi)))
-
-    def auto_contrast(self) -> None:
-        """Back to the automatic levels of the selected channel."""
-        row = self.list.currentRow()
-        if 0 <= row < len(self.viewer.channels):
-            self.viewer.set_channel(row, levels=self.viewer.channels[row].auto_levels)
-
-    def _pick_colour(self) -> None:
-        row = self.list.currentRow()
-        if not 0 <= row < len(self.viewer.channels):
-            return
-        colour = QColorDialog.getColor(QColor(self.viewer.channels[row].colour), self, "Channel colour")
-        if colour.isValid():
-            self.viewer.set_channel(row, colour=colour.name())
