@@ -288,10 +288,10 @@ def test_gui_adds_each_czi_scene_and_an_ome_zarr_folder_and_shows_a_scene(qtbot,
         assert window.wait_until_ready(30) and window.current_image == "slide_scene-2"
         assert not window.errors
         # opening the project again starts importing its readers in the background (seconds for OME-Zarr)
-        from app.gui import main_window
+        from app.gui import project_controller
 
         seen: list[list[str]] = []
-        monkeypatch.setattr(main_window, "preload_readers", lambda paths: seen.append([str(p) for p in paths]))
+        monkeypatch.setattr(project_controller, "preload_readers", lambda paths: seen.append([str(p) for p in paths]))
         assert window.open_project(tmp_path / "proj")
         window._preload.join(10)
         assert len(seen) == 1 and any(p.endswith("sec.ome.zarr") for p in seen[0])
