@@ -261,8 +261,10 @@ def analyze_paths(paths: Sequence[str | Path], out: str | Path, params: AnalyzeP
     params = params or AnalyzeParams()
     params.validate()
     sections = [(section_name(Path(p)), Path(p)) for p in paths]
+    from app.core.formats import is_image_path, split_scene
+
     for _, path in sections:
-        if not path.is_file():
+        if not path.is_file() and not is_image_path(split_scene(path)[0]):
             raise UserError(f"{path}: no such section file")
 
     check_sections(sections, params)  # bad channels or axes: exit 2 before any model loads
