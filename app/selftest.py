@@ -2,7 +2,9 @@
 
 The self-test copies the sample project (bundled in an installed app, generated from its phantoms
 when running from source) into a temporary folder, runs every registered pipeline that has a
-shipped model on one sample image, writes a report there, reads the report back and checks it.
+shipped model on one sample image, writes and reads back one file of each microscope format a
+library here can write (:mod:`app.selftest_formats`: CZI, OME-Zarr, SVS), writes a report there,
+reads the report back and checks it.
 It prints a readable summary and returns 0 when every pipeline that could run passed, else 1.
 Qt-free, so it runs on a machine without a display; nothing is written outside the temp folder
 except what the pipelines' own code writes (nothing, for the shipped ones).
@@ -24,6 +26,7 @@ from typing import Any
 
 from app import __version__
 from app.core.paths import bundle_root, bundled_models_dir, bundled_sample_project_dir, is_frozen
+from app.selftest_formats import as_report, check_formats, format_lines
 
 REPORT_NAME = "selftest-report.json"
 
@@ -209,14 +212,20 @@ def run_self_test(out: Path | None = None, echo: Callable[[str], None] = print) 
         checks.append(check_pipeline(project, spec))
         if checks[-1].status == "failed":
             echo(checks[-1].detail)
+    echo("reading microscope formats ...")
+    formats = check_formats(folder / "formats")
+    for check in formats:
+        if check.status == "failed":
+            echo(check.detail)
     header = {"version": __version__, "frozen": is_frozen(), "device": torch_device(),
-              "seconds": round(time.monotonic() - start, 1)}
+              "seconds": round(time.monotonic() - start, 1), "formats": as_report(formats)}
     report = write_report(folder, checks, header)
     problem = check_report(report, checks)
     echo("self-test summary:")
-    for line in summary_lines(checks):
+    for line in summary_lines(checks) + format_lines(formats):
         echo(line)
-    ok = problem is None and not any(c.status == "failed" for c in checks) and any(c.status == "passed" for c in checks)
+    ok = (problem is None and not any(c.status == "failed" for c in checks + formats)
+          and any(c.status == "passed" for c in checks))
     if problem:
         echo(f"  report check failed: {problem}")
     elif not any(c.status == "passed" for c in checks):

@@ -186,8 +186,12 @@ def missing_from_bundle(trace: dict[str, Any], spec: Path = SPEC) -> dict[str, A
     for module in modules:
         by_file.setdefault(os.path.realpath(files[module]), set()).add(module)
 
+    # PyInstaller's import analysis collects the parent packages of every module it finds, also of one
+    # whose own imports then fail (``from urllib3.contrib.pyopenssl import ...`` without pyOpenSSL)
+    parents = {name.rsplit(".", k)[0] for name in statically | hidden for k in range(1, name.count(".") + 1)}
+
     def covered(module: str) -> bool:
-        return module in statically or module in hidden or _under(module, collected)
+        return module in statically or module in hidden or module in parents or _under(module, collected)
 
     loaded = set(files)
     missing_modules = []

@@ -36,6 +36,11 @@ code = main(["--self-test"])
 import app.gui.main, app.gui.main_window  # what a GUI start loads before the first window
 from app.cli import build_parser
 build_parser()  # the command line loads each pipeline's CLI module by name
+# readers of formats no writer here makes (the self-test opened CZI, OME-Zarr and SVS files): what opening
+# an ND2, LIF or VSI file loads first
+from bioio_nd2 import Reader
+from bioio_lif import Reader
+from bioio_vsi import Reader
 maps = []  # every shared library in the process, also those opened by path (torch.ops.load_library)
 if os.path.exists("/proc/self/maps"):
     with open("/proc/self/maps") as f:
@@ -154,6 +159,11 @@ def test_self_test_from_source_passes_and_writes_its_report(traced: dict) -> Non
     report = Path(re.search(r"^report: (.+)$", out, re.M).group(1))
     data = json.loads(report.read_text())
     assert {p["pipeline"] for p in data["pipelines"]} >= {"kaizen", "brightfield", "stagetool"}
+    # one file of each format a library here writes, opened through its reader (the frozen app's proof)
+    assert [(f["format"], f["status"]) for f in data["formats"]] == [("czi", "passed"), ("ome-zarr", "passed"),
+                                                                     ("svs", "passed")]
+    assert re.search(r"PASSED +format czi +scene 1: 300 x 420 px", out)
+    assert re.search(r"PASSED +format ome-zarr +Zarr v3: .*Zarr v2: ", out)
     assert report.is_relative_to(traced["tmp"])  # written to the temporary folder
 
 
@@ -302,3 +312,29 @@ def test_self_test_fails_on_a_broken_pipeline_and_tells_unfit_input_apart(
     report = json.loads((tmp_path / "selftest-report.json").read_text())
     assert [(p["pipeline"], p["status"]) for p in report["pipelines"]] == [("kaizen", "failed"), ("brightfield", "unfit")]
     assert selftest.check_report(tmp_path / "selftest-report.json", []) is not None  # a mismatch is caught
+
+
+def test_self_test_fails_when_a_reader_cannot_open_its_format(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """A bundle without libCZI's extension passes every pipeline but must still fail, naming the format."""
+    from types import SimpleNamespace
+
+    from app import selftest, selftest_formats
+    from app.pipelines import registry
+
+    def no_libczi(folder: Path) -> str:
+        raise ModuleNotFoundError("No module named '_pylibCZIrw'")  # what a bundle missing the extension does
+
+    monkeypatch.setattr(registry, "pipelines", lambda hidden=True: {"kaizen": SimpleNamespace(name="kaizen")})
+    monkeypatch.setattr(selftest, "sample_project_copy", lambda target: SimpleNamespace(images=lambda: []))
+    monkeypatch.setattr(selftest, "check_pipeline", lambda project, spec: selftest.PipelineCheck(
+        spec.name, "passed", "ok", "nuclei_000", objects=3))
+    monkeypatch.setitem(selftest_formats.CHECKS, "czi", no_libczi)
+
+    assert selftest.run_self_test(tmp_path) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"FAILED +format czi +ModuleNotFoundError: No module named '_pylibCZIrw'", out)
+    assert re.search(r"PASSED +format svs +768 x 512 px RGB", out) and "self-test FAILED" in out
+    report = json.loads((tmp_path / "selftest-report.json").read_text())
+    assert [(f["format"], f["status"]) for f in report["formats"]] == [
+        ("czi", "failed"), ("ome-zarr", "passed"), ("svs", "passed")]

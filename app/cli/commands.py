@@ -49,6 +49,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         print(f"  pixel size  {f'{size:.4g} um' if size else 'unknown'}")
         if len(info.get("levels", [])) > 1:
             print(f"  pyramid     {len(info['levels'])} levels: {info['levels']}")
+        if len(info.get("scenes", [])) > 1:
+            print(f"  scenes      {len(info['scenes'])}: {', '.join(info['scenes'])} (open one as FILE#scene-N)")
     return EXIT_OK
 
 

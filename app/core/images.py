@@ -1,4 +1,4 @@
-"""Open microscopy images lazily and write OME-TIFF: channels, z-planes, pixel size, pyramids.
+"""Open microscopy images lazily: channels, z-planes, scenes, pixel size, pyramid levels.
 
 Reading
     :func:`open_image` returns an :class:`Image` (a context manager).  TIFF, OME-TIFF and ImageJ
@@ -6,7 +6,8 @@ Reading
     :meth:`Image.read` decodes only the strips/tiles a region touches (tifffile's Zarr 3 store,
     ``series.aszarr(level=...)``, opened with ``zarr``; uncompressed contiguous data is
     memory-mapped instead).  PNG and JPEG go through Pillow and are decoded whole on first read
-    (they are small; Pillow cannot decode a region).
+    (they are small; Pillow cannot decode a region).  CZI, OME-Zarr, ND2, LIF and whole-slide
+    scans (SVS, NDPI, SCN) are read by their own libraries through :mod:`app.core.readers`.
 
     Every image is presented with *normalised axes*, a subset of ``C, Z, Y, X`` in that order:
     singleton axes (T=1, ...) are dropped, RGB samples ``S`` become channels ``R, G, B`` (alpha
@@ -24,18 +25,7 @@ Reading
     72 and 96 dpi (the defaults image editors write), and any size outside
     :data:`PIXEL_SIZE_RANGE_UM`.
 
-Writing
-    :func:`write_tiff` writes a tiled OME-TIFF atomically (temporary file beside the target,
-    then ``os.replace``), optionally with 2x sub-resolution levels (SubIFDs).  Data may be an
-    array (in memory, ``np.memmap`` or zarr), a callable ``region(y0, x0, y1, x1)`` or an iterator
-    of tiles, so a 20000 x 20000 section can be written without holding it in memory.
-
-    Compression: ``zlib`` (Adobe deflate) level 1 with the TIFF horizontal predictor by default.
-    It is lossless and read by every TIFF reader (Fiji/Bio-Formats, QuPath, libtiff), and on real
-    fluorescence and brightfield data here it shrinks files ~2.2-2.4x while encoding at
-    ~100-300 MB/s and decoding at ~300 MB/s per core; higher zlib levels gain < 5 % size for
-    10x slower writes, and zstd is not read by older Bio-Formats.  ``compression=None`` writes
-    raw tiles (fastest, largest).
+Writing is :mod:`app.core.tiff_writer` (:func:`write_tiff`, re-exported here).
 
 All errors a user can act on (missing or corrupt file, unsupported axes, missing channel, wrong
 data type, region outside the image) are :class:`ImageError` whose message names the file.
@@ -43,34 +33,32 @@ data type, region outside the image) are :class:`ImageError` whose message names
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
-import tempfile
-import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
 
-from app.core.atomic import atomic_path
 from app.core.errors import ImageError, UserError
+from app.core.formats import IMAGE_SUFFIXES, image_format, is_image_path, split_scene  # noqa: F401
+from app.core.tiff_writer import TileSource, halve, write_tiff  # noqa: F401 (re-exported: callers import them here)
 
 PathLike = Union[str, "os.PathLike[str]"]
 Region = tuple[int, int, int, int]
 ChannelKey = Union[int, str]
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".ome.tif", ".ome.tiff", ".png", ".jpg", ".jpeg")
 SCREEN_DPI = (72.0, 96.0)  # editors' default resolutions: not a microscope calibration
 # pixel sizes a microscope image can have (1 nm for super-resolution ... 100 µm for a slide overview);
 # outside it a value is a default or a unit mix-up (1 pixel per inch = 25 400 µm), not a calibration
 PIXEL_SIZE_RANGE_UM = (1e-3, 100.0)
 RGB_NAMES = ("R", "G", "B")
 
-# micrometres per unit, for OME units, ImageJ 'unit' strings and TIFF resolution units
+# micrometres per unit, for OME units, ImageJ 'unit' strings and TIFF resolution units (a table, not
+# pint: pint imports dask on load, 0.3 s and a bigger installer for every calibrated TIFF opened)
 _UM_PER_UNIT = {
     "um": 1.0, "µm": 1.0, "μm": 1.0, "micron": 1.0, "microns": 1.0, "micrometer": 1.0,
     "micrometre": 1.0, "micrometers": 1.0, "micrometres": 1.0,
@@ -97,6 +85,8 @@ class ImageInfo:
     pixel_size_um: float | None
     levels: tuple[tuple[int, int], ...]  # (height, width) of each resolution, full first
     z_spacing_um: float | None = None
+    scene: int = 0  # 0-based scene of a multi-scene file (CZI, LIF, ND2)
+    scenes: tuple[str, ...] = ()  # names of all the file's scenes (empty: one image per file)
 
     @property
     def height(self) -> int:
@@ -126,6 +116,7 @@ class ImageInfo:
             "n_channels": self.n_channels, "channel_names": list(self.channel_names),
             "n_planes": self.n_planes, "pixel_size_um": self.pixel_size_um,
             "z_spacing_um": self.z_spacing_um, "levels": [list(level) for level in self.levels],
+            "scene": self.scene, "scenes": list(self.scenes),
         }
 
 
@@ -309,29 +300,51 @@ class Image:
 
 
 def list_images(path: Path) -> list[Path]:
-    """The image files of a folder (sorted), or the file itself; a missing path is a user error."""
+    """The images of a folder (sorted) or of one file: each scene of a multi-scene file apart
+    (``file.czi#scene-2``); a missing path is a user error."""
     path = Path(path)
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if path.is_dir() and not is_image_path(path):
+        files = sorted(p for p in path.iterdir() if is_image_path(p))
         if not files:
             raise UserError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)}) in this folder")
-        return files
-    if not path.exists():
+        return [scene for f in files for scene in _scenes_of(f)]
+    if not split_scene(path)[0].exists():
         raise UserError(f"{path}: no such file or folder")
-    return [path]
+    return _scenes_of(path)
+
+
+def _scenes_of(path: Path) -> list[Path]:
+    """``[path]``, or one ``path#scene-N`` per scene of a multi-scene file (library formats only)."""
+    if split_scene(path)[1] is not None or image_format(path) not in LIBRARY_FORMATS:
+        return [path]
+    from app.core.formats import scene_ref
+    from app.core.readers import scene_names
+
+    count = len(scene_names(path))
+    return [path] if count < 2 else [Path(scene_ref(path, i)) for i in range(count)]
 
 
 def open_image(path: PathLike, axes: str | None = None) -> Image:
-    """Open a TIFF / OME-TIFF / ImageJ TIFF / PNG / JPEG lazily; ImageError if it cannot be used.
+    """Open an image lazily; ImageError if it cannot be used.
 
-    ``axes`` overrides the axes guessed for the file's non-singleton dimensions in file order,
-    e.g. ``"ZYX"`` for a plain multi-page TIFF that is a z-stack rather than channels.
+    TIFF/OME-TIFF/ImageJ TIFF, PNG and JPEG are read here; CZI, OME-Zarr, ND2, LIF, VSI
+    and whole-slide scans through their libraries (:mod:`app.core.readers`).  ``file.czi#scene-2``
+    opens the second scene of a multi-scene file.  ``axes`` overrides the axes guessed for the
+    file's non-singleton dimensions in file order, e.g. ``"ZYX"`` for a plain multi-page TIFF
+    that is a z-stack rather than channels.
     """
-    path = Path(path)
+    path, scene = split_scene(path)
     if not path.exists():
         raise ImageError(f"{path}: no such file")
+    fmt = image_format(path)
+    if fmt in LIBRARY_FORMATS:
+        from app.core.readers import open_library_image
+
+        return _from_library(open_library_image(path, scene), axes)
     if path.is_dir():
         raise ImageError(f"{path}: is a folder, not an image file")
+    if scene:
+        raise ImageError(f"{path}: has one scene only; open it without '#scene-{scene + 1}'")
     try:
         with open(path, "rb") as handle:
             magic = handle.read(8)
@@ -346,6 +359,30 @@ def open_image(path: PathLike, axes: str | None = None) -> Image:
     if not magic:
         raise ImageError(f"{path}: the file is empty")
     raise ImageError(f"{path}: not a TIFF, PNG or JPEG image")
+
+
+LIBRARY_FORMATS = ("czi", "ome-zarr", "nd2", "lif", "vsi", "whole-slide")
+
+
+def _from_library(found: Any, axes: str | None) -> Image:
+    """An Image from what a reading library found (:class:`app.core.readers.LibraryImage`); closes it on failure."""
+    try:
+        levels = found.levels
+        dtype = np.dtype(levels[0].dtype)
+        _check_dtype(found.path, dtype)
+        layout = _map_axes(found.path, found.axes, tuple(int(s) for s in levels[0].shape), axes, rgb=found.rgb,
+                           alpha=False)
+        y, x = found.axes.index("Y"), found.axes.index("X")
+        info = ImageInfo(
+            path=found.ref, format=found.format, shape=layout.shape, dtype=dtype.newbyteorder("="), axes=layout.axes,
+            channel_names=list_channel_names(found.channel_names, _n(layout, "C"), rgb=found.rgb),
+            pixel_size_um=found.pixel_size_um, z_spacing_um=found.z_spacing_um,
+            levels=tuple((int(a.shape[y]), int(a.shape[x])) for a in levels), scene=found.scene, scenes=found.scenes)
+    except BaseException:
+        for close in found.closers:
+            close()
+        raise
+    return Image(info, layout, list(levels), list(found.closers))
 
 
 def read_image(path: PathLike, channel: ChannelKey | Sequence[ChannelKey] | None = None,
@@ -841,265 +878,3 @@ def _orthogonal_index(array: Any, index: tuple[Any, ...]) -> np.ndarray:
 def _listing(names: Sequence[str]) -> str:
     """'0: DAPI, 1: SOX9' for error messages."""
     return ", ".join(f"{i}: {name}" for i, name in enumerate(names))
-
-
-# ---------------------------------------------------------------------------------------- write
-
-
-TileSource = Union[np.ndarray, Any, Callable[[int, int, int, int], np.ndarray], Iterable[np.ndarray]]
-
-
-def write_tiff(
-    path: PathLike,
-    data: TileSource,
-    axes: str,
-    channel_names: Sequence[str] | None = None,
-    pixel_size_um: float | None = None,
-    pyramid: bool = False,
-    tile: tuple[int, int] = (512, 512),
-    *,
-    shape: Sequence[int] | None = None,
-    dtype: Any = None,
-    compression: str | None = "zlib",
-    z_spacing_um: float | None = None,
-    downsample: str = "mean",
-) -> Path:
-    """Write a tiled OME-TIFF atomically and return its path.
-
-    ``axes`` names ``data``'s axes, a subset of C, Z, Y, X ending in ``YX`` (e.g. "CYX", "ZYX").
-    ``data`` is one of:
-
-    * an array-like with ``shape``/``dtype`` and slicing (ndarray, ``np.memmap``, zarr array);
-      arrays on disk are read tile by tile;
-    * a callable ``region(y0, x0, y1, x1) -> ndarray`` of shape ``(*leading, y1 - y0, x1 - x0)``
-      (all channels/planes of that window), called once per tile in row-major order; with more
-      than one plane the other planes are spooled to a temporary file beside ``path``;
-    * an iterator of tiles in TIFF order: for each leading index (C order), the tiles row by row,
-      each ``tile``-shaped (edge tiles may be cropped to the image).
-
-    Callables and iterators need ``shape`` and ``dtype``.  ``pyramid=True`` adds 2x
-    sub-resolution levels (``downsample="mean"`` for intensities, ``"nearest"`` for labels) until
-    the image fits one tile; they are built from the stream through temporary memory maps, so
-    memory stays at a few tiles whatever the image size.
-    """
-    path = Path(path)
-    axes = axes.upper()
-    shape, dtype = _source_shape(data, shape, dtype)
-    _check_write_args(path, axes, shape, dtype, tile, channel_names, downsample)
-    height, width = shape[-2], shape[-1]
-    lead = tuple(shape[:-2])
-    n_sub = _n_sublevels(height, width, tile) if pyramid else 0
-    options = _write_options(dtype, compression, tile)
-    total = int(np.prod(shape)) * dtype.itemsize * (1.34 if n_sub else 1.0)
-    metadata = _ome_write_metadata(axes, shape, channel_names, pixel_size_um, z_spacing_um)
-    # a name-based UUID instead of tifffile's time-based one: the same image written twice (a project
-    # run, a CLI run and a batch of one input) gives the same bytes
-    metadata["UUID"] = "urn:uuid:" + str(uuid.uuid5(uuid.NAMESPACE_URL, repr((path.name, axes, tuple(shape), str(dtype),
-                                                                             sorted(metadata.items())))))
-    import tifffile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    needs_spool = n_sub > 0 or (callable(data) and not _is_array(data) and int(np.prod(lead)) > 1)
-    with atomic_path(path) as tmp, contextlib.ExitStack() as stack:
-        spool = Path(stack.enter_context(tempfile.TemporaryDirectory(
-            dir=path.parent, prefix=".spool-", ignore_cleanup_errors=True))) if needs_spool else path.parent
-        tiles = _level0_tiles(data, lead, height, width, dtype, tile, spool)
-        with tifffile.TiffWriter(tmp, bigtiff=total > 2**32 - 2**25, ome=True) as writer:
-            _write_levels(writer, tiles, lead, (height, width), dtype, tile, n_sub, spool, downsample,
-                          options, metadata, pixel_size_um)
-        del tiles
-    return path
-
-
-def _write_levels(writer: Any, tiles: Iterator[np.ndarray], lead: tuple[int, ...], size: tuple[int, int],
-                  dtype: np.dtype, tile: tuple[int, int], n_sub: int, spool: Path, downsample: str,
-                  options: dict[str, Any], metadata: dict[str, Any], pixel_size_um: float | None) -> None:
-    """Write level 0 from ``tiles`` and each sub-level from the memory map the previous one filled."""
-    level_shape = (int(np.prod(lead, dtype=np.int64)), size[0], size[1])
-    for number in range(n_sub + 1):
-        halves = None
-        if number < n_sub:
-            half_shape = (level_shape[0], (level_shape[1] + 1) // 2, (level_shape[2] + 1) // 2)
-            halves = np.lib.format.open_memmap(spool / f"level{number + 1}.npy", mode="w+",
-                                               dtype=dtype, shape=half_shape)
-        kwargs: dict[str, Any] = dict(options)
-        if pixel_size_um:  # also as TIFF tags, for readers that ignore OME-XML
-            per_cm = 1e4 / (pixel_size_um * 2**number)
-            kwargs.update(resolution=(per_cm, per_cm), resolutionunit="CENTIMETER")
-        if number == 0:
-            kwargs.update(metadata=metadata, subifds=n_sub)
-        else:
-            kwargs.update(subfiletype=1, metadata=None)
-        stream = _tap_tiles(tiles, level_shape, tile, halves, downsample)
-        writer.write(stream, shape=lead + level_shape[1:], dtype=dtype, **kwargs)
-        if halves is not None:
-            halves.flush()
-            level_shape = half_shape
-            tiles = _array_tiles(halves, (level_shape[0],), level_shape[1], level_shape[2], tile)
-        del halves, stream
-
-
-def _source_shape(data: Any, shape: Sequence[int] | None, dtype: Any) -> tuple[tuple[int, ...], np.dtype]:
-    """Shape and dtype of the data to write (from the array, or the caller for streams)."""
-    if _is_array(data):
-        got = tuple(int(s) for s in data.shape)
-        if shape is not None and tuple(shape) != got:
-            raise ValueError(f"shape {tuple(shape)} does not match the array's {got}")
-        if dtype is not None and np.dtype(dtype) != np.dtype(data.dtype):
-            raise ValueError(f"dtype {dtype} does not match the array's {data.dtype}")
-        return got, np.dtype(data.dtype)
-    if shape is None or dtype is None:
-        raise ValueError("writing from a callable or an iterator of tiles needs shape= and dtype=")
-    return tuple(int(s) for s in shape), np.dtype(dtype)
-
-
-def _is_array(data: Any) -> bool:
-    return hasattr(data, "shape") and hasattr(data, "dtype") and hasattr(data, "__getitem__")
-
-
-def _check_write_args(path: Path, axes: str, shape: tuple[int, ...], dtype: np.dtype,
-                      tile: tuple[int, int], channel_names: Sequence[str] | None, downsample: str) -> None:
-    """ValueError for arguments that cannot make a valid OME-TIFF."""
-    if not axes.endswith("YX") or set(axes) - set("CZYX") or len(set(axes)) != len(axes):
-        raise ValueError(f"axes must be a subset of C, Z, Y, X ending in 'YX', got {axes!r}")
-    if len(axes) != len(shape):
-        raise ValueError(f"axes {axes!r} do not match shape {shape}")
-    if min(shape) < 1:
-        raise ValueError(f"cannot write an empty image of shape {shape}")
-    if dtype.kind not in "biuf":
-        raise ValueError(f"cannot write pixels of type {dtype}")
-    if len(tile) != 2 or any(t < 16 or t % 16 for t in tile):
-        raise ValueError(f"tile sides must be multiples of 16, got {tile}")
-    n_channels = shape[axes.index("C")] if "C" in axes else 1
-    if channel_names is not None and len(channel_names) != n_channels:
-        raise ValueError(f"{len(channel_names)} channel names for {n_channels} channel(s)")
-    if downsample not in ("mean", "nearest"):
-        raise ValueError(f"downsample must be 'mean' or 'nearest', got {downsample!r}")
-
-
-def _n_sublevels(height: int, width: int, tile: tuple[int, int]) -> int:
-    """How many 2x halvings until the image fits one tile."""
-    n = 0
-    while height > tile[0] or width > tile[1]:
-        height, width, n = (height + 1) // 2, (width + 1) // 2, n + 1
-    return n
-
-
-def _write_options(dtype: np.dtype, compression: str | None, tile: tuple[int, int]) -> dict[str, Any]:
-    """tifffile.write keywords: tiles, grey photometric, compression with a predictor."""
-    options: dict[str, Any] = {"tile": tuple(tile), "photometric": "minisblack"}
-    if compression == "zlib":
-        options.update(compression="zlib", compressionargs={"level": 1})
-        if dtype != np.bool_:
-            options["predictor"] = True
-    elif compression is not None:
-        options["compression"] = compression
-    return options
-
-
-def _ome_write_metadata(axes: str, shape: tuple[int, ...], channel_names: Sequence[str] | None,
-                        pixel_size_um: float | None, z_spacing_um: float | None) -> dict[str, Any]:
-    """The OME metadata dict tifffile turns into OME-XML."""
-    metadata: dict[str, Any] = {"axes": axes}
-    if channel_names is not None:
-        metadata["Channel"] = {"Name": [str(n) for n in channel_names]}
-    if pixel_size_um:
-        metadata.update(PhysicalSizeX=float(pixel_size_um), PhysicalSizeXUnit="µm",
-                        PhysicalSizeY=float(pixel_size_um), PhysicalSizeYUnit="µm")
-    if z_spacing_um and "Z" in axes:
-        metadata.update(PhysicalSizeZ=float(z_spacing_um), PhysicalSizeZUnit="µm")
-    return metadata
-
-
-def _tile_positions(n_planes: int, height: int, width: int, tile: tuple[int, int]) -> Iterator[tuple[int, int, int]]:
-    """(plane, y0, x0) of every tile in TIFF order."""
-    for plane in range(n_planes):
-        for y0 in range(0, height, tile[0]):
-            for x0 in range(0, width, tile[1]):
-                yield plane, y0, x0
-
-
-def _array_tiles(array: Any, lead: tuple[int, ...], height: int, width: int,
-                 tile: tuple[int, int]) -> Iterator[np.ndarray]:
-    """Tiles of an array-like in TIFF order, sliced one at a time (lazy for memmap/zarr)."""
-    th, tw = tile
-    for index in np.ndindex(*lead):
-        for y0 in range(0, height, th):
-            for x0 in range(0, width, tw):
-                yield np.asarray(array[index + (slice(y0, y0 + th), slice(x0, x0 + tw))])
-
-
-def _callable_tiles(region: Callable[[int, int, int, int], np.ndarray], lead: tuple[int, ...],
-                    height: int, width: int, dtype: np.dtype, tile: tuple[int, int],
-                    spool: Path) -> Iterator[np.ndarray]:
-    """Call ``region`` once per tile; plane 0 streams out, later planes wait in a memory map."""
-    th, tw = tile
-    n = int(np.prod(lead, dtype=np.int64))
-    later = np.lib.format.open_memmap(spool / "planes.npy", mode="w+", dtype=dtype,
-                                      shape=(n - 1, height, width)) if n > 1 else None
-    for y0 in range(0, height, th):
-        for x0 in range(0, width, tw):
-            y1, x1 = min(y0 + th, height), min(x0 + tw, width)
-            block = np.asarray(region(y0, x0, y1, x1))
-            expected = lead + (y1 - y0, x1 - x0)
-            if block.shape != expected:
-                raise ValueError(f"region({y0}, {x0}, {y1}, {x1}) returned shape {block.shape}, "
-                                 f"expected {expected}")
-            block = block.reshape(n, y1 - y0, x1 - x0)
-            if later is not None:
-                later[:, y0:y1, x0:x1] = block[1:]
-            yield block[0]
-    if later is not None:
-        yield from _array_tiles(later, (n - 1,), height, width, tile)
-
-
-def _level0_tiles(data: Any, lead: tuple[int, ...], height: int, width: int, dtype: np.dtype,
-                  tile: tuple[int, int], spool: Path) -> Iterator[np.ndarray]:
-    """The full-resolution tiles in TIFF order, whatever form ``data`` came in."""
-    if _is_array(data):
-        return _array_tiles(data, lead, height, width, tile)
-    if callable(data):
-        return _callable_tiles(data, lead, height, width, dtype, tile, spool)
-    return iter(data)
-
-
-def _tap_tiles(tiles: Iterator[np.ndarray], level_shape: tuple[int, int, int], tile: tuple[int, int],
-               halves: np.ndarray | None, downsample: str) -> Iterator[np.ndarray]:
-    """Check each tile's shape and count, and (for pyramids) put its 2x-downsampled copy in ``halves``."""
-    n_planes, height, width = level_shape
-    th, tw = tile
-    expected = n_planes * math.ceil(height / th) * math.ceil(width / tw)
-    for count, (plane, y0, x0) in enumerate(_tile_positions(n_planes, height, width, tile)):
-        block = next(tiles, None)
-        if block is None:
-            raise ValueError(f"the tile iterator stopped after {count} tiles, expected {expected}")
-        block = np.asarray(block)
-        h, w = min(th, height - y0), min(tw, width - x0)
-        if block.shape not in ((th, tw), (h, w)):
-            raise ValueError(f"tile {count} (plane {plane}, y={y0}, x={x0}) has shape {block.shape}, "
-                             f"expected {(th, tw)} or {(h, w)}")
-        block = block[:h, :w]
-        if halves is not None:
-            halves[plane, y0 // 2: y0 // 2 + (h + 1) // 2, x0 // 2: x0 // 2 + (w + 1) // 2] = \
-                halve(block, downsample).astype(halves.dtype, copy=False)
-        if count == expected - 1 and next(tiles, None) is not None:
-            raise ValueError(f"the tile iterator gave more than the {expected} tiles expected")
-        yield block
-
-
-def halve(block: np.ndarray, method: str = "mean") -> np.ndarray:
-    """Downsample the last two axes by 2: 2x2 block mean (rounded for integers) or nearest.
-
-    Odd edges repeat their last row/column, so the result has ``ceil(n / 2)`` rows/columns.
-    """
-    if method == "nearest":
-        return block[..., ::2, ::2]
-    h, w = block.shape[-2:]
-    if h % 2 or w % 2:
-        pad = [(0, 0)] * (block.ndim - 2) + [(0, h % 2), (0, w % 2)]
-        block = np.pad(block, pad, mode="edge")
-    shape = block.shape[:-2] + (block.shape[-2] // 2, 2, block.shape[-1] // 2, 2)
-    mean = block.reshape(shape).mean(axis=(-3, -1), dtype=np.float64 if block.dtype.itemsize > 2 else np.float32)
-    if block.dtype.kind in "uib":
-        mean = np.rint(mean)
-    return mean.astype(block.dtype, copy=False)

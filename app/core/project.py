@@ -253,8 +253,10 @@ class Project:
         """Open image ``name`` read-only with :func:`app.core.images.open_image`."""
         from app.core.images import open_image
 
+        from app.core.formats import is_image_path, split_scene
+
         path = self.image_path(name)
-        if not path.is_file():
+        if not path.is_file() and not is_image_path(split_scene(path)[0]):
             raise ImageError(f"image {name!r} is missing: {path} not found (moved or deleted?)")
         return open_image(path)
 
@@ -284,14 +286,22 @@ class Project:
         """
         if mode not in MODES:
             raise ProjectError(f"image mode must be 'copy' or 'link', not {mode!r}")
+        from app.core.formats import image_stem, is_image_path, split_scene
+
         source = Path(os.path.abspath(Path(path).expanduser()))
-        if not source.is_file():
+        file, scene = split_scene(source)
+        if not source.is_file() and not is_image_path(file):
             raise ImageError(f"cannot add image: {source} is not a file")
+        if mode == "copy" and (scene is not None or not file.is_file()):
+            raise ProjectError(f"{source}: a scene of a multi-scene file or an OME-Zarr folder is linked, "
+                               "not copied; add it without --copy")
         if name is not None:
             check_name(name)
         self._check_addable(source, mode, name)  # early, before a long copy; again under the lock
         channels, pixel_size = _read_image_metadata(source)
         base, suffix = split_image_name(source.name)
+        if scene is not None or not source.is_file():
+            base = image_stem(source)  # file.czi#scene-2 -> file_scene-2, sample.ome.zarr -> sample
         copied = None
         if mode == "copy":  # copied outside the lock (it may take a while), renamed into place inside it
             self.images_dir.mkdir(exist_ok=True)

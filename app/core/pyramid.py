@@ -70,8 +70,10 @@ def _level_shapes(info: Any) -> list[tuple[int, int]]:
 
 
 def _source_stamp(path: Path) -> dict[str, int]:
-    """What identifies a version of the source file: size and modification time."""
-    stat = path.stat()
+    """What identifies a version of the source file (a scene's file, an OME-Zarr folder): size and modification time."""
+    from app.core.formats import split_scene
+
+    stat = split_scene(path)[0].stat()
     return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 

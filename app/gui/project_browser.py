@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
     QAbstractItemView, QLineEdit, QMenu, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget,
 )
 
+from app.core.formats import IMAGE_SUFFIXES  # noqa: F401  (re-exported: the add dialog uses it)
 from app.core.pyramid import open_pyramid, pyramid_cache_dir
 from app.gui.workers import BackgroundRunner
 
@@ -25,7 +26,6 @@ THUMB = 48
 # would otherwise toggle the item)
 CLEAR_AND_SELECT = QItemSelectionModel.SelectionFlag.ClearAndSelect | QItemSelectionModel.SelectionFlag.Rows
 IMAGE, GROUP, RUN, RUN_IMAGE, REPORT, SECTION = range(6)
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".btf")
 
 
 def thumbnail_array(path: Path, cache_dir: Path | None, size: int = THUMB) -> np.ndarray | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -10,6 +11,8 @@ from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import QApplication, QFileDialog
 
 from app.core.errors import UserError
+from app.core.images import list_images
+from app.core.readers import preload as preload_readers
 from app.gui.project_browser import IMAGE_SUFFIXES
 from app.gui.run_files import objects_file
 
@@ -52,6 +55,10 @@ class ProjectController:
         w.results.forget()
         w.viewer.close_image()
         w.browser.set_project(project)
+        if project is not None:  # bioio-ome-zarr's import alone takes seconds: not on the first picture's time
+            paths = [e.path for e in project.images()]
+            w._preload = threading.Thread(target=preload_readers, args=(paths,), daemon=True, name="preload-readers")
+            w._preload.start()
         w.properties.show_info(f"Project {project.name}", {"folder": str(project.folder),
                                                            "images": len(project.images()),
                                                            "runs": len(project.runs())})
@@ -136,10 +143,10 @@ class ProjectController:
         files: list[Path] = []
         for path in paths:
             path = Path(path)
-            if path.is_dir():
-                files += sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-            else:
-                files.append(path)
+            try:
+                files += list_images(path)  # folders: their images; multi-scene files: each scene
+            except UserError as error:
+                problems.append(str(error))
         QApplication.setOverrideCursor(Qt.CursorShape.WaitCursor)
         try:
             for path in files:

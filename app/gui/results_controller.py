@@ -14,6 +14,7 @@ from PySide6.QtCore import Qt
 
 from app.core.edits import apply_edits
 from app.core.errors import UserError
+from app.core.formats import is_image_path, split_scene
 from app.core.pyramid import pyramid_cache_dir
 from app.core.results import read_objects
 from app.gui.curation import CurationSession
@@ -82,7 +83,7 @@ class ResultsController:
         except UserError as error:
             w.show_error("Cannot open the image", str(error))
             return
-        if not path.is_file():
+        if not path.is_file() and not is_image_path(split_scene(path)[0]):  # a scene, an OME-Zarr folder
             box = w.show_error("Image file missing", f"image {name!r}: {path} not found (moved or deleted?)")
             w.image_tools.offer_locate(box, name)  # "Locate file...": relinks the other moved files too
             return

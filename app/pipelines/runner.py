@@ -33,24 +33,18 @@ from typing import Any
 from app.core.device import use_threads
 from app.core.errors import ModelError, UserError, os_error_message
 from app.core.fingerprint import file_fingerprint
+from app.core.formats import image_stem, split_scene
 from app.core.jobs import Job, Progress
 from app.core.modelcard import WEIGHTS_FILE, resolve_model, sha256_file
 from app.core.project_edit import entry_metadata
 from app.pipelines.contract import Item, PipelineSpec
 
-IMAGE_SUFFIXES = (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpg", ".jpeg")
-
-
 # ----------------------------------------------------------------------------- items
 
 
 def image_name(path: Path) -> str:
-    """An image's name from its file name, multi-part suffixes (.ome.tif) removed."""
-    name = Path(path).name
-    for suffix in IMAGE_SUFFIXES:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(path).stem
+    """An image's name from its file name (app.core.formats.image_stem: ``a.ome.tif`` -> ``a``, scenes kept)."""
+    return image_stem(path)
 
 
 def image_items(inputs: Sequence[Path]) -> list[Item]:
@@ -210,7 +204,10 @@ def device_label(device: Any) -> str:
 def fingerprint(pipeline: str, inputs: Sequence[str], models: Sequence[ModelRef],
                 params: dict[str, Any]) -> dict[str, Any]:
     """What an item's results depend on (input contents, model sha256, parameters); a rerun redoes it when changed."""
-    return {"pipeline": pipeline, "inputs": [file_fingerprint(source) for source in inputs],
+    files = [split_scene(source) for source in inputs]  # a scene (file.czi#scene-2) counts by its file's content
+    return {"pipeline": pipeline,
+            "inputs": [{**file_fingerprint(file), **({"scene": scene} if scene is not None else {})}
+                       for file, scene in files],
             "models": {m.kind: m.sha256 for m in models},
             "params": json.loads(json.dumps(params, sort_keys=True, default=str))}
 

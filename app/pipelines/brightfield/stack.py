@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from app.core.errors import ImageError, ModelError
+from app.core.formats import PLANE_SUFFIXES as IMAGE_SUFFIXES  # one file per field plane
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 Z_PATTERN = re.compile(r"(?:^|[^A-Za-z])[Zz][=_]?(-?\d+(?:\.\d+)?)(?![\d])")
 FLUO_PATTERN = re.compile(r"^(fl|fluo\w*|dapi\w*|hoechst\w*|dna\w*)$|dapi|hoechst|fluo", re.IGNORECASE)
 LABEL_PATTERN = re.compile(r"label|mask", re.IGNORECASE)

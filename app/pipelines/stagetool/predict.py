@@ -409,10 +409,8 @@ def _round(value: float, digits: int = 3) -> float | None:
 
 
 def section_name(path: Path) -> str:
-    """A section's name from its file name (multi-part suffixes such as .ome.tif removed)."""
-    name = Path(path).name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpg", ".jpeg"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return Path(path).stem
+    """A section's name from its file name (multi-part suffixes such as .ome.tif removed, a scene kept)."""
+    from app.core.formats import image_stem
+
+    return image_stem(path)
 
