@@ -75,7 +75,8 @@ def register(spec: PipelineSpec) -> PipelineSpec:
     if old is not None and old.module != spec.module:
         raise ValueError(f"a pipeline named {spec.name!r} is already registered by {old.module or '?'}; "
                          f"{spec.module or '?'} must choose another name")
-    if spec.analyze is None:  # the norm: project runs go through the runner's one loop
+    if spec.analyze is None or getattr(spec.analyze, "func", None) is analyze_project:
+        # the norm: project runs go through the runner's one loop, with this spec (also after dataclasses.replace)
         object.__setattr__(spec, "analyze", functools.partial(analyze_project, spec))
     _REGISTRY[spec.name] = spec
 
