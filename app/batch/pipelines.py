@@ -20,18 +20,10 @@ from typing import Any, Callable
 
 from app.batch.tasks import ModelRef, Task, device_label
 from app.core.errors import UserError
+from app.core.formats import image_stem
 from app.core.jobs import Progress
 
 OnProgress = Callable[[Progress], None] | None
-
-
-def image_name(path: Path) -> str:
-    """An image's name from its file name, multi-part suffixes (.ome.tif) removed."""
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif", ".tiff", ".tif", ".png", ".jpg", ".jpeg"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def image_files(inputs: Sequence[Path]) -> list[tuple[str, tuple[str, ...]]]:
@@ -41,7 +33,7 @@ def image_files(inputs: Sequence[Path]) -> list[tuple[str, tuple[str, ...]]]:
     items = []
     for path in inputs:
         for file in list_images(Path(path)):
-            items.append((image_name(file), (str(file.resolve()),)))
+            items.append((image_stem(file), (str(file.resolve()),)))
     return items
 
 
@@ -278,7 +270,7 @@ class StagetoolAdapter(Adapter):
         """Section files as ``stagetool analyze`` takes them (truth and label files in folders left out)."""
         from app.pipelines.stagetool.batch import section_files
 
-        return [(image_name(p), (str(p.resolve()),)) for p in section_files(list(inputs))]
+        return [(image_stem(p), (str(p.resolve()),)) for p in section_files(list(inputs))]
 
     def default_model(self, kind: str) -> str:
         from app.pipelines.stagetool.loading import DEMO_MODELS

@@ -1,5 +1,7 @@
 """Which image files Stagescope opens: one suffix table for the CLI, the project and the GUI.
 
+Also the one rule for naming an image after its file (:func:`image_stem`: batch tasks, project
+entries, CLI pairing of images with labels) and for finding the image beside an annotation file.
 Kept free of imports so that every module (images, readers, project browser, pipelines) can use
 it without pulling in the reading libraries.  A scene of a multi-scene file (CZI, LIF, VSI, ND2
 positions) is named ``file.czi#scene-2`` (1-based, as microscope software counts scenes).
@@ -77,3 +79,20 @@ def image_stem(ref: str | os.PathLike[str]) -> str:
     else:
         name = path.stem or name
     return f"{name}_scene-{scene + 1}" if scene is not None else name
+
+
+ANNOTATION_SUFFIXES = (".geojson", ".geo.json")
+
+
+def image_beside(annotation: str | os.PathLike[str]) -> Path | None:
+    """The image a QuPath annotation file (``a.geojson``, ``a.tif.geojson``) sits beside: the file in its
+    folder whose :func:`image_stem` is the annotation's name (first in sorted order), else None."""
+    annotation = Path(annotation)
+    base = annotation.name
+    for suffix in ANNOTATION_SUFFIXES:
+        if base.lower().endswith(suffix) and len(base) > len(suffix):
+            base = base[: -len(suffix)]
+            break
+    wanted = image_stem(base) if image_format(base) else base
+    found = sorted(p for p in annotation.parent.iterdir() if is_image_path(p) and image_stem(p) == wanted)
+    return found[0] if found else None

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QScrollArea, QVBoxLayout, QWidget,
 )
 
+from app.core.formats import image_stem
 from app.core.settings import Settings
 from app.gui.forms import DataclassForm, jsonable_params
 
@@ -76,12 +77,12 @@ def batch_adapter(pipeline: str, settings: Settings, project: Any, images: list[
     if not settings.batch_cluster or len(images) < 2:
         return None
     try:
-        from app.batch.pipelines import get_adapter, image_name
+        from app.batch.pipelines import get_adapter
 
         adapter = get_adapter(pipeline)
     except Exception:  # noqa: BLE001 - app.batch missing, or a pipeline it does not run: run here
         return None
-    same_names = all(image_name(project.image_path(name)) == name for name in images)
+    same_names = all(image_stem(project.image_path(name)) == name for name in images)
     return adapter if same_names else None
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.core.formats import image_beside
 from app.core.jobs import Job, Progress
 
 # modules that call register() on import; missing ones are skipped (a pipeline not built yet)
@@ -184,10 +185,8 @@ def _annotation_file_images(source: TrainingSource) -> list[TrainingImage]:
 
 
 def _beside(path: Path) -> Path | None:
-    """An image with the annotation file's stem in its folder (QuPath exports sit beside the image)."""
-    stem = path.name.split(".")[0]
-    found = [p for p in path.parent.glob(f"{stem}.*") if p.suffix.lower() in (".tif", ".tiff", ".png")]
-    return sorted(found)[0] if found else None
+    """The image named like the annotation file in its folder (QuPath exports sit beside the image)."""
+    return image_beside(path)
 
 
 def _resolve(file_name: str | None, base: Path) -> Path | None:
