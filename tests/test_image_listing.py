@@ -107,4 +107,5 @@ def test_an_annotation_file_finds_the_image_named_like_it(tmp_path):
     assert image_beside(tmp_path / "a.geojson") == tmp_path / "a.tif"
     assert image_beside(tmp_path / "a.tif.geojson") == tmp_path / "a.tif"
     assert image_beside(tmp_path / "b.geojson") == tmp_path / "b.ome.tif"
+    assert image_beside(tmp_path / "b.ome.geojson") == tmp_path / "b.ome.tif"  # the old Stagetool rule
     assert image_beside(tmp_path / "c.geojson") is None

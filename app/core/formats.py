@@ -85,14 +85,18 @@ ANNOTATION_SUFFIXES = (".geojson", ".geo.json")
 
 
 def image_beside(annotation: str | os.PathLike[str]) -> Path | None:
-    """The image a QuPath annotation file (``a.geojson``, ``a.tif.geojson``) sits beside: the file in its
-    folder whose :func:`image_stem` is the annotation's name (first in sorted order), else None."""
+    """The image a QuPath annotation file sits beside, else None: the image whose file name is the annotation's
+    name without ``.geojson`` (``a.tif.geojson``), else whose :func:`image_stem` is (``a.geojson`` -> a.ome.tif),
+    else whose name less its last suffix is (``a.ome.geojson`` -> a.ome.tif); first in sorted order."""
     annotation = Path(annotation)
     base = annotation.name
     for suffix in ANNOTATION_SUFFIXES:
         if base.lower().endswith(suffix) and len(base) > len(suffix):
             base = base[: -len(suffix)]
             break
-    wanted = image_stem(base) if image_format(base) else base
-    found = sorted(p for p in annotation.parent.iterdir() if is_image_path(p) and image_stem(p) == wanted)
-    return found[0] if found else None
+    images = sorted(p for p in annotation.parent.iterdir() if is_image_path(p))
+    for name_of in (lambda p: p.name, image_stem, lambda p: Path(p.name).stem):
+        found = [p for p in images if name_of(p) == base]
+        if found:
+            return found[0]
+    return None

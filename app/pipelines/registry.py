@@ -171,7 +171,7 @@ def _annotation_file_images(source: TrainingSource) -> list[TrainingImage]:
 
     path = Path(source.path)
     if path.suffix.lower() == ".geojson" or path.name.lower().endswith(".geo.json"):
-        image_path = source.image_path or _beside(path)
+        image_path = source.image_path or image_beside(path)  # QuPath exports sit beside the image
         annotated = [read_geojson(path, image_file=str(image_path) if image_path else None)]
     else:
         annotated = read_coco(path)
@@ -182,11 +182,6 @@ def _annotation_file_images(source: TrainingSource) -> list[TrainingImage]:
         out.append(TrainingImage(source.image or Path(item.file_name).stem, _need_image(image_path, source),
                                  list(item.objects)))
     return out
-
-
-def _beside(path: Path) -> Path | None:
-    """The image named like the annotation file in its folder (QuPath exports sit beside the image)."""
-    return image_beside(path)
 
 
 def _resolve(file_name: str | None, base: Path) -> Path | None:
