@@ -109,3 +109,12 @@ def test_an_annotation_file_finds_the_image_named_like_it(tmp_path):
     assert image_beside(tmp_path / "b.geojson") == tmp_path / "b.ome.tif"
     assert image_beside(tmp_path / "b.ome.geojson") == tmp_path / "b.ome.tif"  # the old Stagetool rule
     assert image_beside(tmp_path / "c.geojson") is None
+
+
+def test_a_brightfield_stack_file_is_named_as_the_project_names_it(folder):
+    """`brightfield segment a.b.ome.tif` names its field a.b (it was a: the name cut at the first dot)."""
+    from app.pipelines.brightfield.predict import collect_fields
+
+    stack = folder / "set1.day2.ome.tif"
+    tifffile.imwrite(stack, np.zeros((3, 8, 8), np.uint8), ome=True)
+    assert [f.name for f in collect_fields([stack])] == [image_stem(stack)] == ["set1.day2"]

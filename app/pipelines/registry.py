@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.core.formats import image_beside
+from app.core.formats import image_beside, image_stem
 from app.core.jobs import Job, Progress
 
 # modules that call register() on import; missing ones are skipped (a pipeline not built yet)
@@ -179,7 +179,7 @@ def _annotation_file_images(source: TrainingSource) -> list[TrainingImage]:
     for item in annotated:
         image_path = source.image_path if source.kind == "annotations" or len(annotated) == 1 else None
         image_path = image_path or _resolve(item.file_name, path.parent)
-        out.append(TrainingImage(source.image or Path(item.file_name).stem, _need_image(image_path, source),
+        out.append(TrainingImage(source.image or image_stem(item.file_name), _need_image(image_path, source),
                                  list(item.objects)))
     return out
 
