@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app.core.errors import UserError
+from app.core.formats import image_format
 from app.core.paths import resource_dir, user_data_dir
 
 DemoStep = Callable[["object", Path], list[str]]
@@ -55,7 +56,7 @@ def build_sample_project(folder: Path, force: bool = False):
 def _is_input_image(path: Path, kind: str) -> bool:
     """Images a user would analyse, not the ground truth written beside them."""
     name = path.name.lower()
-    if path.suffix.lower() not in (".tif", ".tiff"):
+    if image_format(path) not in ("tiff", "ome-tiff"):
         return False
     return not any(tag in name for tag in ("label", "truth", "mask", "tubule", "cells"))
 

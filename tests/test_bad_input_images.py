@@ -25,7 +25,7 @@ from openpyxl import load_workbook
 from PIL import Image as PILImage
 
 from app.cli import main
-from app.core import images as images_mod
+from app.core import memory_guard
 from app.core.errors import ImageError
 from app.core.images import open_image, read_image
 
@@ -177,7 +177,7 @@ def test_huge_declared_image_is_refused_by_size_before_decoding(tmp_path, capsys
 def test_size_guard_counts_the_steps_working_memory(tmp_path, capsys, monkeypatch):
     """The trial's 100000 x 100000 uint8 file: 9.3 GiB decoded, but Kaizen works in float copies on top."""
     path = huge_strip_tiff(tmp_path / "big.tif", 100_000, 100_000)
-    monkeypatch.setattr(images_mod, "available_memory", lambda: 20 << 30)
+    monkeypatch.setattr(memory_guard, "available_memory", lambda: 20 << 30)
     code, _, err = run_cli(capsys, "kaizen", "segment", path, "--out", tmp_path / "out")
     line = one_line_error(err)
     assert code == 2 and "100000 x 100000 pixels" in line and "20.0 GiB is free" in line
@@ -187,8 +187,8 @@ def test_tiles_of_a_section_larger_than_memory_still_stream(tmp_path, monkeypatc
     path = tmp_path / "section.tif"
     data = np.arange(256 * 256, dtype=np.uint16).reshape(256, 256)
     tifffile.imwrite(path, data, tile=(64, 64), compression="zlib")
-    monkeypatch.setattr(images_mod, "available_memory", lambda: 64 * 1024)  # 64 KiB "free"
-    monkeypatch.setattr(images_mod, "SMALL_READ_BYTES", 0, raising=False)
+    monkeypatch.setattr(memory_guard, "available_memory", lambda: 64 * 1024)  # 64 KiB "free"
+    monkeypatch.setattr(memory_guard, "SMALL_READ_BYTES", 0)
     with open_image(path) as image:
         with pytest.raises(ImageError, match=r"256 x 256 pixels at once needs 128\.0 KiB|needs 0\.1 MiB"):
             image.read()
@@ -380,8 +380,8 @@ def test_ctrl_c_on_a_local_cluster_batch_is_one_line(tmp_path):
 def test_png_is_refused_by_size_even_for_a_small_region(tmp_path, monkeypatch):
     """Pillow cannot decode a region: the whole picture must fit, so its size is what is checked."""
     PILImage.fromarray(np.zeros((300, 400), np.uint8)).save(tmp_path / "a.png")
-    monkeypatch.setattr(images_mod, "available_memory", lambda: 100_000)
-    monkeypatch.setattr(images_mod, "SMALL_READ_BYTES", 0, raising=False)
+    monkeypatch.setattr(memory_guard, "available_memory", lambda: 100_000)
+    monkeypatch.setattr(memory_guard, "SMALL_READ_BYTES", 0)
     with open_image(tmp_path / "a.png") as image, pytest.raises(ImageError, match="400 x 300 pixels"):
         image.read(region=(0, 0, 10, 10))
 

@@ -403,3 +403,29 @@ def test_read_image_copy_is_independent(tmp_path, shared_data):
     assert type(data) is np.ndarray and data.flags.writeable and data.flags.owndata
     os.remove(copy)
     assert data.shape == (512, 512) and int(data.max()) > 0
+
+
+# ---------------------------------------------------------------------------------- module split
+
+# every public name app.core.images held before it was split into lazy_image, tiff_reader, pillow_reader,
+# image_axes, image_metadata, pixel_checks and memory_guard (issue 13): importers, tests and bench use them
+IMAGES_PUBLIC_NAMES = (
+    "ChannelKey", "DEFAULT_MEMORY_LIMIT", "IMAGE_SUFFIXES", "Image", "ImageError", "ImageInfo", "LIBRARY_FORMATS",
+    "PIXEL_SIZE_RANGE_UM", "PathLike", "RGB_NAMES", "Region", "SCREEN_DPI", "SMALL_READ_BYTES", "TileSource",
+    "UserError", "available_memory", "check_fits_memory", "halve", "image_format", "is_image_path", "label_ids",
+    "list_channel_names", "list_images", "open_image", "plausible_pixel_size", "read_image", "require_dtype",
+    "split_scene", "write_tiff",
+)
+
+
+def test_every_public_name_is_still_importable_from_app_core_images():
+    import app.core.images as images
+
+    missing = [name for name in IMAGES_PUBLIC_NAMES if not hasattr(images, name)]
+    assert missing == [] and sorted(images.__all__) == sorted(IMAGES_PUBLIC_NAMES)
+
+
+def test_image_modules_stay_under_500_lines():
+    core = Path(__file__).resolve().parents[1] / "app" / "core"
+    sizes = {p.name: len(p.read_text().splitlines()) for p in core.glob("*.py")}
+    assert {name: n for name, n in sizes.items() if n > 500} == {}

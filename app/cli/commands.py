@@ -58,7 +58,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def _paired_files(truth: Path, pred: Path) -> list[tuple[Path, Path]]:
-    """Pair label images by file stem when given folders, or the two files themselves."""
+    """Pair label images by image name (app.core.formats.image_stem) when given folders, or the two files."""
+    from app.core.formats import image_stem
     from app.core.images import list_images
 
     truth_files, pred_files = list_images(truth), list_images(pred)
@@ -66,12 +67,12 @@ def _paired_files(truth: Path, pred: Path) -> list[tuple[Path, Path]]:
         return [(truth_files[0], pred_files[0])]
     if truth.is_dir() != pred.is_dir():
         raise UserError("give two files or two folders (matched by file name), not one of each")
-    by_stem = {p.stem: p for p in pred_files}
-    missing = [t.name for t in truth_files if t.stem not in by_stem]
+    by_stem = {image_stem(p): p for p in pred_files}
+    missing = [t.name for t in truth_files if image_stem(t) not in by_stem]
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise UserError(f"{pred}: no prediction for {len(missing)} truth image(s): {shown}")
-    return [(t, by_stem[t.stem]) for t in truth_files]
+    return [(t, by_stem[image_stem(t)]) for t in truth_files]
 
 
 def _read_labels(path: Path):

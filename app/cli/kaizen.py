@@ -119,11 +119,10 @@ def _pairs(images: Path, labels: Path) -> list[tuple[Path, Path]]:
 
 
 def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
+    """The image's name, as the project and the batch name it (app.core.formats.image_stem)."""
+    from app.core.formats import image_stem
+
+    return image_stem(path)
 
 
 def cmd_train(args: argparse.Namespace) -> int:

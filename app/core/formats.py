@@ -1,5 +1,7 @@
 """Which image files Stagescope opens: one suffix table for the CLI, the project and the GUI.
 
+Also the one rule for naming an image after its file (:func:`image_stem`: batch tasks, project
+entries, CLI pairing of images with labels) and for finding the image beside an annotation file.
 Kept free of imports so that every module (images, readers, project browser, pipelines) can use
 it without pulling in the reading libraries.  A scene of a multi-scene file (CZI, LIF, VSI, ND2
 positions) is named ``file.czi#scene-2`` (1-based, as microscope software counts scenes).
@@ -77,3 +79,24 @@ def image_stem(ref: str | os.PathLike[str]) -> str:
     else:
         name = path.stem or name
     return f"{name}_scene-{scene + 1}" if scene is not None else name
+
+
+ANNOTATION_SUFFIXES = (".geojson", ".geo.json")
+
+
+def image_beside(annotation: str | os.PathLike[str]) -> Path | None:
+    """The image a QuPath annotation file sits beside, else None: the image whose file name is the annotation's
+    name without ``.geojson`` (``a.tif.geojson``), else whose :func:`image_stem` is (``a.geojson`` -> a.ome.tif),
+    else whose name less its last suffix is (``a.ome.geojson`` -> a.ome.tif); first in sorted order."""
+    annotation = Path(annotation)
+    base = annotation.name
+    for suffix in ANNOTATION_SUFFIXES:
+        if base.lower().endswith(suffix) and len(base) > len(suffix):
+            base = base[: -len(suffix)]
+            break
+    images = sorted(p for p in annotation.parent.iterdir() if is_image_path(p))
+    for name_of in (lambda p: p.name, image_stem, lambda p: Path(p.name).stem):
+        found = [p for p in images if name_of(p) == base]
+        if found:
+            return found[0]
+    return None

@@ -17,14 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from app.core.errors import ProjectError
+from app.core.formats import image_stem
 
 SCHEMA_VERSION = 1
 PROJECT_FILE = "project.json"
 IMAGES_DIR, ANNOTATIONS_DIR, RUNS_DIR, REPORTS_DIR = "images", "annotations", "runs", "reports"
 SUBFOLDERS = (IMAGES_DIR, ANNOTATIONS_DIR, RUNS_DIR, REPORTS_DIR)
 MODES = ("copy", "link")
-# Multi-part image suffixes removed when an image name is derived from its file name.
-_LONG_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.btf")
 _BAD_NAME_CHARS = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
 
 
@@ -48,13 +47,10 @@ def safe_name(text: str) -> str:
 
 
 def split_image_name(filename: str) -> tuple[str, str]:
-    """Split a file name into (name, suffix), treating ``.ome.tif`` and the like as one suffix."""
-    lower = filename.lower()
-    for suffix in _LONG_SUFFIXES:
-        if lower.endswith(suffix) and len(filename) > len(suffix):
-            return filename[: -len(suffix)], filename[-len(suffix):]
-    path = Path(filename)
-    return path.stem, path.suffix
+    """Split a file name into (name, suffix), treating ``.ome.tif`` and the like as one suffix
+    (the name is :func:`app.core.formats.image_stem`'s, the one naming rule)."""
+    name = image_stem(filename)
+    return name, filename[len(name):]
 
 
 def unique_name(base: str, taken: Callable[[str], bool]) -> str:

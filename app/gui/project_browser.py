@@ -17,7 +17,6 @@ from PySide6.QtWidgets import (
     QAbstractItemView, QLineEdit, QMenu, QTreeWidget, QTreeWidgetItem, QVBoxLayout, QWidget,
 )
 
-from app.core.formats import IMAGE_SUFFIXES  # noqa: F401  (re-exported: the add dialog uses it)
 from app.core.pyramid import open_pyramid, pyramid_cache_dir
 from app.gui.workers import BackgroundRunner
 

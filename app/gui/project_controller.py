@@ -11,9 +11,9 @@ from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import QApplication, QFileDialog
 
 from app.core.errors import UserError
+from app.core.formats import IMAGE_SUFFIXES
 from app.core.images import list_images
 from app.core.readers import preload as preload_readers
-from app.gui.project_browser import IMAGE_SUFFIXES
 from app.gui.run_files import objects_file
 
 if TYPE_CHECKING:

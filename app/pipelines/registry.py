@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.errors import AnnotationError, UserError
+from app.core.formats import image_beside, image_stem
 from app.core.modelcard import register_model_pipeline
 from app.core.results import read_objects
 from app.pipelines.contract import Item, Layer, LoadedModel, PipelineSpec, Sample, TrainerSpec
@@ -165,7 +166,7 @@ def _annotation_file_images(source: TrainingSource) -> list[TrainingImage]:
 
     path = Path(source.path)
     if path.suffix.lower() == ".geojson" or path.name.lower().endswith(".geo.json"):
-        image_path = source.image_path or _beside(path)
+        image_path = source.image_path or image_beside(path)  # QuPath exports sit beside the image
         annotated = [read_geojson(path, image_file=str(image_path) if image_path else None)]
     else:
         annotated = read_coco(path)
@@ -173,16 +174,9 @@ def _annotation_file_images(source: TrainingSource) -> list[TrainingImage]:
     for item in annotated:
         image_path = source.image_path if source.kind == "annotations" or len(annotated) == 1 else None
         image_path = image_path or _resolve(item.file_name, path.parent)
-        out.append(TrainingImage(source.image or Path(item.file_name).stem, _need_image(image_path, source),
+        out.append(TrainingImage(source.image or image_stem(item.file_name), _need_image(image_path, source),
                                  list(item.objects)))
     return out
-
-
-def _beside(path: Path) -> Path | None:
-    """An image with the annotation file's stem in its folder (QuPath exports sit beside the image)."""
-    stem = path.name.split(".")[0]
-    found = [p for p in path.parent.glob(f"{stem}.*") if p.suffix.lower() in (".tif", ".tiff", ".png")]
-    return sorted(found)[0] if found else None
 
 
 def _resolve(file_name: str | None, base: Path) -> Path | None:

@@ -234,7 +234,8 @@ def collect_fields(inputs: list[Path], fluo: Path | None = None) -> list[FieldIn
     See the help of ``stagescope brightfield segment``; batches (app/batch) read inputs the same way.
     """
     from app.core.errors import UserError
-    from app.pipelines.brightfield.stack import IMAGE_SUFFIXES, field_files, is_fluorescence_name, z_from_name
+    from app.core.formats import PLANE_SUFFIXES, image_stem
+    from app.pipelines.brightfield.stack import field_files, is_fluorescence_name, z_from_name
 
     for path in inputs:
         if not path.exists():
@@ -248,9 +249,9 @@ def collect_fields(inputs: list[Path], fluo: Path | None = None) -> list[FieldIn
     fields = []
     for path in inputs:
         if path.is_file():
-            fields.append(FieldInput(path.name.split(".")[0], [path], fluo))
+            fields.append(FieldInput(image_stem(path), [path], fluo))
             continue
-        has_images = any(p.suffix.lower() in IMAGE_SUFFIXES for p in path.iterdir() if p.is_file())
+        has_images = any(p.suffix.lower() in PLANE_SUFFIXES for p in path.iterdir() if p.is_file())
         subdirs = sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith("."))
         folders = [path] if has_images else subdirs
         if not folders:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from app.core.errors import ImageError, ModelError
-from app.core.formats import PLANE_SUFFIXES as IMAGE_SUFFIXES  # one file per field plane
+from app.core.formats import PLANE_SUFFIXES, image_stem  # one file per field plane
 
 Z_PATTERN = re.compile(r"(?:^|[^A-Za-z])[Zz][=_]?(-?\d+(?:\.\d+)?)(?![\d])")
 FLUO_PATTERN = re.compile(r"^(fl|fluo\w*|dapi\w*|hoechst\w*|dna\w*)$|dapi|hoechst|fluo", re.IGNORECASE)
@@ -68,12 +68,7 @@ class PlaneStack:
 
 def z_from_name(name: str) -> float | None:
     """The focus position in a file name (``...-Z1351.60.tif`` -> 1351.6), or None."""
-    stem = Path(name).name
-    for suffix in IMAGE_SUFFIXES:
-        if stem.lower().endswith(suffix):
-            stem = stem[: -len(suffix)]
-            break
-    matches = Z_PATTERN.findall(stem)
+    matches = Z_PATTERN.findall(image_stem(Path(name).name))
     return float(matches[-1]) if matches else None
 
 
@@ -92,7 +87,7 @@ def field_files(folder: Path) -> tuple[list[Path], Path | None]:
     folder = Path(folder)
     if not folder.is_dir():
         raise ImageError(f"{folder}: not a folder")
-    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in PLANE_SUFFIXES)
     fluo = [p for p in images if is_fluorescence_name(p) and z_from_name(p.name) is None]
     with_z = [p for p in images if z_from_name(p.name) is not None and p not in fluo]
     planes = with_z or [p for p in images if p not in fluo and not LABEL_PATTERN.search(p.name)]

@@ -24,6 +24,7 @@ import torch
 
 from app.core.annotations import check_categories, read_coco, read_geojson
 from app.core.errors import AnnotationError, UserError
+from app.core.formats import image_beside
 from app.core.images import open_image
 from app.core.tiles import rotate90, rotate_boxes
 from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
@@ -116,11 +117,11 @@ def sections_from_file(path: Path, kind: str, channel: int | str = 0) -> list[Se
     names = class_names(kind)
     suffix = "".join(path.suffixes[-2:]).lower()
     if path.suffix.lower() == ".geojson" or suffix.endswith(".geo.json"):
-        stem = path.name[: -len(".geojson")] if path.name.lower().endswith(".geojson") else path.stem
-        candidates = [p for p in path.parent.glob(f"{stem}.*") if p.suffix.lower() in (".tif", ".tiff", ".png")]
-        if not candidates:
+        image = image_beside(path)
+        if image is None:
+            stem = path.name[: -len(".geojson")] if path.name.lower().endswith(".geojson") else path.stem
             raise AnnotationError(f"{path}: no image named {stem}.tif beside this GeoJSON file")
-        images = [_for_kind(read_geojson(path, image_file=str(candidates[0])), kind)]
+        images = [_for_kind(read_geojson(path, image_file=str(image)), kind)]
     else:
         images = read_coco(path)
     check_categories(images, names)
