@@ -29,10 +29,14 @@ PAPER_BACKBONES = {"tubules": "resnet50", "cells": "resnext101_32x8d"}
 KINDS = ("tubules", "cells")
 
 
-def _help(text: str, choices: tuple[str, ...] | None = None, basic: bool = False, **kwargs: Any) -> Any:
+def _help(text: str, choices: tuple[str, ...] | None = None, basic: bool = False, label: str | None = None,
+          **kwargs: Any) -> Any:
     """A dataclass field with its help text (and the values a form may offer, as a combo box); ``basic``
-    fields are the few a biologist changes, shown above the form's folded Advanced section."""
-    extra = {"choices": choices} if choices else {}
+    fields are the few a biologist changes, shown above the form's folded Advanced section; ``label``
+    replaces the form's label made from the field name."""
+    extra: dict[str, Any] = {"choices": choices} if choices else {}
+    if label:
+        extra["label"] = label
     return field(metadata={"help": text, **extra, **({"basic": True} if basic else {})}, **kwargs)
 
 
@@ -42,7 +46,8 @@ class AnalyzeParams(Params):
 
     dapi: str = _help("DAPI channel: name or 0-based index", default="0", basic=True)
     antibodies: str = _help("antibody channels, comma separated NAME=CHANNEL[:T] (e.g. SOX9=1:1200, SALL4=2); "
-                            "without T a threshold is suggested from the data", default="", basic=True)
+                            "without T a threshold is suggested from the data; the Run panel's channel list "
+                            "adds the ticked channels", default="", label="Antibodies by name (NAME=CHANNEL[:T])")
     tta: str = _help("cell test-time augmentation: off (one pass, cells kept from single_score, one box per "
                      "cell), full (every tile at 0/90/180/270 degrees, the paper: tighter boxes, 3-4x the time), "
                      "adaptive (one pass, then rotations only for the blocks of a tile that hold an uncertain cell)",
