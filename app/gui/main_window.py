@@ -36,6 +36,7 @@ from app.gui.properties_panel import PropertiesPanel
 from app.gui.results_controller import ResultsController
 from app.gui.run_controller import RunController
 from app.gui.run_panel import RunPanel
+from app.gui.shape_controller import ShapeController
 from app.gui.tile_viewer import TileViewer
 from app.gui.window_actions import build_menus
 from app.gui.window_hooks import WindowHooks
@@ -75,6 +76,7 @@ class MainWindow(QMainWindow):
         self.projects = ProjectController(self)
         self.results = ResultsController(self)
         self.curation = CurationController(self)
+        self.shapes = ShapeController(self)
         self.runs = RunController(self)
         self.dialogs = DialogActions(self)
         self.hooks = WindowHooks(self)
@@ -113,6 +115,7 @@ class MainWindow(QMainWindow):
         properties.retype_requested.connect(self.retype)
         properties.delete_requested.connect(self.delete_cell)
         properties.add_mode_toggled.connect(self.set_add_mode)
+        properties.draw_mode_toggled.connect(self.shapes.set_draw_mode)
 
     def _session_changed(self, name: str, value: Any) -> None:
         if name == "project":

@@ -214,6 +214,8 @@ class ResultsController:
             self.runner.submit("edit", apply_edits_task, self.doc, list(session.edits), layer, self.doc_key)
             return
         applied = apply_edits(self.doc, session.edits)
+        if layer == "tubules" and "cells" in w.viewer.overlays.layers:  # an outline edit moves cells between tubules
+            w.viewer.overlays.update_layer("cells", applied["layers"].get("cells", []))
         self._layer_edited(layer, applied["layers"].get(layer, []), None)
 
     def _layer_edited(self, layer: str, objects: list[dict[str, Any]], prepared: Any) -> None:
