@@ -118,6 +118,7 @@ class PropertiesPanel(QWidget):
     delete_requested = Signal()
     add_mode_toggled = Signal(bool)
     draw_mode_toggled = Signal(bool)
+    train_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -169,6 +170,10 @@ class PropertiesPanel(QWidget):
             row.addWidget(button)
             rows.addRow(row)
 
+        self.train_button = QPushButton("Train on my corrections...")
+        self.train_button.setToolTip("Fine-tune the model that made these results on your corrections (Ctrl+Shift+T)")
+        self.train_button.clicked.connect(self.train_requested)
+
         self.hint = QLabel("Click an object in the viewer to see it here.")
         self.hint.setWordWrap(True)
         layout = QVBoxLayout(self)
@@ -178,6 +183,7 @@ class PropertiesPanel(QWidget):
         layout.addWidget(self.tubule_box)
         layout.addWidget(self.cell_box)
         layout.addWidget(self.add_box)
+        layout.addWidget(self.train_button)
         self.layer: str | None = None
         self.obj: dict[str, Any] | None = None
         self.set_curation_enabled(False)
@@ -187,6 +193,7 @@ class PropertiesPanel(QWidget):
         """Adding cells or tubules needs results on screen; otherwise the controls are hidden."""
         self.add_box.setEnabled(enabled)
         self.add_box.setVisible(enabled)
+        self.train_button.setVisible(enabled)
         self.add_box.setToolTip("" if enabled else reason)
         for button in (self.add_button, self.draw_button):
             if not enabled and button.isChecked():

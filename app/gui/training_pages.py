@@ -22,8 +22,9 @@ from app.pipelines.registry import TrainingSource
 if TYPE_CHECKING:
     from app.gui.training_wizard import TrainingWizard
 
-NO_PRETRAINED = ("No pretrained weights can be downloaded here: networks start from random weights "
-                 "(or from a model of your library), so give them enough annotated data and epochs.")
+NO_PRETRAINED = ("Networks start from random weights, or from a model of your library (fine-tuning: the "
+                 "quickest way to teach a model your own sections). From random weights, give them enough "
+                 "annotated data and epochs.")
 
 
 class PipelinePage(QWizardPage):
@@ -114,6 +115,20 @@ class DataPage(QWizardPage):
             self.w.settings.remember_folder("annotations", file)
             self.add_source(TrainingSource("file", None, Path(file)))
 
+    def tick_only(self, sources: list[TrainingSource], same: Any) -> None:
+        """Tick exactly ``sources`` (``same(a, b)`` compares two), adding those not listed yet."""
+        for source in sources:
+            if not any(same(source, known) for known in self.sources):
+                self.add_source(source, checked=True)
+        self.tree.blockSignals(True)
+        for i in range(self.tree.topLevelItemCount()):
+            item = self.tree.topLevelItem(i)
+            known = self.sources[item.data(0, Qt.ItemDataRole.UserRole)]
+            wanted = any(same(known, source) for source in sources)
+            item.setCheckState(0, Qt.CheckState.Checked if wanted else Qt.CheckState.Unchecked)
+        self.tree.blockSignals(False)
+        self._changed()
+
     def chosen(self) -> list[TrainingSource]:
         out = []
         for i in range(self.tree.topLevelItemCount()):
@@ -141,13 +156,21 @@ class ParamsPage(QWizardPage):
         self.w = wizard
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
+        self.note = QLabel("")
+        self.note.setWordWrap(True)
         layout = QVBoxLayout(self)
+        layout.addWidget(self.note)
         layout.addWidget(self.scroll)
         self.form: DataclassForm | None = None
 
     def initializePage(self) -> None:  # noqa: N802
         trainer = self.w.trainer()
         remembered = self.w.settings.pipeline_params.get(f"train:{trainer.model_pipeline}")
+        preset = trainer.model_pipeline == self.w.preset_pipeline
+        if preset:  # "Train on my corrections": the fine-tune start wins over the last values typed
+            remembered = {**(remembered or {}), **self.w.preset_values}
+        self.note.setText(self.w.preset_note if preset else "")
+        self.note.setVisible(bool(preset and self.w.preset_note))
         # the validation share is chosen once, on the Data page; the trainer gets it from there
         self.form = DataclassForm(trainer.params, remembered, hidden=SPLIT_FIELDS)
         self.scroll.setWidget(self.form)
@@ -178,6 +201,8 @@ class TrainPage(QWizardPage):
         self.status = QLabel("Press Start. Training runs in the background; you can keep working.")
         self.status.setWordWrap(True)
         self.estimate = QLabel("")
+        self.before = QLabel("")  # the estimate said before Start, from earlier trainings
+        self.before.setWordWrap(True)
         self.plot = pg.PlotWidget(title="Loss and validation metrics")
         self.plot.addLegend()
         self.plot.setLabel("bottom", "step")
@@ -186,6 +211,7 @@ class TrainPage(QWizardPage):
             buttons.addWidget(button)
         buttons.addStretch(1)
         layout = QVBoxLayout(self)
+        layout.addWidget(self.before)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
@@ -193,6 +219,15 @@ class TrainPage(QWizardPage):
         layout.addWidget(self.plot, 1)
         self.curves: dict[str, Any] = {}
         self.set_running(False)
+
+    def initializePage(self) -> None:  # noqa: N802
+        from app.gui.training_estimate import cards_for, estimate
+
+        trainer, params = self.w.trainer(), self.w.params
+        if trainer is None or params is None:
+            return
+        self.w.estimate = estimate(params, cards_for(trainer.model_pipeline, getattr(params, "init_from", "") or ""))
+        self.before.setText(self.w.estimate.text())
 
     def set_running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)

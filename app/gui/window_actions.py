@@ -127,6 +127,9 @@ def build_menus(w: MainWindow) -> None:
     analysis.addAction(act("run_all", "Run on &all images", lambda: runs.run_pipeline(True),
                            "Ctrl+Shift+R", "Queue the pipeline on every image of the project"))
     analysis.addAction(act("show_run_panel", "Show run &panel", runs.show_run_panel, "Ctrl+Shift+P"))
+    analysis.addAction(act("train_corrections", "&Train on my corrections...", w.loop.train_on_corrections,
+                           "Ctrl+Shift+T", "Fine-tune the model that made the shown run on your corrections, "
+                           "then re-run and compare"))
     analysis.addSeparator()
     jobs = w.jobs_widget
     analysis.addAction(act("cancel_job", "&Cancel selected job", jobs.cancel_selected, "Ctrl+."))

@@ -1,0 +1,146 @@
+"""The correct -> train -> re-run loop without widgets: what to train on, from which model, and how long.
+
+"Train on my corrections" starts from the run shown: its corrected sections are the training data,
+the model that made its predictions is the starting point (fine-tuning), and the model of the layer
+the user corrected most is the one to train.  Afterwards the new model re-runs the rest of the
+project, and the corrected sections, so old and new can be compared with the corrections
+(:mod:`app.pipelines.stagetool.agreement`).  No Qt: app/gui/loop_controller.py shows this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.core.edits import ACTION_LAYERS, edits_for_image, read_edits
+from app.core.errors import UserError
+from app.pipelines.registry import TrainingSource
+
+# a trainer's params field that starts training from another model's weights (the Stagetool trainer's)
+FINE_TUNE_FIELDS = ("init_from",)
+LAYER_TRAINERS = {"tubules": "stagetool-tubules", "cells": "stagetool-cells"}
+
+
+@dataclass
+class RetrainPlan:
+    """What "Train on my corrections" presets in the training wizard, and what follows it."""
+
+    run_folder: Path
+    run_id: str
+    pipeline: str  # the analysis pipeline of the run (re-runs use it again)
+    images: list[str]  # the corrected sections
+    model_pipeline: str  # the trainer to preset
+    sources: list[TrainingSource]
+    init_from: str  # folder of the model that made the predictions, or "" when it is not on this computer
+    old_models: dict[str, str]  # layer -> model folder (or name) that made the run
+    edits_per_layer: dict[str, int] = field(default_factory=dict)
+    rest: list[str] = field(default_factory=list)  # project images without corrections in this run
+
+    def note(self) -> str:
+        """One line for the wizard: data and starting point."""
+        start = (f"fine-tunes from the model that made these predictions ({Path(self.init_from).name})"
+                 if self.init_from else "starts from random weights (the model that made these predictions "
+                 "is not in your model library)")
+        counts = ", ".join(f"{n} {layer} edits" for layer, n in self.edits_per_layer.items() if n)
+        return f"Training on the corrections of run {self.run_id} ({len(self.images)} section(s); {counts}); {start}."
+
+
+def model_folder(reference: Any) -> str:
+    """The folder (or else the name) of a model as run.json records it."""
+    if isinstance(reference, dict):
+        folder = reference.get("folder")
+        if folder and Path(folder).is_dir():
+            return str(folder)
+        return str(reference.get("name") or "")
+    return str(reference or "")
+
+
+def plan_retraining(project: Any, run: Any) -> RetrainPlan:
+    """The plan for a run; UserError when it has no corrections yet or no trainer fits its layers."""
+    from app.gui.run_files import base_objects_file
+
+    edits = read_edits(run.folder)
+    if not edits:
+        raise UserError(f"run {run.id} has no corrections yet: restage, retype, add or draw in the viewer first")
+    images = [image for image in run.results if edits_for_image(edits, image)]
+    per_layer: dict[str, int] = {}
+    for edit in edits:
+        layer = edit.get("layer") or ACTION_LAYERS[edit["action"]]
+        per_layer[layer] = per_layer.get(layer, 0) + 1
+    trainable = [layer for layer in ("tubules", "cells") if per_layer.get(layer)]
+    if not trainable or not images:
+        raise UserError(f"run {run.id}: no trainable corrections (tubules or cells) found")
+    layer = max(trainable, key=lambda name: per_layer[name])  # ties: tubules, listed first
+    models = run.models if isinstance(run.models, dict) else {}
+    old = {name: model_folder(models.get(name)) for name in ("tubules", "cells") if models.get(name)}
+    init = old.get(layer, "")
+    sources = []
+    for image in images:
+        path = base_objects_file(run, image)
+        if path is not None:
+            sources.append(TrainingSource("corrected", image, path, Path(run.folder), _image_path(project, image)))
+    rest = [entry.name for entry in project.images() if entry.name not in images] if project is not None else []
+    return RetrainPlan(Path(run.folder), run.id, run.pipeline, images, LAYER_TRAINERS[layer], sources,
+                       init if Path(init).is_dir() else "", old, per_layer, rest)
+
+
+def _image_path(project: Any, image: str) -> Path | None:
+    try:
+        return project.image_path(image) if project is not None else None
+    except UserError:
+        return None
+
+
+def preset_values(params_class: Any, plan: RetrainPlan) -> tuple[dict[str, Any], str]:
+    """Form values the plan sets on a trainer's params (the fine-tune start), and a note when it cannot."""
+    names = {f.name for f in dataclasses.fields(params_class)} if dataclasses.is_dataclass(params_class) else set()
+    field_name = next((name for name in FINE_TUNE_FIELDS if name in names), None)
+    if field_name is None:
+        return {}, "this trainer cannot start from another model: training starts from random weights"
+    return {field_name: plan.init_from}, ""
+
+
+def run_params(spec: Any, run: Any) -> Any:
+    """The analysis parameters a run was made with, as the pipeline's params (unknown keys dropped)."""
+    params_class = spec.params
+    names = {f.name for f in dataclasses.fields(params_class) if f.init}
+    return params_class(**{k: v for k, v in (run.parameters or {}).items() if k in names})
+
+
+def rerun_models(plan: RetrainPlan, model_pipeline: str, new_model: Path) -> dict[str, str]:
+    """The models for a re-run: the new model for the trained layer, the run's own for the others."""
+    models = dict(plan.old_models)
+    layer = next(name for name, trainer in LAYER_TRAINERS.items() if trainer == model_pipeline)
+    models[layer] = str(new_model)
+    return models
+
+
+def corrected_documents(run: Any, images: list[str]) -> dict[str, dict[str, Any]]:
+    """image -> the run's predictions with its edits applied (the reference of the comparison)."""
+    from app.core.edits import apply_edits
+
+    edits = read_edits(run.folder)
+    return {image: apply_edits(doc, edits_for_image(edits, image)) for image, doc in raw_documents(run, images).items()}
+
+
+def raw_documents(run: Any, images: list[str]) -> dict[str, dict[str, Any]]:
+    """image -> a run's predictions as the model made them (no edits)."""
+    from app.core.results import read_objects
+    from app.gui.run_files import base_objects_file
+
+    out = {}
+    for image in images:
+        path = base_objects_file(run, image)
+        if path is not None:
+            out[image] = read_objects(path)
+    return out
+
+
+def compare_old_and_new(old_run: Any, new_run: Any, images: list[str]) -> list[dict[str, Any]]:
+    """Agreement with the corrections of the old run's and the new run's predictions on ``images``."""
+    from app.pipelines.stagetool.agreement import compare_runs
+
+    return compare_runs(corrected_documents(old_run, images), raw_documents(old_run, images),
+                        raw_documents(new_run, images))
