@@ -162,7 +162,7 @@ def cmd_evaluate_semantic(args: argparse.Namespace) -> int:
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from app.core.phantoms import write_phantom
+    from app.pipelines.phantoms import write_phantom
 
     markers = tuple(m.strip() for m in args.markers.split(",") if m.strip()) if args.markers is not None else None
     written = write_phantom(args.kind, args.out, seed=args.seed, count=args.count, size=args.size, markers=markers)

@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_stager(args: argparse.Namespace) -> int:
-    from app.pipelines.stagetool.composition import fit_into_model
+    from app.pipelines.stagetool.fitting import fit_into_model
 
     stager, accuracy = fit_into_model(list(args.truth), args.model, args.predictions)
     cells = "the cells found in them" if args.predictions else "their annotated cells"

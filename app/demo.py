@@ -29,7 +29,7 @@ def default_demo_dir() -> Path:
 
 def build_sample_project(folder: Path, force: bool = False):
     """Create (or reopen) the sample project in ``folder`` from the recipe's phantoms."""
-    from app.core.phantoms import write_phantom
+    from app.pipelines.phantoms import write_phantom
     from app.core.project import Project
 
     folder = Path(folder)

@@ -21,8 +21,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from app.core.testis_phantom import render_testis_truth, testis_layout, write_testis  # noqa: E402
-from app.pipelines.stagetool.composition import fit_docs_into_model, fit_into_model  # noqa: E402
+from app.pipelines.stagetool.phantom import render_testis_truth, testis_layout, write_testis  # noqa: E402
+from app.pipelines.stagetool.fitting import fit_docs_into_model, fit_into_model  # noqa: E402
 
 SEEDS, SIZE = range(1000, 1048), 2048
 

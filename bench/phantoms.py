@@ -41,7 +41,7 @@ def child(mode: str, size: int, markers: tuple[str, ...]) -> None:
     """Write one section in this (fresh) process and print the measurement as JSON."""
     import tracemalloc
 
-    from app.core import testis_phantom as tp
+    from app.pipelines.stagetool import phantom as tp
 
     baseline = peak_rss_mb()
     timing = {}

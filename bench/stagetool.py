@@ -57,7 +57,7 @@ def _rss_mb() -> float:
 
 def make_section(folder: Path, size: int, seed: int) -> tuple[Path, Path]:
     """Write a phantom section (DAPI + SOX9) and its truth with the CLI's phantom writer; (image, truth folder)."""
-    from app.core.testis_phantom import write_testis
+    from app.pipelines.stagetool.phantom import write_testis
 
     written = write_testis(folder, seed=seed, count=1, size=size, markers=("SOX9",))
     return written[0], folder

@@ -82,7 +82,7 @@ def log(*parts: object) -> None:
 
 
 def _write(job: tuple[str, int, int]) -> None:
-    from app.core.testis_phantom import write_testis
+    from app.pipelines.stagetool.phantom import write_testis
 
     split, seed, size = job
     markers = ("SOX9",) if split == "test" else ()
@@ -116,7 +116,7 @@ def gen() -> None:
 def sections(split: str, kind: str) -> list:
     """In-memory training sections (DAPI plane + objects) of one split."""
     from app.core.images import read_image
-    from app.core.testis_phantom import read_testis_truth
+    from app.pipelines.stagetool.truth import read_testis_truth
     from app.pipelines.stagetool.dataset import Section
 
     found = []
@@ -157,7 +157,7 @@ def train_model(kind: str) -> None:
                          loader_threads=4 if gpu else 0, init_from=os.environ.get(f"STAGETOOL_INIT_{kind.upper()}", ""))
     seeds = {split: f"{SEEDS[split]}-{SEEDS[split] + S[f'n_{split}'] - 1}" for split in ("train", "val")}
     description = (f"{SYNTHETIC}. {len(train_sections)} phantom testis sections of {S['size']} px "
-                   f"(app/core/testis_phantom.py, seeds {seeds['train']}); best epoch chosen on "
+                   f"(app/pipelines/stagetool/phantom.py, seeds {seeds['train']}); best epoch chosen on "
                    f"{len(val_sections)} other phantom sections (seeds {seeds['val']})")
     out = OUT / "models" / NAMES[kind]
     last = [0.0]

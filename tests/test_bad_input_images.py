@@ -98,7 +98,7 @@ def test_implausible_png_dpi_and_ome_size_are_unknown_but_real_ones_kept(tmp_pat
 
 def test_stagetool_report_without_calibration_gives_areas_in_px(tmp_path):
     from app.pipelines.stagetool import tables
-    from app.reports.excel import write_section_workbook
+    from app.pipelines.stagetool.report_excel import write_section_workbook
 
     tubules = [{"id": 1, "class": "I-III", "score": 0.9, "box": [0, 0, 10, 10], "polygon": [], "centroid": [5, 5],
                 "area_px": 80, "excluded": False}]

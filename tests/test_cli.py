@@ -185,7 +185,7 @@ def test_console_script_user_error_has_no_traceback(tmp_path):
 
 
 def test_core_imports_no_qt():
-    """The import-linter contract in pyproject.toml: core, pipelines, reports and CLI never import Qt."""
+    """Every import-linter contract in pyproject.toml: no Qt in core or pipelines, the layers, independent pipelines."""
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ import json
 import pytest
 from openpyxl import load_workbook
 
-from app.core.testis_classes import CELL_TYPES, STAGES
+from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool import curation, tables
-from app.reports.excel import write_batch_workbook, write_section_workbook
+from app.pipelines.stagetool.report_excel import write_batch_workbook, write_section_workbook
 
 
 def section_doc(name: str = "s1", synthetic: bool = True) -> dict:

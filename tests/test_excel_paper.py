@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from openpyxl import load_workbook
 
-from app.core.testis_classes import CELL_TYPES, STAGES
+from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool import curation, tables
-from app.reports.excel import write_batch_workbook, write_section_workbook
+from app.pipelines.stagetool.report_excel import write_batch_workbook, write_section_workbook
 
 from test_excel import section_doc, sheet_rows
 

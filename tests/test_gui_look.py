@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("pytestqt")
 from skimage.color import deltaE_ciede2000, rgb2lab  # noqa: E402
 
-from app.core.testis_classes import (  # noqa: E402
+from app.pipelines.stagetool.classes import (  # noqa: E402
     CELL_TYPES, CLASS_COLOURS, EXCLUDED_COLOUR, SELECTION_COLOUR, STAGES,
 )
 

@@ -72,3 +72,16 @@ def test_the_window_title_and_selection_follow_the_session(qtbot, tmp_path):
         window.confirm = lambda *args: True
         window.queue.shutdown()
         window.close()
+
+
+def test_a_first_window_fits_a_smaller_screen_and_keeps_its_size_on_a_large_one():
+    pytest.importorskip("PySide6")
+    from PySide6.QtCore import QSize
+
+    from app.gui.window_layout import DEFAULT_SIZE, default_size
+
+    small = default_size(QSize(1440, 870))  # a 1440 x 900 laptop screen less its top panel
+    assert small.width() <= 1440 * 0.95 and small.height() <= 870 * 0.95
+    assert default_size(QSize(2560, 1440)) == DEFAULT_SIZE
+    assert default_size(QSize(1920, 900)) == QSize(DEFAULT_SIZE.width(), int(900 * 0.95))
+    assert default_size(None) == DEFAULT_SIZE

@@ -167,7 +167,8 @@ def test_brightfield_and_stagetool_trainers_write_models_from_annotation_files(t
     from app.core.jobs import run
     from app.core.modelcard import load_model_card
     from app.core.phantoms import brightfield_stack
-    from app.core.testis_phantom import read_testis_truth, write_testis
+    from app.pipelines.stagetool.phantom import write_testis
+    from app.pipelines.stagetool.truth import read_testis_truth
 
     stack = brightfield_stack(seed=1, size=96, count=8, n_planes=3)
     tifffile.imwrite(tmp_path / "field.tif", stack.planes.astype(np.float32), photometric="minisblack")

@@ -11,7 +11,7 @@ from openpyxl import load_workbook
 from app.cli import main
 from app.core.images import write_tiff
 from app.core.modelcard import ModelCard, save_model
-from app.core.testis_classes import CELL_TYPES, STAGES
+from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool.models import ModelConfig, build_model
 from stagetool_testing import one_torch_thread  # noqa: F401  (autouse fixture)
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from app.core.errors import UserError
-from app.core.testis_phantom import TRUTH_SUFFIX, render_testis_truth
-from app.core.testis_phantom import testis_layout as make_layout  # not a test
+from app.pipelines.stagetool.phantom import render_testis_truth
+from app.pipelines.stagetool.phantom_layout import testis_layout as make_layout  # not a test
+from app.pipelines.stagetool.truth import TRUTH_SUFFIX
 from app.pipelines.stagetool import composition as C
 
 SIZE = 1024
@@ -112,7 +113,7 @@ def _found_cells(doc, rng):
 
 
 def _prediction_rows(seeds, rng):
-    from app.core.testis_phantom import tubule_labels
+    from app.pipelines.stagetool.phantom import tubule_labels
 
     rows, stages = [], []
     for seed in seeds:

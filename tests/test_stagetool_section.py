@@ -20,7 +20,7 @@ from app.core.errors import ImageError
 from app.core.images import write_tiff
 from app.core.jobs import run
 from app.core.modelcard import ModelCard
-from app.core.testis_classes import CELL_TYPES, STAGES
+from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool import predict
 from app.pipelines.stagetool.batch import run_sections, write_section_outputs
 from app.pipelines.stagetool.evaluate import SectionTruth, evaluate_section

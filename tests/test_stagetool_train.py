@@ -12,7 +12,7 @@ from app.core.annotations import AnnotatedObject, ImageAnnotations, labels_to_ob
 from app.core.images import write_tiff
 from app.core.jobs import run
 from app.core.modelcard import load_model_card
-from app.core.testis_classes import CELL_TYPES, STAGES
+from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool.dataset import Crop, CropSampler, Section, augment
 from app.pipelines.stagetool.params import TrainParams
 from app.pipelines.stagetool.train import cell_metrics, train

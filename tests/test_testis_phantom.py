@@ -11,13 +11,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from app.core import testis_phantom as tp
 from app.core.images import open_image
-from app.core.testis_classes import CELL_TYPES, STAGES
-from app.core.testis_phantom import (
-    load_testis_truth, read_testis_truth, render_testis, render_testis_truth, tubule_labels, write_testis,
-)
-from app.core.testis_phantom import testis_layout as make_layout  # not a test
+from app.pipelines.stagetool import phantom as tp
+from app.pipelines.stagetool import phantom_layout as tl
+from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
+from app.pipelines.stagetool.phantom import render_testis, render_testis_truth, tubule_labels, write_testis
+from app.pipelines.stagetool.phantom_layout import testis_layout as make_layout  # not a test
+from app.pipelines.stagetool.truth import load_testis_truth, read_testis_truth
 
 
 @pytest.fixture(scope="module")
@@ -197,16 +197,16 @@ def test_each_cell_draws_from_its_own_seed():
 def test_the_layout_needs_no_section_sized_label_image(monkeypatch):
     small = make_layout(seed=5, size=1200)
     labels = tubule_labels(small)
-    index = tp._Index(small)
+    index = tl._Index(small)
     rng = np.random.default_rng(0)
     for y, x in rng.uniform(-5, 1205, (400, 2)):
         inside = 0 <= int(y) < 1200 and 0 <= int(x) < 1200 and labels[int(y), int(x)] > 0
-        assert tp._in_a_tubule(index, small.shape, y, x) == inside
+        assert tl._in_a_tubule(index, small.shape, y, x) == inside
 
     def refuse(*args, **kwargs):
         raise AssertionError("testis_layout drew pixels")
     monkeypatch.setattr(tp, "tubule_labels", refuse)
-    monkeypatch.setattr(tp, "_tubule_region", refuse)
+    monkeypatch.setattr(tl, "_tubule_region", refuse)
     again = make_layout(seed=5, size=1200)
     assert [(c.cy, c.cx) for c in again.distractors] == [(c.cy, c.cx) for c in small.distractors]
 

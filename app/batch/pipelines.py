@@ -272,7 +272,7 @@ class StagetoolAdapter(Adapter):
 
     name = "stagetool"
     model_kinds = {"tubules": "stagetool-tubules", "cells": "stagetool-cells"}
-    modules = ("app.pipelines.stagetool.predict", "app.pipelines.stagetool.batch", "app.reports.excel")
+    modules = ("app.pipelines.stagetool.predict", "app.pipelines.stagetool.batch", "app.pipelines.stagetool.report_excel")
 
     def expand(self, inputs: Sequence[Path]) -> list[tuple]:
         """Section files as ``stagetool analyze`` takes them (truth and label files in folders left out)."""
@@ -281,7 +281,7 @@ class StagetoolAdapter(Adapter):
         return [(image_name(p), (str(p.resolve()),)) for p in section_files(list(inputs))]
 
     def default_model(self, kind: str) -> str:
-        from app.pipelines.stagetool.predict import DEMO_MODELS
+        from app.pipelines.stagetool.loading import DEMO_MODELS
 
         return DEMO_MODELS[kind]
 

@@ -79,7 +79,23 @@ def results_writer(folder: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield folder
     finally:
+        if lock.lock_counter == 1:
+            _drop_lock_file_of_empty(folder)
         lock.release()
+
+
+def _drop_lock_file_of_empty(folder: Path) -> None:
+    """Unlink the lock file (still held) when it is all the folder holds: a failed run leaves it empty.
+
+    Done while still holding it.  Writers never wait for this lock (they are refused at once), so
+    only one that opened the old file in the same microsecond could lock a stale file; the folder
+    holds no results then, so nothing can be interleaved.
+    """
+    try:
+        if [p.name for p in folder.iterdir()] == [RESULTS_LOCK_FILE]:
+            (folder / RESULTS_LOCK_FILE).unlink()
+    except OSError:
+        pass
 
 
 _WRITERS: dict[Path, FileLock] = {}

@@ -4,8 +4,9 @@ Fluorescence nuclei (isolated, touching and overlapping in known proportions, va
 size/brightness/texture, uneven illumination, blur, noise; overlapping signals add and the
 labels give a shared pixel to the brighter nucleus); brightfield z-stacks of the same cells,
 whose nucleus contrast is lowest in focus and flips sign across focus, with the paired
-DNA-stain image (optionally shifted: a registration error); and DAPI testis sections with tubule
-stages, 9 cell types and antibody channels (drawn in :mod:`app.core.testis_phantom`).
+DNA-stain image (optionally shifted: a registration error).  Pipelines draw their own phantoms
+(Stagetool's testis sections: :mod:`app.pipelines.stagetool.phantom`); :mod:`app.pipelines.phantoms`
+writes every kind.
 """
 
 from __future__ import annotations
@@ -18,8 +19,6 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from app.core.errors import UserError
-from app.core.testis_phantom import (  # noqa: F401  (re-exported: the testis phantom API)
-    DEFAULT_MARKERS, TestisLayout, refuse_overwrite, render_testis, render_testis_truth, testis_layout, write_testis)
 
 
 @dataclass
@@ -388,9 +387,22 @@ def brightfield_stack(seed: int = 0, size: int | tuple[int, int] = 256, count: i
                               labels, (int(shift[0]), int(shift[1])), objects)
 
 
+def refuse_overwrite(folder: Path, names: list[str]) -> None:
+    """Phantoms never replace files: a folder that already holds one of ``names`` is a user error."""
+    taken = [n for n in names if (folder / n).exists()]
+    if taken:
+        raise UserError(f"{folder} already holds {taken[0]}"
+                        + (f" and {len(taken) - 1} other file(s)" if len(taken) > 1 else "")
+                        + ": choose an empty folder (phantoms never overwrite files)")
+
+
 def write_phantom(kind: str, out_dir: Path, seed: int = 0, count: int | None = None, size: int | None = None,
                   markers: tuple[str, ...] | None = None) -> list[Path]:
-    """Write phantom images, their ground truth and a README.txt describing what was drawn."""
+    """Write nuclei or brightfield phantom images, their ground truth and a README.txt describing what was drawn.
+
+    ``markers`` is ignored (those kinds have no antibody channels); it keeps the signature of
+    :func:`app.pipelines.phantoms.write_phantom`, which also writes pipelines' own kinds.
+    """
     import tifffile
 
     from app.core.atomic import atomic_path
@@ -432,10 +444,9 @@ def write_phantom(kind: str, out_dir: Path, seed: int = 0, count: int | None = N
                 "paired DNA stain field_NNN_fluo.tif and nuclei labels field_NNN_labels.tif. Nuclei are weak "
                 "phase objects: almost no contrast in focus, rims that change sign across focus; some touch or "
                 "overlap.")
-    elif kind == "testis":
-        return write_testis(out, seed=seed, count=count, size=size or 2048, markers=markers or DEFAULT_MARKERS)
     else:
-        raise UserError(f"unknown phantom kind '{kind}' (nuclei, brightfield or testis)")
+        raise UserError(f"unknown phantom kind '{kind}' (nuclei or brightfield here; "
+                        "app.pipelines.phantoms also writes testis)")
     (out / "README.txt").write_text(f"{text}\nSeed {seed}, {count} image(s). Synthetic data with exact ground truth.\n")
     written.append(out / "README.txt")
     return written

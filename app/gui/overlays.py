@@ -23,15 +23,15 @@ from PySide6.QtGui import QColor, QPen
 from PySide6.QtWidgets import QGraphicsItem
 
 from app.core.edits import point_in_polygon
-from app.core.testis_classes import (  # one palette for stages and cell types lives in the core
-    CELL_TYPE_COLOURS, CELL_TYPES, CLASS_COLOURS, EXCLUDED_COLOUR, SELECTION_COLOUR, STAGES,
-)
-from app.core.testis_classes import STAGE_COLOURS as STAGE_COLOUR_MAP
 from app.gui.overlay_data import (
     CHUNK, EXCLUDED, ClassDrawing, LayerData, Primitives, chunk_keys, draw_class, line_primitives, object_box,
     outline_arrays, point_primitives,
 )
 from app.gui.theme import DEFAULT_LAYER_WIDTH, GENERIC_COLOURS, LAYER_WIDTH, SELECTION_WIDTH
+from app.pipelines.stagetool.classes import (  # one palette for stages and cell types: Stagetool's vocabulary
+    CELL_TYPE_COLOURS, CELL_TYPES, CLASS_COLOURS, EXCLUDED_COLOUR, SELECTION_COLOUR, STAGES,
+)
+from app.pipelines.stagetool.classes import STAGE_COLOURS as STAGE_COLOUR_MAP
 
 LAYER_ORDER = ("tubules", "objects", "nuclei", "cells")  # drawing order, bottom to top
 LAYER_Z = {name: 10 + i for i, name in enumerate(LAYER_ORDER)}

@@ -5,8 +5,8 @@ counts).  Each antibody's threshold T starts from the value the analysis used (g
 suggested) and can be changed here: a histogram of the cells' mean intensities with T as a
 draggable line, and the section's antibody channel with the cells that are positive at T.  Sections,
 documents, thresholds and jobs come from :mod:`app.gui.report_sections` (no Qt).  The
-workbook is written by the Stagetool report code (app/reports/excel.py with the tables of
-app/pipelines/stagetool/tables.py), looked up when needed, as a job in the queue; the folder can
+workbook is written by the Stagetool report code (app/pipelines/stagetool/report_excel.py with the tables
+of app/pipelines/stagetool/tables.py), looked up when needed, as a job in the queue; the folder can
 be opened afterwards.
 """
 

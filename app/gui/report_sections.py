@@ -148,7 +148,7 @@ def add_antibody_job(project: Any, entries: list[SectionEntry], name: str, chann
 def find_report_writer() -> Callable[[list[dict[str, Any]], Path], Path] | None:
     """A function writing a workbook from curated documents, or None when the report code is absent."""
     try:
-        excel = importlib.import_module("app.reports.excel")
+        excel = importlib.import_module("app.pipelines.stagetool.report_excel")
         tables = importlib.import_module("app.pipelines.stagetool.tables")
     except ImportError:
         return None

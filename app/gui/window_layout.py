@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from PySide6.QtCore import QByteArray, QSize, Qt
+from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import QDockWidget, QLabel, QMainWindow, QWidget
 
 if TYPE_CHECKING:
     from app.gui.main_window import MainWindow
 
 DEFAULT_SIZE = QSize(1500, 950)
+SCREEN_SHARE = 0.95  # a first window on a smaller screen leaves room for the frame and panels
 SIDE_WIDTH = 330  # project browser and layers docks
 JOBS_HEIGHT = 120
 LEFT_SPLIT = (300, 520)  # project browser over run panel
@@ -64,12 +66,22 @@ def window_state(w: QMainWindow) -> dict[str, str]:
             "state": bytes(w.saveState().toBase64()).decode()}
 
 
+def default_size(available: QSize | None) -> QSize:
+    """The first window's size: :data:`DEFAULT_SIZE`, shrunk to fit a smaller screen's ``available`` area
+    (a 1440 x 900 laptop screen otherwise cuts off the right docks and the status bar)."""
+    if available is None or available.isEmpty():
+        return QSize(DEFAULT_SIZE)
+    return QSize(min(DEFAULT_SIZE.width(), int(available.width() * SCREEN_SHARE)),
+                 min(DEFAULT_SIZE.height(), int(available.height() * SCREEN_SHARE)))
+
+
 def restore_window(w: QMainWindow, saved: dict[str, str]) -> None:
     """Restore the geometry and dock state saved by :func:`window_state` (a default size without)."""
     geometry, state = saved.get("geometry"), saved.get("state")
     if geometry:
         w.restoreGeometry(QByteArray.fromBase64(geometry.encode()))
     else:
-        w.resize(DEFAULT_SIZE)
+        screen = w.screen() or QGuiApplication.primaryScreen()
+        w.resize(default_size(screen.availableGeometry().size() if screen is not None else None))
     if state:
         w.restoreState(QByteArray.fromBase64(state.encode()))

@@ -1,10 +1,15 @@
 """Stagetool: whole DAPI testis sections -> tubule stages, cell types, antigen profiles, Excel reports.
 
-Method: Meikar, Majoral et al., Endocrinology 2023 (science.md section 2).  Modules:
-:mod:`.models` (torchvision Mask R-CNN / Faster R-CNN), :mod:`.dataset` and :mod:`.train`
-(training from annotations or phantoms), :mod:`.predict` (tiles, TTA, merges), :mod:`.merge`,
-:mod:`.antigen`, :mod:`.curation`, :mod:`.tables`, :mod:`.batch` and :mod:`.evaluate`.
-Importing the package registers the pipeline; heavy modules load only when a job runs.
+Method: Meikar, Majoral et al., Endocrinology 2023 (science.md section 2).  Everything Stagetool
+lives here.  Modules: :mod:`.classes` (stages, cell types, markers, palette), :mod:`.layout`
+(names in a results folder), :mod:`.phantom_layout` / :mod:`.phantom` / :mod:`.truth` (synthetic
+sections and their truth files), :mod:`.models` (torchvision Mask R-CNN / Faster R-CNN),
+:mod:`.dataset` and :mod:`.train` (training from annotations or phantoms), :mod:`.loading`,
+:mod:`.section` and :mod:`.predict` (tiles, TTA, merges), :mod:`.merge`, :mod:`.antigen`,
+:mod:`.composition` and :mod:`.fitting` (the composition stager), :mod:`.curation`, :mod:`.tables`,
+:mod:`.report_excel` / :mod:`.report_sheets` / :mod:`.per_tubule` (workbooks), :mod:`.batch` and
+:mod:`.evaluate`.  Importing the package registers the pipeline; modules that import torch load
+only when a job runs.
 """
 
 from __future__ import annotations
@@ -13,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from app.core.errors import AnnotationError
 from app.core.jobs import Job
-from app.pipelines.registry import PipelineSpec, TrainerSpec, TrainingSource, register
+from app.pipelines.registry import PipelineSpec, TrainerSpec, TrainingSource, register, training_images
+from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool.params import AnalyzeParams, TrainParams
 
 
@@ -46,10 +53,7 @@ def _trainer(kind: str) -> Any:
                            validation_fraction: float = 0.2) -> Job[Path]:
         import dataclasses
 
-        from app.core.annotations import ImageAnnotations, check_categories
-        from app.core.errors import AnnotationError
-        from app.core.testis_classes import CELL_TYPES, STAGES
-        from app.pipelines.registry import training_images
+        from app.core.annotations import ImageAnnotations, check_categories  # scipy: kept off the CLI's start
         from app.pipelines.stagetool.dataset import Section, class_names
         from app.pipelines.stagetool.train import train
 

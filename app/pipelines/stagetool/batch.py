@@ -20,18 +20,26 @@ from pathlib import Path
 from typing import Any
 
 from app.core.atomic import atomic_write_json
-from app.core.errors import UserError
+from app.core.edits import edits_for_image, read_edits
+from app.core.errors import ImageError, UserError
 from app.core.fingerprint import file_fingerprint
-from app.core.jobs import Job, Progress
+from app.core.images import list_images, open_image
+from app.core.jobs import ConsoleProgress, Job, Progress, run
+from app.core.locks import results_writer
+from app.core.outputs import save_report_text
+from app.core.project import Run, now_iso
+from app.core.project_edit import entry_metadata
+from app.core.results import read_objects, write_objects
 from app.pipelines.stagetool import curation, tables
-from app.pipelines.stagetool.params import AnalyzeParams
-from app.pipelines.stagetool.predict import (
-    OBJECTS_FILE, PIPELINE, PREDICTIONS_FILE, SUMMARY_FILE, LoadedModel, analyze_section, load_model, section_name,
+from app.pipelines.stagetool.classes import MARKERS
+from app.pipelines.stagetool.layout import (
+    BATCH_WORKBOOK, EVALUATION_FILE, LOG_FILE, OBJECTS_FILE, PIPELINE, POOLED, PREDICTIONS_FILE, SUMMARY_FILE,
 )
+from app.pipelines.stagetool.params import AnalyzeParams
+from app.pipelines.stagetool.loading import LoadedModel, load_model
+from app.pipelines.stagetool.predict import analyze_section, resolve_channels, section_name
+from app.pipelines.stagetool.report_excel import write_batch_workbook, write_section_workbook
 
-LOG_FILE = "log.txt"
-BATCH_WORKBOOK = "batch.xlsx"
-EVALUATION_FILE = "evaluation.json"
 # parameters that change the predictions (the others only change the reports)
 PREDICTION_PARAMS = ("dapi", "antibodies", "tta", "overlap", "cell_tile", "tubule_tile", "tubule_score", "cell_score",
                      "min_votes",
@@ -59,10 +67,6 @@ def write_section_outputs(section_dir: str | Path, edits: Sequence[dict] = (), e
 
     A CSV table or workbook the user changed is kept and the new one gets a versioned name, unless ``force``.
     """
-    from app.core.outputs import save_report_text
-    from app.core.results import read_objects, write_objects
-    from app.reports.excel import write_section_workbook
-
     section_dir = Path(section_dir)
     raw = read_objects(section_dir / PREDICTIONS_FILE)
     curated = curation.apply(raw, edits)
@@ -116,8 +120,6 @@ def _log(out: Path, line: str) -> None:
 
 def open_run(out: Path, params: AnalyzeParams, models: dict[str, Any]) -> Any:
     """The run in ``out`` (resumed when run.json exists) or a new one."""
-    from app.core.project import Run, now_iso
-
     out.mkdir(parents=True, exist_ok=True)
     if (out / "run.json").exists():
         run = Run.load(out)
@@ -141,8 +143,6 @@ def run_sections(run: Any, sections: Sequence[tuple[str, Path]], tubule_model: L
     ``metadata`` maps a section to the pixel size / channel names its project gives (they win over the file's);
     ``groups`` maps it to its project group, written into the reports.
     """
-    from app.core.edits import edits_for_image, read_edits
-
     out = Path(run.folder)
     edits = list(edits) or read_edits(out)  # the GUI keeps its edits in the run folder
     names = [name for name, _ in sections]
@@ -196,8 +196,6 @@ def write_batch_outputs(out: Path, names: Sequence[str], force: bool = False) ->
 
     A batch workbook the user changed is kept and the new one gets a versioned name, unless ``force``.
     """
-    from app.reports.excel import write_batch_workbook
-
     names = [n for n in names if (out / n / SUMMARY_FILE).exists()]
     summaries = [json.loads((out / n / SUMMARY_FILE).read_text()) for n in names]
     if not summaries:
@@ -205,12 +203,9 @@ def write_batch_outputs(out: Path, names: Sequence[str], force: bool = False) ->
     evaluations = {n: json.loads((out / n / EVALUATION_FILE).read_text()) for n in names
                    if (out / n / EVALUATION_FILE).exists()}
     if evaluations and (out / EVALUATION_FILE).exists():  # pooled over the sections by evaluate_results
-        from app.pipelines.stagetool.evaluate import POOLED
-
         evaluations[POOLED] = json.loads((out / EVALUATION_FILE).read_text())
     pooled = tables.pool_summaries(summaries)
     atomic_write_json(out / "batch_summary.json", pooled)
-    from app.core.results import read_objects
 
     tubule_rows = [tables.tubule_rows(read_objects(out / n / OBJECTS_FILE)) if (out / n / OBJECTS_FILE).exists()
                    else [] for n in names]
@@ -228,8 +223,6 @@ def use_threads(threads: int) -> None:
 
 def section_files(paths: Sequence[str | Path]) -> list[Path]:
     """Section files from command-line paths: folders expand to their images, truth and label files left out."""
-    from app.core.images import list_images
-
     files: list[Path] = []
     for path in map(Path, paths):
         found = list_images(path)
@@ -253,10 +246,6 @@ def check_sections(sections: Sequence[tuple[str, Path]], params: AnalyzeParams) 
     so it is refused at once (ImageError naming the file and what it has); a file that cannot be
     opened is left to fail on its own in the batch while the other sections go on.
     """
-    from app.core.errors import ImageError
-    from app.core.images import open_image
-    from app.pipelines.stagetool.predict import resolve_channels
-
     antibodies, dapi = params.antibody_list(), params.dapi_channel()
     for _, path in sections:
         try:
@@ -282,7 +271,6 @@ def analyze_paths(paths: Sequence[str | Path], out: str | Path, params: AnalyzeP
     for _, path in sections:
         if not path.is_file():
             raise UserError(f"{path}: no such section file")
-    from app.core.locks import results_writer
 
     check_sections(sections, params)  # bad channels or axes: exit 2 before any model loads
     with results_writer(Path(out)):  # a second analyze into the same folder is refused, not interleaved
@@ -304,7 +292,6 @@ def analyze_project(project: Any, image_names: Sequence[str], params: AnalyzePar
     cells = load_model(models.get("cells") or models.get("stagetool-cells"), "cells", params.device)
     run = project.new_run(PIPELINE, params.to_dict(), {"tubules": tubules.reference(), "cells": cells.reference()})
     sections = [(name, Path(project.image_path(name))) for name in image_names]
-    from app.core.project_edit import entry_metadata
 
     metadata = {name: entry_metadata(project, name) for name in image_names}  # the project's pixel size wins
     groups = {name: project.image(name).group for name in image_names}
@@ -323,9 +310,7 @@ def demo_step(project: Any, folder: Path) -> list[str]:
     """
     import shutil
 
-    from app.core.jobs import ConsoleProgress, run
 
-    from app.core.testis_classes import MARKERS
 
     entries = [entry for entry in project.images() if "testis" in (entry.group or "").lower()]
     if not entries:

@@ -17,8 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from app.core.annotations import AnnotatedObject, ImageAnnotations, write_coco
+from app.core.edits import apply_edits, edits_for_image
 from app.core.errors import UserError
-from app.core.testis_classes import CELL_TYPES, STAGES
+from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
+from app.pipelines.stagetool.layout import OBJECTS_FILE
 
 
 def check_edit_classes(edits: Sequence[dict[str, Any]]) -> None:
@@ -33,8 +36,6 @@ def check_edit_classes(edits: Sequence[dict[str, Any]]) -> None:
 
 def apply(doc: dict[str, Any], edits: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """A curated copy of a predictions document with ``edits`` (for its section) applied and recorded."""
-    from app.core.edits import apply_edits, edits_for_image
-
     mine = edits_for_image(list(edits), doc.get("image"))
     check_edit_classes(mine)
     curated = apply_edits(doc, mine)
@@ -44,8 +45,6 @@ def apply(doc: dict[str, Any], edits: Sequence[dict[str, Any]]) -> dict[str, Any
 
 def section_dirs(results: Path) -> list[Path]:
     """Section folders of a results folder (or the folder itself when it is one section)."""
-    from app.pipelines.stagetool.predict import OBJECTS_FILE
-
     results = Path(results)
     if (results / OBJECTS_FILE).exists():
         return [results]
@@ -57,8 +56,6 @@ def section_dirs(results: Path) -> list[Path]:
 
 def to_annotations(doc: dict[str, Any]) -> tuple[Any, Any]:
     """(tubules, cells) as core ImageAnnotations of the section image; excluded tubules are left out."""
-    from app.core.annotations import AnnotatedObject, ImageAnnotations
-
     meta = doc.get("meta", {})
     height, width = meta.get("shape", [None, None])
     file_name = meta.get("image_path") or doc.get("image")
@@ -76,9 +73,6 @@ def to_annotations(doc: dict[str, Any]) -> tuple[Any, Any]:
 
 def export_results(results: str | Path, out: str | Path) -> list[Path]:
     """Write ``tubules.coco.json`` and ``cells.coco.json`` of every curated section into ``out``."""
-    from app.core.annotations import write_coco
-    from app.pipelines.stagetool.predict import OBJECTS_FILE
-
     out = Path(out)
     tubule_images, cell_images = [], []
     for folder in section_dirs(Path(results)):

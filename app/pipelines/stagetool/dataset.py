@@ -22,8 +22,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.core.annotations import check_categories, read_coco, read_geojson
 from app.core.errors import AnnotationError, UserError
-from app.core.testis_classes import CELL_TYPES, STAGES
+from app.core.images import open_image
+from app.core.tiles import rotate90, rotate_boxes
+from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
+from app.pipelines.stagetool.models import normalise
+from app.pipelines.stagetool.section import intensity_range, reduce_block, section_overview
+from app.pipelines.stagetool.truth import read_testis_truth
 
 OVERVIEW_FACTOR = 4
 
@@ -53,8 +59,6 @@ class Section:
     def image(self) -> Any:
         """The opened image file (kept open for the crops)."""
         if self._image is None:
-            from app.core.images import open_image
-
             self._image = open_image(self.path)
             self.shape = (self._image.info.height, self._image.info.width)
         return self._image
@@ -74,8 +78,6 @@ class Section:
             return np.asarray(image.read(channel=image.channel_index(self.channel), region=window), np.float32)
 
     def _stats(self) -> tuple[float, float]:
-        from app.pipelines.stagetool.predict import intensity_range, reduce_block, section_overview
-
         if self.array is not None:
             return intensity_range(reduce_block(self.array, OVERVIEW_FACTOR))
         image = self.image()
@@ -102,9 +104,6 @@ def _resolve_image(file_name: str, base: Path) -> Path:
 
 def sections_from_file(path: Path, kind: str, channel: int | str = 0) -> list[Section]:
     """Sections from a COCO JSON or a QuPath GeoJSON (image = same name with an image suffix beside it)."""
-    from app.core.annotations import check_categories, read_coco, read_geojson
-    from app.core.images import open_image
-
     names = class_names(kind)
     suffix = "".join(path.suffixes[-2:]).lower()
     if path.suffix.lower() == ".geojson" or suffix.endswith(".geo.json"):
@@ -138,9 +137,7 @@ def sections_from_file(path: Path, kind: str, channel: int | str = 0) -> list[Se
 
 
 def sections_from_phantom_folder(folder: Path, kind: str) -> list[Section]:
-    """Phantom sections (image + truth files written by :func:`app.core.testis_phantom.write_testis`)."""
-    from app.core.testis_phantom import read_testis_truth
-
+    """Phantom sections (image + truth files written by :func:`app.pipelines.stagetool.phantom.write_testis`)."""
     found = []
     for truth in read_testis_truth(folder):
         objects = truth["tubules"] if kind == "tubules" else truth["cells"]
@@ -234,9 +231,6 @@ class CropSampler:
 
     def crop(self, s: int, window: tuple[int, int, int, int], rng: np.random.Generator | None = None) -> Crop:
         """The crop of section ``s`` at ``window``; augmented when ``rng`` is given and augment is on."""
-        from app.pipelines.stagetool.models import normalise
-        from app.pipelines.stagetool.predict import reduce_block
-
         section = self.sections[s]
         raw = reduce_block(section.read(window), self.downsample)
         image = normalise(raw, *section.stats).numpy()
@@ -307,8 +301,6 @@ def _window_mask(obj: Any, window: tuple[int, int, int, int], downsample: int, s
 
 def augment(crop: Crop, rng: np.random.Generator) -> Crop:
     """Random 90-degree rotation and flip (image, boxes, masks) and intensity changes (image only)."""
-    from app.core.tiles import rotate90, rotate_boxes
-
     image, boxes, masks = crop.image, crop.boxes, crop.masks
     shape = image.shape
     k = int(rng.integers(4))

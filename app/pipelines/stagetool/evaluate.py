@@ -23,13 +23,19 @@ from typing import Any
 
 import numpy as np
 
+from app.core.annotations import polygon_to_mask
 from app.core.atomic import atomic_write_json
 from app.core.errors import UserError
-from app.core.testis_classes import CELL_TYPES, STAGES
+from app.core.images import open_image
+from app.core.metrics import box_ap, confusion_matrix, detection_scores, semantic_scores
+from app.pipelines.stagetool.batch import write_batch_outputs, write_section_outputs
+from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
+from app.pipelines.stagetool.curation import section_dirs
+from app.pipelines.stagetool.layout import EVALUATION_FILE, OBJECTS_FILE, POOLED
+from app.pipelines.stagetool.truth import load_testis_truth
 
 PHANTOM_NOTE = "measured on synthetic phantom sections, which are easier than tissue"
 MAX_EVAL_PIXELS = 120_000_000
-POOLED = "all sections (pooled)"
 
 
 @dataclass
@@ -47,8 +53,6 @@ class SectionTruth:
 
 def _rasterise(tubules: list[dict], shape: tuple[int, int], scale: int) -> tuple[np.ndarray, np.ndarray]:
     """Predicted (stage map, tubule id map) at 1/scale resolution from tubule polygons (excluded left out)."""
-    from app.core.annotations import polygon_to_mask
-
     stage_index = {s: i + 1 for i, s in enumerate(STAGES)}
     stage_map = np.zeros(shape, np.uint8)
     id_map = np.zeros(shape, np.int32)
@@ -88,8 +92,6 @@ class SectionParts:
 
 def section_parts(doc: dict[str, Any], truth: SectionTruth) -> SectionParts:
     """Pixel confusion, stage agreement and cell boxes of one curated results document against its truth."""
-    from app.core.metrics import confusion_matrix
-
     height, width = truth.tubule_labels.shape
     scale = max(1, math.ceil(math.sqrt(height * width / MAX_EVAL_PIXELS)))
     truth_ids = _reduce_labels(truth.tubule_labels, scale)
@@ -113,8 +115,6 @@ def evaluate_section(doc: dict[str, Any], truth: SectionTruth) -> dict[str, Any]
 
 def summarise_parts(parts: list[SectionParts], section: str | None, synthetic: bool) -> dict[str, Any]:
     """The paper's metrics over one or more sections: confusions and stage counts summed, cells pooled."""
-    from app.core.metrics import semantic_scores
-
     semantic = semantic_scores(sum(p.confusion for p in parts))
     tubules = {k: float(semantic[k]) for k in ("pixel_accuracy", "mean_accuracy", "mean_iou", "fw_iou")}
     per_iou = list(semantic.get("per_class_iou", []))
@@ -189,8 +189,6 @@ def cell_scores(gt: list[dict[str, np.ndarray]], pred: list[dict[str, np.ndarray
 
     Over all given sections; AP counts every detection of a section (no 100-per-image cap).
     """
-    from app.core.metrics import box_ap, detection_scores
-
     det = detection_scores(gt, pred, len(CELL_TYPES), iou=0.5, score_threshold=score_threshold,
                            class_names=CELL_TYPES)
     per_class = {}
@@ -241,8 +239,6 @@ def format_evaluation(evaluation: dict[str, Any]) -> str:
 
 def load_truth(truth: Path, section: str) -> SectionTruth:
     """The ground truth of ``section`` from a truth file or a folder of phantom truth (phantoms.py)."""
-    from app.core.testis_phantom import load_testis_truth
-
     try:
         data = load_testis_truth(truth, section)
     except FileNotFoundError as error:
@@ -266,8 +262,6 @@ def check_truth_size(section_truth: SectionTruth, shape: Any, truth: Path, name:
 
 def check_truth_for_sections(truth: str | Path, sections: Sequence[tuple[str, Path]]) -> None:
     """Before an analysis with ``--truth``: every section has ground truth of its own size (UserError if not)."""
-    from app.core.images import open_image
-
     truth = Path(truth)
     if not truth.exists():
         raise UserError(f"{truth}: no such ground truth file or folder")
@@ -286,10 +280,6 @@ def evaluate_results(results: str | Path, truth: str | Path, force: bool = False
 
     Workbooks and tables the user changed are kept (new ones get versioned names) unless ``force``.
     """
-    from app.pipelines.stagetool.batch import EVALUATION_FILE, write_batch_outputs, write_section_outputs
-    from app.pipelines.stagetool.curation import section_dirs
-    from app.pipelines.stagetool.predict import OBJECTS_FILE
-
     results, truth = Path(results), Path(truth)
     if not truth.exists():
         raise UserError(f"{truth}: no such ground truth file or folder")

@@ -35,8 +35,9 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.resnet import BasicBlock
 
-from app.core.errors import ModelError
 
+from app.core.errors import ModelError
+from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool.params import BACKBONES, KINDS, LITE_BACKBONES, PAPER_BACKBONES, TORCHVISION_BACKBONES
 
 
@@ -98,15 +99,11 @@ def default_config(kind: str, backbone: str | None = None, num_classes: int | No
     light = backbone in LITE_BACKBONES
     tiny = backbone == "tiny"
     if kind == "tubules":
-        from app.core.testis_classes import STAGES
-
         base = (64, 128, 256, 512, 1024)
         sizes = tuple(max(8, s // downsample) for s in base)
         config = ModelConfig(kind, backbone, num_classes or len(STAGES), tile_size=tile_size, downsample=downsample,
                              anchor_sizes=sizes, detections_per_img=50)
     else:
-        from app.core.testis_classes import CELL_TYPES
-
         base = (8, 16, 32, 64, 128)
         sizes = tuple(max(4, s // downsample) for s in base)
         config = ModelConfig(kind, backbone, num_classes or len(CELL_TYPES), tile_size=tile_size,

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from app.core.errors import UserError
-from app.pipelines.stagetool.composition import MIN_CELLS
+from app.pipelines.stagetool.antigen import parse_antibody
 
+MIN_CELLS = 20  # fewer cells than this (a tubule cut at the section edge, a missed one): too few to stage by
 TTA_MODES = ("off", "full", "adaptive")
 STAGE_FROM = ("auto", "cells", "masks")
 TORCHVISION_BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101", "resnext50_32x4d", "resnext101_32x8d")
@@ -106,8 +107,6 @@ class AnalyzeParams:
 
     def antibody_list(self) -> list[Any]:
         """The antibody channels as :class:`~app.pipelines.stagetool.antigen.Antibody` objects."""
-        from app.pipelines.stagetool.antigen import parse_antibody
-
         items = [a.strip() for a in self.antibodies.split(",") if a.strip()]
         parsed = [parse_antibody(a) for a in items]
         names = [a.name for a in parsed]

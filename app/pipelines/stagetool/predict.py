@@ -16,203 +16,43 @@ the section (only the low-resolution overview and tubule map do, by 1/map_scaleÂ
    antibody channels are measured while the tile is in memory (:mod:`.antigen`).
 4. results: ``predictions.json`` (raw), then :func:`write_section_outputs` applies the edits and
    writes ``objects.json``, ``summary.json``, ``tubules.csv``, ``cells.csv`` and the workbook.
+
+Models are loaded by :mod:`.loading`, the section is read and tiled by :mod:`.section`; this module
+drives the passes.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from app import __version__
-from app.core.errors import ImageError, ModelError, UserError
+from app.core.annotations import mask_to_polygons
+from app.core.errors import ImageError, UserError
+from app.core.images import open_image
 from app.core.jobs import Job, Progress
-from app.core.testis_classes import CELL_TYPES, STAGES
+from app.core.project_edit import apply_entry_metadata
+from app.core.results import write_objects
+from app.core.tiles import rotate90, unrotate_boxes
 from app.pipelines.stagetool import antigen as antigen_mod
 from app.pipelines.stagetool import composition, merge
 from app.pipelines.stagetool.antigen import Antibody
-from app.pipelines.stagetool.models import ModelConfig, load_network, normalise, pick_device, set_inference
+from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
+from app.pipelines.stagetool.layout import OBJECTS_FILE, PIPELINE, PREDICTIONS_FILE, SUMMARY_FILE  # noqa: F401 (predict.X kept)
+from app.pipelines.stagetool.loading import (  # noqa: F401  (predict.load_model etc. kept)
+    DEMO_MODELS, LoadedModel, detect, load_model, prepare, stager_of,
+)
+from app.pipelines.stagetool.models import set_inference
 from app.pipelines.stagetool.params import AnalyzeParams
-
-PIPELINE = "stagetool"
-DEMO_MODELS = {"tubules": "stagetool-tubules-demo", "cells": "stagetool-cells-demo"}
-PREDICTIONS_FILE = "predictions.json"
-OBJECTS_FILE = "objects.json"
-SUMMARY_FILE = "summary.json"
-
-
-# ------------------------------------------------------------------------------------- models
-
-
-@dataclass
-class LoadedModel:
-    """A Stagetool network ready for inference, with the card it came from."""
-
-    card: Any
-    net: torch.nn.Module
-    config: ModelConfig
-    device: torch.device
-
-    def reference(self) -> dict[str, Any]:
-        """What results and reports record about this model."""
-        ref = self.card.model_id()
-        ref.update(architecture=self.card.architecture, backbone=self.card.backbone,
-                   downsample=self.config.downsample, tile_size=self.config.tile_size,
-                   training_data=self.card.training.get("data"))
-        stager = (self.card.extra or {}).get("composition")
-        if stager:
-            ref["stager_data"] = stager.get("data")
-        return ref
-
-
-def load_model(name_or_path: str | Path | None, kind: str, device: str = "auto") -> LoadedModel:
-    """Find (by folder or name; default: the shipped demo model), check and load a tubule or cell model."""
-    from app.core.modelcard import load_state_dict, resolve_model
-
-    pipeline = f"stagetool-{kind}"
-    card = resolve_model(name_or_path or DEMO_MODELS[kind], pipeline=pipeline)
-    card.check_fits(pipeline=pipeline, n_channels=1, classes=list(STAGES if kind == "tubules" else CELL_TYPES))
-    torch_device = pick_device(device)
-    net, config = load_network(card, load_state_dict(card.folder), torch_device)
-    if config.kind != kind:
-        raise ModelError(f"model {card.name!r} describes a {config.kind} network but is filed as {pipeline}")
-    return LoadedModel(card, net, config, torch_device)
-
-
-def stager_of(model: LoadedModel) -> composition.Stager | None:
-    """The composition stager a tubule model's card carries (``extra.composition``), if any."""
-    data = (model.card.extra or {}).get("composition")
-    return composition.Stager.from_dict(data) if data else None
-
-
-@torch.no_grad()
-def detect(model: LoadedModel, tiles: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
-    """Run a network on normalised (H, W) float tiles; boxes, 0-based labels, scores (+ boolean masks)."""
-    if not tiles:
-        return []
-    batch = [torch.from_numpy(np.ascontiguousarray(t, dtype=np.float32))[None].to(model.device) for t in tiles]
-    outputs = model.net(batch)
-    results = []
-    for out in outputs:
-        item = {"boxes": out["boxes"].float().cpu().numpy(), "labels": out["labels"].cpu().numpy() - 1,
-                "scores": out["scores"].float().cpu().numpy()}
-        if "masks" in out:
-            item["masks"] = (out["masks"][:, 0] > 0.5).cpu().numpy()
-        results.append(item)
-    return results
-
-
-def prepare(model: LoadedModel, tile: int, score: float) -> ModelConfig:
-    """The model's configuration for this analysis (tile size override) with the network set up for it."""
-    config = dataclasses.replace(model.config, tile_size=tile or model.config.tile_size)
-    set_inference(model.net, config.tile_size, score, config.kind)
-    return config
-
-
-# ------------------------------------------------------------------------------------ reading
-
-
-def reduce_block(array: np.ndarray, factor: int) -> np.ndarray:
-    """Block means of an (H, W) array by an integer factor (edges padded by replication)."""
-    array = np.asarray(array, np.float32)
-    if factor == 1:
-        return array
-    h, w = array.shape
-    hh, ww = -(-h // factor), -(-w // factor)
-    if (hh * factor, ww * factor) != (h, w):
-        array = np.pad(array, ((0, hh * factor - h), (0, ww * factor - w)), mode="edge")
-    return array.reshape(hh, factor, ww, factor).mean(axis=(1, 3))
-
-
-def read_region(image: Any, channel: int, region: tuple[int, int, int, int], where: str) -> np.ndarray:
-    """A region (zero padded outside the section) of one channel; an unreadable region names the tile."""
-    try:
-        return np.asarray(image.read(channel=channel, region=region))
-    except Exception as error:  # codec errors, truncated strips, I/O errors (ImageError included)
-        raise ImageError(f"{where}: cannot read the tile at y {region[0]}-{region[2]}, x {region[1]}-{region[3]} "
-                         f"of channel {channel}: {error}") from error
-
-
-def section_overview(image: Any, channel: int, factor: int, where: str, strip_pixels: int = 16 << 20) -> np.ndarray:
-    """The channel reduced by ``factor`` with block means, read in strips of about ``strip_pixels`` pixels."""
-    height, width = image.info.height, image.info.width
-    strip = max(factor, (strip_pixels // max(width, 1) // factor) * factor)
-    parts = []
-    for y0 in range(0, height, strip):
-        y1 = min(y0 + strip, height)
-        block = read_region(image, channel, (y0, 0, y1, width), where)
-        parts.append(reduce_block(block, factor))
-    return np.concatenate(parts, axis=0)
-
-
-def intensity_range(overview: np.ndarray) -> tuple[float, float]:
-    """Normalisation range of a section: 1st and 99.9th percentile of its overview."""
-    low, high = np.percentile(overview, [1.0, 99.9])
-    if high <= low:
-        high = low + 1.0
-    return float(low), float(high)
-
-
-def tissue_mask(overview: np.ndarray) -> np.ndarray:
-    """Tissue on the overview: smoothed intensity above Otsu's threshold, small gaps closed."""
-    from scipy import ndimage
-    from skimage.filters import threshold_otsu
-
-    smooth = ndimage.gaussian_filter(overview.astype(np.float32), 2.0)
-    if np.ptp(smooth) == 0:
-        return np.zeros(overview.shape, bool)
-    mask = smooth > threshold_otsu(smooth)
-    return ndimage.binary_closing(mask, iterations=3) | mask
-
-
-def tissue_fraction(mask: np.ndarray, window: tuple[int, int, int, int], factor: int) -> float:
-    """Share of a window (section pixels) that the overview marks as tissue."""
-    y0, x0, y1, x1 = (max(0, v // factor) for v in window)
-    part = mask[y0:max(y0 + 1, -(-window[2] // factor)), x0:max(x0 + 1, -(-window[3] // factor))]
-    return float(part.mean()) if part.size else 0.0
-
-
-def model_tile(image: Any, channel: int, window: tuple[int, int, int, int], config: ModelConfig,
-               stats: tuple[float, float], where: str) -> np.ndarray:
-    """The normalised model input for a window: read, reduced by the model's downsample, tile-sized."""
-    raw = read_region(image, channel, window, where)
-    small = reduce_block(raw, config.downsample)
-    out = np.zeros((config.tile_size, config.tile_size), np.float32)
-    h, w = min(small.shape[0], config.tile_size), min(small.shape[1], config.tile_size)
-    out[:h, :w] = normalise(small[:h, :w], *stats).numpy()
-    return out
-
-
-def tile_windows(height: int, width: int, config: ModelConfig, overlap: int) -> list[Any]:
-    """Tiles of the section for a model: cores on a grid, windows of the model's tile size (section px)."""
-    from app.core.tiles import TileGrid
-
-    side = config.tile_size * config.downsample
-    overlap = min(overlap, side // 2)
-    return list(TileGrid(height, width, tile_size=side, overlap=overlap))
-
-
-def window_of(tile: Any, config: ModelConfig) -> tuple[int, int, int, int]:
-    """The section region a model tile covers: the model's tile size, kept inside the section.
-
-    The grid's window is moved back inside the section wherever it reaches past an edge (it still
-    holds its core), so the networks, trained on crops inside sections, never see a band of
-    padding: on padded edge tiles the tubule model drew masks across the interstitium that
-    joined neighbouring tubules.  A section smaller than a tile is padded on its bottom/right.
-    """
-    side = config.tile_size * config.downsample
-    height, width = tile.image_shape
-    y0 = max(0, min(int(tile.window[0]), height - side))
-    x0 = max(0, min(int(tile.window[1]), width - side))
-    return (y0, x0, y0 + side, x0 + side)
-
+from app.pipelines.stagetool.section import (  # noqa: F401  (predict.reduce_block etc. kept)
+    intensity_range, model_tile, read_region, reduce_block, section_overview, tile_windows, tissue_fraction,
+    tissue_mask, window_of,
+)
 
 # -------------------------------------------------------------------------------------- tubules
 
@@ -278,8 +118,6 @@ def tubule_pass(image: Any, channel: int, model: LoadedModel, params: AnalyzePar
 
 def tubule_objects(tubules: list[merge.Tubule], map_scale: int) -> list[dict[str, Any]]:
     """Result objects for tubules: stage, score, weights, polygon/box/centroid in section pixels."""
-    from app.core.annotations import mask_to_polygons
-
     objects = []
     for t in tubules:
         y0, x0, y1, x1 = t.box
@@ -304,8 +142,6 @@ def tubule_objects(tubules: list[merge.Tubule], map_scale: int) -> list[dict[str
 
 def _rotations(model: LoadedModel, tiles: list[np.ndarray]) -> list[list[merge.Detections]]:
     """Detections of the 90/180/270-degree rotations of each tile, rotated back into the tile frame."""
-    from app.core.tiles import rotate90, unrotate_boxes
-
     per_tile: list[list[merge.Detections]] = [[] for _ in tiles]
     if not tiles:
         return per_tile
@@ -501,10 +337,6 @@ def analyze_section(path: str | Path, out_dir: str | Path, tubule_model: LoadedM
     DAPI and antibody channels come from ``params``; ``synthetic`` None = ask the file; ``metadata``
     (pixel size, channel names set in the project) wins over the file's.
     """
-    from app.core.images import open_image
-    from app.core.project_edit import apply_entry_metadata
-    from app.core.results import write_objects
-
     params = params or AnalyzeParams()
     params.validate()
     antibodies, dapi = params.antibody_list(), params.dapi_channel()

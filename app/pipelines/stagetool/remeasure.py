@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 
 from app.core.errors import UserError
+from app.core.images import open_image
 from app.core.jobs import Job, Progress
+from app.core.results import read_objects, write_objects
 from app.pipelines.stagetool import antigen
 
 STRIP_ROWS = 2048  # rows of the section read at once (plus the cells reaching below the strip)
@@ -25,8 +27,6 @@ STRIP_ROWS = 2048  # rows of the section read at once (plus the cells reaching b
 def measure_channel(image_path: str | Path, boxes: np.ndarray, channel: str | int,
                     fraction: float = antigen.POSITIVE_FRACTION) -> tuple[int, np.ndarray, np.ndarray]:
     """Channel index, and per box (x0, y0, x1, y1) the mean and ``q`` of ``channel`` in the box's ellipse."""
-    from app.core.images import open_image
-
     boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
     means, quants = np.full(len(boxes), np.nan), np.full(len(boxes), np.nan)
     with open_image(image_path) as image:
@@ -51,8 +51,6 @@ def add_antibody(files: Sequence[str | Path], image_path: str | Path, name: str,
 
     Returns the number of cells measured.  A name already measured in a file is a UserError.
     """
-    from app.core.results import read_objects, write_objects
-
     name = name.strip()
     if not name:
         raise UserError("give the antibody a name")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from app.core.testis_classes import CELL_TYPES, STAGES
+from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool import antigen
 
 SUMMARY_SCHEMA_VERSION = 1

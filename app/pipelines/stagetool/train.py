@@ -24,8 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from app.core.atomic import atomic_path
 from app.core.errors import ModelError, UserError
 from app.core.jobs import Job, Progress
+from app.core.metrics import box_ap, confusion_matrix, detection_scores, semantic_scores
+from app.core.modelcard import ModelCard, load_model_card, load_state_dict, save_model
 from app.pipelines.stagetool.dataset import (
     Crop, CropSampler, check_training_sections, class_names, load_sections, split_sections,
 )
@@ -68,8 +71,6 @@ def stage_map(masks: np.ndarray, labels: np.ndarray, scores: np.ndarray | None, 
 
 def tubule_metrics(crops: Sequence[Crop], outputs: Sequence[dict], score: float = 0.3) -> dict[str, Any]:
     """Pixel accuracy, mean accuracy, mIoU and fw-IoU over background + the 5 stages (paper table 2)."""
-    from app.core.metrics import confusion_matrix, semantic_scores
-
     n = len(class_names("tubules")) + 1
     confusion = np.zeros((n, n), np.int64)
     for crop, out in zip(crops, outputs):
@@ -83,8 +84,6 @@ def tubule_metrics(crops: Sequence[Crop], outputs: Sequence[dict], score: float 
 
 def cell_metrics(crops: Sequence[Crop], outputs: Sequence[dict], score: float = 0.5) -> dict[str, Any]:
     """Box AP50/AP75 (%) and mean precision/sensitivity/F1 at IoU 0.5 (paper table 3)."""
-    from app.core.metrics import box_ap, detection_scores
-
     truth = [{"boxes": c.boxes, "labels": c.labels - 1} for c in crops]
     preds = [{"boxes": o["boxes"], "labels": o["labels"], "scores": o["scores"]} for o in outputs]
     n = len(class_names("cells"))
@@ -113,8 +112,6 @@ def validation_score(kind: str, metrics: dict[str, Any]) -> float:
 
 
 def _checkpoint(path: Path, state: dict[str, Any]) -> None:
-    from app.core.atomic import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -144,8 +141,6 @@ def _clean(value: Any) -> float | None:
 def make_card(name: str, kind: str, config: ModelConfig, params: TrainParams, data: dict[str, Any],
               metrics: dict[str, Any], history: list[dict], pixel_size_um: float | None) -> Any:
     """The model card: architecture, classes, input, normalisation, training data and recipe, metrics."""
-    from app.core.modelcard import ModelCard
-
     architecture = "Mask R-CNN (torchvision)" if kind == "tubules" else "Faster R-CNN (torchvision)"
     return ModelCard(
         name=name, pipeline=f"stagetool-{kind}", architecture=architecture, backbone=f"{config.backbone} FPN",
@@ -195,8 +190,6 @@ def init_backbone(net: torch.nn.Module, folder: str | Path) -> str:
     to pretraining for a tubule model (and the reverse).  Tensors whose names or shapes differ are left
     as they are; none matching is a ModelError.
     """
-    from app.core.modelcard import load_model_card, load_state_dict
-
     card = load_model_card(folder)
     if not card.pipeline.startswith("stagetool-"):
         raise ModelError(f"{folder}: a {card.pipeline} model cannot start a Stagetool backbone")
@@ -221,8 +214,6 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
     :class:`~app.pipelines.stagetool.dataset.Section` objects) may be given instead, and
     ``val_sections`` then fixes the validation sections (else ``val_fraction`` of them are held out).
     """
-    from app.core.modelcard import save_model
-
     params = params or TrainParams()
     params.validate()
     out = Path(out)
