@@ -4,6 +4,7 @@
     stagescope stagetool analyze SECTION... --out DIR [--tubule-model M] [--cell-model M]
                                  [--antibody NAME=CHANNEL[:T]]... [--tta off|full|adaptive] [--edits FILE] [--force]
     stagescope stagetool evaluate RESULTS_DIR TRUTH [--json] [--force]
+    stagescope stagetool rank RESULTS_DIR [--json]
     stagescope stagetool export RESULTS_DIR --out DIR
 
 Workbooks and CSV tables the user changed are never replaced silently: the new ones get versioned
@@ -128,6 +129,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rank(args: argparse.Namespace) -> int:
+    from app.cli import print_json
+    from app.pipelines.stagetool.uncertainty import format_ranking, rank_sections
+
+    rows = rank_sections(args.results)
+    if args.json:
+        print_json(rows)
+    else:
+        print(format_ranking(rows))
+        if rows:
+            print(f"correct {rows[0]['section']} first: its models hesitate most "
+                  "(score 0 = sure, 1 = guessing; corrected objects count as sure)")
+    return EXIT_OK
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from app.pipelines.stagetool.curation import export_results
 
@@ -225,6 +241,14 @@ def add_parser(subparsers: Any) -> None:
                         "`stagescope stagetool analyze` on them; TRUTH then is their one truth folder) instead of "
                         "the annotated cells, so the stager learns the cell model's own mistakes")
     q.set_defaults(func=cmd_fit_stager)
+
+    q = sub.add_parser("rank", help="which section to correct next: sections by uncertainty, most uncertain first",
+                       description="Per section: stage margin of its tubules (gap between the two best stages) and "
+                                   "the scores of its cells, as one score (0 = sure, 1 = guessing). Works on a run "
+                                   "folder, a folder of runs or a whole project.")
+    q.add_argument("results", type=Path, metavar="RESULTS_DIR")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_rank)
 
     q = sub.add_parser("export", help="curated results as COCO training annotations")
     q.add_argument("results", type=Path, metavar="RESULTS_DIR")
