@@ -41,17 +41,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     params = TrainParams(kind=args.kind, backbone=args.backbone, epochs=args.epochs, device=args.device)
     for key in ("crop_size", "downsample", "batch_size", "lr", "crops_per_epoch", "seed", "time_limit_s",
-                "val_fraction", "num_threads", "val_crops"):
+                "val_fraction", "num_threads", "val_crops", "init_from", "pretrained"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(params, key, value)
     params.validate()
-    card = run(train(list(args.annotations), args.out, params, name=args.name, resume=args.resume), _progress())
-    print(f"model written to {args.out}")
+    card = run(train(list(args.annotations), args.out, params, name=args.name, resume=args.resume,
+                     confirm_download=_confirm(args.yes)), _progress())
+    print(f"model written to {args.out} ({card.training.get('pretraining')})")
     for split, values in card.metrics.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
         print(f"  {split}: {shown}")
     return EXIT_OK
+
+
+def _confirm(yes: bool) -> Any:
+    """How the CLI agrees to a download: --yes, else a question on a terminal, else no."""
+    if yes:
+        return lambda question: True
+    if not sys.stdin.isatty():
+        return None
+
+    def ask(question: str) -> bool:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    return ask
 
 
 def cmd_fit_stager(args: argparse.Namespace) -> int:
@@ -165,8 +178,10 @@ def add_parser(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     q = sub.add_parser("train", help="train the tubule or cell model on annotations or phantom sections",
-                       description="Train from scratch (no pretrained weights can be downloaded): COCO JSON or "
-                                   "QuPath GeoJSON annotation files, or folders written by `stagescope phantom testis`.")
+                       description="Train from random weights, fine-tune a model (--init-from) or start from "
+                                   "torchvision's ImageNet/COCO weights (--pretrained). ANNOTATIONS: COCO JSON or "
+                                   "QuPath GeoJSON files (e.g. `stagetool export` of corrected results), or folders "
+                                   "written by `stagescope phantom testis`.")
     q.add_argument("kind", choices=("tubules", "cells"))
     q.add_argument("annotations", nargs="+", type=Path, metavar="ANNOTATIONS")
     q.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
@@ -186,6 +201,13 @@ def add_parser(subparsers: Any) -> None:
     q.add_argument("--threads", dest="num_threads", type=int, default=None, help="CPU threads for torch")
     q.add_argument("--name", default=None, help="model name for the card (default: the folder name)")
     q.add_argument("--resume", action="store_true", help="continue from the checkpoint in MODEL_DIR")
+    q.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="fine-tune this model (folder or name, e.g. stagetool-cells-demo or your last model; its "
+                        "backbone and scale are kept; try --lr 2e-4); a model of the other kind starts the backbone")
+    q.add_argument("--pretrained", default=None, metavar="imagenet|coco|FILE.pth",
+                   help="start from torchvision's published weights (downloaded once into the torch cache after "
+                        "you agree to the size) or a weights file you have")
+    q.add_argument("--yes", action="store_true", help="agree to downloading pretrained weights without asking")
     q.set_defaults(func=cmd_train)
 
     q = sub.add_parser("analyze", help="whole sections -> tubules, cells, antigen profiles, Excel")
