@@ -148,12 +148,13 @@ def sections_from_phantom_folder(folder: Path, kind: str) -> list[Section]:
     return found
 
 
-def sections_from_results(folder: Path, kind: str) -> list[Section]:
+def sections_from_results(folder: Path, kind: str, keep_empty: bool = False) -> list[Section]:
     """Corrected results as training sections: each analysed section with the run's edits applied.
 
     ``folder`` is a results (run) folder of ``stagescope stagetool analyze`` or the GUI, or one section
     folder of it; the edits are the run's ``edits.json`` (as the viewer writes them), applied to the
-    raw predictions, else those ``objects.json`` already holds.  Excluded tubules are left out.
+    raw predictions, else those ``objects.json`` already holds.  Excluded tubules are left out; a
+    section left without objects of ``kind`` is skipped unless ``keep_empty``.
     """
     from app.core.edits import read_edits
     from app.core.results import read_objects
@@ -173,7 +174,7 @@ def sections_from_results(folder: Path, kind: str) -> list[Section]:
             raise UserError(f"{section_dir}: its section image {image} is gone; relink it or train on an export")
         channel = doc.get("meta", {}).get("dapi_channel", 0) or 0
         channel = int(channel) if str(channel).isdigit() else channel
-        if objects:
+        if objects or keep_empty:
             found.append(Section(name=str(doc.get("image")), objects=objects, path=image, channel=channel,
                                  pixel_size_um=doc.get("meta", {}).get("pixel_size_um"),
                                  synthetic=bool(doc.get("meta", {}).get("synthetic"))))
