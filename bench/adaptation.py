@@ -189,6 +189,8 @@ def bench_style(style: str, args: argparse.Namespace, rows: list[dict[str, Any]]
         outlines = sum(len(per_section[n]["missed"]) for n in chosen)
         missed = {n: per_section[n]["missed"] for n in chosen}
         for start in args.starts:
+            if start == "scratch" and args.scratch_ks is not None and k not in args.scratch_ks:
+                continue
             folder = work / f"k{k}-{start}"
             models = {kind: DEMO[kind] for kind in ("cells", "tubules")}
             trained = 0.0
@@ -208,6 +210,7 @@ def main() -> None:
     parser.add_argument("--styles", default="widefield,cryosection")
     parser.add_argument("--ks", default="1,2,4", help="corrected sections per row (k = 0 is always measured)")
     parser.add_argument("--starts", default="fine-tune,scratch")
+    parser.add_argument("--scratch-ks", default=None, help="the ks that also train from scratch (default: all)")
     parser.add_argument("--kinds", default="cells,tubules", help="which models are trained on the corrections")
     parser.add_argument("--size", type=int, default=1536, help="section side in pixels")
     parser.add_argument("--heldout", type=int, default=4)
@@ -218,6 +221,7 @@ def main() -> None:
     args = parser.parse_args()
     args.ks = [int(k) for k in args.ks.split(",") if k.strip() and int(k) > 0]
     args.starts = [s for s in args.starts.split(",") if s]
+    args.scratch_ks = None if args.scratch_ks is None else [int(k) for k in args.scratch_ks.split(",") if k.strip()]
     args.kinds = [k for k in args.kinds.split(",") if k]
     import torch
 

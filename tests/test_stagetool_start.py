@@ -128,3 +128,12 @@ def test_corrected_results_are_training_sections(tmp_path):
     assert section.path == tmp_path / "sec.tif"
     with pytest.raises(UserError, match="hold no tubules"):
         load_sections([tmp_path / "run"], "tubules")
+
+
+def test_a_short_time_limited_run_is_not_all_warmup():
+    from app.pipelines.stagetool.train import lr_factor
+
+    assert lr_factor(0, 200, 0.0) == pytest.approx(1 / 200)
+    assert lr_factor(20, 200, 0.1) == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.1)))  # 10% of the time: full rate
+    assert lr_factor(199, 200, 0.001) == pytest.approx(1.0, abs=1e-4)  # a long run: the step warmup as before
+    assert lr_factor(5000, 200, 1.0) == pytest.approx(0.0)

@@ -137,6 +137,16 @@ def learning_progress(step: int, total_steps: int, elapsed: float, time_limit: f
     return min(1.0, progress)
 
 
+def lr_factor(step: int, warmup: int, progress: float) -> float:
+    """Learning-rate multiplier: linear warmup, then cosine decay over ``progress`` (0..1).
+
+    The warmup ends after ``warmup`` steps or at 10% of the run, whichever comes first, so a short
+    time-limited run (a fine-tuning of a few minutes: far fewer steps than planned) still trains at full rate.
+    """
+    warm = min(1.0, max((step + 1) / max(warmup, 1), progress / 0.1))
+    return warm * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def _clean(value: Any) -> float | None:
     """A metric for JSON: rounded, NaN (undefined, e.g. nothing predicted) as None."""
     value = float(value)
@@ -281,7 +291,7 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
                 raise ModelError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr")
             progress = learning_progress(step_count, total_steps, time.monotonic() - started, params.time_limit_s)
             for group in optimizer.param_groups:
-                group["lr"] = params.lr * min(1.0, (step_count + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * progress))
+                group["lr"] = params.lr * lr_factor(step_count, warmup, progress)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
