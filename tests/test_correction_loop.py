@@ -101,7 +101,8 @@ def test_the_plan_trains_the_layer_corrected_most_from_the_model_that_made_it(tm
 
     from app.pipelines.stagetool import CellTrainParams
 
-    assert preset_values(CellTrainParams, plan) == ({"init_from": str(model)}, "")
+    # the folder holds no card: only the start and the fine-tuning rate are preset
+    assert preset_values(CellTrainParams, plan) == ({"init_from": str(model), "lr": 2e-4, "pretrained": ""}, "")
 
     @dataclasses.dataclass
     class NoStart:

@@ -150,6 +150,8 @@ def test_correct_train_rerun_learns_the_corrected_stage(qtbot, loop_project):
         wizard.next()
         form = wizard.params_page.form
         assert form.editors["init_from"].value() == str(start)
+        # fine-tuning keeps the start model's network (its card's recipe) at the fine-tuning rate
+        assert [form.editors[k].value() for k in ("backbone", "crop_size", "downsample", "lr")] == ["tiny", 128, 2, 2e-4]
         for key, value in TINY.items():
             form.editors[key].set_value(value)
         wizard.next()
@@ -164,7 +166,7 @@ def test_correct_train_rerun_learns_the_corrected_stage(qtbot, loop_project):
         saved = wizard.save_model()
         assert saved is not None and window.loop.steps.isVisible()
         card = json.loads((saved / "card.json").read_text())
-        assert "started from model 'lab-tubules-v1'" in card["training"]["pretraining"]
+        assert "fine-tuned from model 'lab-tubules-v1'" in card["training"]["pretraining"]  # the whole network
 
         # compare old vs new on the corrected section, then re-run the rest
         assert window.loop.compare() is not None

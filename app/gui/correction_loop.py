@@ -21,6 +21,8 @@ from app.pipelines.registry import TrainingSource
 # a trainer's params field that starts training from another model's weights (the Stagetool trainer's)
 FINE_TUNE_FIELDS = ("init_from",)
 LAYER_TRAINERS = {"tubules": "stagetool-tubules", "cells": "stagetool-cells"}
+FINE_TUNE_LR = 2e-4  # bench/adaptation.py fine-tunes the demo models at this rate (random weights: 1e-3)
+RECIPE_KEYS = ("backbone", "crop_size", "downsample")  # what a whole-network fine-tune must keep
 
 
 @dataclass
@@ -94,12 +96,36 @@ def _image_path(project: Any, image: str) -> Path | None:
 
 
 def preset_values(params_class: Any, plan: RetrainPlan) -> tuple[dict[str, Any], str]:
-    """Form values the plan sets on a trainer's params (the fine-tune start), and a note when it cannot."""
+    """Form values the plan sets on a trainer's params, and a note when it cannot fine-tune.
+
+    Fine-tuning keeps the start model's network, so its recipe's backbone, crop size and scale come
+    with it, at the fine-tuning learning rate (bench/adaptation.py's); a pretrained-weights start
+    is cleared (one start at a time).
+    """
     names = {f.name for f in dataclasses.fields(params_class)} if dataclasses.is_dataclass(params_class) else set()
     field_name = next((name for name in FINE_TUNE_FIELDS if name in names), None)
     if field_name is None:
         return {}, "this trainer cannot start from another model: training starts from random weights"
-    return {field_name: plan.init_from}, ""
+    values: dict[str, Any] = {field_name: plan.init_from}
+    if not plan.init_from:
+        return values, ""
+    values.update({k: v for k, v in start_recipe(plan.init_from).items() if k in names})
+    if "lr" in names:
+        values["lr"] = FINE_TUNE_LR
+    if "pretrained" in names:
+        values["pretrained"] = ""
+    return values, ""
+
+
+def start_recipe(folder: str) -> dict[str, Any]:
+    """The network settings (backbone, crop size, scale) the start model was trained with, from its card."""
+    from app.core.modelcard import load_model_card
+
+    try:
+        recipe = (load_model_card(folder).training or {}).get("recipe") or {}
+    except UserError:
+        return {}
+    return {key: recipe[key] for key in RECIPE_KEYS if recipe.get(key) is not None}
 
 
 def run_params(spec: Any, run: Any) -> Any:

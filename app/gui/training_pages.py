@@ -22,9 +22,9 @@ from app.pipelines.registry import TrainingSource
 if TYPE_CHECKING:
     from app.gui.training_wizard import TrainingWizard
 
-NO_PRETRAINED = ("Networks start from random weights, or from a model of your library (fine-tuning: the "
-                 "quickest way to teach a model your own sections). From random weights, give them enough "
-                 "annotated data and epochs.")
+NO_PRETRAINED = ("Networks start from random weights, from a model of your library (init_from: fine-tuning, the "
+                 "quickest way to teach a model your own sections), or, where a trainer offers it, from published "
+                 "ImageNet / COCO weights (pretrained), fetched once when your computer is online.")
 
 
 class PipelinePage(QWizardPage):
