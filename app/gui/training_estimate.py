@@ -25,7 +25,8 @@ class Estimate:
         """One line for the wizard."""
         if self.seconds is None:
             return f"Time: {self.basis}"
-        return f"Estimated time: about {format_duration(self.seconds)} ({self.basis})"
+        return (f"Estimated time: about {format_duration(self.seconds)} of training steps, plus reading the "
+                f"sections and a validation after each epoch ({self.basis})")
 
 
 def format_duration(seconds: float) -> str:
