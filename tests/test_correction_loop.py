@@ -117,3 +117,23 @@ def test_a_model_not_on_this_computer_is_no_start(tmp_path):
     write_edits(run.folder, [make_edit("restage_tubule", "b", 3, "IX")])
     plan = plan_retraining(_project(["a", "b"]), run)
     assert plan.model_pipeline == "stagetool-tubules" and plan.init_from == "" and "random weights" in plan.note()
+
+
+def test_a_corrected_section_falls_down_the_doubt_list(tmp_path):
+    import json
+
+    from app.gui.correction_loop import section_doubts
+
+    run = _run(tmp_path, {})
+    unsure = {"id": 1, "class": "IX", "box": [0, 0, 9, 9], "stage_weights": {"IX": 0.5, "XII": 0.45, "I-V": 0.05}}
+    sure = {"id": 1, "class": "IX", "box": [0, 0, 9, 9], "stage_weights": {"IX": 1.0}}
+    for image, tubule in (("a", unsure), ("b", sure)):
+        doc = {"image": image, "layers": {"tubules": [tubule], "cells": [{"id": 1, "class": "Sertoli",
+                                                                           "box": [1, 1, 3, 3], "score": 0.9}]}}
+        (run.folder / image / "objects.json").write_text(json.dumps(doc))
+    before = section_doubts(run)
+    assert before["a"]["score"] > before["b"]["score"] and before["a"]["ambiguous_tubules"] == 1
+    write_edits(run.folder, [make_edit("restage_tubule", "a", 1, "XII")])
+    after = section_doubts(run)
+    assert after["a"]["score"] < before["a"]["score"] and after["a"]["ambiguous_tubules"] == 0
+    assert section_doubts(SimpleNamespace(pipeline="kaizen")) == {}

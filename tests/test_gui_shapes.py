@@ -85,6 +85,8 @@ def test_draw_a_tubule_drag_its_points_and_resize_a_cell(analysed, qtbot):
     window.viewer.fit()
     qtbot.wait(50)
     before = len(overlays.layers["tubules"].data.objects)
+    [run] = project.runs()  # the browser lists the run's sections with their doubt (correct the highest first)
+    assert window.browser._run_items[run.id].child(0).text(0).startswith("sec  ·  doubt ")
 
     # draw: D, clicks on the image, a double-click closes the outline
     window.properties.draw_stage.setCurrentText("XII")

@@ -170,3 +170,42 @@ def compare_old_and_new(old_run: Any, new_run: Any, images: list[str]) -> list[d
 
     return compare_runs(corrected_documents(old_run, images), raw_documents(old_run, images),
                         raw_documents(new_run, images))
+
+
+def section_doubts(run: Any) -> dict[str, dict[str, Any]]:
+    """image -> uncertainty record (``score`` 0..1: correct the highest first) of a Stagetool run's sections.
+
+    The record written at analysis time (summary.json) is used as it is; a section the user has
+    corrected since is scored again with the edits applied, so corrected objects count as sure.
+    """
+    if getattr(run, "pipeline", None) != "stagetool":
+        return {}
+    import json
+
+    from app.core.edits import apply_edits
+    from app.gui.run_files import base_objects_file
+    from app.pipelines.stagetool.layout import SUMMARY_FILE
+    from app.pipelines.stagetool.uncertainty import section_uncertainty
+
+    edits = read_edits(run.folder) if (Path(run.folder) / "edits.json").exists() else []
+    out = {}
+    for image in run.results:
+        path = base_objects_file(run, image)
+        if path is None:
+            continue
+        mine = edits_for_image(edits, image)
+        record = None
+        if not mine and (path.parent / SUMMARY_FILE).is_file():
+            try:
+                record = json.loads((path.parent / SUMMARY_FILE).read_text()).get("uncertainty")
+            except (OSError, ValueError):
+                record = None
+        if record is None:
+            from app.core.results import read_objects
+
+            try:
+                record = section_uncertainty(apply_edits(read_objects(path), mine))
+            except (UserError, OSError, ValueError):
+                continue
+        out[image] = record
+    return out
