@@ -86,7 +86,8 @@ def test_draw_a_tubule_drag_its_points_and_resize_a_cell(analysed, qtbot):
     qtbot.wait(50)
     before = len(overlays.layers["tubules"].data.objects)
     [run] = project.runs()  # the browser lists the run's sections with their doubt (correct the highest first)
-    assert window.browser._run_items[run.id].child(0).text(0).startswith("sec  ·  doubt ")
+    listed = window.browser._run_items[run.id].child(0)
+    assert listed.text(0).startswith("sec  ·  doubt ")
 
     # draw: D, clicks on the image, a double-click closes the outline
     window.properties.draw_stage.setCurrentText("XII")
@@ -101,6 +102,7 @@ def test_draw_a_tubule_drag_its_points_and_resize_a_cell(analysed, qtbot):
     qtbot.waitUntil(lambda: len(overlays.layers["tubules"].data.objects) == before + 1, timeout=5000)
     added = _edits(project)[-1]
     assert added["action"] == "add_tubule" and added["value"] == "XII"
+    assert listed.toolTip(0).startswith("doubt ") and listed.text(0).startswith("sec  ·  doubt ")  # still listed after the edit
     assert np.allclose(added["polygon"], OUTLINE, atol=2.5)  # screen pixels back to image pixels
     drawn = overlays.find("tubules", added["id"])
     assert drawn["class"] == "XII" and drawn["added"]
@@ -156,6 +158,13 @@ def test_an_outline_of_two_points_is_refused_and_esc_stops_drawing(analysed, qtb
     assert window.shapes.finish_outline() is False
     assert "three points" in window.statusBar().currentMessage()
     assert not (project.runs()[0].folder / "edits.json").exists()
+    for x, y in [(500, 240), (540, 240), (530, 260), (545, 290)]:
+        window.shapes.add_point(x, y)
+    window.viewer.graphics.setFocus()
+    qtbot.keyClick(window.viewer.graphics, Qt.Key.Key_Backspace)  # takes back (545, 290)
+    qtbot.keyClick(window.viewer.graphics, Qt.Key.Key_Return)  # Enter closes the outline
+    assert _edits(project)[-1]["polygon"] == [[500, 240], [540, 240], [530, 260]]
+    assert window.shapes.drawing  # still drawing: the next outline can follow
     window.shapes.add_point(10, 10)
     window.actions["deselect"].trigger()
     assert not window.shapes.drawing and window.shapes.draft.points == []

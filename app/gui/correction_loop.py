@@ -172,7 +172,7 @@ def compare_old_and_new(old_run: Any, new_run: Any, images: list[str]) -> list[d
                         raw_documents(new_run, images))
 
 
-def section_doubts(run: Any) -> dict[str, dict[str, Any]]:
+def section_doubts(run: Any, images: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """image -> uncertainty record (``score`` 0..1: correct the highest first) of a Stagetool run's sections.
 
     The record written at analysis time (summary.json) is used as it is; a section the user has
@@ -189,7 +189,7 @@ def section_doubts(run: Any) -> dict[str, dict[str, Any]]:
 
     edits = read_edits(run.folder) if (Path(run.folder) / "edits.json").exists() else []
     out = {}
-    for image in run.results:
+    for image in run.results if images is None else [i for i in images if i in run.results]:
         path = base_objects_file(run, image)
         if path is None:
             continue

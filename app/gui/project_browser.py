@@ -196,6 +196,18 @@ class ProjectBrowser(QWidget):
             self._select_key(current, selected)
         self._apply_filter(self.filter.text())
 
+    def update_doubt(self, run: Any, image: str) -> None:
+        """Score one section of a run again (after an edit); the list keeps its order until the next refresh."""
+        item = self._run_items.get(run.id)
+        record = run_doubts(run, [image]).get(image)
+        if item is None or record is None:
+            return
+        for index in range(item.childCount()):
+            child = item.child(index)
+            if child.data(0, Qt.ItemDataRole.UserRole) == (RUN_IMAGE, (run.id, image)):
+                child.setText(0, f"{image}  ·  doubt {record['score']:.2f}")
+                child.setToolTip(0, doubt_tooltip(record))
+
     def _section(self, title: str, key: str) -> QTreeWidgetItem:
         item = QTreeWidgetItem(self.tree, [title])
         item.setData(0, Qt.ItemDataRole.UserRole, (SECTION, key))
@@ -359,12 +371,12 @@ class ProjectBrowser(QWidget):
         self.runner.shutdown()
 
 
-def run_doubts(run: Any) -> dict[str, dict[str, Any]]:
+def run_doubts(run: Any, images: list[str] | None = None) -> dict[str, dict[str, Any]]:
     """The run's per-section uncertainty (app/gui/correction_loop.py); {} when it has none or it cannot be read."""
     from app.gui.correction_loop import section_doubts
 
     try:
-        return section_doubts(run)
+        return section_doubts(run, images)
     except Exception:  # noqa: BLE001 - a listing never fails on one run's files
         return {}
 

@@ -208,6 +208,7 @@ class ResultsController:
             return
         if session is not self.sessions.get(Path(w.current_run.folder)):
             return
+        w.browser.update_doubt(w.current_run, w.current_image)  # a corrected section is surer now
         size = len(self.doc.get("layers", {}).get(layer, []))
         if size >= BACKGROUND_EDIT_OBJECTS:  # big layers are redrawn from a reader thread: no stall
             self.pending = True
