@@ -102,13 +102,16 @@ def test_the_plan_trains_the_layer_corrected_most_from_the_model_that_made_it(tm
     from app.pipelines.stagetool import CellTrainParams
 
     # the folder holds no card: only the start and the fine-tuning rate are preset
-    assert preset_values(CellTrainParams, plan) == ({"init_from": str(model), "lr": 2e-4, "pretrained": ""}, "")
+    assert preset_values(CellTrainParams, plan.init_from) == ({"init_from": str(model), "lr": 2e-4, "pretrained": ""},
+                                                              "")
+    assert plan.starts == {"stagetool-tubules": "", "stagetool-cells": str(model)}  # t-demo is not on this computer
+    assert "random weights" in plan.note("stagetool-tubules")
 
     @dataclasses.dataclass
     class NoStart:
         epochs: int = 1
 
-    values, why = preset_values(NoStart, plan)
+    values, why = preset_values(NoStart, plan.init_from)
     assert values == {} and "random weights" in why
 
 

@@ -143,7 +143,8 @@ def test_correct_train_rerun_learns_the_corrected_stage(qtbot, loop_project):
         assert wizard is not None and not window.errors, window.errors
         wizard.confirm = lambda *args: True
         assert wizard.trainer().model_pipeline == "stagetool-tubules"
-        assert "fine-tunes from the model that made these predictions (lab-tubules-v1)" in wizard.preset_note
+        assert "fine-tunes from the model that made these predictions (lab-tubules-v1)" in \
+            wizard.pipeline_page.description.text()
         wizard.next()
         chosen = wizard.data_page.chosen()
         assert [(s.kind, s.image, Path(s.run_folder)) for s in chosen] == [("corrected", "sec0", old_run.folder)]

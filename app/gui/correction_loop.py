@@ -39,11 +39,13 @@ class RetrainPlan:
     old_models: dict[str, str]  # layer -> model folder (or name) that made the run
     edits_per_layer: dict[str, int] = field(default_factory=dict)
     rest: list[str] = field(default_factory=list)  # project images without corrections in this run
+    starts: dict[str, str] = field(default_factory=dict)  # trainer -> folder of the run's model of its layer, or ""
 
-    def note(self) -> str:
-        """One line for the wizard: data and starting point."""
-        start = (f"fine-tunes from the model that made these predictions ({Path(self.init_from).name})"
-                 if self.init_from else "starts from random weights (the model that made these predictions "
+    def note(self, model_pipeline: str | None = None) -> str:
+        """One line for the wizard: data and starting point (of ``model_pipeline``, default the preset one)."""
+        init = self.starts.get(model_pipeline, "") if model_pipeline else self.init_from
+        start = (f"fine-tunes from the model that made these predictions ({Path(init).name})"
+                 if init else "starts from random weights (the model that made these predictions "
                  "is not in your model library)")
         counts = ", ".join(f"{n} {layer} edits" for layer, n in self.edits_per_layer.items() if n)
         return f"Training on the corrections of run {self.run_id} ({len(self.images)} section(s); {counts}); {start}."
@@ -77,15 +79,15 @@ def plan_retraining(project: Any, run: Any) -> RetrainPlan:
     layer = max(trainable, key=lambda name: per_layer[name])  # ties: tubules, listed first
     models = run.models if isinstance(run.models, dict) else {}
     old = {name: model_folder(models.get(name)) for name in ("tubules", "cells") if models.get(name)}
-    init = old.get(layer, "")
     sources = []
     for image in images:
         path = base_objects_file(run, image)
         if path is not None:
             sources.append(TrainingSource("corrected", image, path, Path(run.folder), _image_path(project, image)))
     rest = [entry.name for entry in project.images() if entry.name not in images] if project is not None else []
+    starts = {LAYER_TRAINERS[name]: folder if folder and Path(folder).is_dir() else "" for name, folder in old.items()}
     return RetrainPlan(Path(run.folder), run.id, run.pipeline, images, LAYER_TRAINERS[layer], sources,
-                       init if Path(init).is_dir() else "", old, per_layer, rest)
+                       starts.get(LAYER_TRAINERS[layer], ""), old, per_layer, rest, starts)
 
 
 def _image_path(project: Any, image: str) -> Path | None:
@@ -95,7 +97,7 @@ def _image_path(project: Any, image: str) -> Path | None:
         return None
 
 
-def preset_values(params_class: Any, plan: RetrainPlan) -> tuple[dict[str, Any], str]:
+def preset_values(params_class: Any, init_from: str) -> tuple[dict[str, Any], str]:
     """Form values the plan sets on a trainer's params, and a note when it cannot fine-tune.
 
     Fine-tuning keeps the start model's network, so its recipe's backbone, crop size and scale come
@@ -106,10 +108,10 @@ def preset_values(params_class: Any, plan: RetrainPlan) -> tuple[dict[str, Any],
     field_name = next((name for name in FINE_TUNE_FIELDS if name in names), None)
     if field_name is None:
         return {}, "this trainer cannot start from another model: training starts from random weights"
-    values: dict[str, Any] = {field_name: plan.init_from}
-    if not plan.init_from:
+    values: dict[str, Any] = {field_name: init_from}
+    if not init_from:
         return values, ""
-    values.update({k: v for k, v in start_recipe(plan.init_from).items() if k in names})
+    values.update({k: v for k, v in start_recipe(init_from).items() if k in names})
     if "lr" in names:
         values["lr"] = FINE_TUNE_LR
     if "pretrained" in names:

@@ -93,8 +93,13 @@ class LoopController:
         if trainer is None:
             w.show_error("Cannot train on the corrections", f"no trainer for {plan.model_pipeline} is installed")
             return None
-        values, why = preset_values(trainer.params, plan)
-        wizard.preset(plan.model_pipeline, plan.sources, values, plan.note() + (f" Note: {why}." if why else ""))
+        values, notes = {}, {}
+        for model_pipeline in {plan.model_pipeline, *plan.starts}:  # the other layer's trainer, when chosen
+            other = wizard.trainers.get(model_pipeline)
+            if other is not None:
+                values[model_pipeline], why = preset_values(other.params, plan.starts.get(model_pipeline, ""))
+                notes[model_pipeline] = plan.note(model_pipeline) + (f" Note: {why}." if why else "")
+        wizard.preset(plan.model_pipeline, plan.sources, values, notes)
         self.steps = NextSteps()
         self.steps.rerun_button.clicked.connect(self.rerun_rest)
         self.steps.compare_button.clicked.connect(self.compare)
@@ -137,7 +142,8 @@ class LoopController:
         params = w.guard("Cannot re-run", run_params, spec, Run.load(plan.run_folder))
         if params is None:
             return None
-        models = rerun_models(plan, self.wizard.preset_pipeline or plan.model_pipeline, self.new_model)
+        trained = self.wizard.trainer()
+        models = rerun_models(plan, trained.model_pipeline if trained else plan.model_pipeline, self.new_model)
         record = w.runs.submit_run(RunRequest(plan.pipeline, params, models, False, images=list(images)))
         if record is not None:
             self.records[what] = record

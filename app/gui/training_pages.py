@@ -58,8 +58,9 @@ class PipelinePage(QWizardPage):
 
     def _describe(self, _row: int) -> None:
         item = self.list.currentItem()
-        trainer = self.w.trainers.get(item.data(Qt.ItemDataRole.UserRole)) if item is not None else None
-        self.description.setText(trainer.description if trainer else "")
+        name = item.data(Qt.ItemDataRole.UserRole) if item is not None else None
+        trainer = self.w.trainers.get(name)
+        self.description.setText(self.w.preset_notes.get(name) or (trainer.description if trainer else ""))
 
     def isComplete(self) -> bool:  # noqa: N802 - Qt's name
         return self.list.currentItem() is not None
@@ -166,11 +167,12 @@ class ParamsPage(QWizardPage):
     def initializePage(self) -> None:  # noqa: N802
         trainer = self.w.trainer()
         remembered = self.w.settings.pipeline_params.get(f"train:{trainer.model_pipeline}")
-        preset = trainer.model_pipeline == self.w.preset_pipeline
-        if preset:  # "Train on my corrections": the fine-tune start wins over the last values typed
-            remembered = {**(remembered or {}), **self.w.preset_values}
-        self.note.setText(self.w.preset_note if preset else "")
-        self.note.setVisible(bool(preset and self.w.preset_note))
+        preset = self.w.preset_values.get(trainer.model_pipeline)
+        if preset is not None:  # "Train on my corrections": the fine-tune start wins over the last values typed
+            remembered = {**(remembered or {}), **preset}
+        note = self.w.preset_notes.get(trainer.model_pipeline, "")
+        self.note.setText(note)
+        self.note.setVisible(bool(note))
         # the validation share is chosen once, on the Data page; the trainer gets it from there
         self.form = DataclassForm(trainer.params, remembered, hidden=SPLIT_FIELDS)
         self.scroll.setWidget(self.form)
