@@ -26,7 +26,7 @@ from app.core.errors import UserError, os_error_message
 EXIT_OK = 0
 EXIT_USER_ERROR = 2
 
-PIPELINE_CLI_MODULES = ("app.cli_brightfield", "app.cli_stagetool", "app.cli_kaizen", "app.cli_batch")
+PIPELINE_CLI_MODULES = ("app.cli_brightfield", "app.cli_stagetool", "app.cli_kaizen", "app.cli_batch", "app.cli_export")
 
 
 

@@ -78,9 +78,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.threads is not None:
         if args.threads < 1:
             raise UserError(f"--threads must be at least 1, not {args.threads}")
-        import torch
+        from app.core.device import use_threads
 
-        torch.set_num_threads(args.threads)
+        use_threads(args.threads)
     if args.scheduler and "://" not in args.scheduler:
         raise UserError(f"--scheduler expects an address such as tcp://HOST:8786, not '{args.scheduler}'")
     with collect_kept() as kept:  # batch-wide reports the user changed are kept (app.core.outputs)

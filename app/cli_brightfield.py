@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.errors import UserError
+from app.core.params import RENAMED
 
 EXIT_OK = 0
 PHANTOM_MIN_AREA = 30  # phantom nuclei are far smaller than sephaCe's (whose default is 1000 px)
@@ -52,19 +53,20 @@ def add_options(parser: argparse.ArgumentParser, cls: type, key: str, skip: tupl
         text = f.metadata["help"]
         if "default" not in text:
             text += f" (default: {_show(default)})"
-        flag = "--" + f.name.replace("_", "-")
+        # the option of today's name, plus the one it had before names were unified (--max-epochs)
+        flags = ["--" + name.replace("_", "-") for name in (f.name, *(old for old, new in RENAMED.items()
+                                                                       if new == f.name))]
         dest = f"{key}__{f.name}"
         if kind.startswith("bool"):
-            group.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
+            group.add_argument(*flags, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=text)
         elif "tuple" in kind:
-            group.add_argument(flag, dest=dest, type=_int_tuple, default=None, metavar="I,J", help=text)
+            group.add_argument(*flags, dest=dest, type=_int_tuple, default=None, metavar="I,J", help=text)
         elif kind.startswith("int"):
-            group.add_argument(flag, dest=dest, type=int, default=None, metavar="N", help=text)
+            group.add_argument(*flags, dest=dest, type=int, default=None, metavar="N", help=text)
         elif kind.startswith("float"):
-            group.add_argument(flag, dest=dest, type=float, default=None, metavar="X", help=text)
+            group.add_argument(*flags, dest=dest, type=float, default=None, metavar="X", help=text)
         else:
-            choices = ("auto", "cpu", "cuda") if f.name == "device" else ("crops", "fields") if f.name == "by" else None
-            group.add_argument(flag, dest=dest, default=None, choices=choices, help=text)
+            group.add_argument(*flags, dest=dest, default=None, choices=f.metadata.get("choices"), help=text)
 
 
 def _show(value: Any) -> str:

@@ -17,22 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app.core.device import use_threads
 from app.core.errors import UserError
 
 EXIT_OK = 0
-# DecomposeParams fields that get an option; diameter and device have their own below
-_PARAM_HELP = {
-    "accept_margin": "keep an object only if it lowers the L1 loss by this share of its own intensity",
-    "min_residual": "minimum 7x7-mean residual (normalised 0..1) for a candidate",
-    "error_rounds": "extra passes on the error image (Algorithm 3); 0 = core algorithm only",
-    "max_candidates": "candidates per round at most",
-    "max_iterations": "rounds of the core algorithm at most",
-    "mask_rule": "'image': object image above --mask-fraction x image mean (paper); 'object': above "
-                 "--mask-fraction x the object's maximum; 'head': mask-head probability above 0.5",
-    "mask_fraction": "mask threshold as a fraction of the input image mean (paper: 0.1)",
-    "min_area": "drop objects smaller than this many pixels",
-    "batch_size": "candidates per network call",
-}
+# DecomposeParams fields that get an option (help from the field's metadata); diameter and device have their own
+PARAM_OPTIONS = ("accept_margin", "min_residual", "error_rounds", "max_candidates", "max_iterations", "mask_rule",
+                 "mask_fraction", "min_area", "batch_size")
+DEVICE_HELP = "auto, cpu or cuda[:N] (Kaizen does not run on mps)"
 
 
 def add_parser(subparsers: Any) -> None:
@@ -48,7 +40,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--epochs", type=int, default=24, metavar="N")
     p.add_argument("--steps-per-epoch", type=int, default=250, metavar="N")
     p.add_argument("--batch-size", type=int, default=64, metavar="N")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--channel", default=None, metavar="C", help="channel name or index of multi-channel images")
     p.add_argument("--z", type=int, default=None, metavar="N", help="z-plane of stacks")
     p.add_argument("--val-percent", type=int, default=20, metavar="P",
@@ -67,7 +59,7 @@ def add_parser(subparsers: Any) -> None:
                    help="typical object diameter in pixels (default: estimated per image)")
     p.add_argument("--channel", default=None, metavar="C", help="channel name or index of a multi-channel image")
     p.add_argument("--z", type=int, default=None, metavar="N", help="z-plane of a stack")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads for torch (default: torch's)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     _add_param_options(p)
@@ -80,26 +72,23 @@ def _add_param_options(parser: argparse.ArgumentParser) -> None:
 
     defaults = DecomposeParams()
     for f in dataclasses.fields(DecomposeParams):
-        if f.name not in _PARAM_HELP:
+        if f.name not in PARAM_OPTIONS:
             continue
         value = getattr(defaults, f.name)
         kind = type(value) if value is not None else float
-        kwargs: dict[str, Any] = {"type": kind, "default": None, "help": _PARAM_HELP[f.name],
+        kwargs: dict[str, Any] = {"type": kind, "default": None, "help": f.metadata["help"],
                                   "metavar": {int: "N", float: "X"}.get(kind, "NAME")}
-        if f.name == "mask_rule":
-            kwargs["choices"] = ("image", "object", "head")
+        if f.metadata.get("choices"):
+            kwargs["choices"] = f.metadata["choices"]
             kwargs.pop("metavar")
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f"param_{f.name}", **kwargs)
 
 
 def _set_threads(threads: int | None) -> None:
     """Limit torch's CPU threads (on a busy shared machine one thread is often faster than two)."""
-    if threads is not None:
-        if threads < 1:
-            raise UserError(f"--threads must be at least 1, not {threads}")
-        import torch
-
-        torch.set_num_threads(threads)
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, not {threads}")
+    use_threads(threads)
 
 
 def _channel(value: str | None) -> int | str | None:

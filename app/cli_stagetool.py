@@ -41,7 +41,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     params = TrainParams(kind=args.kind, backbone=args.backbone, epochs=args.epochs, device=args.device)
     for key in ("crop_size", "downsample", "batch_size", "lr", "crops_per_epoch", "seed", "time_limit_s",
-                "val_fraction", "num_threads", "val_crops", "init_from", "pretrained"):
+                "val_fraction", "threads", "val_crops", "init_from", "pretrained"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(params, key, value)
@@ -198,7 +198,7 @@ def add_parser(subparsers: Any) -> None:
     q.add_argument("--time-limit", dest="time_limit_s", type=float, default=None, metavar="SECONDS")
     q.add_argument("--seed", type=int, default=None)
     q.add_argument("--val-crops", type=int, default=None, help="validation crops per epoch")
-    q.add_argument("--threads", dest="num_threads", type=int, default=None, help="CPU threads for torch")
+    q.add_argument("--threads", dest="threads", type=int, default=None, help="CPU threads for torch")
     q.add_argument("--name", default=None, help="model name for the card (default: the folder name)")
     q.add_argument("--resume", action="store_true", help="continue from the checkpoint in MODEL_DIR")
     q.add_argument("--init-from", default=None, metavar="MODEL",

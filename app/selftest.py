@@ -56,12 +56,10 @@ def torch_device() -> str:
     """The device Stagescope's "auto" setting would use here, in words (imports torch)."""
     import torch
 
-    if torch.cuda.is_available():
-        return f"cuda ({torch.cuda.get_device_name(0)})"
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        return "mps (Apple GPU)"
-    return f"cpu ({torch.get_num_threads()} threads)"
+    from app.core.device import describe_device
+
+    text = describe_device("auto")
+    return f"cpu ({torch.get_num_threads()} threads)" if text == "CPU" else text
 
 
 def version_text() -> str:
@@ -155,7 +153,7 @@ def _failed(pipeline: str, error: Exception, image: str, models: dict[str, str],
 
 def check_run_folder(run_folder: Path, image: str) -> int:
     """Check a finished run: run.json finished, the image done, objects JSON readable and not empty."""
-    from app.core.project import Run
+    from app.core.runs import Run
     from app.core.results import read_objects
 
     run = Run.load(run_folder)

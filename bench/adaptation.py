@@ -138,7 +138,7 @@ def train_model(kind: str, start: str, sections: list[Any], out: Path, minutes: 
     params = TrainParams(kind=kind, backbone="lite", crop_size=recipe["crop_size"], downsample=recipe["downsample"],
                          epochs=100_000, crops_per_epoch=50, batch_size=2, lr=LR[start], val_crops=4,
                          val_fraction=0.0, device="cpu", seed=0, half=True, time_limit_s=minutes * 60,
-                         num_threads=threads, init_from=str(DEMO[kind]) if start == "fine-tune" else "")
+                         threads=threads, init_from=str(DEMO[kind]) if start == "fine-tune" else "")
     card = run(train([], out, params, name=out.name, sections=sections, synthetic=True,
                      data_description=f"{len(sections)} corrected phantom section(s)"))
     (out / "checkpoint.pt").unlink(missing_ok=True)

@@ -153,7 +153,7 @@ def train_model(kind: str) -> None:
     params = TrainParams(kind=kind, backbone=r["backbone"], crop_size=r["crop_size"], downsample=r["downsample"],
                          epochs=100000, crops_per_epoch=batch * (r["steps_per_check"][DEVICE] if SCALE != "small" else 10),
                          batch_size=batch, lr=r["lr"], val_crops=(32 if gpu else 16) if SCALE != "small" else 4, device=DEVICE,
-                         seed=r["seed"], half=True, time_limit_s=MINUTES * 60, num_threads=threads,
+                         seed=r["seed"], half=True, time_limit_s=MINUTES * 60, threads=threads,
                          loader_threads=4 if gpu else 0, init_from=os.environ.get(f"STAGETOOL_INIT_{kind.upper()}", ""))
     seeds = {split: f"{SEEDS[split]}-{SEEDS[split] + S[f'n_{split}'] - 1}" for split in ("train", "val")}
     description = (f"{SYNTHETIC}. {len(train_sections)} phantom testis sections of {S['size']} px "

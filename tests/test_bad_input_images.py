@@ -336,6 +336,7 @@ def test_cluster_workers_start_ignoring_ctrl_c():
     assert signal.getsignal(signal.SIGINT) is before
 
 
+@pytest.mark.slow
 def test_ctrl_c_on_a_local_cluster_batch_is_one_line(tmp_path):
     """The terminal's Ctrl-C (SIGINT to the whole process group) while a `--cluster local:2` batch gets going.
 

@@ -216,6 +216,7 @@ run_batch("noop", [sys.argv[1]], sys.argv[2], params={"seconds": float(sys.argv[
 """
 
 
+@pytest.mark.slow
 def test_a_second_batch_into_the_same_results_folder_is_refused_not_interleaved(tmp_path, capsys):
     write_tiffs(tmp_path / "in", 3)
     out = tmp_path / "out"
@@ -302,7 +303,7 @@ def test_content_fingerprint_sees_a_change_between_samples_of_a_large_file(tmp_p
 
 def test_stagetool_rerun_analyses_a_section_whose_bytes_changed_but_not_its_size(tmp_path, monkeypatch):
     """The second resume check (app/pipelines/stagetool/batch.py) holds the section's content too."""
-    from app.core.project import Run
+    from app.core.runs import Run
     from app.pipelines.stagetool import batch
 
     files = write_tiffs(tmp_path / "in", 2)

@@ -27,6 +27,8 @@ from app.batch import run_batch  # noqa: E402
 from app.batch.summary import REPORT_CSV  # noqa: E402
 from app.batch.tasks import TEMP_PREFIX  # noqa: E402
 
+pytestmark = pytest.mark.slow  # a local Dask cluster per module: seconds to start and stop
+
 N_IMAGES = 8
 TASK_SECONDS = 0.8
 

@@ -25,7 +25,7 @@ from app.pipelines.brightfield.predict import BrightfieldModel, instances, proba
 from app.pipelines.brightfield.stack import PlaneStack
 from app.pipelines.brightfield.train import TrainingField, save_trained, train
 
-TINY = TrainParams(scale=1.0, width=4, depth=2, crop=32, batch_size=4, steps_per_epoch=8, max_epochs=6,
+TINY = TrainParams(scale=1.0, width=4, depth=2, crop=32, batch_size=4, steps_per_epoch=8, epochs=6,
                    patience=6, lr=3e-2, threads=1, device="cpu")
 SEGMENT = SegmentParams(min_area=20, split_depth=2, threads=1, device="cpu")
 
@@ -149,7 +149,7 @@ def test_cli_derive_train_segment(fields, tmp_path, capsys):
 
     model_dir = tmp_path / "model"
     assert main(["brightfield", "train", str(f1), str(labels), "--out", str(model_dir), "--scale", "1", "--width", "4",
-                 "--depth", "2", "--crop", "32", "--batch-size", "2", "--steps-per-epoch", "2", "--max-epochs", "1",
+                 "--depth", "2", "--crop", "32", "--batch-size", "2", "--steps-per-epoch", "2", "--epochs", "1",
                  "--threads", "1", "--device", "cpu"]) == 0
     card = json.loads((model_dir / "card.json").read_text())
     assert card["pipeline"] == "brightfield" and card["input_channels"] == 3

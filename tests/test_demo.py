@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import tifffile
 from openpyxl import load_workbook
 
@@ -20,6 +21,7 @@ def _runs(folder, pipeline: str) -> list:
     return [p for p in runs if json.loads((p / "run.json").read_text()).get("pipeline") == pipeline]
 
 
+@pytest.mark.slow
 def test_demo_builds_sample_project_and_runs_kaizen_and_stagetool(tmp_path, capsys, monkeypatch):
     assert run_demo(tmp_path / "sample") == 0
     out = capsys.readouterr().out

@@ -30,7 +30,7 @@ except ImportError as error:  # pragma: no cover
 
 TARGET = "I-V"  # a stage the oracle gives no tubule of these two sections
 TINY = dict(backbone="tiny", crop_size=128, downsample=2, epochs=8, crops_per_epoch=16, batch_size=2, lr=3e-3,
-            val_crops=2, num_threads=1, half=False, augment=True)
+            val_crops=2, threads=1, half=False, augment=True)
 
 
 def _tiny_start_model(folder: Path, section: Path) -> Path:

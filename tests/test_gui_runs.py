@@ -126,10 +126,8 @@ def test_a_partly_failed_run_is_shown_failed_with_a_visible_summary(window, qtbo
     assert "1 failed" in window.jobs_widget.summary.text()
 
 
-try:  # the drawn section and oracle networks of the Stagetool GUI test
-    from test_gui_stagetool import stagetool_project  # noqa: F401,E402 - a fixture
-except Exception:  # noqa: BLE001 - that module skips itself when its helpers are missing
-    stagetool_project = None
+# the drawn section and oracle networks of the Stagetool GUI test
+from test_gui_stagetool import stagetool_project  # noqa: F401,E402 - a fixture
 
 
 def _stagetool_window(qtbot, settings=None):
@@ -144,7 +142,6 @@ def _stagetool_window(qtbot, settings=None):
     return win
 
 
-@pytest.mark.skipif(stagetool_project is None, reason="Stagetool test helpers missing")
 def test_a_cancelled_stagetool_run_is_recorded_cancelled(qtbot, stagetool_project, monkeypatch):  # noqa: F811
     import time as _time
 
@@ -179,7 +176,6 @@ def test_a_cancelled_stagetool_run_is_recorded_cancelled(qtbot, stagetool_projec
 # ----------------------------------------------------------------------------- 3. antibody channels
 
 
-@pytest.mark.skipif(stagetool_project is None, reason="Stagetool test helpers missing")
 def test_antibody_channels_are_offered_from_the_images_and_checked_before_the_run(
         qtbot, stagetool_project):  # noqa: F811
     project, _truth = stagetool_project
@@ -279,7 +275,7 @@ def _stagetool_run(project, images, objects_for=None):
 
 
 def test_the_report_exporter_offers_stagetool_runs_only_and_counts_a_section_once(qtbot, tmp_path):
-    pytest.importorskip("app.pipelines.stagetool.tables")
+    from app.pipelines.stagetool import tables  # noqa: F401 - what the exporter writes through
     from app.core.jobs import run as run_job
     from app.core.settings import Settings
     from app.gui.report_exporter import ReportExporter
@@ -376,7 +372,7 @@ def test_jobs_run_with_the_settings_threads_default_one(qtbot, tmp_path, setting
 
 
 def test_the_report_exporter_measures_an_antibody_the_analysis_left_out(qtbot, tmp_path):
-    pytest.importorskip("app.pipelines.stagetool.tables")
+    from app.pipelines.stagetool import tables  # noqa: F401 - what the exporter writes through
     import numpy as np
 
     from app.core.settings import Settings

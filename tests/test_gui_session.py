@@ -85,3 +85,50 @@ def test_a_first_window_fits_a_smaller_screen_and_keeps_its_size_on_a_large_one(
     assert default_size(QSize(2560, 1440)) == DEFAULT_SIZE
     assert default_size(QSize(1920, 900)) == QSize(DEFAULT_SIZE.width(), int(900 * 0.95))
     assert default_size(None) == DEFAULT_SIZE
+
+
+def test_the_gui_modules_import_each_other_without_a_loop_when_run():
+    """Controllers name ``MainWindow`` in annotations only (under TYPE_CHECKING); no executed import loops back
+    (the Settings dialog once reached the start-up module for the theme, which imports the window)."""
+    grimp = pytest.importorskip("grimp")
+    nx = pytest.importorskip("networkx")
+
+    graph = grimp.build_graph("app", exclude_type_checking_imports=True)
+    edges = nx.DiGraph()
+    for module in graph.modules:
+        if module.startswith("app.gui"):
+            edges.add_node(module)
+            edges.add_edges_from((module, i) for i in graph.find_modules_directly_imported_by(module)
+                                 if i.startswith("app.gui"))
+    assert len(edges) > 30
+    assert [sorted(c) for c in nx.strongly_connected_components(edges) if len(c) > 1] == []
+
+
+def test_accepting_the_settings_dialog_applies_the_dark_theme(qtbot):
+    pytest.importorskip("pytestqt")
+    from PySide6.QtGui import QPalette
+    from PySide6.QtWidgets import QApplication
+
+    from app.core.settings import Settings
+    from app.gui.main import configure_pyqtgraph
+    from app.gui.main_window import MainWindow
+    from app.gui.theme import DARK_PALETTE
+
+    configure_pyqtgraph()
+    app = QApplication.instance()
+    palette, style = QPalette(app.palette()), app.style().name()
+    window = MainWindow(Settings(), save_settings_on_close=False, detect_device=False)
+    qtbot.addWidget(window)
+    window.save_settings = lambda: None  # the test's settings stay off the user's disk
+    try:
+        window.dialogs.settings()
+        dialog = window.dialogs.settings_dialog
+        dialog.theme.setCurrentText("dark")
+        dialog.accept()
+        assert window.settings.theme == "dark"
+        assert app.palette().color(QPalette.ColorRole.Window).name() == DARK_PALETTE["Window"]
+    finally:
+        app.setStyle(style)
+        app.setPalette(palette)
+        window.queue.shutdown()
+        window.close()

@@ -17,10 +17,7 @@ torch = pytest.importorskip("torch")
 
 from app.gui.main import configure_pyqtgraph  # noqa: E402
 
-try:  # the oracle section and networks of the Stagetool section tests
-    from test_stagetool_section import SCALE, draw_section, oracle_model
-except ImportError as error:  # pragma: no cover - only when that test module changes its helpers
-    pytest.skip(f"the Stagetool oracle helpers are not available ({error})", allow_module_level=True)
+from test_stagetool_section import SCALE, draw_section, oracle_model  # noqa: E402 - the oracle section and networks
 
 
 @pytest.fixture

@@ -175,7 +175,7 @@ def test_brightfield_and_stagetool_trainers_write_models_from_annotation_files(t
     write_coco(tmp_path / "field.json",
                [ImageAnnotations("field.tif", 96, 96, labels_to_objects(stack.labels, "nucleus"))])
     trainer = pipelines()["brightfield"].trainers["brightfield"]
-    params = trainer.params(max_epochs=1, steps_per_epoch=2, batch_size=2, crop=32, width=4, depth=2, scale=1.0,
+    params = trainer.params(epochs=1, steps_per_epoch=2, batch_size=2, crop=32, width=4, depth=2, scale=1.0,
                             device="cpu", threads=1)
     folder = run(trainer.train([TrainingSource("file", path=tmp_path / "field.json")], params, tmp_path / "bf",
                                validation_fraction=0.25))
@@ -191,7 +191,7 @@ def test_brightfield_and_stagetool_trainers_write_models_from_annotation_files(t
     write_coco(tmp_path / "testis.json", [ImageAnnotations(str(truth["image"]), 512, 512, objects)])
     trainer = pipelines()["stagetool"].trainers["stagetool-cells"]
     params = trainer.params(backbone="tiny", crop_size=128, epochs=1, crops_per_epoch=2, batch_size=1, val_crops=1,
-                            device="cpu", num_threads=1)
+                            device="cpu", threads=1)
     folder = run(trainer.train([TrainingSource("file", path=tmp_path / "testis.json")], params, tmp_path / "cells"))
     card = load_model_card(folder)
     assert card.pipeline == "stagetool-cells" and card.classes[0] == "Sertoli" and "val" in card.metrics

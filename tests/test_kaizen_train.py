@@ -18,7 +18,7 @@ from app.pipelines.kaizen.train import CHECKPOINT, train_job
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TINY = dict(patch=24, target_diameter=10.0, channels=8, codebook_size=32, code_dim=8, batch_size=32,
-            validation_patches=64, learning_rate=3e-3)
+            validation_patches=64, lr=3e-3)
 
 
 # Core phantom nuclei (app.core.phantoms): ~8-16 px wide, 15% overlapping and 20% touching another, uneven
@@ -60,6 +60,7 @@ def tiny_model(tmp_path_factory, one_thread) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_trained_tiny_model_beats_chance(tiny_model):
     model = load_kaizen_model(tiny_model)
     assert model.card.pipeline == "kaizen" and model.card.training["steps"] == 480
@@ -87,6 +88,7 @@ def random_disks(shape, count, radius, rng):
     return labels
 
 
+@pytest.mark.slow
 def test_decomposition_keeps_codes_and_object_images(tiny_model):
     model = load_kaizen_model(tiny_model)
     _, image, _ = phantom_nuclei(4, 1)[0]
@@ -133,6 +135,7 @@ def _write_images(folder: Path, items) -> None:
         tifffile.imwrite(folder / f"{name}.tif", np.clip(image, 0, None).astype(np.uint16))
 
 
+@pytest.mark.slow
 def test_cli_segment_writes_labels_and_json(tiny_model, tmp_path, capsys):
     items = phantom_nuclei(6, 2)
     _write_images(tmp_path / "in", items)
@@ -161,6 +164,7 @@ def test_read_gray_converts_rgb(tmp_path):
     assert gray.shape == (16, 20) and gray[0, 0] == pytest.approx(60)
 
 
+@pytest.mark.slow
 def test_cli_refuses_stack_and_mismatched_labels(tiny_model, tmp_path, capsys):
     import tifffile
 
@@ -198,6 +202,7 @@ def test_shipped_model_loads_and_segments_a_real_image():
     assert instance_scores([(truth, result.labels())])["AP50"] > 0.5
 
 
+@pytest.mark.slow
 def test_project_run_through_the_registry(tiny_model, tmp_path):
     import tifffile
 

@@ -11,6 +11,7 @@ import pytest
 from scipy import ndimage as ndi
 
 from app.core import metrics as M
+from app.core.metrics.instances import assign_matches
 
 # --------------------------------------------------------------------------------------------
 # semantic
@@ -381,6 +382,7 @@ def test_whole_section_cell_matching_does_not_build_a_dense_matrix():
     assert peak < 300e6, f"peak {peak / 1e6:.0f} MB"
 
 
+@pytest.mark.slow
 def test_matching_with_duplicate_detections_is_solved_per_group_in_small_memory():
     """Found on an 8000 px section: boxes of duplicate detections (two boxes at IoU >= 0.5 with one
     cell) sent the matching to one dense 55 000 x 55 000 problem (22.6 GiB).  Each connected group of
@@ -413,7 +415,7 @@ def test_grouped_assignment_equals_one_dense_assignment():
         truth = np.hstack([centres, centres + rng.uniform(6, 10, (40, 2))])
         pred = truth[rng.integers(0, 40, 60)] + rng.uniform(-2, 2, (60, 4))
         rows, cols, values = M.box_iou_pairs(truth, pred, 0.3)
-        chosen = M._assign(rows, cols, values, 0.3)
+        chosen = assign_matches(rows, cols, values, 0.3)
         assert len(set(rows[chosen])) == len(chosen) == len(set(cols[chosen]))  # one-to-one
         dense = np.zeros((len(truth), len(pred)))
         ok = values >= 0.3

@@ -146,6 +146,7 @@ def test_hidden_imports_and_collected_packages_import() -> None:
         assert importlib.util.find_spec(name) is not None, f"the spec lists {name}, which does not exist"
 
 
+@pytest.mark.slow
 def test_self_test_from_source_passes_and_writes_its_report(traced: dict) -> None:
     out = traced["stdout"]
     assert traced["code"] == 0, out
@@ -156,6 +157,7 @@ def test_self_test_from_source_passes_and_writes_its_report(traced: dict) -> Non
     assert report.is_relative_to(traced["tmp"])  # written to the temporary folder
 
 
+@pytest.mark.slow
 def test_every_app_module_loaded_is_reachable_or_a_hidden_import(traced: dict) -> None:
     hidden = spec_constants()["HIDDEN_IMPORTS"]
     bundled = static_app_modules(["app.__main__", *hidden])
@@ -164,6 +166,7 @@ def test_every_app_module_loaded_is_reachable_or_a_hidden_import(traced: dict) -
     assert not missing, f"loaded by name at run time, unseen by PyInstaller: add to HIDDEN_IMPORTS: {missing}"
 
 
+@pytest.mark.slow
 def test_nothing_loaded_at_run_time_is_excluded(traced: dict) -> None:
     constants = spec_constants()
     excludes = [x for x in constants["EXCLUDES"] if x not in constants["PROBED_OPTIONAL"]]
@@ -171,6 +174,7 @@ def test_nothing_loaded_at_run_time_is_excluded(traced: dict) -> None:
     assert not hit, f"the spec excludes modules the app loads: {hit}"
 
 
+@pytest.mark.slow
 def test_third_party_packages_loaded_by_name_are_covered(traced: dict) -> None:
     """A package loaded at run time must be found by an import statement, a PyInstaller hook or the spec."""
     pytest.importorskip("PyInstaller", reason="pyinstaller not installed (pip install -e .[test] brings it)")
@@ -192,6 +196,7 @@ def test_third_party_packages_loaded_by_name_are_covered(traced: dict) -> None:
     assert not uncovered, f"loaded by name, no import statement, hook or spec entry: {uncovered}"
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps and ldd, as PyInstaller on Linux")
 def test_bundle_holds_every_module_and_compiled_library_the_pipelines_load(traced: dict) -> None:
     """What the self-test loaded, also by name or path (codec modules, torchvision's ops), would be bundled.
@@ -221,6 +226,7 @@ def _loaded_source_texts(files: dict[str, str | None]) -> str:
     return "\n".join(texts)
 
 
+@pytest.mark.slow
 def test_version_prints_version_and_device(tmp_path: Path) -> None:
     from app import __version__
 
@@ -231,6 +237,7 @@ def test_version_prints_version_and_device(tmp_path: Path) -> None:
     assert re.search(r"device: (cpu|cuda|mps)", proc.stdout)
 
 
+@pytest.mark.slow
 def test_first_start_copies_sample_project_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from app.__main__ import install_sample_project
 

@@ -264,6 +264,7 @@ def test_a_job_that_runs_out_of_disk_space_says_so(qtbot):
     assert "Traceback" in record.details
 
 
+@pytest.mark.slow
 def test_torch_libraries_load_before_the_import_without_breaking_it():
     """The preload maps libtorch_cpu (the GIL-free part of importing torch); torch works afterwards."""
     import json

@@ -20,12 +20,12 @@ from app.core.project import (
     MIGRATIONS,
     SCHEMA_VERSION,
     Project,
-    Run,
     atomic_path,
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
 )
+from app.core.runs import Run
 
 
 def write_tiff(path: Path, channels: tuple[str, ...] = ("DAPI", "SOX9"), pixel_size: float = 0.5,
@@ -316,11 +316,11 @@ def test_report_path_never_overwrites(project: Project) -> None:
     assert first == project.folder / "reports" / "summary.xlsx" and not first.exists()
     atomic_write_bytes(first, b"one")
     second = project.report_path("summary.xlsx")
-    assert second.name == "summary_2.xlsx"
+    assert second.name == "summary (2).xlsx"
     atomic_write_bytes(second, b"two")
-    assert project.report_path("summary.xlsx").name == "summary_3.xlsx"
+    assert project.report_path("summary.xlsx").name == "summary (3).xlsx"
     (project.reports_dir / ".tmp-1234.summary.xlsx").write_bytes(b"half")
-    assert [p.name for p in project.reports()] == ["summary.xlsx", "summary_2.xlsx"]
+    assert [p.name for p in project.reports()] == ["summary.xlsx", "summary (2).xlsx"]
     assert first.read_bytes() == b"one"
     with pytest.raises(ProjectError):
         project.report_path("../escape.xlsx")

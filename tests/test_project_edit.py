@@ -220,3 +220,16 @@ def test_setting_metadata_from_a_stale_project_keeps_what_another_writer_added(t
     again = Project.open(tmp_path / "proj")
     assert [e.name for e in again.images()] == ["a", "b"]
     assert again.image(first).pixel_size_um == 0.5
+
+
+def test_a_project_saved_with_the_old_1_dpi_calibration_reads_it_as_unknown(tmp_path):
+    """Projects saved before uncalibrated TIFFs were read as unknown held 25,400 µm pixels: now None."""
+    project = Project.create(tmp_path / "proj")
+    name = project.add_image(_plain_tiff(tmp_path / "plain.tif")).name
+    path = project.folder / "project.json"
+    data = json.loads(path.read_text())
+    data["images"][0]["pixel_size_um"] = 25400.0
+    path.write_text(json.dumps(data))
+    assert Project.open(project.folder).image(name).pixel_size_um is None
+    with pytest.raises(ProjectError, match="positive"):
+        set_image_metadata(project, name, pixel_size_um=25400)

@@ -131,6 +131,7 @@ def test_bad_input_gets_clear_messages(capsys, tmp_path, models, section):
     assert code == 2 and "NAME=CHANNEL" in err
 
 
+@pytest.mark.slow
 def test_phantom_analyze_with_truth_and_evaluate(capsys, tmp_path, models):
     code, _, err = cli(capsys, "phantom", "testis", "--out", tmp_path / "ph", "--size", "640", "--seed", "5",
                        "--markers", "SOX9,SCP3")
@@ -158,6 +159,7 @@ def test_phantom_analyze_with_truth_and_evaluate(capsys, tmp_path, models):
     assert code == 2 and "nowhere" in err
 
 
+@pytest.mark.slow
 def test_reanalysing_drops_the_evaluation_of_the_old_predictions(capsys, tmp_path, models, section):
     """An evaluation describes the predictions it was made from: --force without truth must not keep it."""
     out = tmp_path / "out"
@@ -174,6 +176,7 @@ def test_reanalysing_drops_the_evaluation_of_the_old_predictions(capsys, tmp_pat
     assert "Evaluation" not in load_workbook(out / "sec" / "sec.xlsx").sheetnames
 
 
+@pytest.mark.slow
 def test_stage_from_option_and_fitting_the_stager_on_found_cells(capsys, tmp_path, models):
     code, _, err = cli(capsys, "phantom", "testis", "--out", tmp_path / "ph", "--size", "640", "--seed", "5")
     assert code == 0, err

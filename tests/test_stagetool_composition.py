@@ -26,6 +26,7 @@ def stager():
     return C.fit(x, stages)
 
 
+@pytest.mark.slow
 def test_stages_of_held_out_phantom_tubules_follow_from_their_cells(stager):
     """Fitted on 10 phantom sections, it stages the tubules of 10 others (never seen) from their truth cells."""
     x, stages = C.truth_examples(_docs(range(100, 110)))
@@ -127,6 +128,7 @@ def _prediction_rows(seeds, rng):
     return np.array(rows), stages
 
 
+@pytest.mark.slow
 def test_a_stager_fitted_on_found_cells_learns_the_cell_models_mistakes(stager):
     """Fitted on the cells a flawed model finds in annotated tubules, the stager stages new tubules (from
     the same flawed model) at least as well as one fitted on the annotated cells, and here better."""

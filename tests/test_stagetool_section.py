@@ -188,7 +188,7 @@ def test_background_tiles_are_skipped_and_results_written(section, tmp_path):
 
 
 def test_batch_is_resumable_and_a_bad_section_does_not_stop_it(section, tmp_path):
-    from app.core.project import Run, now_iso
+    from app.core.runs import Run, now_iso
 
     path, _, _ = section
     broken = tmp_path / "broken.tif"

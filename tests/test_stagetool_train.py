@@ -89,6 +89,7 @@ def test_cell_metrics_of_perfect_predictions():
     assert metrics["AP50"] == pytest.approx(100.0) and metrics["mean_precision"] == 1.0
 
 
+@pytest.mark.slow
 def test_train_writes_a_card_and_resumes(tmp_path):
     params = TrainParams(kind="tubules", backbone="tiny", crop_size=64, downsample=2, epochs=1, crops_per_epoch=4,
                          batch_size=2, val_crops=2, val_fraction=0.5, half=True)

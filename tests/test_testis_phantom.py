@@ -211,6 +211,7 @@ def test_the_layout_needs_no_section_sized_label_image(monkeypatch):
     assert [(c.cy, c.cx) for c in again.distractors] == [(c.cy, c.cx) for c in small.distractors]
 
 
+@pytest.mark.slow
 def test_a_big_section_streams_into_the_file(tmp_path, monkeypatch):
     """A 6000 x 6000 section (cells in one corner, to keep the test fast) is written tile by tile."""
     size = 6000

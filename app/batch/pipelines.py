@@ -291,7 +291,7 @@ class StagetoolAdapter(Adapter):
         _build(AnalyzeParams, params).validate()
 
     def load(self, refs: dict[str, ModelRef], params: dict[str, Any]) -> Any:
-        from app.pipelines.stagetool.batch import use_threads
+        from app.core.device import use_threads
         from app.pipelines.stagetool.predict import load_model
 
         device = params.get("device", "auto")

@@ -65,7 +65,7 @@ def reused_record(task: Task) -> dict[str, Any]:
 
 def open_run(out: Path, pipeline: str, params: dict[str, Any], tasks: Sequence[Task]) -> Any:
     """The run.json of ``out``: resumed when it exists (same pipeline), otherwise new."""
-    from app.core.project import Run, now_iso
+    from app.core.runs import Run, now_iso
 
     models = {m.kind: m.to_dict() for m in (tasks[0].models if tasks else ())}
     if (out / "run.json").exists():

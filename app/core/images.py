@@ -377,8 +377,10 @@ def label_ids(labels: np.ndarray, path: PathLike) -> np.ndarray:
         if not np.isfinite(data).all():
             raise ImageError(f"{path}: a label image must hold whole-number object ids, this one holds NaN or "
                              "infinite values")
-        if not (data == np.round(data)).all():
-            raise ImageError(f"{path}: a label image must hold whole-number object ids, this one holds fractions")
+        fractional = data != np.round(data)
+        if fractional.any():
+            raise ImageError(f"{path}: a label image must hold whole-number object ids, this one holds fractions "
+                             f"(e.g. {data[fractional].flat[0]:g} in {int(np.count_nonzero(fractional))} pixel(s))")
     elif data.dtype.kind not in "iu":
         raise ImageError(f"{path}: a label image must hold whole-number object ids, not {data.dtype}")
     if data.dtype.kind != "u" and data.size:

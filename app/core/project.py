@@ -17,349 +17,45 @@ a run records each finished image so a restarted batch skips it.
 ``project.json`` carries a ``schema_version``; older files are migrated step by step through
 :data:`MIGRATIONS` (the original is kept as ``project.json.bak-v<N>``), newer or corrupt files are
 refused with a :class:`ProjectError` and left untouched.
+
+This module holds the :class:`Project` class; the project.json schema (names, image entries,
+migrations) lives in :mod:`app.core.project_schema` and run folders in :mod:`app.core.runs`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import re
-import secrets
 import shutil
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from app import __version__
 from app.core.atomic import (
-    _fsync_dir, _fsync_file, atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, read_json,
-    temp_path_for,
+    _fsync_dir, _fsync_file, atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, temp_path_for,
 )
 from app.core.errors import ImageError, ProjectError
 from app.core.locks import hold_project_lock, project_lock
+from app.core.outputs import versioned
+from app.core.project_schema import (
+    ANNOTATIONS_DIR, IMAGES_DIR, MIGRATIONS, MODES, PROJECT_FILE, REPORTS_DIR, RUNS_DIR, SCHEMA_VERSION, SUBFOLDERS,
+    ImageEntry, check_name, migrate, now_iso, parse_project_json, safe_name, split_image_name, unique_name,
+)
+from app.core.runs import RUN_FILE, RUN_STATUSES, Run, jsonable, model_refs, new_run_id  # noqa: F401 (re-exported)
 
+# Run, now_iso and the schema names stay importable from here: the GUI and Stagetool import them from this
+# module (app.core.runs and app.core.project_schema are their homes).
 __all__ = [
     "SCHEMA_VERSION", "MIGRATIONS", "PROJECT_FILE", "RUN_FILE", "RUN_STATUSES",
-    "ImageEntry", "Project", "Run", "ProjectError", "locked_project",
+    "ImageEntry", "Project", "Run", "ProjectError", "locked_project", "now_iso", "new_run_id",
     "atomic_path", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
 ]
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-PROJECT_FILE = "project.json"
-RUN_FILE = "run.json"
-RUN_SCHEMA_VERSION = 1
-IMAGES_DIR, ANNOTATIONS_DIR, RUNS_DIR, REPORTS_DIR = "images", "annotations", "runs", "reports"
-SUBFOLDERS = (IMAGES_DIR, ANNOTATIONS_DIR, RUNS_DIR, REPORTS_DIR)
-MODES = ("copy", "link")
-RUN_STATUSES = ("running", "finished", "failed", "cancelled")
-# Multi-part image suffixes removed when an image name is derived from its file name.
-_LONG_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.btf")
-_BAD_NAME_CHARS = re.compile(r'[\\/:*?"<>|\x00-\x1f]')
-
-
-def now_iso() -> str:
-    """Local time with its UTC offset, to the second (unambiguous and readable)."""
-    return datetime.now().astimezone().isoformat(timespec="seconds")
-
-
-def _jsonable(value: Any) -> Any:
-    """Dataclasses (a pipeline's parameters) as dicts; everything else unchanged."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    return value
-
-
-def _model_refs(models: Any) -> Any:
-    """Model ids for run.json: objects with ``model_id()`` (a ModelCard) become its short dict."""
-    if models is None:
-        return []
-    if hasattr(models, "model_id"):
-        return [models.model_id()]
-    if isinstance(models, Mapping):
-        return {key: _model_refs(value)[0] if hasattr(value, "model_id") else value
-                for key, value in models.items()}
-    if isinstance(models, (list, tuple)):
-        return [m.model_id() if hasattr(m, "model_id") else m for m in models]
-    return models
-
-
-def check_name(name: str, what: str = "image name") -> str:
-    """Refuse names that cannot be used as a file name on every platform (they name output files)."""
-    if not isinstance(name, str) or not name.strip() or name in (".", "..") or _BAD_NAME_CHARS.search(name):
-        raise ProjectError(f"{what} {name!r} is not usable: it must be a non-empty file name "
-                           "without / \\ : * ? \" < > |")
-    return name
-
-
-def safe_name(text: str) -> str:
-    """``text`` with characters that are not allowed in file names replaced by ``_``."""
-    cleaned = _BAD_NAME_CHARS.sub("_", text).strip()
-    return cleaned if cleaned not in ("", ".", "..") else "image"
-
-
-def split_image_name(filename: str) -> tuple[str, str]:
-    """Split a file name into (name, suffix), treating ``.ome.tif`` and the like as one suffix."""
-    lower = filename.lower()
-    for suffix in _LONG_SUFFIXES:
-        if lower.endswith(suffix) and len(filename) > len(suffix):
-            return filename[: -len(suffix)], filename[-len(suffix):]
-    path = Path(filename)
-    return path.stem, path.suffix
-
-
-def _unique(base: str, taken: Callable[[str], bool]) -> str:
-    """``base``, or ``base_2``, ``base_3`` ... the first that ``taken`` refuses."""
-    candidate, n = base, 1
-    while taken(candidate):
-        n += 1
-        candidate = f"{base}_{n}"
-    return candidate
-
-
-# --------------------------------------------------------------------------------------- images
-
-
-@dataclass
-class ImageEntry:
-    """One image of the project as recorded in project.json.
-
-    ``path`` is relative to the project folder (posix separators) for copies and for files inside
-    the project, absolute for linked files elsewhere.
-    """
-
-    name: str
-    path: str
-    mode: str
-    channels: list[str] = field(default_factory=list)
-    pixel_size_um: float | None = None
-    group: str | None = None
-    added: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form stored in project.json."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], where: str) -> ImageEntry:
-        """Read an entry; ``where`` names it in the error message if a field is missing or wrong."""
-        if not isinstance(data, Mapping):
-            raise ProjectError(f"{where} is not an object")
-        missing = [key for key in ("name", "path", "mode") if key not in data]
-        if missing:
-            raise ProjectError(f"{where} has no {', '.join(repr(m) for m in missing)}")
-        if data["mode"] not in MODES:
-            raise ProjectError(f"{where} has mode {data['mode']!r}; expected 'copy' or 'link'")
-        known = {f.name for f in dataclasses.fields(cls)}
-        values = {key: value for key, value in data.items() if key in known}
-        for key, expected, check in _ENTRY_TYPES:
-            if key in values and not check(values[key]):
-                raise ProjectError(f"{where} ({values['name'] if isinstance(values['name'], str) else '?'}): "
-                                   f"{key!r} must be {expected}, not {values[key]!r}; fix project.json by hand")
-        values["channels"] = list(values.get("channels") or [])
-        if values.get("pixel_size_um") is not None:
-            values["pixel_size_um"] = float(values["pixel_size_um"])
-        return cls(**values)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-_ENTRY_TYPES: tuple[tuple[str, str, Callable[[Any], bool]], ...] = (
-    ("name", "a non-empty string", lambda v: isinstance(v, str) and bool(v.strip())),
-    ("path", "a non-empty string (a file path)", lambda v: isinstance(v, str) and bool(v.strip())),
-    ("channels", "a list of channel names (strings)",
-     lambda v: v is None or (isinstance(v, list) and all(isinstance(c, str) for c in v))),
-    ("pixel_size_um", "a positive number or null",
-     lambda v: v is None or (_is_number(v) and 0 < v < float("inf"))),
-    ("group", "a string or null", lambda v: v is None or isinstance(v, str)),
-    ("added", "a string", lambda v: isinstance(v, str)),
-)
-"""project.json image fields that must have the right JSON type: (field, what it must be, check).
-
-A wrong type is refused rather than coerced: ``str("DAPI")`` as a channel list would become D,A,P,I."""
-
-
-# ----------------------------------------------------------------------------------- migrations
-
-
-def _migrate_0_to_1(data: dict[str, Any]) -> dict[str, Any]:
-    """Version 0 (prototype): images as {file, channels, pixel_size}, all linked; 'version' for the app."""
-    images, taken = [], set()
-    for old in data.get("images", []):
-        name = _unique(split_image_name(Path(old["file"]).name)[0], lambda n: n.lower() in taken)
-        taken.add(name.lower())
-        images.append({
-            "name": name, "path": old["file"], "mode": "link",
-            "channels": list(old.get("channels", [])), "pixel_size_um": old.get("pixel_size"),
-            "group": old.get("group"), "added": data.get("created", ""),
-        })
-    return {
-        "schema_version": 1, "name": data.get("name", ""), "created": data.get("created", ""),
-        "app_version": data.get("version", ""), "images": images, "settings": data.get("settings", {}),
-    }
-
-
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _migrate_0_to_1}
-"""``MIGRATIONS[n]`` turns a project.json dict of schema n into schema n + 1."""
-
-
-def migrate(data: dict[str, Any], source: Path) -> dict[str, Any]:
-    """Bring a project.json dict up to :data:`SCHEMA_VERSION` through :data:`MIGRATIONS`."""
-    version = data["schema_version"]
-    while version < SCHEMA_VERSION:
-        step = MIGRATIONS.get(version)
-        if step is None:
-            raise ProjectError(f"{source}: this app cannot upgrade a project of schema {version}")
-        try:
-            data = step(dict(data))
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise ProjectError(f"{source}: cannot upgrade from schema {version}: {exc!r}") from exc
-        version += 1
-        data["schema_version"] = version
-    return data
-
-
-# ---------------------------------------------------------------------------------------- runs
-
-
-def new_run_id() -> str:
-    """A unique id that sorts by start time: UTC ``YYYYmmdd-HHMMSS-mmm`` + 6 random hex digits."""
-    now = datetime.now(timezone.utc)
-    return f"{now:%Y%m%d-%H%M%S}-{now.microsecond // 1000:03d}-{secrets.token_hex(3)}"
-
-
-@dataclass
-class Run:
-    """One pipeline run in ``runs/<id>/``: what ran, with what, and which images are done.
-
-    Outputs of an image are written (atomically) into :attr:`folder` first, then
-    :meth:`mark_image_done` records them; a restarted batch asks :meth:`is_done` and skips.
-    """
-
-    folder: Path
-    id: str
-    pipeline: str
-    parameters: dict[str, Any] = field(default_factory=dict)
-    models: Any = field(default_factory=list)
-    started: str = ""
-    finished: str | None = None
-    status: str = "running"
-    app_version: str = __version__
-    results: dict[str, dict[str, Any]] = field(default_factory=dict)
-    failed: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def path(self) -> Path:
-        """The run.json file."""
-        return self.folder / RUN_FILE
-
-    def to_dict(self) -> dict[str, Any]:
-        """The JSON form stored in run.json."""
-        return {
-            "schema_version": RUN_SCHEMA_VERSION, "id": self.id, "pipeline": self.pipeline,
-            "parameters": self.parameters, "models": self.models, "app_version": self.app_version,
-            "started": self.started, "finished": self.finished, "status": self.status,
-            "results": self.results, "failed": self.failed,
-        }
-
-    def save(self) -> None:
-        """Write run.json atomically."""
-        atomic_write_json(self.path, self.to_dict())
-
-    @classmethod
-    def load(cls, folder: str | os.PathLike[str]) -> Run:
-        """Read ``folder/run.json``; a missing or corrupt file raises ProjectError naming it."""
-        folder = Path(folder)
-        path = folder / RUN_FILE
-        data = read_json(path, ProjectError, "run file", missing=f"no run found: {path} does not exist")
-        if not isinstance(data, dict) or "pipeline" not in data:
-            raise ProjectError(f"run file {path} is not a Stagescope run (no 'pipeline')")
-        version = data.get("schema_version", 1)
-        if not isinstance(version, int) or version > RUN_SCHEMA_VERSION:
-            raise ProjectError(f"run file {path} has schema {version!r}, newer than this app reads; "
-                               "update Stagescope")
-        return cls(
-            folder=folder, id=data.get("id", folder.name), pipeline=data["pipeline"],
-            parameters=data.get("parameters", {}), models=data.get("models", []),
-            started=data.get("started", ""), finished=data.get("finished"),
-            status=data.get("status", "running"), app_version=data.get("app_version", ""),
-            results=data.get("results", {}), failed=data.get("failed", {}),
-        )
-
-    def image_dir(self, image_name: str) -> Path:
-        """A folder for one image's outputs inside the run (created)."""
-        folder = self.folder / check_name(image_name)
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-
-    def _relative(self, value: Any) -> Any:
-        """Paths inside the run folder as relative posix strings, so the project can move."""
-        if isinstance(value, os.PathLike):
-            path = Path(value)
-            try:
-                return path.absolute().relative_to(self.folder.absolute()).as_posix()
-            except ValueError:
-                return os.fspath(path)
-        if isinstance(value, Mapping):
-            return {key: self._relative(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [self._relative(item) for item in value]
-        return value
-
-    def mark_image_done(self, image_name: str, outputs: Mapping[str, Any] | None = None,
-                        source: Mapping[str, Any] | None = None) -> None:
-        """Record that ``image_name`` is finished with its ``outputs`` (files, counts) and save.
-
-        ``source``: the input's fingerprint (app.core.fingerprint), so a rerun sees a changed input.
-        """
-        self.results[image_name] = {"finished": now_iso(), "outputs": self._relative(dict(outputs or {}))}
-        if source is not None:
-            self.results[image_name]["source"] = dict(source)
-        self.failed.pop(image_name, None)
-        self.save()
-
-    def mark_image_failed(self, image_name: str, message: str) -> None:
-        """Record that ``image_name`` failed (it is retried on restart) and save."""
-        self.results.pop(image_name, None)
-        self.failed[image_name] = str(message)
-        self.save()
-
-    def is_done(self, image_name: str) -> bool:
-        """Whether ``image_name`` finished in this run (a restarted batch skips it)."""
-        return image_name in self.results
-
-    def source_of(self, image_name: str) -> dict[str, Any] | None:
-        """The input fingerprint recorded with a finished image (None when none was recorded)."""
-        value = self.results.get(image_name, {}).get("source")
-        return value if isinstance(value, dict) else None
-
-    def output_path(self, image_name: str, key: str) -> Path | None:
-        """Absolute path of a recorded output file of a finished image, or None if not recorded."""
-        value = self.results.get(image_name, {}).get("outputs", {}).get(key)
-        if not isinstance(value, str):
-            return None
-        return self.folder / value
-
-    def finish(self, status: str = "finished") -> None:
-        """Close the run with ``status`` (finished, failed or cancelled) and the time, and save."""
-        if status not in RUN_STATUSES:
-            raise ValueError(f"run status must be one of {RUN_STATUSES}, not {status!r}")
-        self.status, self.finished = status, now_iso()
-        self.save()
-
-    def resume(self) -> None:
-        """Mark a stopped run as running again (its done images stay done) and save."""
-        self.status, self.finished = "running", None
-        self.save()
-
 
 # ------------------------------------------------------------------------------------- project
 
@@ -436,7 +132,7 @@ class Project:
         if not path.is_file():
             raise ProjectError(f"{folder} is not a Stagescope project (no {PROJECT_FILE})")
         raw = path.read_bytes()
-        data = _parse_project_json(raw, path)
+        data = parse_project_json(raw, path)
         version = data["schema_version"]
         if version < SCHEMA_VERSION:
             project = cls(folder, migrate(data, path))
@@ -455,7 +151,7 @@ class Project:
     def _write_upgrade(self, original: bytes, old_version: int) -> None:
         """Keep the original bytes as project.json.bak-v<old> (never overwriting one), then save."""
         base = f"{PROJECT_FILE}.bak-v{old_version}"
-        backup_name = _unique(base, lambda n: (self.folder / n).exists())
+        backup_name = unique_name(base, lambda n: (self.folder / n).exists())
         try:
             atomic_write_bytes(self.folder / backup_name, original)
             self.save()
@@ -496,7 +192,7 @@ class Project:
 
     def _read_version(self) -> int:
         """The schema_version of project.json as it is on disk now."""
-        return _parse_project_json(self._read_raw(), self.path)["schema_version"]
+        return parse_project_json(self._read_raw(), self.path)["schema_version"]
 
     def _read_raw(self) -> bytes:
         try:
@@ -506,7 +202,7 @@ class Project:
 
     def _reload(self) -> None:
         """Replace name, settings and images by what project.json holds now (migrated in memory if older)."""
-        data = _parse_project_json(self._read_raw(), self.path)
+        data = parse_project_json(self._read_raw(), self.path)
         if data["schema_version"] < SCHEMA_VERSION:
             data = migrate(data, self.path)
         self._load_state(data)
@@ -609,9 +305,9 @@ class Project:
         try:
             with self.locked():
                 self._check_addable(source, mode, name)
-                name = name if name is not None else _unique(safe_name(base), self._name_taken)
+                name = name if name is not None else unique_name(safe_name(base), self._name_taken)
                 if copied is not None:
-                    stem = _unique(name, lambda n: (self.images_dir / f"{n}{suffix}").exists())
+                    stem = unique_name(name, lambda n: (self.images_dir / f"{n}{suffix}").exists())
                     target = self.images_dir / f"{stem}{suffix}"
                     os.replace(copied, target)
                     copied = None
@@ -690,7 +386,7 @@ class Project:
             except FileExistsError:
                 continue
         run = Run(folder=folder, id=run_id, pipeline=pipeline,
-                  parameters=dict(_jsonable(parameters) or {}), models=_model_refs(models),
+                  parameters=dict(jsonable(parameters) or {}), models=model_refs(models),
                   started=now_iso())
         run.save()
         return run
@@ -717,18 +413,33 @@ class Project:
     # -- reports
 
     def reports(self) -> list[Path]:
-        """Report files in ``reports/``, sorted by name (temporary files of unfinished writes excluded)."""
+        """Report files in ``reports/``, sorted by name with ``x (2).xlsx`` after ``x.xlsx`` (temporary files
+        of unfinished writes excluded)."""
         if not self.reports_dir.is_dir():
             return []
-        return sorted(p for p in self.reports_dir.iterdir() if p.is_file() and not p.name.startswith("."))
+        return sorted((p for p in self.reports_dir.iterdir() if p.is_file() and not p.name.startswith(".")),
+                      key=_report_order)
 
     def report_path(self, name: str) -> Path:
-        """A path in ``reports/`` for a new report ``name`` that never overwrites one (``x_2.xlsx``)."""
+        """A path in ``reports/`` for a new report ``name`` that never overwrites one.
+
+        Copies are named as the command line names them (``x (2).xlsx``, :func:`app.core.outputs.versioned`).
+        """
         check_name(name, "report name")
-        base, suffix = split_image_name(name)
-        stem = _unique(base, lambda n: (self.reports_dir / f"{n}{suffix}").exists())
+        path, number = self.reports_dir / name, 1
+        while path.exists():
+            number += 1
+            path = versioned(self.reports_dir / name, number)
         self.reports_dir.mkdir(exist_ok=True)
-        return self.reports_dir / f"{stem}{suffix}"
+        return path
+
+
+def _report_order(path: Path) -> tuple[str, int, str]:
+    """Sort key: the name without its `` (n)`` copy number, then that number (1 for the original)."""
+    stem, dot, suffix = path.name.partition(".")
+    match = re.fullmatch(r"(.*) \((\d+)\)", stem)
+    base, number = (match.group(1), int(match.group(2))) if match else (stem, 1)
+    return (f"{base}{dot}{suffix}".lower(), number, path.name)
 
 
 @contextmanager
@@ -742,28 +453,6 @@ def locked_project(folder: str | os.PathLike[str]) -> Iterator[Project]:
         yield project
 
 
-def _parse_project_json(raw: bytes, path: Path) -> dict[str, Any]:
-    """Parse and check the envelope of project.json; anything wrong raises ProjectError naming the file."""
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ProjectError(f"{path} is corrupt (not UTF-8 text); restore it from a backup") from exc
-    except json.JSONDecodeError as exc:
-        raise ProjectError(f"{path} is corrupt (invalid JSON at line {exc.lineno}, column {exc.colno}: "
-                           f"{exc.msg}); restore it from a backup or fix it by hand") from exc
-    if not isinstance(data, dict):
-        raise ProjectError(f"{path} is corrupt: expected a JSON object, found {type(data).__name__}")
-    version = data.get("schema_version")
-    if isinstance(version, bool) or not isinstance(version, int):
-        raise ProjectError(f"{path} is not a Stagescope project file (no integer 'schema_version')")
-    if version > SCHEMA_VERSION:
-        raise ProjectError(f"{path} was written by a newer Stagescope (project schema {version}; this app "
-                           f"reads up to {SCHEMA_VERSION}); update Stagescope to open it")
-    if version < 0:
-        raise ProjectError(f"{path} has an invalid schema_version {version}")
-    return data
-
-
 def _read_image_metadata(path: Path) -> tuple[list[str], float | None]:
     """Channel names and pixel size (µm) of an image, via app.core.images (imported here, lazily)."""
     from app.core.images import open_image
@@ -773,4 +462,3 @@ def _read_image_metadata(path: Path) -> tuple[list[str], float | None]:
         channels = [str(c) for c in (info.channel_names or [])]
         pixel_size = info.pixel_size_um
     return channels, (float(pixel_size) if pixel_size is not None else None)
-

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.errors import ProjectError
+from app.core.project_schema import MAX_PIXEL_SIZE_UM
 
 
 @dataclass
@@ -143,8 +144,9 @@ def set_image_metadata(project: Any, name: str, pixel_size_um: float | None = No
     changes: dict[str, Any] = {}
     if pixel_size_um is not None:
         size = float(pixel_size_um)
-        if not math.isfinite(size) or size <= 0 or size > 1000:
-            raise ProjectError(f"pixel size must be a positive number of micrometres, not {pixel_size_um!r}")
+        if not math.isfinite(size) or size <= 0 or size > MAX_PIXEL_SIZE_UM:
+            raise ProjectError(f"pixel size must be a positive number of micrometres (at most {MAX_PIXEL_SIZE_UM:g}), "
+                               f"not {pixel_size_um!r}")
         changes["pixel_size_um"] = size
     names = parse_channels(channels)
     if names is not None:

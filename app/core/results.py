@@ -63,7 +63,7 @@ def objects_document(image: str, pipeline: str, layers: dict[str, list[dict]], m
 
 def write_objects(path: Path, image: str, pipeline: str, layers: dict[str, list[dict]], meta: dict | None = None) -> Path:
     """Write one image's objects atomically (temp file + rename)."""
-    from app.core.project import atomic_write_text
+    from app.core.atomic import atomic_write_text
 
     doc = objects_document(image, pipeline, layers, meta)
     atomic_write_text(Path(path), json.dumps(doc, indent=1, default=_default))
@@ -74,6 +74,8 @@ def read_objects(path: Path) -> dict[str, Any]:
     """Read an objects file; a corrupt or newer one is a user error naming the file."""
     path = Path(path)
     doc = read_json(path, UserError, "results file")
+    if not isinstance(doc, dict):
+        raise UserError(f"{path}: not a results file (a JSON object is expected, this holds a {type(doc).__name__})")
     if doc.get("schema_version", 0) > RESULTS_SCHEMA_VERSION:
         raise UserError(f"{path}: results written by a newer Stagescope (schema {doc['schema_version']})")
     return doc

@@ -66,7 +66,7 @@ class DialogActions:
         self.settings_dialog = dialog
 
     def _settings_changed(self) -> None:
-        from app.gui.main import apply_theme
+        from app.gui.palette import apply_theme
 
         apply_theme(QApplication.instance(), self.w.settings.theme)
         self.w.save_settings()

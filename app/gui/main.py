@@ -27,27 +27,6 @@ def configure_pyqtgraph() -> None:
                         foreground=PLOT_FOREGROUND)
 
 
-def apply_theme(app: Any, theme: str) -> None:
-    """Light, dark or the system's look (Fusion style for light and dark, so they look the same everywhere)."""
-    from PySide6.QtGui import QColor, QPalette
-
-    from app.gui.theme import DARK_DISABLED_TEXT, DARK_PALETTE
-
-    if theme == "system":
-        return
-    app.setStyle("Fusion")
-    if theme == "light":
-        app.setPalette(app.style().standardPalette())
-        return
-    palette = QPalette()
-    role = QPalette.ColorRole
-    for name, colour in DARK_PALETTE.items():
-        palette.setColor(getattr(role, name), QColor(colour))
-    palette.setColor(QPalette.ColorGroup.Disabled, role.Text, QColor(DARK_DISABLED_TEXT))
-    palette.setColor(QPalette.ColorGroup.Disabled, role.ButtonText, QColor(DARK_DISABLED_TEXT))
-    app.setPalette(palette)
-
-
 def sample_project_job(folder: Path):
     """Job: build the sample project from its phantoms (first start only); returns its folder."""
     from app.core.jobs import Progress
@@ -126,6 +105,7 @@ def main(args: Any) -> int:
 
     from app.core.settings import load_settings
     from app.gui.main_window import MainWindow
+    from app.gui.palette import apply_theme
     from app.gui.workers import freeze_gc_heap
 
     configure_pyqtgraph()

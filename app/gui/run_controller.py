@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from PySide6.QtCore import QTimer
 
+from app.core.device import job_params
 from app.core.errors import UserError
 from app.core.pyramid import build_pyramid, pyramid_cache_dir
 from app.gui.run_panel import (
-    RunRequest, batch_adapter, cluster_batch_job, params_with_threads, run_outcome, with_threads,
+    RunRequest, batch_adapter, cluster_batch_job, run_outcome, with_threads,
 )
 
 if TYPE_CHECKING:
@@ -70,7 +71,7 @@ class RunController:
             return None
         threads = int(w.settings.threads)
         project, models = w.project, dict(request.models)
-        params = params_with_threads(request.params, threads)
+        params = job_params(request.params, w.settings.device, threads)  # Settings: the jobs' defaults
         title = f"{spec.title} on {images[0]}" if len(images) == 1 else f"{spec.title} on {len(images)} images"
         w.save_settings()
         adapter = batch_adapter(request.pipeline, w.settings, project, images)

@@ -25,6 +25,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import QMessageBox, QWidget, QWizard
 
 from app.core.atomic import atomic_write_json
+from app.core.device import job_params
 from app.core.errors import UserError
 from app.core.jobs import Progress
 from app.core.paths import user_models_dir
@@ -110,7 +111,8 @@ class TrainingWizard(QWizard):
             self.train_page.plot.addLegend()
             self.train_page.curves.clear()
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        sources, params, out_dir = self.data_page.chosen(), self.params, self.out_dir
+        sources, out_dir = self.data_page.chosen(), self.out_dir
+        params = job_params(self.params, self.settings.device, int(self.settings.threads))  # Settings: defaults
         split = self.data_page.split.value() / 100
         self._started = time.monotonic()
         self.result_dir = None

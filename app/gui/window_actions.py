@@ -55,6 +55,9 @@ def build_menus(w: MainWindow) -> None:
     file.addSeparator()
     file.addAction(act("export_report", "&Export report...", w.export_report_dialog, "Ctrl+E",
                        "Write an Excel workbook from runs"))
+    from app.gui.export_actions import ExportActions  # File > Export results for QuPath / napari...
+
+    w.export_actions = ExportActions(w, file)
     file.addAction(act("screenshot", "Save &screenshot...", hooks.save_screenshot_dialog, "Ctrl+Shift+S",
                        "Save a PNG of the window"))
     file.addAction(act("open_folder", "Show project &folder", dialogs.show_project_folder, "Ctrl+Shift+F",

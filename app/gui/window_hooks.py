@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QApplication, QFileDialog
 
+from app.core.device import describe_device
 from app.core.errors import UserError
 from app.gui.workers import BackgroundRunner, freeze_gc_heap
 
@@ -24,22 +25,12 @@ READY_ROUNDS = 3  # ready this many event-loop rounds in a row counts as settled
 
 def detect_device_task(choice: str) -> str:
     """Reader thread: the device a job would use, as text for the status bar."""
-    if choice == "cpu":
+    if choice.strip().lower() == "cpu":
         return "CPU"
     from app.core.torch_preload import preload_torch_libraries
 
     preload_torch_libraries()  # the loader's ~0.5 s without the GIL: the window keeps drawing (bench/torch_import_stall.py)
-    try:
-        import torch
-    except ImportError:
-        return "CPU (no torch)"
-    if choice in ("auto", "cuda") or choice.startswith("cuda"):
-        if torch.cuda.is_available():
-            index = int(choice.split(":")[1]) if ":" in choice else 0
-            return f"GPU: {torch.cuda.get_device_name(index)}"
-    if choice in ("auto", "mps") and getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return "GPU: Apple MPS"
-    return "CPU"
+    return describe_device(choice)
 
 
 class WindowHooks:

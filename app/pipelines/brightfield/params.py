@@ -9,15 +9,15 @@ says otherwise.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Any
 
-P = TypeVar("P")
+from app.core.params import Params, from_dict, param, to_dict
 
 
-def _p(default: Any, help: str) -> Any:
+def _p(default: Any, help: str, choices: tuple[str, ...] | None = None) -> Any:
     """A dataclass field with its help text (for CLI options and GUI forms)."""
-    return field(default=default, metadata={"help": help})
+    return param(default, help=help, choices=choices)
 
 
 def _threads() -> Any:
@@ -27,11 +27,11 @@ def _threads() -> Any:
 
 def _device() -> Any:
     """The ``device`` field shared by training and segmentation."""
-    return _p("auto", "auto (cuda when available), cpu or cuda")
+    return _p("auto", "auto (a GPU when available), cpu, cuda or mps")
 
 
 @dataclass
-class LabelParams:
+class LabelParams(Params):
     """How nuclei labels are derived from the fluorescence (DNA stain) image."""
 
     sigma: float = _p(2.0, "Gaussian smoothing before thresholding (px)")
@@ -46,7 +46,7 @@ class LabelParams:
 
 
 @dataclass
-class TrainParams:
+class TrainParams(Params):
     """How the U-Net is trained on brightfield planes and derived labels."""
 
     planes: tuple[int, ...] | None = _p(None, "planes to use, as 0-based indices in z order, e.g. 2,3 (default: all)")
@@ -57,9 +57,9 @@ class TrainParams:
     crop: int = _p(64, "training crop side, in pixels at model scale")
     batch_size: int = _p(8, "crops per training step")
     steps_per_epoch: int = _p(20, "training steps between validations")
-    max_epochs: int = _p(40, "most epochs")
+    epochs: int = _p(40, "most epochs")
     patience: int = _p(12, "early stopping: epochs without validation improvement")
-    lr: float = _p(3e-3, "AdamW peak learning rate (one-cycle schedule over max_epochs)")
+    lr: float = _p(3e-3, "AdamW peak learning rate (one-cycle schedule over epochs)")
     ema_decay: float = _p(0.98, "per-step decay of the weight average that is validated and kept")
     weight_decay: float = _p(1e-4, "AdamW weight decay")
     val_fraction: float = _p(0.2, "bottom strip of each training field kept for validation")
@@ -76,7 +76,7 @@ class TrainParams:
 
 
 @dataclass
-class SegmentParams:
+class SegmentParams(Params):
     """How a field is predicted and its probability map becomes nuclei instances."""
 
     threshold: float = _p(0.5, "nucleus probability above which a pixel is nucleus")
@@ -91,7 +91,7 @@ class SegmentParams:
 
 
 @dataclass
-class ExperimentParams:
+class ExperimentParams(Params):
     """What an experiment varies and the budget of each of its training runs (a table needs many)."""
 
     epochs: int = _p(20, "epochs of each training run (a fixed number of steps: comparable under any CPU load)")
@@ -99,7 +99,7 @@ class ExperimentParams:
     budget_s: float | None = _p(600.0, "stop a run after this many seconds even if its epochs are not done")
     width: int = _p(16, "U-Net width of the experiment runs")
     sizes: tuple[int, ...] = _p((4, 16, 64, 256), "training-set sizes for `experiment size`")
-    by: str = _p("crops", "what `experiment size` counts: crops or fields")
+    by: str = _p("crops", "what `experiment size` counts: crops or fields", choices=("crops", "fields"))
     max_planes: int | None = _p(None, "stop the best-first plane sequence here (default: all planes)")
     repeats: int = _p(1, "training runs (seeds) per table row; the table shows their mean")
     folds: int | None = _p(None, "how many fields take a turn as the test field (default: all)")
@@ -108,16 +108,8 @@ class ExperimentParams:
         """Training parameters of one experiment run."""
         base = base or TrainParams()
         return dataclasses.replace(base, width=self.width, steps_per_epoch=self.steps_per_epoch,
-                                   time_budget_s=self.budget_s, max_epochs=self.epochs, patience=self.epochs)
+                                   time_budget_s=self.budget_s, epochs=self.epochs, patience=self.epochs)
 
 
-def to_dict(params: Any) -> dict[str, Any]:
-    """Plain dict of a parameter dataclass (tuples as lists), for JSON."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(params).items()}
 
-
-def from_dict(cls: type[P], data: dict[str, Any]) -> P:
-    """Rebuild a parameter dataclass from :func:`to_dict` output, ignoring unknown keys."""
-    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in names}
-    return cls(**values)
+__all__ = ["LabelParams", "TrainParams", "SegmentParams", "ExperimentParams", "to_dict", "from_dict"]

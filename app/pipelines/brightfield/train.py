@@ -29,6 +29,7 @@ import torch
 from skimage import segmentation
 from torch.nn import functional as F
 
+from app.core.device import pick_device, use_threads
 from app.core.errors import ImageError, UserError
 from app.core.jobs import Job, Progress
 from app.pipelines.brightfield.params import SegmentParams, TrainParams, to_dict
@@ -37,6 +38,7 @@ from app.pipelines.brightfield.unet import UNet, UNetConfig, count_parameters, p
 
 CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_ARCHITECTURE = "unet"
+SUPPORTED_DEVICES = ("cpu", "cuda", "mps")  # devices a brightfield job can run on
 
 
 @dataclass
@@ -68,10 +70,8 @@ class TrainResult:
 
 
 def choose_device(device: str = "auto") -> torch.device:
-    """``cuda`` when available and asked for (auto), else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """The torch device of a brightfield job (the rule of :func:`app.core.device.pick_device`)."""
+    return pick_device(device, SUPPORTED_DEVICES, "the brightfield pipeline")
 
 
 def default_threads() -> int:
@@ -85,9 +85,7 @@ def default_threads() -> int:
 
 def set_threads(threads: int | None) -> None:
     """Set torch's CPU threads (default: :func:`default_threads`)."""
-    n = threads or default_threads()
-    if torch.get_num_threads() != n:
-        torch.set_num_threads(n)
+    use_threads(threads or default_threads())
 
 
 def model_size(shape: tuple[int, int], scale: float) -> tuple[int, int]:
@@ -303,7 +301,7 @@ def train(
     model = UNet(config).to(device)
     optimiser = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimiser, max_lr=params.lr, total_steps=params.max_epochs * params.steps_per_epoch, pct_start=0.1)
+        optimiser, max_lr=params.lr, total_steps=params.epochs * params.steps_per_epoch, pct_start=0.1)
     # validated and kept: an exponential moving average of the weights (and BN statistics), far
     # less jumpy from epoch to epoch than the raw weights on one small validation strip
     ema = torch.optim.swa_utils.AveragedModel(
@@ -313,10 +311,10 @@ def train(
     history: list[dict] = []
     best_state, best_loss, best_epoch, stale = None, math.inf, 0, 0
     start = time.monotonic()
-    total_steps = params.max_epochs * params.steps_per_epoch
+    total_steps = params.epochs * params.steps_per_epoch
     stopped = "max epochs"
     yield Progress("train", 0, total_steps, f"U-Net {count_parameters(model):,} parameters on {device}")
-    for epoch in range(1, params.max_epochs + 1):
+    for epoch in range(1, params.epochs + 1):
         model.train()
         losses = []
         for step in range(params.steps_per_epoch):
@@ -353,7 +351,7 @@ def train(
                 _save_checkpoint(checkpoint_dir, best_state, config, params, epoch)
         else:
             stale += 1
-        yield Progress("validate", epoch, params.max_epochs,
+        yield Progress("validate", epoch, params.epochs,
                        f"epoch {epoch}: train {record['train_loss']:.3f} val {scores['val_loss']:.3f} "
                        f"dice {scores['val_dice']:.3f}", data=record)
         if stopped == "time budget":

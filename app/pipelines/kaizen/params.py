@@ -10,6 +10,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from app.core.params import Params, param
+
+DEVICE_HELP = "auto (a CUDA GPU when there is one, else the CPU), cpu or cuda[:N]; Kaizen does not run on mps"
+MASK_RULES = ("image", "object", "head")
+
 
 @dataclass
 class VQVAEConfig:
@@ -43,37 +48,34 @@ class VQVAEConfig:
 
 
 @dataclass
-class TrainParams:
+class TrainParams(Params):
     """How to train a Kaizen VQ-VAE on instance-labelled images."""
 
-    patch: int = 40
-    target_diameter: float = 16.0  # objects are rescaled to this diameter (px) before patches are cut
-    epochs: int = 10
-    steps_per_epoch: int = 200
-    batch_size: int = 64
-    learning_rate: float = 2e-3
-    centred_fraction: float = 0.8  # share of patches centred on an object pixel (paper: 80%)
-    mask_weight: float = 0.1  # weight of the mask BCE term
-    validation_patches: int = 512
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    channels: int = 32
-    codebook_size: int = 256
-    code_dim: int = 32
-    beta: float = 0.25
-    time_limit_s: float = 0.0  # stop (and save) after this many seconds of training; 0 = no limit
+    patch: int = param(40, "patch side: 40 for nuclei, 120 for whole cells (paper)")
+    target_diameter: float = param(16.0, "objects are rescaled to this diameter (px) before patches are cut")
+    epochs: int = param(10, "passes of steps_per_epoch training steps")
+    steps_per_epoch: int = param(200, "training steps between validations")
+    batch_size: int = param(64, "patches per training step")
+    lr: float = param(2e-3, "AdamW peak learning rate (warm-up, then cosine decay)")
+    centred_fraction: float = param(0.8, "share of patches centred on an object pixel (paper: 80%)")
+    mask_weight: float = param(0.1, "weight of the mask BCE term")
+    validation_patches: int = param(512, "patches the validation loss is measured on")
+    seed: int = param(0, "random seed")
+    device: str = param("auto", DEVICE_HELP)
+    channels: int = param(32, "width of the first conv; later layers use 2x")
+    codebook_size: int = param(256, "number of discrete codes")
+    code_dim: int = param(32, "length of each code vector")
+    beta: float = param(0.25, "commitment weight (paper: 0.1-2.0)")
+    time_limit_s: float = param(0.0, "stop (and save) after this many seconds of training; 0 = no limit")
 
     def vqvae_config(self) -> VQVAEConfig:
         """The network shape these parameters ask for."""
         return VQVAEConfig(patch=self.patch, channels=self.channels, codebook_size=self.codebook_size,
                            code_dim=self.code_dim, beta=self.beta, downsample=2 if self.patch <= 64 else 3)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass
-class DecomposeParams:
+class DecomposeParams(Params):
     """How to decompose an image (Algorithms 2 and 3) and turn objects into masks.
 
     ``accept_margin`` and ``min_residual`` are the two guards the quick trial found necessary on real
@@ -83,27 +85,22 @@ class DecomposeParams:
     (bench/kaizen.py tune); a model card's ``extra.decompose`` overrides them for that model.
     """
 
-    diameter: float | None = None  # typical object diameter in input pixels; None = estimate from the image
-    accept_margin: float = 0.6
-    min_residual: float = 0.2
-    error_rounds: int = 0  # Algorithm 3: extra passes on the error image (0 = core algorithm only)
-    max_candidates: int = 256  # per round
-    max_iterations: int = 100  # rounds of the core algorithm (a safety bound)
-    # "image": object image > mask_fraction x input mean (the paper's rule, with mask_fraction 0.1);
-    # "object": object image > mask_fraction x the object's own maximum; "head": mask head > 0.5.
+    diameter: float | None = param(None, "typical object diameter in input pixels (default: estimated per image)")
+    accept_margin: float = param(0.6, "keep an object only if it lowers the L1 loss by this share of its own "
+                                      "intensity")
+    min_residual: float = param(0.2, "minimum 7x7-mean residual (normalised 0..1) for a candidate")
+    error_rounds: int = param(0, "extra passes on the error image (Algorithm 3); 0 = core algorithm only")
+    max_candidates: int = param(256, "candidates per round at most")
+    max_iterations: int = param(100, "rounds of the core algorithm at most (a safety bound)")
     # On the validation split "object" at 0.15 beat the paper's rule at AP70-AP90 (see the model card).
-    mask_rule: str = "object"
-    mask_fraction: float = 0.15
-    min_area: int = 0  # objects smaller than this (input pixels) are dropped; 0 = keep all
-    batch_size: int = 512  # candidates per network call (a round larger than this is split)
-    device: str = "auto"
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any] | None) -> "DecomposeParams":
-        return cls(**_known(cls, values or {}))
+    mask_rule: str = param("object", "'image': object image above --mask-fraction x image mean (paper); 'object': "
+                                     "above --mask-fraction x the object's maximum; 'head': mask-head probability "
+                                     "above 0.5", choices=MASK_RULES)
+    mask_fraction: float = param(0.15, "mask threshold as a fraction of the image mean or object maximum "
+                                       "(see mask_rule; paper: 0.1 of the image mean)")
+    min_area: int = param(0, "drop objects smaller than this many pixels (0 = keep all)")
+    batch_size: int = param(512, "candidates per network call (a larger round is split)")
+    device: str = param("auto", DEVICE_HELP)
 
 
 def _known(cls: type, values: dict[str, Any]) -> dict[str, Any]:

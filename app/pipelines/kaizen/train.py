@@ -21,6 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from app.core.device import pick_device
 from app.core.errors import UserError
 from app.core.jobs import Job, Progress
 from app.pipelines.kaizen.params import TrainParams
@@ -28,6 +29,7 @@ from app.pipelines.kaizen.sizing import as_gray, diameter_from_labels, normalise
 from app.pipelines.kaizen.vqvae import VQVAE, vqvae_loss
 
 CHECKPOINT = "checkpoint.pt"
+SUPPORTED_DEVICES = ("cpu", "cuda")  # devices Kaizen runs on (mps is refused with one line)
 SPLIT_SALT = "kaizen-split-v1"
 SPLIT_RULE = ("validation if int(sha256('kaizen-split-v1:' + name).hexdigest()[:8], 16) % 100 < 20, "
               "where name is the image file stem")
@@ -40,14 +42,8 @@ def is_validation(name: str, percent: int = 20, salt: str = SPLIT_SALT) -> bool:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``auto`` = CUDA when present, else CPU; asking for CUDA without one is a user error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device cpu or auto")
-    if device not in ("cpu",) and not device.startswith("cuda"):
-        raise UserError(f"unknown device '{device}': use auto, cpu or cuda")
-    return torch.device(device)
+    """The torch device of a Kaizen job (:func:`app.core.device.pick_device`); Kaizen runs on cpu or cuda."""
+    return pick_device(device, SUPPORTED_DEVICES, "Kaizen")
 
 
 @dataclass
@@ -244,7 +240,7 @@ def train_job(train_pairs: list[tuple[str, np.ndarray, np.ndarray]],
     val_batches = _validation_batches(val_images or train_images, params)
 
     model = VQVAE(params.vqvae_config()).to(device)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=params.learning_rate, weight_decay=1e-4)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=params.lr, weight_decay=1e-4)
     total_steps = params.epochs * params.steps_per_epoch
     state: dict[str, Any] = {"step": 0, "elapsed_s": 0.0, "history": []}
     checkpoint = out_dir / CHECKPOINT
@@ -261,7 +257,7 @@ def train_job(train_pairs: list[tuple[str, np.ndarray, np.ndarray]],
                 break
             step = state["step"]
             for group in optimiser.param_groups:
-                group["lr"] = _learning_rate(step, total_steps, params.learning_rate)
+                group["lr"] = _learning_rate(step, total_steps, params.lr)
             inputs, target, mask = (t.to(device) for t in sampler.batch(params.batch_size))
             out = model(inputs)
             loss, terms = vqvae_loss(out, target, mask, params.beta, params.mask_weight)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from app.core.atomic import atomic_write_json
+from app.core.device import use_threads
 from app.core.edits import edits_for_image, read_edits
 from app.core.errors import ImageError, UserError
 from app.core.fingerprint import file_fingerprint
@@ -211,14 +212,6 @@ def write_batch_outputs(out: Path, names: Sequence[str], force: bool = False) ->
                    else [] for n in names]
     return write_batch_workbook(out / BATCH_WORKBOOK, summaries, pooled, evaluations or None, tubule_rows,
                                 force=force)
-
-
-def use_threads(threads: int) -> None:
-    """Set torch's CPU threads when asked (0 keeps torch's choice)."""
-    if threads:
-        import torch
-
-        torch.set_num_threads(int(threads))
 
 
 def section_files(paths: Sequence[str | Path]) -> list[Path]:

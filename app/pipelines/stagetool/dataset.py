@@ -102,6 +102,15 @@ def _resolve_image(file_name: str, base: Path) -> Path:
                           f"(looked beside the annotation file too)")
 
 
+def _for_kind(image: Any, kind: str) -> Any:
+    """A whole QuPath section (tubules and cells in one file, as `stagescope export qupath` writes it):
+    keep the objects of ``kind``, leaving out the other kind and tubules marked excluded."""
+    other = set(class_names("cells" if kind == "tubules" else "tubules"))
+    image.objects = [o for o in image.objects if o.category not in other
+                     and not (o.attributes.get("measurements") or {}).get("Excluded")]
+    return image
+
+
 def sections_from_file(path: Path, kind: str, channel: int | str = 0) -> list[Section]:
     """Sections from a COCO JSON or a QuPath GeoJSON (image = same name with an image suffix beside it)."""
     names = class_names(kind)
@@ -111,7 +120,7 @@ def sections_from_file(path: Path, kind: str, channel: int | str = 0) -> list[Se
         candidates = [p for p in path.parent.glob(f"{stem}.*") if p.suffix.lower() in (".tif", ".tiff", ".png")]
         if not candidates:
             raise AnnotationError(f"{path}: no image named {stem}.tif beside this GeoJSON file")
-        images = [read_geojson(path, image_file=str(candidates[0]))]
+        images = [_for_kind(read_geojson(path, image_file=str(candidates[0])), kind)]
     else:
         images = read_coco(path)
     check_categories(images, names)

@@ -35,7 +35,7 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 from torchvision.models.resnet import BasicBlock
 
-
+from app.core.device import pick_device as core_pick_device
 from app.core.errors import ModelError
 from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool.params import BACKBONES, KINDS, LITE_BACKBONES, PAPER_BACKBONES, TORCHVISION_BACKBONES
@@ -247,20 +247,8 @@ def load_network(card: Any, state_dict: dict[str, Any], device: str | torch.devi
 
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` = CUDA when present, else Apple MPS, else CPU; or the named device."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ModelError(f"unknown device {name!r} (use auto, cpu, cuda, cuda:1, mps)") from error
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError("--device cuda asked for, but no CUDA GPU is available here")
-    return device
+    """The torch device of a Stagetool job (:func:`app.core.device.pick_device`: CUDA, else MPS, else CPU)."""
+    return core_pick_device(name, pipeline="Stagetool")
 
 
 def normalise(tile: Any, low: float, high: float) -> torch.Tensor:

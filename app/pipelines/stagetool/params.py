@@ -7,11 +7,11 @@ sheet record.
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from app.core.errors import UserError
+from app.core.params import Params
 from app.pipelines.stagetool.antigen import parse_antibody
 
 MIN_CELLS = 20  # fewer cells than this (a tubule cut at the section edge, a missed one): too few to stage by
@@ -37,7 +37,7 @@ def _help(text: str, choices: tuple[str, ...] | None = None, basic: bool = False
 
 
 @dataclass
-class AnalyzeParams:
+class AnalyzeParams(Params):
     """How a whole section is analysed (DESIGN.md "Stagetool data flow")."""
 
     dapi: str = _help("DAPI channel: name or 0-based index", default="0", basic=True)
@@ -102,9 +102,6 @@ class AnalyzeParams:
             if not 0.0 <= value <= 1.0:
                 raise UserError(f"{name} must lie between 0 and 1, not {value}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
     def antibody_list(self) -> list[Any]:
         """The antibody channels as :class:`~app.pipelines.stagetool.antigen.Antibody` objects."""
         items = [a.strip() for a in self.antibodies.split(",") if a.strip()]
@@ -121,7 +118,7 @@ class AnalyzeParams:
 
 
 @dataclass
-class TrainParams:
+class TrainParams(Params):
     """How a tubule or cell model is trained (train.py)."""
 
     kind: str = _help("tubules (Mask R-CNN, 5 stages) or cells (Faster R-CNN, 9 types)", default="cells")
@@ -145,7 +142,7 @@ class TrainParams:
     seed: int = _help("random seed", default=0)
     half: bool = _help("store weights as float16 (half the file)", default=True)
     time_limit_s: float = _help("stop after this many seconds (0 = no limit); the best epoch is kept", default=0.0)
-    num_threads: int = _help("CPU threads for torch (0 = torch's default)", default=0)
+    threads: int = _help("CPU threads for torch (0 = torch's default)", default=0)
     init_from: str = _help("model to start from (folder or name, e.g. stagetool-cells-demo or your last model): one "
                            "of the same kind is fine-tuned whole (use a lower lr, e.g. 2e-4), one of the other kind "
                            "starts the backbone only; empty = random or pretrained weights", default="", basic=True)
@@ -170,5 +167,3 @@ class TrainParams:
         if self.init_from and self.pretrained:
             raise UserError("init_from and pretrained are two different starts: choose one")
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)

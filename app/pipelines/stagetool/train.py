@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from app.core.atomic import atomic_path
+from app.core.device import use_threads
 from app.core.errors import ModelError, UserError
 from app.core.jobs import Job, Progress
 from app.core.metrics import box_ap, confusion_matrix, detection_scores, semantic_scores
@@ -222,8 +223,7 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
     kind = params.kind
     rng = np.random.default_rng(params.seed)
     torch.manual_seed(params.seed)
-    if params.num_threads:
-        torch.set_num_threads(params.num_threads)
+    use_threads(params.threads)
     device = pick_device(params.device)
     source = source_card(params.init_from) if params.init_from else None
     config = fine_tune_config(source, params) if source is not None else None
