@@ -137,3 +137,16 @@ def test_a_short_time_limited_run_is_not_all_warmup():
     assert lr_factor(20, 200, 0.1) == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.1)))  # 10% of the time: full rate
     assert lr_factor(199, 200, 0.001) == pytest.approx(1.0, abs=1e-4)  # a long run: the step warmup as before
     assert lr_factor(5000, 200, 1.0) == pytest.approx(0.0)
+
+
+def test_the_models_that_made_a_run_are_its_fine_tune_start(tmp_path):
+    from app.pipelines.stagetool.start import models_of_results
+
+    run(train([], tmp_path / "a", tiny(), sections=drawn_sections("cells"), synthetic=True))
+    card = load_model_card(tmp_path / "a")
+    models = {"cells": card.model_id(), "tubules": {**card.model_id(), "weights_sha256": "0" * 64}}
+    write_objects(tmp_path / "run" / "s" / "predictions.json", "s", "stagetool", {"tubules": [], "cells": []},
+                  {"models": models})
+    assert models_of_results(tmp_path / "run") == {"cells": str(tmp_path / "a")}  # changed weights: not offered
+    with pytest.raises(UserError, match="no Stagetool predictions"):
+        models_of_results(tmp_path / "a")
