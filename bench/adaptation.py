@@ -82,6 +82,21 @@ def scores(results: Path, truth: Path) -> dict[str, Any]:
             "mIoU": pooled["tubules"]["mean_iou"]}
 
 
+def uncertainty_vs_errors(results: Path, truth: Path) -> list[str]:
+    """Per section: the rank score next to its cell F1 and stage agreement (does the score point at errors?)."""
+    from app.pipelines.stagetool.evaluate import evaluate_results
+    from app.pipelines.stagetool.uncertainty import rank_sections
+
+    evaluations = evaluate_results(results, truth, force=True)
+    lines = []
+    for row in rank_sections(results):
+        e = evaluations[row["section"]]
+        share = e["stages"]["agreement"]
+        lines.append(f"  {row['section']}: uncertainty {row['score']:.3f}, cell F1 {e['cells']['mean_f1'] or 0:.3f}, "
+                     f"stages {'-' if share is None else f'{100 * share:.0f}%'}")
+    return lines
+
+
 def correct_pool(pool_results: Path, pool: Path) -> dict[str, Any]:
     """Simulated corrections of every pool section into the run's edits.json; clicks and missed tubules per section."""
     from app.core.edits import write_edits
@@ -178,6 +193,7 @@ def bench_style(style: str, args: argparse.Namespace, rows: list[dict[str, Any]]
     rows.append({"style": style, "k": 0, "start": "demo", "clicks": 0, "outlines": 0, "train_min": 0.0,
                  **scores(baseline, heldout)})
     log(style, f"k=0 in {seconds:.0f} s:", format_row(rows[-1]))
+    log(style, "held-out sections, most uncertain first:\n" + "\n".join(uncertainty_vs_errors(baseline, heldout)))
     pool_results = work / "pool-demo"
     analyze(pool, pool_results, DEMO["tubules"], DEMO["cells"], args.threads)
     per_section = correct_pool(pool_results, pool)
@@ -185,8 +201,12 @@ def bench_style(style: str, args: argparse.Namespace, rows: list[dict[str, Any]]
     log(style, "corrections:", json.dumps(per_section))
     for k in sorted(args.ks):
         chosen = names[:k]
+        from app.pipelines.stagetool.corrections import CLICKS
+
         clicks = sum(per_section[n]["clicks"] for n in chosen)
         outlines = sum(len(per_section[n]["missed"]) for n in chosen)
+        if "tubules" not in args.kinds:  # outlines only matter for training the tubule model
+            clicks, outlines = clicks - CLICKS["outline"] * outlines, 0
         missed = {n: per_section[n]["missed"] for n in chosen}
         for start in args.starts:
             if start == "scratch" and args.scratch_ks is not None and k not in args.scratch_ks:
@@ -231,7 +251,8 @@ def main() -> None:
     for style in args.styles.split(","):
         bench_style(style, args, rows)
     print(f"\nadaptation on phantom styles ({args.size} px sections, {args.heldout} held out per style, "
-          f"{args.minutes:g} CPU min per model, {args.threads} torch thread(s)); total {(time.monotonic() - started) / 60:.1f} min")
+          f"{args.minutes:g} CPU min per model trained ({', '.join(args.kinds)}; the others stay the demo's), "
+          f"{args.threads} torch thread(s)); total {(time.monotonic() - started) / 60:.1f} min")
     print(HEADER)
     for row in rows:
         print(format_row(row))

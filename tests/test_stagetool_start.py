@@ -137,3 +137,40 @@ def test_a_short_time_limited_run_is_not_all_warmup():
     assert lr_factor(20, 200, 0.1) == pytest.approx(0.5 * (1 + np.cos(np.pi * 0.1)))  # 10% of the time: full rate
     assert lr_factor(199, 200, 0.001) == pytest.approx(1.0, abs=1e-4)  # a long run: the step warmup as before
     assert lr_factor(5000, 200, 1.0) == pytest.approx(0.0)
+
+
+def test_the_models_that_made_a_run_are_its_fine_tune_start(tmp_path):
+    from app.pipelines.stagetool.start import models_of_results
+
+    run(train([], tmp_path / "a", tiny(), sections=drawn_sections("cells"), synthetic=True))
+    card = load_model_card(tmp_path / "a")
+    models = {"cells": card.model_id(), "tubules": {**card.model_id(), "weights_sha256": "0" * 64}}
+    write_objects(tmp_path / "run" / "s" / "predictions.json", "s", "stagetool", {"tubules": [], "cells": []},
+                  {"models": models})
+    assert models_of_results(tmp_path / "run") == {"cells": str(tmp_path / "a")}  # changed weights: not offered
+    with pytest.raises(UserError, match="no Stagetool predictions"):
+        models_of_results(tmp_path / "a")
+
+
+def test_cli_fine_tunes_on_a_corrected_results_folder(tmp_path, capsys):
+    """`stagetool train cells RESULTS --init-from MODEL`: the run's edits applied, the start in the card."""
+    from test_stagetool_section import draw_section
+
+    run(train([], tmp_path / "a", tiny(), sections=drawn_sections("cells"), synthetic=True))
+    image, truth, _ = draw_section(0)
+    write_tiff(tmp_path / "sec.tif", image[0].astype(np.uint16), axes="YX")
+    cells = [{"id": i + 1, "class": CELL_TYPES[1], "score": 0.5, "box": [float(v) for v in box],
+              "centroid": [0.0, 0.0], "tubule_id": None} for i, box in enumerate(truth.cell_boxes)]
+    meta = {"image_path": str(tmp_path / "sec.tif"), "shape": list(image.shape[1:]), "dapi_channel": 0}
+    for name in ("predictions.json", "objects.json"):
+        write_objects(tmp_path / "run" / "sec" / name, "sec", "stagetool", {"tubules": [], "cells": cells}, meta)
+    write_edits(tmp_path / "run", [make_edit("retype_cell", "sec", i + 1, kind) for i, kind in enumerate(truth.cell_types)])
+    code = main(["stagetool", "train", "cells", str(tmp_path / "run"), "--out", str(tmp_path / "b"), "--init-from",
+                 str(tmp_path / "a"), "--epochs", "1", "--crop-size", "64", "--crops-per-epoch", "2", "--val-crops", "2",
+                 "--val-fraction", "0", "--lr", "2e-4"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    card = json.loads((tmp_path / "b" / "card.json").read_text())
+    assert card["training"]["start"]["kind"] == "fine-tuned" and "fine-tuned from model 'a'" in out
+    counts = card["training"]["class_counts"]
+    assert counts == {t: truth.cell_types.count(t) for t in CELL_TYPES if t in truth.cell_types}  # the corrected types

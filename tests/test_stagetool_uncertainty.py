@@ -69,3 +69,10 @@ def test_summary_holds_the_score_and_rank_lists_the_most_uncertain_first(tmp_pat
     assert main(["stagetool", "rank", str(tmp_path / "run")]) == 0
     assert "correct torn first" in capsys.readouterr().out
     assert main(["stagetool", "rank", str(tmp_path / "missing")]) == 2
+    other = tmp_path / "run2" / "sure"  # the same section in another run: the run tells them apart
+    other.mkdir(parents=True)
+    write_objects(other / "predictions.json", "sure", "stagetool", SURE["layers"], SURE["meta"])
+    write_section_outputs(other)
+    assert main(["stagetool", "rank", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "sure (run)" in out and "sure (run2)" in out

@@ -16,10 +16,10 @@ import numpy as np
 from app.core.errors import UserError
 from app.pipelines.stagetool.classes import MARKERS, STAGES
 from app.pipelines.stagetool.phantom_style import (
-    Band, PhantomStyle, defocus_centres, get_style, random_bands,
+    DEFAULT_PIXEL_SIZE_UM, Band, PhantomStyle, defocus_centres, get_style, random_bands,
 )
 
-PIXEL_SIZE_UM = 0.5
+PIXEL_SIZE_UM = DEFAULT_PIXEL_SIZE_UM
 DEFAULT_MARKERS = ("SOX9",)
 
 # cells per tubule of radius 200 px, per stage (I-V, VI-VIII, IX, X-XI, XII)

@@ -67,6 +67,33 @@ def source_card(init_from: str | Path) -> ModelCard:
     return card
 
 
+def models_of_results(results: str | Path) -> dict[str, str]:
+    """The folders of the models that made a results folder's predictions, per kind: the loop's fine-tune start.
+
+    Read from the first section's ``predictions.json`` (``meta.models``); a model whose folder is gone
+    or whose weights changed since (another sha256) is left out, so a start never names other weights.
+    """
+    import json
+
+    from app.core.modelcard import load_model_card
+    from app.pipelines.stagetool.layout import PREDICTIONS_FILE
+
+    found = sorted(Path(results).rglob(PREDICTIONS_FILE))
+    if not found:
+        raise UserError(f"{results}: no Stagetool predictions here; analyse sections first")
+    models = (json.loads(found[0].read_text()).get("meta") or {}).get("models") or {}
+    out = {}
+    for kind, ref in models.items():
+        folder = ref.get("folder")
+        try:
+            card = load_model_card(folder) if folder else None
+        except UserError:
+            card = None
+        if card is not None and card.weights_sha256 == ref.get("weights_sha256"):
+            out[kind] = str(folder)
+    return out
+
+
 def fine_tune_config(card: ModelCard, params: TrainParams) -> ModelConfig | None:
     """The source model's network description for crops of ``params.crop_size``; None when it is of the other kind."""
     if card.pipeline != f"stagetool-{params.kind}":

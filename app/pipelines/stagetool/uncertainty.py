@@ -81,7 +81,8 @@ def rank_sections(results: str | Path) -> list[dict[str, Any]]:
     Reads ``summary.json`` when it holds the record, else computes it from ``objects.json`` (older results).
     """
     rows = []
-    for folder in _section_folders(Path(results)):
+    root = Path(results)
+    for folder in _section_folders(root):
         record = None
         summary = folder / SUMMARY_FILE
         if summary.exists():
@@ -91,7 +92,8 @@ def rank_sections(results: str | Path) -> list[dict[str, Any]]:
             doc = json.loads((folder / OBJECTS_FILE).read_text())
             record = section_uncertainty(doc)
         name = folder.name if doc is None else doc.get("image", folder.name)
-        rows.append({"section": name, "folder": str(folder), **record})
+        where = folder.parent.relative_to(root).as_posix() if folder != root else ""
+        rows.append({"section": name, "folder": str(folder), "run": "" if where == "." else where, **record})
     rows.sort(key=lambda row: (-row["score"], row["section"]))
     return rows
 
@@ -101,8 +103,10 @@ def format_ranking(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "no analysed sections found"
     lines = [f"{'rank':>4}  {'score':>5}  {'ambiguous tubules':>17}  {'unsure cells':>12}  section"]
+    names = [row["section"] for row in rows]
     for number, row in enumerate(rows, start=1):
+        name = row["section"] if names.count(row["section"]) == 1 or not row["run"] else f"{row['section']} ({row['run']})"
         tubules = f"{row['ambiguous_tubules']}/{row['n_tubules']}"
         cells = f"{row['unsure_cells']}/{row['n_cells']}"
-        lines.append(f"{number:>4}  {row['score']:>5.3f}  {tubules:>17}  {cells:>12}  {row['section']}")
+        lines.append(f"{number:>4}  {row['score']:>5.3f}  {tubules:>17}  {cells:>12}  {name}")
     return "\n".join(lines)
