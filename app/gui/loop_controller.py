@@ -40,6 +40,8 @@ class NextSteps(QGroupBox):
         self.compare_button = QPushButton("Compare old and new model on the corrected sections")
         self.status = QLabel("")
         self.status.setWordWrap(True)
+        self.queued = QLabel("")  # the re-runs queued (the comparison's own line stays in status)
+        self.queued.setWordWrap(True)
         self.table = QTableWidget(0, 4)
         self.table.setHorizontalHeaderLabels(["Agreement with your corrections", "old model", "new model", "objects"])
         self.table.horizontalHeader().setStretchLastSection(True)
@@ -51,6 +53,7 @@ class NextSteps(QGroupBox):
         row.addStretch(1)
         layout = QVBoxLayout(self)
         layout.addLayout(row)
+        layout.addWidget(self.queued)
         layout.addWidget(self.status)
         layout.addWidget(self.table)
         self.setVisible(False)
@@ -148,7 +151,7 @@ class LoopController:
         if record is not None:
             self.records[what] = record
             if self.steps is not None:
-                self.steps.status.setText(f"Queued: {record.title} with {self.new_model.name}.")
+                self.steps.queued.setText(f"Queued: {record.title} with {self.new_model.name}.")
         return record
 
     def _job_succeeded(self, record: Any) -> None:

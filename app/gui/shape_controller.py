@@ -80,6 +80,7 @@ class ShapeController:
         w.viewer.graphics.setCursor(Qt.CursorShape.CrossCursor if on else Qt.CursorShape.ArrowCursor)
         if on:
             w.viewer.overlays.select(None)
+            w.properties.show_object(None, None)
             w.statusBar().showMessage("Click the outline's points; double-click or Enter closes it, "
                                       "Backspace takes back a point, Esc stops", 8000)
 

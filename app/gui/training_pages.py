@@ -261,6 +261,8 @@ class ResultPage(QWizardPage):
         self.w = wizard
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["Metric", "Value"])
+        self.table.setColumnWidth(0, 200)
+        self.table.horizontalHeader().setStretchLastSection(True)
         self.name = QLineEdit()
         self.save_button = QPushButton("Save to model library")
         self.save_button.clicked.connect(wizard.save_model)
