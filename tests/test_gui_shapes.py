@@ -8,6 +8,7 @@ the training data made from the corrected run carry the new shapes.
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -74,6 +75,29 @@ def _double_click(qtbot, widget, pos):
     qtbot.mouseRelease(widget, left, pos=pos)
 
 
+def _mouse_drag(widget, start, end, steps=6):
+    """Press at ``start``, move in steps with the button held, release at ``end`` (what a hand does)."""
+    from PySide6.QtCore import QEvent
+    from PySide6.QtGui import QMouseEvent
+    from PySide6.QtWidgets import QApplication
+
+    left, none = Qt.MouseButton.LeftButton, Qt.MouseButton.NoButton
+
+    def send(kind, pos, button, buttons):
+        local = QPointF(pos)
+        event = QMouseEvent(kind, local, QPointF(widget.mapToGlobal(pos)), button, buttons, Qt.KeyboardModifier.NoModifier)
+        QApplication.sendEvent(widget, event)
+
+    send(QEvent.Type.MouseButtonPress, start, left, left)
+    for i in range(1, steps + 1):
+        time.sleep(0.03)  # pyqtgraph drops moves closer than its rate limit (100 per second)
+        pos = start + (end - start) * (i / steps)
+        send(QEvent.Type.MouseMove, pos, none, left)
+        QApplication.processEvents()
+    send(QEvent.Type.MouseButtonRelease, end, left, none)
+    QApplication.processEvents()
+
+
 def _edits(project):
     [run] = project.runs()
     return json.loads((run.folder / "edits.json").read_text())["edits"]
@@ -122,6 +146,24 @@ def test_draw_a_tubule_drag_its_points_and_resize_a_cell(analysed, qtbot):
     assert reshaped["action"] == "reshape_tubule" and reshaped["id"] == tubule["id"]
     assert overlays.find("tubules", tubule["id"])["polygon"][0] == [x0 - 6, y0 - 4]
     assert not handles.begin_drag(-1000, -1000)  # away from every handle: the view pans instead
+
+    # the same with the mouse: press on a handle, drag, release (pyqtgraph hands the drag to the handles)
+    window.viewer.center_on(*tubule["polygon"][5], width=200)
+    qtbot.wait(100)
+    x5, y5 = tubule["polygon"][5]
+    _mouse_drag(window.viewer.graphics.viewport(), _screen(window, x5, y5), _screen(window, x5 + 10, y5 + 8))
+    moved = _edits(project)[-1]
+    assert moved["action"] == "reshape_tubule"
+    assert np.allclose(moved["polygon"][5], [x5 + 10, y5 + 8], atol=1.5)
+    assert np.allclose(moved["polygon"][0], [x0 - 6, y0 - 4])  # the earlier edit is kept
+    count, view_before = len(_edits(project)), window.viewer.view.viewRange()
+    # inside the outline, on screen and away from its points: the view pans
+    cx, cy = np.asarray([x5, y5]) + 0.3 * (np.mean(tubule["polygon"], axis=0) - [x5, y5])
+    assert handles.handle_at(cx, cy) is None
+    _mouse_drag(window.viewer.graphics.viewport(), _screen(window, cx, cy), _screen(window, cx + 30, cy))
+    assert len(_edits(project)) == count and window.viewer.view.viewRange() != view_before
+    window.viewer.fit()
+    qtbot.wait(50)
 
     # resize: select a cell, drag its bottom-right corner
     cell = overlays.layers["cells"].data.objects[0]
