@@ -88,6 +88,10 @@ def _mouse_drag(widget, start, end, steps=6):
         event = QMouseEvent(kind, local, QPointF(widget.mapToGlobal(pos)), button, buttons, Qt.KeyboardModifier.NoModifier)
         QApplication.sendEvent(widget, event)
 
+    for i in range(3):  # the hand arrives over the start first (hover)
+        time.sleep(0.03)
+        send(QEvent.Type.MouseMove, start + QPointF(3 - i, 0).toPoint(), none, none)
+        QApplication.processEvents()
     send(QEvent.Type.MouseButtonPress, start, left, left)
     for i in range(1, steps + 1):
         time.sleep(0.03)  # pyqtgraph drops moves closer than its rate limit (100 per second)
@@ -152,6 +156,7 @@ def test_draw_a_tubule_drag_its_points_and_resize_a_cell(analysed, qtbot):
     qtbot.wait(100)
     x5, y5 = tubule["polygon"][5]
     _mouse_drag(window.viewer.graphics.viewport(), _screen(window, x5, y5), _screen(window, x5 + 10, y5 + 8))
+    assert handles.cursor().shape() == Qt.CursorShape.SizeAllCursor  # shown while over a handle
     moved = _edits(project)[-1]
     assert moved["action"] == "reshape_tubule"
     assert np.allclose(moved["polygon"][5], [x5 + 10, y5 + 8], atol=1.5)

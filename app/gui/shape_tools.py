@@ -124,6 +124,14 @@ class HandlesItem(pg.GraphicsObject):
         if changed:
             self.edited.emit(self.layer, self.obj, shape)
 
+    def hoverEvent(self, event: Any) -> None:  # noqa: N802 - pyqtgraph's name
+        """Over a handle: claim the drag and show a move cursor, so the user sees it can be grabbed."""
+        over = not event.isExit() and self.handle_at(event.pos().x(), event.pos().y()) is not None
+        if over and event.acceptDrags(Qt.MouseButton.LeftButton):
+            self.setCursor(Qt.CursorShape.SizeAllCursor)
+        else:
+            self.unsetCursor()
+
     def mouseDragEvent(self, event: Any) -> None:  # noqa: N802 - pyqtgraph's name
         if event.button() != Qt.MouseButton.LeftButton:
             event.ignore()
