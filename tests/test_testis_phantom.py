@@ -218,7 +218,7 @@ def test_a_big_section_streams_into_the_file(tmp_path, monkeypatch):
     corner = make_layout(seed=3, size=1024)
     big = tp.TestisLayout((size, size), 3, (size / 2, size / 2, 0.46 * size, 0.46 * size),
                           corner.tubules, corner.cells, corner.distractors)
-    monkeypatch.setattr(tp, "testis_layout", lambda seed, size: big)
+    monkeypatch.setattr(tp, "testis_layout", lambda seed, size, style=None: big)
     tracemalloc.start()
     try:
         write_testis(tmp_path, seed=3, size=size, markers=())

@@ -151,7 +151,8 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     from app.pipelines.phantoms import write_phantom
 
     markers = tuple(m.strip() for m in args.markers.split(",") if m.strip()) if args.markers is not None else None
-    written = write_phantom(args.kind, args.out, seed=args.seed, count=args.count, size=args.size, markers=markers)
+    written = write_phantom(args.kind, args.out, seed=args.seed, count=args.count, size=args.size, markers=markers,
+                            style=args.style)
     files = [str(p) for p in written] if written else sorted(str(p) for p in Path(args.out).iterdir())
     print(f"wrote {len(files)} files to {args.out} (see README.txt there for what was drawn)")
     return EXIT_OK
@@ -309,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=None, metavar="PX", help="image side in pixels")
     p.add_argument("--markers", default=None, metavar="SOX9,SCP3",
                    help="testis only: antibody channels after DAPI, comma separated (default SOX9; '' for none)")
+    p.add_argument("--style", default=None, metavar="NAME",
+                   help="testis only: sections as another lab would image them: default (the demo models' training "
+                        "phantoms), widefield (0.65 um pixels, soft focus, vignetting, dim stain, debris) or "
+                        "cryosection (0.4 um pixels, oblique cuts, folds and tears, many interstitial cells)")
     p.set_defaults(func=cmd_phantom)
 
     p = sub.add_parser("project", help="create, fill and list project folders")

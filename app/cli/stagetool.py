@@ -4,6 +4,7 @@
     stagescope stagetool analyze SECTION... --out DIR [--tubule-model M] [--cell-model M]
                                  [--antibody NAME=CHANNEL[:T]]... [--tta off|full|adaptive] [--edits FILE] [--force]
     stagescope stagetool evaluate RESULTS_DIR TRUTH [--json] [--force]
+    stagescope stagetool rank RESULTS_DIR [--json]
     stagescope stagetool export RESULTS_DIR --out DIR
 
 Workbooks and CSV tables the user changed are never replaced silently: the new ones get versioned
@@ -43,17 +44,30 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     params = TrainParams(kind=args.kind, backbone=args.backbone, epochs=args.epochs, device=args.device)
     for key in ("crop_size", "downsample", "batch_size", "lr", "crops_per_epoch", "seed", "time_limit_s",
-                "val_fraction", "threads", "val_crops"):
+                "val_fraction", "threads", "val_crops", "init_from", "pretrained"):
         value = getattr(args, key, None)
         if value is not None:
             setattr(params, key, value)
     params.validate()
-    card = run(train(list(args.annotations), args.out, params, name=args.name, resume=args.resume), _progress())
-    print(f"model written to {args.out}")
+    card = run(train(list(args.annotations), args.out, params, name=args.name, resume=args.resume,
+                     confirm_download=_confirm(args.yes)), _progress())
+    print(f"model written to {args.out} ({card.training.get('pretraining')})")
     for split, values in card.metrics.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
         print(f"  {split}: {shown}")
     return EXIT_OK
+
+
+def _confirm(yes: bool) -> Any:
+    """How the CLI agrees to a download: --yes, else a question on a terminal, else no."""
+    if yes:
+        return lambda question: True
+    if not sys.stdin.isatty():
+        return None
+
+    def ask(question: str) -> bool:
+        return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    return ask
 
 
 def cmd_fit_stager(args: argparse.Namespace) -> int:
@@ -142,6 +156,21 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_rank(args: argparse.Namespace) -> int:
+    from app.cli import print_json
+    from app.pipelines.stagetool.uncertainty import format_ranking, rank_sections
+
+    rows = rank_sections(args.results)
+    if args.json:
+        print_json(rows)
+    else:
+        print(format_ranking(rows))
+        if rows:
+            print(f"correct {rows[0]['section']} first: its models hesitate most "
+                  "(score 0 = sure, 1 = guessing; corrected objects count as sure)")
+    return EXIT_OK
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from app.pipelines.stagetool.curation import export_results
 
@@ -164,8 +193,10 @@ def add_parser(subparsers: Any) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
 
     q = sub.add_parser("train", help="train the tubule or cell model on annotations or phantom sections",
-                       description="Train from scratch (no pretrained weights can be downloaded): COCO JSON or "
-                                   "QuPath GeoJSON annotation files, or folders written by `stagescope phantom testis`.")
+                       description="Train from random weights, fine-tune a model (--init-from) or start from "
+                                   "torchvision's ImageNet/COCO weights (--pretrained). ANNOTATIONS: COCO JSON or "
+                                   "QuPath GeoJSON files (e.g. `stagetool export` of corrected results), or folders "
+                                   "written by `stagescope phantom testis`.")
     q.add_argument("kind", choices=("tubules", "cells"))
     q.add_argument("annotations", nargs="+", type=Path, metavar="ANNOTATIONS")
     q.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
@@ -185,6 +216,13 @@ def add_parser(subparsers: Any) -> None:
     q.add_argument("--threads", dest="threads", type=int, default=None, help="CPU threads for torch")
     q.add_argument("--name", default=None, help="model name for the card (default: the folder name)")
     q.add_argument("--resume", action="store_true", help="continue from the checkpoint in MODEL_DIR")
+    q.add_argument("--init-from", default=None, metavar="MODEL",
+                   help="fine-tune this model (folder or name, e.g. stagetool-cells-demo or your last model; its "
+                        "backbone and scale are kept; try --lr 2e-4); a model of the other kind starts the backbone")
+    q.add_argument("--pretrained", default=None, metavar="imagenet|coco|FILE.pth",
+                   help="start from torchvision's published weights (downloaded once into the torch cache after "
+                        "you agree to the size) or a weights file you have")
+    q.add_argument("--yes", action="store_true", help="agree to downloading pretrained weights without asking")
     q.set_defaults(func=cmd_train)
 
     q = sub.add_parser("analyze", help="whole sections -> tubules, cells, antigen profiles, Excel")
@@ -226,6 +264,14 @@ def add_parser(subparsers: Any) -> None:
                         "`stagescope stagetool analyze` on them; TRUTH then is their one truth folder) instead of "
                         "the annotated cells, so the stager learns the cell model's own mistakes")
     q.set_defaults(func=cmd_fit_stager)
+
+    q = sub.add_parser("rank", help="which section to correct next: sections by uncertainty, most uncertain first",
+                       description="Per section: stage margin of its tubules (gap between the two best stages) and "
+                                   "the scores of its cells, as one score (0 = sure, 1 = guessing). Works on a run "
+                                   "folder, a folder of runs or a whole project.")
+    q.add_argument("results", type=Path, metavar="RESULTS_DIR")
+    q.add_argument("--json", action="store_true")
+    q.set_defaults(func=cmd_rank)
 
     q = sub.add_parser("export", help="curated results as COCO training annotations")
     q.add_argument("results", type=Path, metavar="RESULTS_DIR")

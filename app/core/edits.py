@@ -10,6 +10,11 @@ is a dict ``{"action", "image", "id", "value", ...}``:
 - ``add_cell``: a new cell ``id`` of type ``value`` with ``box`` (x0, y0, x1, y1) and optional
   ``centroid`` (y, x); it is assigned to the (non-excluded or excluded) tubule whose polygon holds
   its centre.
+- ``resize_cell``: the cell gets ``box`` (x0, y0, x1, y1) and its centre as ``centroid``.
+- ``add_tubule``: a new tubule ``id`` of stage ``value`` with ``polygon`` [[x, y], ...]; cells
+  not yet in a tubule whose centre it holds join it.
+- ``reshape_tubule``: the tubule gets ``polygon``; its cells now outside leave it, cells in no
+  tubule now inside join it.
 
 The original results are never rewritten: :func:`apply_edits` applies the list, in order, to an
 objects document (:mod:`app.core.results`) and returns a new one.  Edits name ``image`` so one file
@@ -28,15 +33,18 @@ from typing import Any
 import numpy as np
 
 from app.core.atomic import atomic_write_json, read_json
+from app.core.edit_geometry import as_points, box_centroid, polygon_area, polygon_box
 from app.core.errors import UserError
 
 EDITS_FILE = "edits.json"
 EDITS_SCHEMA_VERSION = 1
-ACTIONS = ("exclude_tubule", "restage_tubule", "retype_cell", "delete_cell", "add_cell")
+ACTIONS = ("exclude_tubule", "restage_tubule", "retype_cell", "delete_cell", "add_cell", "resize_cell",
+           "add_tubule", "reshape_tubule")
 # which results layer each action touches (an edit may override with its own "layer")
 ACTION_LAYERS = {
     "exclude_tubule": "tubules", "restage_tubule": "tubules",
-    "retype_cell": "cells", "delete_cell": "cells", "add_cell": "cells",
+    "retype_cell": "cells", "delete_cell": "cells", "add_cell": "cells", "resize_cell": "cells",
+    "add_tubule": "tubules", "reshape_tubule": "tubules",
 }
 
 
@@ -61,12 +69,17 @@ def check_edit(edit: Any, where: str = "edit") -> None:
         raise UserError(f"{where}: unknown action {action!r} (known: {', '.join(ACTIONS)})")
     if edit.get("id") is None:
         raise UserError(f"{where}: {action} needs an 'id'")
-    if action in ("restage_tubule", "retype_cell", "add_cell") and not isinstance(edit.get("value"), str):
+    if action in ("restage_tubule", "retype_cell", "add_cell", "add_tubule") and not isinstance(edit.get("value"), str):
         raise UserError(f"{where}: {action} needs a class name as 'value'")
-    if action == "add_cell":
+    if action in ("add_cell", "resize_cell"):
         box = edit.get("box")
         if not isinstance(box, (list, tuple)) or len(box) != 4:
-            raise UserError(f"{where}: add_cell needs a 'box' (x0, y0, x1, y1)")
+            raise UserError(f"{where}: {action} needs a 'box' (x0, y0, x1, y1)")
+    if action in ("add_tubule", "reshape_tubule"):
+        polygon = edit.get("polygon")
+        if not isinstance(polygon, (list, tuple)) or len(polygon) < 3 \
+                or any(not isinstance(p, (list, tuple)) or len(p) != 2 for p in polygon):
+            raise UserError(f"{where}: {action} needs a 'polygon' of at least 3 [x, y] points")
 
 
 def read_edits(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
@@ -121,17 +134,22 @@ def apply_edits(doc: dict[str, Any], edits: Iterable[dict[str, Any]]) -> dict[st
         if image is not None and edit.get("image") not in (None, image):
             continue
         layer = layers.setdefault(edit.get("layer") or ACTION_LAYERS[edit["action"]], [])
-        if _apply_one(edit, layer, layers.get("tubules", [])):
+        if _apply_one(edit, layer, layers.get("tubules", []), layers.get("cells")):
             applied += 1
     result["meta"]["edits_applied"] = applied
     return result
 
 
-def _apply_one(edit: dict[str, Any], objects: list[dict[str, Any]], tubules: list[dict[str, Any]]) -> bool:
+def _apply_one(edit: dict[str, Any], objects: list[dict[str, Any]], tubules: list[dict[str, Any]],
+               cells: list[dict[str, Any]] | None = None) -> bool:
     """Apply one edit to a layer's object list in place; False when its object is not there."""
     action = edit["action"]
     if action == "add_cell":
         objects.append(_new_cell(edit, tubules))
+        return True
+    if action == "add_tubule":
+        objects.append(_new_tubule(edit))
+        _reassign_cells(objects[-1], cells)
         return True
     index = next((i for i, obj in enumerate(objects) if obj.get("id") == edit["id"]), None)
     if index is None:
@@ -139,6 +157,16 @@ def _apply_one(edit: dict[str, Any], objects: list[dict[str, Any]], tubules: lis
     obj = objects[index]
     if action == "delete_cell":
         del objects[index]
+    elif action == "resize_cell":
+        obj["box"] = [float(v) for v in edit["box"]]
+        obj["centroid"] = box_centroid(obj["box"])
+        obj["edited"] = obj["resized"] = True
+    elif action == "reshape_tubule":
+        obj["polygon"] = as_points(edit["polygon"])
+        obj["box"] = polygon_box(obj["polygon"])
+        obj["area_px"] = round(polygon_area(obj["polygon"]), 1)
+        obj["edited"] = obj["reshaped"] = True
+        _reassign_cells(obj, cells)
     elif action == "exclude_tubule":
         obj["excluded"] = bool(True if edit.get("value") is None else edit["value"])
         obj["edited"] = True
@@ -159,6 +187,25 @@ def _new_cell(edit: dict[str, Any], tubules: list[dict[str, Any]]) -> dict[str, 
     if tubule is not None:
         cell["tubule_id"] = tubule.get("id")
     return cell
+
+
+def _new_tubule(edit: dict[str, Any]) -> dict[str, Any]:
+    """The tubule an ``add_tubule`` edit describes (drawn by hand: no score)."""
+    polygon = as_points(edit["polygon"])
+    return {"id": edit["id"], "class": edit["value"], "polygon": polygon, "box": polygon_box(polygon),
+            "area_px": round(polygon_area(polygon), 1), "score": None, "added": True, "edited": True}
+
+
+def _reassign_cells(tubule: dict[str, Any], cells: list[dict[str, Any]] | None) -> None:
+    """After a tubule's outline changed: its cells outside leave it, unassigned cells inside join it."""
+    polygon = np.asarray(tubule["polygon"], dtype=float)
+    for cell in cells or []:
+        centroid = cell.get("centroid") or box_centroid(cell.get("box") or [0, 0, 0, 0])
+        inside = point_in_polygon(float(centroid[1]), float(centroid[0]), polygon)
+        if cell.get("tubule_id") == tubule.get("id") and not inside:
+            cell["tubule_id"] = None
+        elif cell.get("tubule_id") is None and inside:
+            cell["tubule_id"] = tubule.get("id")
 
 
 def tubule_at(tubules: Iterable[dict[str, Any]], y: float, x: float) -> dict[str, Any] | None:
@@ -188,6 +235,6 @@ def point_in_polygon(x: float, y: float, polygon: np.ndarray) -> bool:
 
 def next_object_id(objects: Iterable[dict[str, Any]], edits: Iterable[dict[str, Any]] = ()) -> int:
     """An integer id not used by any object or earlier add_cell edit (max + 1)."""
-    ids = [o.get("id") for o in objects] + [e.get("id") for e in edits if e.get("action") == "add_cell"]
+    ids = [o.get("id") for o in objects] + [e.get("id") for e in edits if e.get("action") in ("add_cell", "add_tubule")]
     numbers = [int(i) for i in ids if isinstance(i, (int, np.integer)) or (isinstance(i, str) and i.isdigit())]
     return max(numbers, default=0) + 1

@@ -22,6 +22,9 @@ ACTION_TEXT = {
     "retype_cell": "retype cell {id} to {value}",
     "delete_cell": "delete cell {id}",
     "add_cell": "add {value} cell",
+    "resize_cell": "resize cell {id}",
+    "add_tubule": "draw {value} tubule",
+    "reshape_tubule": "edit outline of tubule {id}",
 }
 
 

@@ -28,6 +28,9 @@ class CurationController:
     def clicked(self, x: float, y: float, _modifiers: Any) -> None:
         """A click on the image: add a cell in add mode, else select what is under it."""
         w = self.w
+        if w.shapes.drawing:
+            w.shapes.add_point(x, y)
+            return
         if self.add_mode:
             self.add_cell_at(x, y)
             return
@@ -62,11 +65,12 @@ class CurationController:
         self.w.properties.show_object(layer, obj, extra, (overlays.document or {}).get("meta"))
 
     def clear_selection(self) -> None:
-        """Select nothing (and leave add mode)."""
+        """Select nothing (and leave add mode and draw mode)."""
         self.w.viewer.overlays.select(None)
         self.w.properties.show_object(None, None)
         if self.add_mode:
             self.set_add_mode(False)
+        self.w.shapes.cancel()
 
     def _selected(self, layer: str) -> dict[str, Any] | None:
         selected = self.w.viewer.overlays.selected
@@ -75,7 +79,8 @@ class CurationController:
             return None
         return selected[1]
 
-    def _push(self, action: str, object_id: Any, value: Any = None, **extra: Any) -> bool:
+    def push_edit(self, action: str, object_id: Any, value: Any = None, **extra: Any) -> bool:
+        """Save one edit of the shown image through the run's curation session (undo-able); False when refused."""
         session = self.w.results.current_session()
         if session is None:
             self.w.statusBar().showMessage("No results to curate on this image", 4000)
@@ -93,32 +98,34 @@ class CurationController:
         """Exclude (or include) the selected tubule."""
         tubule = self._selected("tubules")
         if tubule is not None and bool(tubule.get("excluded")) != bool(excluded):
-            self._push("exclude_tubule", tubule["id"], bool(excluded))
+            self.push_edit("exclude_tubule", tubule["id"], bool(excluded))
 
     def restage(self, stage: str) -> None:
         """Set the selected tubule's stage."""
         tubule = self._selected("tubules")
         if tubule is not None and tubule.get("class") != stage:
-            self._push("restage_tubule", tubule["id"], stage)
+            self.push_edit("restage_tubule", tubule["id"], stage)
 
     def retype(self, cell_type: str) -> None:
         """Set the selected cell's type."""
         cell = self._selected("cells")
         if cell is not None and cell.get("class") != cell_type:
-            self._push("retype_cell", cell["id"], cell_type)
+            self.push_edit("retype_cell", cell["id"], cell_type)
 
     def delete_cell(self) -> None:
         """Remove the selected cell."""
         cell = self._selected("cells")
         if cell is not None:
             self.w.viewer.overlays.select(None)
-            self._push("delete_cell", cell["id"])
+            self.push_edit("delete_cell", cell["id"])
 
     def set_add_mode(self, on: bool) -> None:
         """Turn "add cells by clicking" on or off (menu action, A, and the Properties button agree)."""
         w = self.w
         on = bool(on) and self.w.results.current_session() is not None \
             and "cells" in (w.results.doc or {}).get("layers", {})
+        if on and w.shapes.drawing:
+            w.shapes.set_draw_mode(False)
         self.add_mode = on
         for widget in (w.actions["add_mode"], w.properties.add_button):
             widget.blockSignals(True)
@@ -145,4 +152,4 @@ class CurationController:
         objects = layer.data.objects if layer is not None else []
         object_id = next_object_id(list(objects) + w.results.doc.get("layers", {}).get("cells", []), session.edits)
         half = size / 2
-        self._push("add_cell", object_id, cell_type, box=[x - half, y - half, x + half, y + half], centroid=[y, x])
+        self.push_edit("add_cell", object_id, cell_type, box=[x - half, y - half, x + half, y + half], centroid=[y, x])

@@ -30,12 +30,14 @@ from app.gui.job_notice import JobNotice
 from app.gui.job_queue import JobQueue
 from app.gui.job_queue_widget import JobQueueWidget
 from app.gui.layers_panel import LayersPanel
+from app.gui.loop_controller import LoopController
 from app.gui.project_browser import ProjectBrowser
 from app.gui.project_controller import ProjectController
 from app.gui.properties_panel import PropertiesPanel
 from app.gui.results_controller import ResultsController
 from app.gui.run_controller import RunController
 from app.gui.run_panel import RunPanel
+from app.gui.shape_controller import ShapeController
 from app.gui.tile_viewer import TileViewer
 from app.gui.window_actions import build_menus
 from app.gui.window_hooks import WindowHooks
@@ -75,6 +77,8 @@ class MainWindow(QMainWindow):
         self.projects = ProjectController(self)
         self.results = ResultsController(self)
         self.curation = CurationController(self)
+        self.shapes = ShapeController(self)
+        self.loop = LoopController(self)
         self.runs = RunController(self)
         self.dialogs = DialogActions(self)
         self.hooks = WindowHooks(self)
@@ -114,6 +118,8 @@ class MainWindow(QMainWindow):
         properties.retype_requested.connect(self.retype)
         properties.delete_requested.connect(self.delete_cell)
         properties.add_mode_toggled.connect(self.set_add_mode)
+        properties.draw_mode_toggled.connect(self.shapes.set_draw_mode)
+        properties.train_requested.connect(self.loop.train_on_corrections)
 
     def _session_changed(self, name: str, value: Any) -> None:
         if name == "project":

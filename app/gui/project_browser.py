@@ -171,9 +171,14 @@ class ProjectBrowser(QWidget):
             item.setData(0, Qt.ItemDataRole.UserRole, (RUN, run.id))
             failed = "".join(f"\nfailed: {name}: {why}" for name, why in run.failed.items())
             item.setToolTip(0, f"{run.folder}\nstarted {run.started}\nstatus {run.status}{failed}")
-            for image_name in run.results:
+            doubts = run_doubts(run)
+            order = sorted(run.results, key=lambda n: -doubts[n]["score"]) if doubts else list(run.results)
+            for image_name in order:
                 child = QTreeWidgetItem(item, [image_name])
                 child.setData(0, Qt.ItemDataRole.UserRole, (RUN_IMAGE, (run.id, image_name)))
+                if image_name in doubts:
+                    child.setText(0, f"{image_name}  ·  doubt {doubts[image_name]['score']:.2f}")
+                    child.setToolTip(0, doubt_tooltip(doubts[image_name]))
             self._run_items[run.id] = item
         run_top.setExpanded(True)
         if self.shown_run in self._run_items:
@@ -189,6 +194,18 @@ class ProjectBrowser(QWidget):
         if current is not None:
             self._select_key(current, selected)
         self._apply_filter(self.filter.text())
+
+    def update_doubt(self, run: Any, image: str) -> None:
+        """Score one section of a run again (after an edit); the list keeps its order until the next refresh."""
+        item = self._run_items.get(run.id)
+        record = run_doubts(run, [image]).get(image)
+        if item is None or record is None:
+            return
+        for index in range(item.childCount()):
+            child = item.child(index)
+            if child.data(0, Qt.ItemDataRole.UserRole) == (RUN_IMAGE, (run.id, image)):
+                child.setText(0, f"{image}  ·  doubt {record['score']:.2f}")
+                child.setToolTip(0, doubt_tooltip(record))
 
     def _section(self, title: str, key: str) -> QTreeWidgetItem:
         item = QTreeWidgetItem(self.tree, [title])
@@ -351,6 +368,23 @@ class ProjectBrowser(QWidget):
 
     def shutdown(self) -> None:
         self.runner.shutdown()
+
+
+def run_doubts(run: Any, images: list[str] | None = None) -> dict[str, dict[str, Any]]:
+    """The run's per-section uncertainty (app/gui/correction_loop.py); {} when it has none or it cannot be read."""
+    from app.gui.correction_loop import section_doubts
+
+    try:
+        return section_doubts(run, images)
+    except Exception:  # noqa: BLE001 - a listing never fails on one run's files
+        return {}
+
+
+def doubt_tooltip(record: dict[str, Any]) -> str:
+    """What a section's doubt score means, for its tooltip."""
+    return (f"doubt {record['score']:.2f} (0 = sure, 1 = guessing): {record.get('ambiguous_tubules', 0)} tubule(s) "
+            f"between two stages, {record.get('unsure_cells', 0)} unsure cell(s).\nSections are listed most "
+            "doubtful first: correcting those teaches a model most.")
 
 
 def pixmap_size() -> Any:

@@ -117,6 +117,8 @@ class PropertiesPanel(QWidget):
     retype_requested = Signal(str)
     delete_requested = Signal()
     add_mode_toggled = Signal(bool)
+    draw_mode_toggled = Signal(bool)
+    train_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -147,16 +149,30 @@ class PropertiesPanel(QWidget):
         form.addRow("Type", self.type_combo)
         form.addRow(self.delete_button)
 
-        self.add_box = QGroupBox("Add missed cells")
+        self.add_box = QGroupBox("Add missed objects")
         self.add_type = QComboBox()
         self.add_type.addItems(CELL_TYPES)
         self.add_button = QPushButton("Add cells by clicking")
         self.add_button.setCheckable(True)
         self.add_button.setToolTip("While on, a click on the image adds a cell of this type (A)")
         self.add_button.toggled.connect(self.add_mode_toggled)
-        row = QHBoxLayout(self.add_box)
-        row.addWidget(self.add_type, 1)
-        row.addWidget(self.add_button)
+        self.draw_stage = QComboBox()
+        self.draw_stage.addItems(STAGES)
+        self.draw_button = QPushButton("Draw tubule outline")
+        self.draw_button.setCheckable(True)
+        self.draw_button.setToolTip("Click the outline's points; double-click or Enter closes it (D). "
+                                    "Drag a selected outline's points or a cell box's corners to correct them")
+        self.draw_button.toggled.connect(self.draw_mode_toggled)
+        rows = QFormLayout(self.add_box)
+        for combo, button in ((self.add_type, self.add_button), (self.draw_stage, self.draw_button)):
+            row = QHBoxLayout()
+            row.addWidget(combo, 1)
+            row.addWidget(button)
+            rows.addRow(row)
+
+        self.train_button = QPushButton("Train on my corrections...")
+        self.train_button.setToolTip("Fine-tune the model that made these results on your corrections (Ctrl+Shift+T)")
+        self.train_button.clicked.connect(self.train_requested)
 
         self.hint = QLabel("Click an object in the viewer to see it here.")
         self.hint.setWordWrap(True)
@@ -167,18 +183,21 @@ class PropertiesPanel(QWidget):
         layout.addWidget(self.tubule_box)
         layout.addWidget(self.cell_box)
         layout.addWidget(self.add_box)
+        layout.addWidget(self.train_button)
         self.layer: str | None = None
         self.obj: dict[str, Any] | None = None
         self.set_curation_enabled(False)
         self.show_object(None, None)
 
     def set_curation_enabled(self, enabled: bool, reason: str = "") -> None:
-        """Adding cells needs results with a cells layer on screen; otherwise the controls are hidden."""
+        """Adding cells or tubules needs results on screen; otherwise the controls are hidden."""
         self.add_box.setEnabled(enabled)
         self.add_box.setVisible(enabled)
+        self.train_button.setVisible(enabled)
         self.add_box.setToolTip("" if enabled else reason)
-        if not enabled and self.add_button.isChecked():
-            self.add_button.setChecked(False)
+        for button in (self.add_button, self.draw_button):
+            if not enabled and button.isChecked():
+                button.setChecked(False)
 
     def show_info(self, title: str, rows: dict[str, Any]) -> None:
         """Show image (or run) information when no object is selected."""

@@ -209,12 +209,15 @@ class ResultsController:
             return
         if session is not self.sessions.get(Path(w.current_run.folder)):
             return
+        w.browser.update_doubt(w.current_run, w.current_image)  # a corrected section is surer now
         size = len(self.doc.get("layers", {}).get(layer, []))
         if size >= BACKGROUND_EDIT_OBJECTS:  # big layers are redrawn from a reader thread: no stall
             self.pending = True
             self.runner.submit("edit", apply_edits_task, self.doc, list(session.edits), layer, self.doc_key)
             return
         applied = apply_edits(self.doc, session.edits)
+        if layer == "tubules" and "cells" in w.viewer.overlays.layers:  # an outline edit moves cells between tubules
+            w.viewer.overlays.update_layer("cells", applied["layers"].get("cells", []))
         self._layer_edited(layer, applied["layers"].get(layer, []), None)
 
     def _layer_edited(self, layer: str, objects: list[dict[str, Any]], prepared: Any) -> None:

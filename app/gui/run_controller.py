@@ -55,7 +55,9 @@ class RunController:
         from app.pipelines import registry
 
         spec = registry.get(request.pipeline)
-        if request.all_images:
+        if request.images:
+            images = list(request.images)
+        elif request.all_images:
             images = [e.name for e in w.project.images()]
         else:
             images = w.browser.selected_images() or ([w.current_image] if w.current_image else [])

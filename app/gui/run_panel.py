@@ -55,6 +55,7 @@ class RunRequest:
     params: Any
     models: dict[str, str]
     all_images: bool
+    images: list[str] | None = None  # these images, whatever is selected (the correction loop's re-runs)
 
 
 def list_models(model_pipeline: str) -> list[Any]:

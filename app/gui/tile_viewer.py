@@ -70,6 +70,7 @@ class TileViewer(QWidget):
     load_failed = Signal(str, str)  # message, details
     mouse_moved = Signal(float, float)  # x, y in image pixels
     clicked = Signal(float, float, object)  # x, y, keyboard modifiers
+    double_clicked = Signal(float, float)  # x, y (closes an outline being drawn)
     channels_changed = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -442,10 +443,13 @@ class TileViewer(QWidget):
         self.mouse_moved.emit(point.x(), point.y())
 
     def _mouse_clicked(self, event: Any) -> None:
-        if self.pyramid is None or event.button() != Qt.MouseButton.LeftButton or event.double():
+        if self.pyramid is None or event.button() != Qt.MouseButton.LeftButton:
             return
         point = self.view.mapSceneToView(event.scenePos())
-        self.clicked.emit(point.x(), point.y(), event.modifiers())
+        if event.double():
+            self.double_clicked.emit(point.x(), point.y())
+        else:
+            self.clicked.emit(point.x(), point.y(), event.modifiers())
 
     def screen_tolerance(self, pixels: float = 3.0) -> float:
         """Image pixels that ``pixels`` screen pixels span at the current zoom (for clicking thin outlines)."""

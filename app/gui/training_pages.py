@@ -45,8 +45,9 @@ class WizardApi(Protocol):
     def save_model(self) -> Path | None: ...
 
 
-NO_PRETRAINED = ("No pretrained weights can be downloaded here: networks start from random weights "
-                 "(or from a model of your library), so give them enough annotated data and epochs.")
+NO_PRETRAINED = ("Networks start from random weights, from a model of your library (init_from: fine-tuning, the "
+                 "quickest way to teach a model your own sections), or, where a trainer offers it, from published "
+                 "ImageNet / COCO weights (pretrained), fetched once when your computer is online.")
 
 
 class PipelinePage(QWizardPage):
@@ -80,8 +81,9 @@ class PipelinePage(QWizardPage):
 
     def _describe(self, _row: int) -> None:
         item = self.list.currentItem()
-        trainer = self.w.trainers.get(item.data(Qt.ItemDataRole.UserRole)) if item is not None else None
-        self.description.setText(trainer.description if trainer else "")
+        name = item.data(Qt.ItemDataRole.UserRole) if item is not None else None
+        trainer = self.w.trainers.get(name)
+        self.description.setText(self.w.preset_notes.get(name) or (trainer.description if trainer else ""))
 
     def isComplete(self) -> bool:  # noqa: N802 - Qt's name
         return self.list.currentItem() is not None
@@ -137,6 +139,20 @@ class DataPage(QWizardPage):
             self.w.settings.remember_folder("annotations", file)
             self.add_source(TrainingSource("file", None, Path(file)))
 
+    def tick_only(self, sources: list[TrainingSource], same: Any) -> None:
+        """Tick exactly ``sources`` (``same(a, b)`` compares two), adding those not listed yet."""
+        for source in sources:
+            if not any(same(source, known) for known in self.sources):
+                self.add_source(source, checked=True)
+        self.tree.blockSignals(True)
+        for i in range(self.tree.topLevelItemCount()):
+            item = self.tree.topLevelItem(i)
+            known = self.sources[item.data(0, Qt.ItemDataRole.UserRole)]
+            wanted = any(same(known, source) for source in sources)
+            item.setCheckState(0, Qt.CheckState.Checked if wanted else Qt.CheckState.Unchecked)
+        self.tree.blockSignals(False)
+        self._changed()
+
     def chosen(self) -> list[TrainingSource]:
         out = []
         for i in range(self.tree.topLevelItemCount()):
@@ -164,13 +180,22 @@ class ParamsPage(QWizardPage):
         self.w = wizard
         self.scroll = QScrollArea()
         self.scroll.setWidgetResizable(True)
+        self.note = QLabel("")
+        self.note.setWordWrap(True)
         layout = QVBoxLayout(self)
+        layout.addWidget(self.note)
         layout.addWidget(self.scroll)
         self.form: DataclassForm | None = None
 
     def initializePage(self) -> None:  # noqa: N802
         trainer = self.w.trainer()
         remembered = self.w.settings.pipeline_params.get(f"train:{trainer.model_pipeline}")
+        preset = self.w.preset_values.get(trainer.model_pipeline)
+        if preset is not None:  # "Train on my corrections": the fine-tune start wins over the last values typed
+            remembered = {**(remembered or {}), **preset}
+        note = self.w.preset_notes.get(trainer.model_pipeline, "")
+        self.note.setText(note)
+        self.note.setVisible(bool(note))
         # the validation share is chosen once, on the Data page; the trainer gets it from there
         self.form = DataclassForm(trainer.params, remembered, hidden=SPLIT_FIELDS)
         self.scroll.setWidget(self.form)
@@ -201,6 +226,8 @@ class TrainPage(QWizardPage):
         self.status = QLabel("Press Start. Training runs in the background; you can keep working.")
         self.status.setWordWrap(True)
         self.estimate = QLabel("")
+        self.before = QLabel("")  # the estimate said before Start, from earlier trainings
+        self.before.setWordWrap(True)
         self.plot = pg.PlotWidget(title="Loss and validation metrics")
         self.plot.addLegend()
         self.plot.setLabel("bottom", "step")
@@ -209,6 +236,7 @@ class TrainPage(QWizardPage):
             buttons.addWidget(button)
         buttons.addStretch(1)
         layout = QVBoxLayout(self)
+        layout.addWidget(self.before)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
         layout.addWidget(self.status)
@@ -216,6 +244,15 @@ class TrainPage(QWizardPage):
         layout.addWidget(self.plot, 1)
         self.curves: dict[str, Any] = {}
         self.set_running(False)
+
+    def initializePage(self) -> None:  # noqa: N802
+        from app.gui.training_estimate import cards_for, estimate
+
+        trainer, params = self.w.trainer(), self.w.params
+        if trainer is None or params is None:
+            return
+        self.w.estimate = estimate(params, cards_for(trainer.model_pipeline, getattr(params, "init_from", "") or ""))
+        self.before.setText(self.w.estimate.text())
 
     def set_running(self, running: bool) -> None:
         self.start_button.setEnabled(not running)
@@ -247,6 +284,8 @@ class ResultPage(QWizardPage):
         self.w = wizard
         self.table = QTableWidget(0, 2)
         self.table.setHorizontalHeaderLabels(["Metric", "Value"])
+        self.table.setColumnWidth(0, 200)
+        self.table.horizontalHeader().setStretchLastSection(True)
         self.name = QLineEdit()
         self.save_button = QPushButton("Save to model library")
         self.save_button.clicked.connect(wizard.save_model)

@@ -71,6 +71,11 @@ def project_sources(project: Any) -> list[TrainingSource]:
     return sources
 
 
+def same_source(a: TrainingSource, b: TrainingSource) -> bool:
+    """Whether two sources are the same data (kind, image, run folder, file)."""
+    return (a.kind, a.image, str(a.run_folder), str(a.path)) == (b.kind, b.image, str(b.run_folder), str(b.path))
+
+
 def _image_path(project: Any, image: str) -> Path | None:
     """The project's file of ``image``, or None when the image was removed from the project."""
     try:

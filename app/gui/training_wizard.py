@@ -60,6 +60,10 @@ class TrainingWizard(QWizard):
         self.result_dir: Path | None = None
         self.saved_dir: Path | None = None
         self.record: Any = None
+        self.preset_pipeline: str | None = None  # "Train on my corrections" presets (app/gui/loop_controller.py)
+        self.preset_values: dict[str, dict[str, Any]] = {}  # trainer -> form values
+        self.preset_notes: dict[str, str] = {}  # trainer -> what the preset means
+        self.estimate: Any = None  # the time estimate shown before Start (app/gui/training_estimate.py)
         self._last_event: Progress | None = None
         self._started = 0.0
         self.pipeline_page = PipelinePage(self)
@@ -78,6 +82,20 @@ class TrainingWizard(QWizard):
     def trainer(self) -> Trainer | None:
         item = self.pipeline_page.list.currentItem()
         return self.trainers.get(item.data(Qt.ItemDataRole.UserRole)) if item is not None else None
+
+    def preset(self, model_pipeline: str, sources: list[Any], values: dict[str, dict[str, Any]],
+               notes: dict[str, str] | None = None) -> None:
+        """Choose the trainer, tick only ``sources`` (adding those not listed) and preset parameter values
+        (``values`` and ``notes`` by trainer: the user may choose another one)."""
+        from app.gui.training_sources import same_source
+
+        pipeline_list = self.pipeline_page.list
+        for row in range(pipeline_list.count()):
+            if pipeline_list.item(row).data(Qt.ItemDataRole.UserRole) == model_pipeline:
+                pipeline_list.setCurrentRow(row)
+        self.preset_pipeline, self.preset_values, self.preset_notes = model_pipeline, dict(values), dict(notes or {})
+        self.data_page.tick_only(sources, same_source)
+        self.pipeline_page.description.setText(self.preset_notes.get(model_pipeline, ""))
 
     # ------------------------------------------------------------------ training job
 

@@ -112,6 +112,16 @@ def build_menus(w: MenuWindow) -> None:
     edit.addAction(act("delete_cell", "&Delete cell", curation.delete_cell, K.Delete, "Remove the selected cell"))
     edit.addAction(act("add_mode", "&Add cells by clicking", curation.set_add_mode, "A",
                        "While on, clicking the image adds a cell of the type chosen in Properties", checkable=True))
+    shapes = w.shapes
+    edit.addAction(act("draw_outline", "Dra&w tubule outline", shapes.set_draw_mode, "D",
+                       "Click a missed tubule's outline point by point; double-click or Enter closes it. "
+                       "Drag a selected outline's points or a cell box's corners to correct them", checkable=True))
+    edit.addAction(act("finish_outline", "&Close outline", lambda: shapes.finish_outline(), ["Return", "Enter"],
+                       "Close the outline being drawn into a tubule"))
+    edit.addAction(act("remove_point", "Take back last &point", shapes.remove_point, "Backspace",
+                       "Remove the last point of the outline being drawn"))
+    for key in ("finish_outline", "remove_point"):  # only while drawing: Enter and Backspace stay the widgets'
+        w.actions[key].setEnabled(False)
     edit.addAction(act("deselect", "Clear &selection", curation.clear_selection, "Esc"))
 
     view = bar.addMenu("&View")
@@ -140,6 +150,9 @@ def build_menus(w: MenuWindow) -> None:
     analysis.addAction(act("run_all", "Run on &all images", lambda: runs.run_pipeline(True),
                            "Ctrl+Shift+R", "Queue the pipeline on every image of the project"))
     analysis.addAction(act("show_run_panel", "Show run &panel", runs.show_run_panel, "Ctrl+Shift+P"))
+    analysis.addAction(act("train_corrections", "&Train on my corrections...", w.loop.train_on_corrections,
+                           "Ctrl+Shift+T", "Fine-tune the model that made the shown run on your corrections, "
+                           "then re-run and compare"))
     analysis.addSeparator()
     jobs = w.jobs_widget
     analysis.addAction(act("cancel_job", "&Cancel selected job", jobs.cancel_selected, "Ctrl+."))

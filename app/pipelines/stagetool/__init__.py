@@ -2,9 +2,11 @@
 
 Method: Meikar, Majoral et al., Endocrinology 2023 (science.md section 2).  Everything Stagetool
 lives here.  Modules: :mod:`.classes` (stages, cell types, markers, palette), :mod:`.layout`
-(names in a results folder), :mod:`.phantom_layout` / :mod:`.phantom` / :mod:`.truth` (synthetic
-sections and their truth files), :mod:`.models` (torchvision Mask R-CNN / Faster R-CNN),
-:mod:`.dataset` and :mod:`.train` (training from annotations or phantoms), :mod:`.loading`,
+(names in a results folder), :mod:`.phantom_layout` / :mod:`.phantom` / :mod:`.phantom_style` /
+:mod:`.truth` (synthetic sections, other labs' styles, their truth files), :mod:`.models` (torchvision
+Mask R-CNN / Faster R-CNN), :mod:`.dataset`, :mod:`.start` and :mod:`.train` (training from annotations,
+phantoms or corrected results; random, fine-tuned or pretrained starts), :mod:`.uncertainty` (which
+section to correct next), :mod:`.corrections` (simulated corrections for benches), :mod:`.loading`,
 :mod:`.section` and :mod:`.predict` (tiles, TTA, merges), :mod:`.merge`, :mod:`.antigen`,
 :mod:`.composition` and :mod:`.fitting` (the composition stager), :mod:`.curation`, :mod:`.tables`,
 :mod:`.report_excel` / :mod:`.report_sheets` / :mod:`.per_tubule` (workbooks), :mod:`.batch` and

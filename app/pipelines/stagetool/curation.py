@@ -28,7 +28,7 @@ def check_edit_classes(edits: Sequence[dict[str, Any]]) -> None:
     """Refuse a restage/retype/add edit naming a stage or cell type Stagetool does not know."""
     for number, edit in enumerate(edits, start=1):
         action, value = edit.get("action"), edit.get("value")
-        if action == "restage_tubule" and value not in STAGES:
+        if action in ("restage_tubule", "add_tubule") and value not in STAGES:
             raise UserError(f"edit {number}: unknown stage {value!r} (stages: {', '.join(STAGES)})")
         if action in ("retype_cell", "add_cell") and value not in CELL_TYPES:
             raise UserError(f"edit {number}: unknown cell type {value!r} (types: {', '.join(CELL_TYPES)})")

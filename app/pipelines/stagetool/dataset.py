@@ -158,12 +158,57 @@ def sections_from_phantom_folder(folder: Path, kind: str) -> list[Section]:
     return found
 
 
+def sections_from_results(folder: Path, kind: str, keep_empty: bool = False) -> list[Section]:
+    """Corrected results as training sections: each analysed section with the run's edits applied.
+
+    ``folder`` is a results (run) folder of ``stagescope stagetool analyze`` or the GUI, or one section
+    folder of it; the edits are the run's ``edits.json`` (as the viewer writes them), applied to the
+    raw predictions, else those ``objects.json`` already holds.  Excluded tubules are left out; a
+    section left without objects of ``kind`` is skipped unless ``keep_empty``.
+    """
+    from app.core.edits import read_edits
+    from app.core.results import read_objects
+    from app.pipelines.stagetool import curation
+    from app.pipelines.stagetool.layout import OBJECTS_FILE, PREDICTIONS_FILE
+
+    found = []
+    for section_dir in curation.section_dirs(folder):
+        run_dir = section_dir if (section_dir / "edits.json").exists() else section_dir.parent
+        doc = read_objects(section_dir / OBJECTS_FILE)
+        if (run_dir / "edits.json").exists() and (section_dir / PREDICTIONS_FILE).exists():
+            doc = curation.apply(read_objects(section_dir / PREDICTIONS_FILE), read_edits(run_dir))
+        tubules, cells = curation.to_annotations(doc)
+        objects = tubules.objects if kind == "tubules" else cells.objects
+        image = Path(doc.get("meta", {}).get("image_path") or "")
+        if not image.is_file():
+            raise UserError(f"{section_dir}: its section image {image} is gone; relink it or train on an export")
+        channel = doc.get("meta", {}).get("dapi_channel", 0) or 0
+        channel = int(channel) if str(channel).isdigit() else channel
+        if objects or keep_empty:
+            found.append(Section(name=str(doc.get("image")), objects=objects, path=image, channel=channel,
+                                 pixel_size_um=doc.get("meta", {}).get("pixel_size_um"),
+                                 synthetic=bool(doc.get("meta", {}).get("synthetic"))))
+    if not found:
+        raise UserError(f"{folder}: its corrected results hold no {kind}")
+    return found
+
+
+def _is_results(folder: Path) -> bool:
+    """Whether ``folder`` holds Stagetool results (objects.json in it or in its section folders)."""
+    return (folder / "objects.json").exists() or any(folder.glob("*/objects.json"))
+
+
 def load_sections(paths: Sequence[str | Path], kind: str) -> list[Section]:
-    """Training sections from annotation files and phantom folders; unknown classes are an AnnotationError."""
+    """Training sections from annotation files, phantom folders and (corrected) results folders.
+
+    Unknown classes are an AnnotationError.
+    """
     sections: list[Section] = []
     for item in paths:
         path = Path(item)
-        if path.is_dir():
+        if path.is_dir() and _is_results(path):
+            sections += sections_from_results(path, kind)
+        elif path.is_dir():
             sections += sections_from_phantom_folder(path, kind)
         elif path.is_file():
             sections += sections_from_file(path, kind)

@@ -296,7 +296,7 @@ def evaluate_results(results: str | Path, truth: str | Path, force: bool = False
         evaluation = summarise_parts([part], name, synthetic)
         atomic_write_json(folder / EVALUATION_FILE, evaluation)
         edits = doc.get("meta", {}).get("edits", [])
-        write_section_outputs(folder, edits, evaluation, force)
+        write_section_outputs(folder, edits, evaluation, force=force)
         evaluations[name] = evaluation
     if len(parts) > 1:
         pooled = summarise_parts(parts, POOLED, all(e["synthetic"] for e in evaluations.values()))

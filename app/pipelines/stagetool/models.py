@@ -10,9 +10,9 @@ Choices that differ from torchvision's defaults, and why:
 * gray input: the first convolution takes one channel (DAPI) instead of RGB, and the
   transform's mean/std are single values; images arrive already normalised to about [0, 1]
   (see :func:`normalise`), so the transform only centres them.
-* no pretrained weights can be downloaded here, so every layer is trained from scratch, with
-  GroupNorm instead of frozen BatchNorm (frozen statistics of an untrained network are
-  meaningless, and batches of one or two crops are too small for BatchNorm).
+* GroupNorm instead of frozen BatchNorm: networks start from random weights, a Stagetool model or
+  published weights without their BatchNorm statistics (:mod:`.start`), and batches of one or two
+  crops are too small for BatchNorm.
 * anchors are sized to the objects (cells of a few tens of pixels, tubule masks of hundreds),
   and the transform never resizes a tile (min_size = max_size = tile size).
 

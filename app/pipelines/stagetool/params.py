@@ -128,7 +128,8 @@ class TrainParams(Params):
 
     kind: str = _help("tubules (Mask R-CNN, 5 stages) or cells (Faster R-CNN, 9 types)", default="cells")
     backbone: str = _help("resnet50 / resnext101_32x8d are the paper's (GPU); resnet18, resnet34, lite, "
-                          "lite-s for CPU; tiny for tests. No pretrained weights: every layer trains from scratch",
+                          "lite-s for CPU; tiny for tests. Fine-tuning (init_from a model of the same kind) keeps that "
+                          "model's backbone",
                           default="lite")
     crop_size: int = _help("training crop side in model pixels (the paper: 1024)", default=1024)
     downsample: int = _help("section pixels per model pixel (1 = full resolution)", default=1)
@@ -147,8 +148,12 @@ class TrainParams(Params):
     half: bool = _help("store weights as float16 (half the file)", default=True)
     time_limit_s: float = _help("stop after this many seconds (0 = no limit); the best epoch is kept", default=0.0)
     threads: int = _help("CPU threads for torch (0 = torch's default)", default=0)
-    init_from: str = _help("model folder whose backbone starts this one (e.g. the cell model for the tubule model: "
-                           "the nearest thing to pretraining without ImageNet weights); empty = random", default="")
+    init_from: str = _help("model to start from (folder or name, e.g. stagetool-cells-demo or your last model): one "
+                           "of the same kind is fine-tuned whole (use a lower lr, e.g. 2e-4), one of the other kind "
+                           "starts the backbone only; empty = random or pretrained weights", default="", basic=True)
+    pretrained: str = _help("published weights to start from when init_from is empty: imagenet (ResNet/ResNeXt "
+                            "backbones), coco (resnet50: torchvision's COCO detector) or a .pth file; downloaded once "
+                            "into the torch cache when missing; empty = random", default="", basic=True)
     loader_threads: int = _help("threads preparing training crops in the background (0 = in the training loop)",
                                 default=0)
 
@@ -164,6 +169,8 @@ class TrainParams(Params):
             raise UserError("downsample, epochs, batch_size and crops_per_epoch must be at least 1")
         if not 0.0 <= self.val_fraction < 1.0:
             raise UserError("val_fraction must lie in [0, 1)")
+        if self.init_from and self.pretrained:
+            raise UserError("init_from and pretrained are two different starts: choose one")
 
 
 # parameters that change the predictions (the others only change the reports)

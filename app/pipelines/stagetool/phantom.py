@@ -52,8 +52,9 @@ from app.core.phantoms import refuse_overwrite
 from app.pipelines.stagetool.classes import CELL_TYPES, MARKERS, STAGES, marker_level, positive_fraction
 from app.pipelines.stagetool.phantom_layout import (
     _CELL_STREAM, _LIGHT_STREAM, _NOISE_STREAM, _TUBULE_STREAM, DEFAULT_MARKERS, PIXEL_SIZE_UM, Cell, TestisLayout,
-    Tubule, Window, _blocks, _check_region, _Index, _index, _tubule_box, _tubule_region, testis_layout,
+    Tubule, Window, _blocks, _check_region, _Index, _index, _tubule_box, _tubule_region, folded, testis_layout, torn,
 )
+from app.pipelines.stagetool.phantom_style import STYLES, PhantomStyle, defocus_weight, get_style
 from app.pipelines.stagetool.truth import TRUTH_SUFFIX, TUBULES_SUFFIX
 
 # ------------------------------------------------------------------------------------ pixels
@@ -65,7 +66,7 @@ from app.pipelines.stagetool.truth import TRUTH_SUFFIX, TUBULES_SUFFIX
 # lighting is analytic, and the blur reads a margin around the window (reflecting only at the
 # section's own border, as a whole-image blur does).
 
-BLUR_SIGMA = 0.9
+BLUR_SIGMA = STYLES["default"].blur_sigma
 BLUR_MARGIN = int(4.0 * BLUR_SIGMA + 0.5)  # scipy's gaussian_filter radius at its default truncate=4
 NOISE_BLOCK = 256
 RENDER_BLOCK = 1024  # a large window is drawn in blocks of this size, so float work stays a few MB
@@ -82,11 +83,14 @@ def tubule_labels(layout: TestisLayout, region: Sequence[int] | None = None) -> 
             continue
         slices, inside, _, _ = found
         labels[slices][inside & (labels[slices] == 0)] = tubule.id
+    gaps = torn(layout, window)
+    if gaps is not None:  # a tear holds no tissue: no tubule there either
+        labels[gaps] = 0
     return labels
 
 
 def _stamp(image: np.ndarray, window: Window, cell: Cell, seed: int, value: float | None = None,
-           grow: float = 0.0) -> None:
+           grow: float = 0.0, texture_gain: float = 1.0) -> None:
     """Draw one nucleus (or, with ``value``, a flat signal over its slightly grown shape) into ``image``.
 
     The texture is drawn over the cell's whole stamp from its own seed, then cropped to ``window``.
@@ -114,6 +118,8 @@ def _stamp(image: np.ndarray, window: Window, cell: Cell, seed: int, value: floa
         target[inside] = np.maximum(target[inside], value)
         return
     texture = _texture(cell, u, v, r2, np.random.default_rng((seed, _CELL_STREAM, cell.seed)))
+    if texture_gain != 1.0:  # another stain: chromatin texture stronger or flatter around the same mean
+        texture = 1.0 + texture_gain * (texture - 1.0)
     target[inside] = (cell.brightness * texture)[crop][inside]
 
 
@@ -143,6 +149,8 @@ def _texture(cell: Cell, u: np.ndarray, v: np.ndarray, r2: np.ndarray, rng: np.r
         return 1.0 + 0.05 * noise - 0.15 * r2
     if kind == "late elongating spermatid":
         return 1.05 + 0.04 * noise
+    if kind == "debris":  # autofluorescent specks: bright, grainy
+        return 1.0 + 0.3 * noise
     return 0.9 + 0.1 * noise  # endothelial, myoid
 
 
@@ -162,22 +170,23 @@ def _holes(layout: TestisLayout, tubule: Tubule) -> np.ndarray:
 
 def _dapi(layout: TestisLayout, window: Window, index: _Index, section: np.ndarray) -> np.ndarray:
     """Unblurred DAPI of ``window``: interstitium, tubule epithelium, basement membrane, lumen, nuclei."""
+    level = layout.style.background
     dapi = np.zeros(section.shape, np.float32)
-    dapi[section] = 0.07
+    dapi[section] = 0.07 * level
     for tubule in index.tubules_in(window, 1.03):
         found = _tubule_region(tubule, layout.shape, 1.03, window)
         if found is None:
             continue
         slices, inside, rho, (y0, x0, y1, x1) = found
-        body = np.where(rho < 1 / 1.03, 0.14, 0.22)  # epithelium; the basement membrane a little brighter
+        body = np.where(rho < 1 / 1.03, 0.14 * level, 0.22 * level)  # epithelium; the basement membrane brighter
         if tubule.kind != "damaged":
-            body = np.where(rho < 0.38 / 1.03, 0.05, body)  # lumen
+            body = np.where(rho < 0.38 / 1.03, 0.05 * level, body)  # lumen
         else:
             by0, bx0, _, _ = _tubule_box(tubule, layout.shape, 1.03)
-            body = np.where(_holes(layout, tubule)[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0], 0.06, body)
+            body = np.where(_holes(layout, tubule)[y0 - by0:y1 - by0, x0 - bx0:x1 - bx0], 0.06 * level, body)
         dapi[slices][inside] = body[inside]
     for cell in index.cells_in(window):
-        _stamp(dapi, window, cell, layout.seed)
+        _stamp(dapi, window, cell, layout.seed, texture_gain=layout.style.texture)
     return dapi
 
 
@@ -207,12 +216,13 @@ def _marker_signal(layout: TestisLayout, marker: str, window: Window, index: _In
 
 
 def _illumination(layout: TestisLayout, window: Window) -> np.ndarray:
-    """A smooth 0.8-1.2 lighting gradient over the section, evaluated on ``window``."""
+    """A smooth lighting gradient over the section (0.8-1.2 in the default style), evaluated on ``window``."""
     height, width = layout.shape
-    gy, gx = np.random.default_rng((layout.seed, _LIGHT_STREAM)).uniform(-0.15, 0.15, 2)
+    gradient, vignette = layout.style.gradient, layout.style.vignette
+    gy, gx = np.random.default_rng((layout.seed, _LIGHT_STREAM)).uniform(-gradient, gradient, 2)
     yy = (np.arange(window[0], window[2]) * (2.0 / max(height - 1, 1)) - 1.0).astype(np.float32)[:, None]
     xx = (np.arange(window[1], window[3]) * (2.0 / max(width - 1, 1)) - 1.0).astype(np.float32)[None, :]
-    return (1.0 + gy * yy + gx * xx - 0.05 * (yy * yy + xx * xx)).astype(np.float32)
+    return (1.0 + gy * yy + gx * xx - vignette * (yy * yy + xx * xx)).astype(np.float32)
 
 
 def _camera_noise(seed: int, channel: int, window: Window) -> np.ndarray:
@@ -253,20 +263,38 @@ def render_testis(layout: TestisLayout, markers: tuple[str, ...] = DEFAULT_MARKE
 
 
 def _render_window(layout: TestisLayout, channel: str, noise: float, window: Window) -> np.ndarray:
-    """One channel ("DAPI" or a marker) of one window, uint16: drawn with a blur margin, blurred, lit, noisy."""
+    """One channel ("DAPI" or a marker) of one window, uint16: drawn with a blur margin, blurred, lit, noisy.
+
+    The layout's style sets the blur (and out-of-focus patches), DAPI gamma, folds and tears, lighting and noise.
+    """
+    style = layout.style
     height, width = layout.shape
     y0, x0, y1, x1 = window
-    padded = (max(0, y0 - BLUR_MARGIN), max(0, x0 - BLUR_MARGIN),
-              min(height, y1 + BLUR_MARGIN), min(width, x1 + BLUR_MARGIN))
+    margin = style.blur_margin
+    padded = (max(0, y0 - margin), max(0, x0 - margin), min(height, y1 + margin), min(width, x1 + margin))
     index = _index(layout)
     section = _section_mask(layout, padded)
+    gaps = torn(layout, padded)
+    if gaps is not None:
+        section &= ~gaps
     if channel == "DAPI":
         key, scale, drawn = 0, 3000.0, _dapi(layout, padded, index, section)
+        if style.gamma != 1.0:
+            drawn = np.power(np.maximum(drawn, 0.0), style.gamma, dtype=np.float32)
     else:
         key, scale, drawn = 1 + MARKERS.index(channel), 2000.0, _marker_signal(layout, channel, padded, index, section)
+    if gaps is not None:
+        drawn[gaps] = 0.0
+    layers = folded(layout, padded)
+    if layers is not None:  # tissue lying double: twice the stain
+        drawn *= layers
     crop = (slice(y0 - padded[0], y1 - padded[0]), slice(x0 - padded[1], x1 - padded[1]))
-    value = ndi.gaussian_filter(drawn, BLUR_SIGMA)[crop] * _illumination(layout, window) * scale + 100.0
-    value += _camera_noise(layout.seed, key, window) * (noise * np.sqrt(value) * 1.5)
+    blurred = ndi.gaussian_filter(drawn, style.blur_sigma)[crop]
+    if len(layout.defocus):
+        weight = defocus_weight(layout.defocus, window)
+        blurred = (1.0 - weight) * blurred + weight * ndi.gaussian_filter(drawn, style.defocus_sigma)[crop]
+    value = blurred * _illumination(layout, window) * scale + 100.0
+    value += _camera_noise(layout.seed, key, window) * (noise * style.noise * np.sqrt(value) * 1.5)
     return np.clip(value, 0, 65535).astype(np.uint16)
 
 
@@ -300,7 +328,8 @@ def _truth_header(layout: TestisLayout, markers: Sequence[str]) -> dict[str, Any
                         "box": [max(0.0, t.cx - extent), max(0.0, t.cy - extent),
                                 min(float(layout.shape[1]), t.cx + extent),
                                 min(float(layout.shape[0]), t.cy + extent)]})
-    return {"schema_version": 1, "synthetic": True, "shape": list(layout.shape), "pixel_size_um": PIXEL_SIZE_UM,
+    return {"schema_version": 1, "synthetic": True, "shape": list(layout.shape),
+            "pixel_size_um": layout.style.pixel_size_um, "style": layout.style.name,
             "seed": layout.seed, "stages": list(STAGES), "cell_types": list(CELL_TYPES), "markers": list(markers),
             "tubules": tubules}
 
@@ -316,31 +345,37 @@ def render_testis_truth(layout: TestisLayout, markers: tuple[str, ...] = DEFAULT
 
 
 def write_testis(out_dir: str | Path, seed: int = 0, count: int = 1, size: int = 2048,
-                 markers: tuple[str, ...] = DEFAULT_MARKERS) -> list[Path]:
-    """Write ``count`` sections ``testis_NNN.ome.tif`` (DAPI + markers) with tubule labels, truth JSON, README."""
+                 markers: tuple[str, ...] = DEFAULT_MARKERS, style: PhantomStyle | str | None = None) -> list[Path]:
+    """Write ``count`` sections ``testis_NNN.ome.tif`` (DAPI + markers) with tubule labels, truth JSON, README.
+
+    ``style`` (a name of :data:`~app.pipelines.stagetool.phantom_style.STYLES`): as another lab would image them.
+    """
     _check_markers(markers)
+    style = get_style(style)
+    pixel_size = style.pixel_size_um
     out = Path(out_dir)
     names = [f"testis_{i:03d}{suffix}" for i in range(count) for suffix in (".ome.tif", TUBULES_SUFFIX, TRUTH_SUFFIX)]
     refuse_overwrite(out, names + ["README.txt"])
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for i in range(count):
-        layout = testis_layout(seed + i, size)
+        layout = testis_layout(seed + i, size, style=style)
         name = f"testis_{i:03d}"
         height, width = layout.shape
         write_tiff(out / f"{name}.ome.tif", _section_tiles(layout, markers, TIFF_TILE), axes="CYX",
-                   channel_names=["DAPI", *markers], pixel_size_um=PIXEL_SIZE_UM, pyramid=max(layout.shape) > 4096,
+                   channel_names=["DAPI", *markers], pixel_size_um=pixel_size, pyramid=max(layout.shape) > 4096,
                    tile=(TIFF_TILE, TIFF_TILE), shape=(1 + len(markers), height, width), dtype=np.uint16)
         write_tiff(out / f"{name}{TUBULES_SUFFIX}", lambda *window: tubule_labels(layout, window),
-                   axes="YX", pixel_size_um=PIXEL_SIZE_UM, shape=(height, width), dtype=np.uint16)
+                   axes="YX", pixel_size_um=pixel_size, shape=(height, width), dtype=np.uint16)
         _write_truth(out / f"{name}{TRUTH_SUFFIX}", layout, markers, image=f"{name}.ome.tif")
         written += [out / f"{name}.ome.tif", out / f"{name}{TUBULES_SUFFIX}", out / f"{name}{TRUTH_SUFFIX}"]
     atomic_write_text(out / "README.txt", (
         "Synthetic testis phantoms (Stagescope, app/pipelines/stagetool/phantom.py): SYNTHETIC DATA with exact "
         "ground truth, for trying and testing the software, not biology.\n"
         f"testis_NNN.ome.tif: channel 0 DAPI, then {', '.join(markers) or 'no'} antibody channel(s); "
-        f"{PIXEL_SIZE_UM} um per pixel.\n"
-        "testis_NNN_tubules.tif: tubule ids; testis_NNN_truth.json: tubules (stage, kind, usable) and cells "
+        f"{pixel_size} um per pixel; style {style.name}: {style.description}.\n"
+        "testis_NNN_tubules.tif: tubule ids (none inside tears); testis_NNN_truth.json: tubules (stage, kind, "
+        "usable; oblique cuts are usable) and cells "
         "(box x0 y0 x1 y1, type, tubule id, level drawn per antibody: 0 = negative).\n"
         f"Seed {seed}, {count} section(s) of {size} x {size} px.\n"))
     return written + [out / "README.txt"]

@@ -15,8 +15,11 @@ import numpy as np
 
 from app.core.errors import UserError
 from app.pipelines.stagetool.classes import MARKERS, STAGES
+from app.pipelines.stagetool.phantom_style import (
+    DEFAULT_PIXEL_SIZE_UM, Band, PhantomStyle, defocus_centres, get_style, random_bands,
+)
 
-PIXEL_SIZE_UM = 0.5
+PIXEL_SIZE_UM = DEFAULT_PIXEL_SIZE_UM
 DEFAULT_MARKERS = ("SOX9",)
 
 # cells per tubule of radius 200 px, per stage (I-V, VI-VIII, IX, X-XI, XII)
@@ -83,7 +86,8 @@ class Tubule:
 
     @property
     def usable(self) -> bool:
-        return self.kind == "normal"
+        """Whether experts would stage it: normal and obliquely cut tubules (damaged and longitudinal ones not)."""
+        return self.kind in ("normal", "oblique")
 
 
 @dataclass
@@ -96,6 +100,10 @@ class TestisLayout:
     tubules: list[Tubule] = field(default_factory=list)
     cells: list[Cell] = field(default_factory=list)
     distractors: list[Cell] = field(default_factory=list)
+    style: PhantomStyle = field(default_factory=lambda: get_style(None))
+    folds: list[Band] = field(default_factory=list)  # tissue lying double (style)
+    tears: list[Band] = field(default_factory=list)  # no tissue (style); cells under them were left out
+    defocus: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))  # out-of-focus patches: y, x, radius
     index: Any = field(default=None, init=False, repr=False, compare=False)  # window-query cache (pixels)
 
 
@@ -218,7 +226,8 @@ def _cells_of(tubule: Tubule, rng: np.random.Generator) -> list[Cell]:
     return placed
 
 
-def _distractors(rng: np.random.Generator, layout: TestisLayout, tubule_mask_at) -> list[Cell]:
+def _distractors(rng: np.random.Generator, layout: TestisLayout, tubule_mask_at, interstitial: float = 1.0
+                 ) -> list[Cell]:
     """Interstitial nuclei that are none of the 9 types: Leydig clusters, endothelium, peritubular myoid cells."""
     out: list[Cell] = []
     cy0, cx0, ry0, rx0 = layout.outline
@@ -231,7 +240,7 @@ def _distractors(rng: np.random.Generator, layout: TestisLayout, tubule_mask_at)
             cx, cy = tubule.cx + px * ca - py * sa, tubule.cy + px * sa + py * ca
             angle = math.atan2(cy - tubule.cy, cx - tubule.cx) + math.pi / 2
             out.append(Cell(cy, cx, rng.uniform(8, 11), rng.uniform(1.8, 2.6), angle, "myoid", rng.uniform(0.5, 0.8), 0))
-    n_leydig = int(len(layout.tubules) * rng.uniform(5, 9))
+    n_leydig = int(len(layout.tubules) * rng.uniform(5, 9) * interstitial)
     tries = 0
     while n_leydig > 0 and tries < 40 * len(layout.tubules) + 100:
         tries += 1
@@ -251,28 +260,107 @@ def _distractors(rng: np.random.Generator, layout: TestisLayout, tubule_mask_at)
 
 
 def testis_layout(seed: int = 0, size: int | tuple[int, int] = 2048, damaged: float = 0.05,
-                  longitudinal: float = 0.05) -> TestisLayout:
-    """The geometry of a section: outline, tubules with stages, cells; no pixels (no section-sized array)."""
+                  longitudinal: float = 0.05, style: PhantomStyle | str | None = None) -> TestisLayout:
+    """The geometry of a section: outline, tubules with stages, cells; no pixels (no section-sized array).
+
+    ``style`` (:mod:`.phantom_style`; default: the training phantoms) changes the pixel size (the
+    layout is made at the default scale and scaled), oblique cuts, interstitial cells, debris, folds,
+    tears and out-of-focus patches; the default style's layout is the same as without one.
+    """
+    style = get_style(style)
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
     if min(height, width) < 512:
         raise UserError(f"a testis phantom needs at least 512 x 512 pixels (a tubule is ~400 px), not {height} x {width}")
+    scale = style.scale
+    made = (height, width) if scale == 1.0 else (math.ceil(height / scale), math.ceil(width / scale))
     rng = np.random.default_rng(seed)
-    outline = (height / 2, width / 2, height * rng.uniform(0.44, 0.48), width * rng.uniform(0.44, 0.48))
-    layout = TestisLayout((height, width), seed, outline)
-    layout.tubules = _place_tubules(rng, (height, width), outline, damaged, longitudinal)
+    style_rng = np.random.default_rng((seed, _STYLE_STREAM))  # style draws never shift the default's
+    outline = (made[0] / 2, made[1] / 2, made[0] * rng.uniform(0.44, 0.48), made[1] * rng.uniform(0.44, 0.48))
+    layout = TestisLayout(made, seed, outline, style=style)
+    layout.tubules = _place_tubules(rng, made, outline, damaged, longitudinal)
+    if style.oblique:
+        _cut_obliquely(layout.tubules, style.oblique, style_rng)
     for tubule in layout.tubules:
         layout.cells.extend(_cells_of(tubule, rng))
-    tubules_only = _Index(TestisLayout((height, width), seed, outline, layout.tubules))
-    layout.distractors = _distractors(rng, layout, lambda y, x: _in_a_tubule(tubules_only, (height, width), y, x))
+    tubules_only = _Index(TestisLayout(made, seed, outline, layout.tubules))
+    layout.distractors = _distractors(rng, layout, lambda y, x: _in_a_tubule(tubules_only, made, y, x),
+                                      style.interstitial)
+    if scale != 1.0:
+        _scale(layout, scale, (height, width))
+    if not style.is_default:
+        _add_style_geometry(layout, style, style_rng)
     for number, cell in enumerate(layout.cells + layout.distractors):
         cell.seed = number
     return layout
 
 
+def _cut_obliquely(tubules: list[Tubule], share: float, rng: np.random.Generator) -> None:
+    """Turn ``share`` of the normal tubules into oblique cuts: elongated (1.2-1.45:1), a little smaller, still usable."""
+    for tubule in tubules:
+        if tubule.kind != "normal" or rng.random() >= share:
+            continue
+        radius, elongation = 0.9 * math.sqrt(tubule.ry * tubule.rx), math.sqrt(rng.uniform(1.2, 1.45))
+        tubule.kind, tubule.ry, tubule.rx = "oblique", radius / elongation, radius * elongation
+
+
+def _scale(layout: TestisLayout, scale: float, shape: tuple[int, int]) -> None:
+    """Scale every position and size by ``scale`` (another pixel size) and set the section's ``shape``."""
+    layout.shape = shape
+    cy, cx, ry, rx = layout.outline
+    layout.outline = (cy * scale, cx * scale, ry * scale, rx * scale)
+    for t in layout.tubules:
+        t.cy, t.cx, t.ry, t.rx = t.cy * scale, t.cx * scale, t.ry * scale, t.rx * scale
+    for c in layout.cells + layout.distractors:
+        c.cy, c.cx, c.a, c.b = c.cy * scale, c.cx * scale, c.a * scale, c.b * scale
+
+
+def _add_style_geometry(layout: TestisLayout, style: PhantomStyle, rng: np.random.Generator) -> None:
+    """Debris, folds, tears (removing the cells under them) and out-of-focus patches of a style."""
+    height, width = layout.shape
+    cy0, cx0, ry0, rx0 = layout.outline
+    for _ in range(int(round(style.debris * len(layout.tubules)))):  # autofluorescent specks, anywhere in tissue
+        rho, phi = math.sqrt(rng.uniform(0, 0.85)), rng.uniform(0, 2 * math.pi)
+        size = rng.uniform(1.5, 6.0) * style.scale
+        layout.distractors.append(Cell(cy0 + rho * ry0 * math.sin(phi), cx0 + rho * rx0 * math.cos(phi), size,
+                                       size * rng.uniform(0.5, 1.0), rng.uniform(0, math.pi), "debris",
+                                       rng.uniform(1.6, 2.8), 0))
+    layout.folds = random_bands(rng, layout.shape, style.folds, (30 * style.scale, 70 * style.scale))
+    layout.tears = random_bands(rng, layout.shape, style.tears, (8 * style.scale, 25 * style.scale))
+    if layout.tears:
+        def under_tear(cell: Cell) -> bool:
+            return any(bool(t.covers(cell.cy - 0.5, cell.cx - 0.5, max(cell.a, cell.b) + 1)) for t in layout.tears)
+
+        layout.cells = [c for c in layout.cells if not under_tear(c)]
+        layout.distractors = [c for c in layout.distractors if not under_tear(c)]
+    if style.defocus_sigma and style.defocus_patches:
+        layout.defocus = defocus_centres(rng, (height, width), style.defocus_patches)
+
+
+def torn(layout: TestisLayout, window: Window) -> np.ndarray | None:
+    """Pixels of ``window`` inside a tear (no tissue), or None when the layout has no tears."""
+    if not layout.tears:
+        return None
+    yy, xx = np.ogrid[window[0]:window[2], window[1]:window[3]]
+    out = np.zeros((window[2] - window[0], window[3] - window[1]), bool)
+    for band in layout.tears:
+        out |= band.covers(yy, xx)
+    return out
+
+
+def folded(layout: TestisLayout, window: Window) -> np.ndarray | None:
+    """Layers of tissue (1 or 2) per pixel of ``window``, or None when the layout has no folds."""
+    if not layout.folds:
+        return None
+    yy, xx = np.ogrid[window[0]:window[2], window[1]:window[3]]
+    out = np.ones((window[2] - window[0], window[3] - window[1]), np.float32)
+    for band in layout.folds:
+        out[band.covers(yy, xx)] = 2.0
+    return out
+
 
 # ------------------------------------------------------------------------------------ spatial index
 
-_CELL_STREAM, _TUBULE_STREAM, _MARKER_STREAM, _NOISE_STREAM, _LIGHT_STREAM = 1, 2, 3, 4, 5
+_CELL_STREAM, _TUBULE_STREAM, _MARKER_STREAM, _NOISE_STREAM, _LIGHT_STREAM, _STYLE_STREAM = 1, 2, 3, 4, 5, 6
 
 Window = tuple[int, int, int, int]  # (y0, x0, y1, x1), end exclusive
 

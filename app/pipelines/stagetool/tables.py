@@ -17,6 +17,7 @@ import numpy as np
 
 from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool import antigen
+from app.pipelines.stagetool.uncertainty import section_uncertainty
 
 SUMMARY_SCHEMA_VERSION = 1
 
@@ -111,6 +112,7 @@ def summarise(doc: dict) -> dict[str, Any]:
         "cell_counts": {c: int((type_idx == i).sum()) for i, c in enumerate(CELL_TYPES)},
         "stage_by_type": _by_names(table),
         "antigen": profiles,
+        "uncertainty": section_uncertainty(doc),  # which section to correct next (uncertainty.py)
         "timing_s": meta.get("timing_s", {}),
         "tiles": meta.get("tiles", {}),
         "app_version": meta.get("app_version"),

@@ -1,7 +1,8 @@
 """Training the tubule (Mask R-CNN) and cell (Faster R-CNN) models, as a cancellable job.
 
-From scratch: no pretrained weights can be downloaded here, so every layer learns from the
-lab's annotations (or phantom sections).  Each epoch draws ``crops_per_epoch`` random,
+A run starts from random weights, fine-tunes an existing model (``init_from``: the demo model or
+the lab's last one) or starts from torchvision's ImageNet / COCO weights (``pretrained``); see
+:mod:`.start`, and the card records which.  Each epoch draws ``crops_per_epoch`` random,
 class-balanced, augmented crops (:mod:`.dataset`), trains with AdamW and a cosine schedule
 (over the steps, or over ``time_limit_s`` when that ends first, so a time-boxed run still anneals),
 then validates on fixed crops of held-out sections with the paper's metrics (tubules: pixel
@@ -14,10 +15,11 @@ A run stopped by ``time_limit_s`` saves the best epoch; a cancelled run (GUI can
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,15 +31,18 @@ from app.core.device import use_threads
 from app.core.errors import ModelError, UserError
 from app.core.jobs import Job, Progress
 from app.core.metrics import box_ap, confusion_matrix, detection_scores, semantic_scores
-from app.core.modelcard import ModelCard, load_model_card, load_state_dict, save_model
+from app.core.modelcard import ModelCard, save_model
 from app.pipelines.stagetool.dataset import (
     Crop, CropSampler, check_training_sections, class_names, load_sections, split_sections,
 )
 from app.pipelines.stagetool.models import ModelConfig, build_model, count_parameters, default_config, pick_device
 from app.pipelines.stagetool.params import TrainParams
+from app.pipelines.stagetool.start import (
+    Start, ensure_pretrained, fine_tune_config, from_model, pretrained_file, source_card, start_network,
+)
 
 CHECKPOINT_FILE = "checkpoint.pt"
-PRETRAINING_NOTE = ("no pretrained weights: none can be downloaded here, so every layer was trained from scratch "
+PRETRAINING_NOTE = ("random weights: every layer was trained from scratch on these annotations "
                     "(the paper's tubule model started from ImageNet weights)")
 SYNTHETIC_NOTE = "synthetic training data: for trying the software, not for real sections"
 
@@ -133,6 +138,16 @@ def learning_progress(step: int, total_steps: int, elapsed: float, time_limit: f
     return min(1.0, progress)
 
 
+def lr_factor(step: int, warmup: int, progress: float) -> float:
+    """Learning-rate multiplier: linear warmup, then cosine decay over ``progress`` (0..1).
+
+    The warmup ends after ``warmup`` steps or at 10% of the run, whichever comes first, so a short
+    time-limited run (a fine-tuning of a few minutes: far fewer steps than planned) still trains at full rate.
+    """
+    warm = min(1.0, max((step + 1) / max(warmup, 1), progress / 0.1))
+    return warm * 0.5 * (1 + math.cos(math.pi * progress))
+
+
 def _clean(value: Any) -> float | None:
     """A metric for JSON: rounded, NaN (undefined, e.g. nothing predicted) as None."""
     value = float(value)
@@ -152,12 +167,13 @@ def make_card(name: str, kind: str, config: ModelConfig, params: TrainParams, da
                        "downsample": config.downsample, "tile_size": config.tile_size},
         training={"data": data.get("description"), "sections": data.get("sections"),
                   "class_counts": data.get("class_counts"), "recipe": params.to_dict(),
-                  "pretraining": (f"no ImageNet weights (none can be downloaded here); {data['start']}"
-                                  if data.get("start") else PRETRAINING_NOTE),
+                  "start": (data.get("start") or {}).get("record", {"kind": "random"}),
+                  "pretraining": (data.get("start") or {}).get("note") or PRETRAINING_NOTE,
                   "epochs_done": len(history), "history": history,
                   "parameters": data.get("n_parameters"), "seconds": data.get("seconds"), "steps": data.get("steps")},
         metrics={"val": {"data": data.get("val_description"), **metrics}},
         extra={"model": config.to_dict(), "synthetic": data.get("synthetic", False),
+               **(data.get("start") or {}).get("carry", {}),
                **({"note": SYNTHETIC_NOTE} if data.get("synthetic") else {})},
     )
 
@@ -185,35 +201,21 @@ def batches(sampler: CropSampler, rng: np.random.Generator, batch_size: int, thr
 
 
 def init_backbone(net: torch.nn.Module, folder: str | Path) -> str:
-    """Start ``net``'s backbone (body + FPN) from another Stagetool model's; returns a note for the card.
-
-    Without downloadable ImageNet weights, a cell model trained on the same stain is the nearest thing
-    to pretraining for a tubule model (and the reverse).  Tensors whose names or shapes differ are left
-    as they are; none matching is a ModelError.
-    """
-    card = load_model_card(folder)
-    if not card.pipeline.startswith("stagetool-"):
-        raise ModelError(f"{folder}: a {card.pipeline} model cannot start a Stagetool backbone")
-    source = load_state_dict(folder)
-    own = net.state_dict()
-    shared = {k: v for k, v in source.items() if k.startswith("backbone.") and k in own and own[k].shape == v.shape}
-    if not shared:
-        raise ModelError(f"{folder}: its backbone does not fit this network's ({card.backbone}); "
-                         "choose a model with the same backbone")
-    net.load_state_dict(shared, strict=False)
-    return (f"backbone ({len(shared)} tensors) started from model {card.name!r} (sha256 {card.weights_sha256[:12]}), "
-            f"trained on {card.training.get('data') or 'unknown data'}")
+    """Start ``net``'s backbone (body + FPN) from another Stagetool model's; returns a note for the card."""
+    return from_model(net, "", source_card(folder), backbone_only=True).note
 
 
 def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParams | None = None,
           name: str | None = None, resume: bool = False, sections: Sequence[Any] | None = None,
           data_description: str | None = None, synthetic: bool | None = None,
-          val_sections: Sequence[Any] | None = None) -> Job[Any]:
+          val_sections: Sequence[Any] | None = None, confirm_download: Callable[[str], bool] | None = None,
+          ) -> Job[Any]:
     """Train a model of ``params.kind`` and write it to ``out``; returns the written ModelCard.
 
     ``annotations`` are COCO/GeoJSON files or phantom folders; ``sections`` (already loaded
     :class:`~app.pipelines.stagetool.dataset.Section` objects) may be given instead, and
     ``val_sections`` then fixes the validation sections (else ``val_fraction`` of them are held out).
+    ``confirm_download(question)`` is asked before published weights are downloaded (None: never download).
     """
     params = params or TrainParams()
     params.validate()
@@ -223,6 +225,12 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
     torch.manual_seed(params.seed)
     use_threads(params.threads)
     device = pick_device(params.device)
+    source = source_card(params.init_from) if params.init_from else None
+    config = fine_tune_config(source, params) if source is not None else None
+    if config is not None:  # fine-tuning keeps the source's network: its backbone and scale
+        params.backbone, params.downsample = config.backbone, config.downsample
+    elif params.pretrained and not resume:  # asked (and fetched) before minutes of reading data
+        ensure_pretrained(pretrained_file(params.pretrained, params.backbone, kind), confirm_download)
     yield Progress("data", 0, 1, "reading annotations")
     all_sections = list(sections) if sections is not None else load_sections(annotations, kind)
     if val_sections is not None:
@@ -242,9 +250,9 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
     yield Progress("data", 1, 1, f"{len(train_sections)} training, {len(val_sections)} validation sections; "
                                  f"objects per class {sampler.class_counts}")
 
-    config = default_config(kind, params.backbone, tile_size=params.crop_size, downsample=params.downsample)
+    config = config or default_config(kind, params.backbone, tile_size=params.crop_size, downsample=params.downsample)
     net = build_model(config)
-    start_note = init_backbone(net, params.init_from) if params.init_from and not resume else None
+    start = None if resume else start_network(net, params, source, confirm_download)
     net = net.to(device)
     optimizer = torch.optim.AdamW(net.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     steps_per_epoch = max(1, params.crops_per_epoch // params.batch_size)
@@ -264,6 +272,7 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
         start_epoch, best, history = state["epoch"], state["best"], state["history"]
         step_count = state.get("steps", start_epoch * steps_per_epoch)
         best_state, elapsed = state.get("best_model"), state.get("elapsed", 0.0)
+        start = state.get("start") and Start(**state["start"])
         rng = np.random.default_rng([params.seed, start_epoch])
     started = time.monotonic() - elapsed
     out.mkdir(parents=True, exist_ok=True)
@@ -282,7 +291,7 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
                 raise ModelError(f"training diverged at epoch {epoch + 1} (loss {loss.item()}); lower --lr")
             progress = learning_progress(step_count, total_steps, time.monotonic() - started, params.time_limit_s)
             for group in optimizer.param_groups:
-                group["lr"] = params.lr * min(1.0, (step_count + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * progress))
+                group["lr"] = params.lr * lr_factor(step_count, warmup, progress)
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(net.parameters(), 10.0)
@@ -306,6 +315,7 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
         _checkpoint(checkpoint, {"model": net.state_dict(), "optimizer": optimizer.state_dict(),
                                  "steps": step_count, "epoch": epoch + 1, "best": best,
                                  "history": history, "best_model": best_state, "config": config.to_dict(),
+                                 "start": start and dataclasses.asdict(start),
                                  "elapsed": time.monotonic() - started})
         yield Progress("validate", epoch + 1, params.epochs,
                        " ".join(f"{k} {v:.3f}" for k, v in metrics.items()) + f" (best {best:.3f})")
@@ -326,7 +336,7 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
             "n_parameters": count_parameters(net), "seconds": round(time.monotonic() - started, 1), "steps": step_count,
             "val_description": f"{len(val_crops)} random {params.crop_size} px crops of {val_note}"
                                + (" (synthetic phantoms, easier than tissue)" if is_synthetic else ""),
-            "synthetic": is_synthetic, "start": start_note}
+            "synthetic": is_synthetic, "start": start and dataclasses.asdict(start)}
     pixel = next((getattr(s, "pixel_size_um", None) for s in all_sections if getattr(s, "pixel_size_um", None)), None)
     card = make_card(name or out.name, kind, config, params, data, {k: _clean(v) for k, v in best_metrics.items()},
                      history, pixel)
