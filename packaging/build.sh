@@ -69,16 +69,18 @@ fi
 
 # ------------------------------------------------------------------ clean venv
 if [ "$KEEP_VENV" = 1 ] && [ -x "$VENV/bin/pyinstaller" ]; then
-    step "reusing $VENV"
+    step "reusing $VENV (installing what pyproject.toml added since; log: $LOGS/pip-$VARIANT.log)"
+    : >"$LOGS/pip-$VARIANT.log"
 else
     step "creating a clean $VENV with $("$PYTHON" --version) (log: $LOGS/pip-$VARIANT.log)"
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --upgrade pip >"$LOGS/pip-$VARIANT.log" 2>&1
-    # non-editable: the bundle is built from this checkout (the spec puts it first on the path)
-    "$VENV/bin/python" -m pip install "${TORCH_SPEC[@]}" ".[package]" >>"$LOGS/pip-$VARIANT.log" 2>&1 \
-        || { tail -n 20 "$LOGS/pip-$VARIANT.log" >&2; exit 1; }
 fi
+# non-editable: the bundle is built from this checkout (the spec puts it first on the path); a kept
+# venv gets new dependencies too (a reader added to pyproject.toml was missing from the bundle)
+"$VENV/bin/python" -m pip install "${TORCH_SPEC[@]}" ".[package]" >>"$LOGS/pip-$VARIANT.log" 2>&1 \
+    || { tail -n 20 "$LOGS/pip-$VARIANT.log" >&2; exit 1; }
 "$VENV/bin/python" - <<'PY'
 import torch, torchvision
 boxes = torch.tensor([[0.0, 0, 10, 10], [1, 1, 11, 11]])
