@@ -55,7 +55,7 @@ def loop_project(tmp_path, monkeypatch):
     from app.core.modelcard import load_model_card
     from app.core.paths import user_models_dir
     from app.core.project import Project
-    from app.pipelines.stagetool import batch, predict
+    from app.pipelines.stagetool import loading, predict
 
     monkeypatch.setattr(predict, "intensity_range", lambda overview: (0.0, SCALE))
     paths, truths = [], []
@@ -69,7 +69,7 @@ def loop_project(tmp_path, monkeypatch):
     start = _tiny_start_model(tmp_path / "lab-tubules-v1", paths[0])
     oracles = {"tubules": oracle_model("tubules", 128, downsample=2), "cells": oracle_model("cells", 128)}
     oracles["tubules"].card = load_model_card(start)  # the oracle answers in the name of the tiny model
-    real_load = predict.load_model
+    real_load = loading.load_model
     library = user_models_dir()
 
     def load(name, kind, device="auto"):
@@ -78,7 +78,7 @@ def loop_project(tmp_path, monkeypatch):
             return real_load(name, kind, "cpu")
         return oracles[kind]
 
-    monkeypatch.setattr(batch, "load_model", load)
+    monkeypatch.setattr(loading, "load_model", load)  # what the spec's load calls
     project = Project.create(tmp_path / "project", name="loop")
     for path in paths:
         project.add_image(path, group="testis")
@@ -121,6 +121,9 @@ def test_correct_train_rerun_learns_the_corrected_stage(qtbot, loop_project):
         window.run_panel.select_pipeline("stagetool")
         for name, value in {"tta": "off", "overlap": 48, "map_scale": 2}.items():
             window.run_panel.form.editors[name].set_value(value)
+        combo = window.run_panel.model_combos["stagetool-tubules"]  # the run records the model it was given
+        combo.addItem("lab-tubules-v1", str(start))
+        combo.setCurrentIndex(combo.count() - 1)
         window.run_pipeline(True)
         assert window.queue.wait(120) and window.wait_until_ready(20)
         assert not window.errors, window.errors

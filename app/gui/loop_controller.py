@@ -22,7 +22,7 @@ from app.gui.correction_loop import (
 )
 
 if TYPE_CHECKING:
-    from app.gui.main_window import MainWindow
+    from app.gui.window_api import WindowApi
 
 COMPARISON_FILE = "comparison.json"
 
@@ -70,7 +70,7 @@ class NextSteps(QGroupBox):
 class LoopController:
     """Runs the guided correct -> train -> re-run -> compare path; see the module docstring."""
 
-    def __init__(self, window: MainWindow) -> None:
+    def __init__(self, window: WindowApi) -> None:
         self.w = window
         self.plan: RetrainPlan | None = None
         self.wizard: Any = None

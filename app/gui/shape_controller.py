@@ -19,7 +19,7 @@ from app.core.edits import next_object_id
 from app.gui.shape_tools import DraftItem, HandlesItem
 
 if TYPE_CHECKING:
-    from app.gui.main_window import MainWindow
+    from app.gui.window_api import WindowApi
 
 HANDLE_TOLERANCE_PX = 6  # screen pixels around a handle that still grab it
 
@@ -27,7 +27,7 @@ HANDLE_TOLERANCE_PX = 6  # screen pixels around a handle that still grab it
 class ShapeController:
     """Draw mode, the outline being drawn, and the handles of the selected object."""
 
-    def __init__(self, window: MainWindow) -> None:
+    def __init__(self, window: WindowApi) -> None:
         self.w = window
         self.drawing = False
         self.draft = PolygonDraft()

@@ -53,9 +53,15 @@ class ResultsApi(Protocol):
 class CurationApi(Protocol):
     """The curation controller, as the other controllers see it."""
 
+    add_mode: bool
+
     def show_selected(self, layer: str, obj: dict[str, Any]) -> None: ...
 
     def clear_selection(self) -> None: ...
+
+    def push_edit(self, action: str, object_id: Any, value: Any = None, **extra: Any) -> bool: ...
+
+    def set_add_mode(self, on: bool) -> None: ...
 
 
 class RunsApi(Protocol):
@@ -63,6 +69,8 @@ class RunsApi(Protocol):
 
     facts: dict[str, Any]
     selection_timer: QTimer
+
+    def submit_run(self, request: Any) -> Any: ...
 
 
 class HooksApi(Protocol):
