@@ -12,7 +12,7 @@ import pytest
 import tifffile
 from PIL import Image as PILImage
 
-from app.batch.pipelines import image_files
+from app.pipelines.runner import image_items
 from app.cli import main
 from app.core.formats import IMAGE_SUFFIXES, image_beside, image_stem
 from app.core.project import Project
@@ -69,7 +69,7 @@ def test_gui_add_folder_project_add_and_batch_accept_the_same_files(folder, tmp_
     assert main(["project", "add", str(tmp_path / "cli"), str(folder)]) == 0
     cli_names = [entry.name for entry in Project.open(tmp_path / "cli").images()]
 
-    batch_names = [name for name, _ in image_files([folder])]
+    batch_names = [item.name for item in image_items([folder])]
 
     assert sorted(gui_added) == sorted(cli_names) == sorted(batch_names) == _expected()
 
