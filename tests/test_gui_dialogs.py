@@ -23,7 +23,7 @@ def _pyqtgraph():
 
 
 def write_fake_model(folder: Path, name: str = "tiny", pipeline: str = "kaizen", input_channels: int = 1,
-                     metrics: dict | None = None) -> Path:
+                     metrics: dict | None = None, channel_meaning: list | None = None) -> Path:
     """A model folder with a card whose sha256 matches its (fake) weights file; no torch needed."""
     from app.core.modelcard import ModelCard, sha256_file
 
@@ -31,6 +31,7 @@ def write_fake_model(folder: Path, name: str = "tiny", pipeline: str = "kaizen",
     (folder / "weights.pt").write_bytes(b"not really a state dict")
     card = ModelCard(name=name, pipeline=pipeline, architecture="test", input_channels=input_channels,
                      classes=["nucleus"], metrics=metrics or {"val": {"data": "phantoms", "AP50": 0.5}},
+                     channel_meaning=channel_meaning or [],
                      weights_sha256=sha256_file(folder / "weights.pt"))
     (folder / "card.json").write_text(json.dumps(card.to_dict()))
     return folder
@@ -71,7 +72,8 @@ def test_model_library_imports_verified_models_and_refuses_tampered_ones(qtbot, 
     library.set_default()
     assert library.settings.default_models["kaizen"] == str(library.selected_card().folder)
     # fit check: a 3-plane brightfield model on a single-plane image is refused with the reason
-    bright = write_fake_model(tmp_path / "bf", name="bf", pipeline="brightfield", input_channels=3)
+    bright = write_fake_model(tmp_path / "bf", name="bf", pipeline="brightfield", input_channels=3,
+                              channel_meaning=[-2.0, 0.0, 2.0])  # z offsets in µm
     from app.core.modelcard import load_model_card
 
     problem = fit_problem(load_model_card(bright), {"n_channels": 1, "n_planes": 1})

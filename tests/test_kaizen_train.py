@@ -221,3 +221,15 @@ def test_project_run_through_the_registry(tiny_model, tmp_path):
     assert doc["status"] == "finished" and doc["results"][name]["outputs"]["count"] > 0
     objects = json.loads((folder / name / "objects.json").read_text())
     assert objects["pipeline"] == "kaizen" and objects["layers"]["objects"]
+
+
+def test_command_line_and_wizard_train_with_the_same_defaults():
+    """One set of Kaizen training defaults: the CLI's options come from TrainParams (they drifted to 24 x 250
+    on the command line against 10 x 200 in the wizard)."""
+    from app.cli import build_parser
+    from app.pipelines.kaizen.params import TrainParams
+
+    args = build_parser().parse_args(["kaizen", "train", "imgs", "labels", "--out", "m"])
+    defaults = TrainParams()
+    assert (args.epochs, args.steps_per_epoch, args.batch_size, args.patch) == \
+        (defaults.epochs, defaults.steps_per_epoch, defaults.batch_size, defaults.patch)

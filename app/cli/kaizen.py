@@ -21,6 +21,7 @@ from typing import Any
 
 from app.core.device import use_threads
 from app.core.errors import UserError
+from app.pipelines.kaizen.params import TrainParams
 
 EXIT_OK = 0
 # DecomposeParams fields that get an option (help from the field's metadata); diameter and device have their own
@@ -38,10 +39,12 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("images", type=Path, metavar="IMAGES", help="image file or folder")
     p.add_argument("labels", type=Path, metavar="LABELS", help="label image file or folder (same file stems)")
     p.add_argument("--out", type=Path, required=True, metavar="MODEL_DIR")
-    p.add_argument("--patch", type=int, default=40, metavar="N", help="patch side: 40 for nuclei, 120 for whole cells")
-    p.add_argument("--epochs", type=int, default=24, metavar="N")
-    p.add_argument("--steps-per-epoch", type=int, default=250, metavar="N")
-    p.add_argument("--batch-size", type=int, default=64, metavar="N")
+    defaults = TrainParams()  # one set of defaults for the CLI, the training wizard and scripts
+    p.add_argument("--patch", type=int, default=defaults.patch, metavar="N",
+                   help="patch side: 40 for nuclei, 120 for whole cells")
+    p.add_argument("--epochs", type=int, default=defaults.epochs, metavar="N")
+    p.add_argument("--steps-per-epoch", type=int, default=defaults.steps_per_epoch, metavar="N")
+    p.add_argument("--batch-size", type=int, default=defaults.batch_size, metavar="N")
     p.add_argument("--device", default="auto", help=DEVICE_HELP)
     p.add_argument("--channel", default=None, metavar="C", help="channel name or index of multi-channel images")
     p.add_argument("--z", type=int, default=None, metavar="N", help="z-plane of stacks")
@@ -132,7 +135,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from app.core.images import label_ids
     from app.core.jobs import ConsoleProgress, run
     from app.pipelines.kaizen.decompose import read_gray
-    from app.pipelines.kaizen.params import TrainParams
     from app.pipelines.kaizen.train import SPLIT_RULE, is_validation
 
     _set_threads(args.threads)

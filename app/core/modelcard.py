@@ -156,7 +156,9 @@ class ModelCard:
         if pipeline is not None and pipeline != self.pipeline:
             raise ModelError(f"model {self.name!r} is a {self.pipeline} model, not a {pipeline} model")
         if n_channels is not None and n_channels != self.input_channels:
-            word = "input planes" if self.pipeline == "brightfield" else "input channels"
+            z_offsets = bool(self.channel_meaning) and all(
+                isinstance(m, (int, float)) and not isinstance(m, bool) for m in self.channel_meaning)
+            word = "input planes" if z_offsets else "input channels"  # numbers in channel_meaning are z offsets
             meaning = f" ({', '.join(str(m) for m in self.channel_meaning)})" if self.channel_meaning else ""
             raise ModelError(f"model {self.name!r} expects {self.input_channels} {word}{meaning}, "
                              f"the image has {n_channels}")

@@ -53,8 +53,8 @@ class TrainParams(Params):
 
     patch: int = param(40, "patch side: 40 for nuclei, 120 for whole cells (paper)")
     target_diameter: float = param(16.0, "objects are rescaled to this diameter (px) before patches are cut")
-    epochs: int = param(10, "passes of steps_per_epoch training steps")
-    steps_per_epoch: int = param(200, "training steps between validations")
+    epochs: int = param(16, "passes of steps_per_epoch training steps (the shipped kaizen-nuclei recipe)")
+    steps_per_epoch: int = param(250, "training steps between validations")
     batch_size: int = param(64, "patches per training step")
     lr: float = param(2e-3, "AdamW peak learning rate (warm-up, then cosine decay)")
     centred_fraction: float = param(0.8, "share of patches centred on an object pixel (paper: 80%)")
