@@ -101,9 +101,12 @@ def _start_cluster(spec: ClusterSpec) -> Any:
     if spec.kind == "local":
         from distributed import LocalCluster
 
-        # ":0": a free port for the scheduler's web server (with or without bokeh), never a clash on 8787
+        # ":0": a free port for the scheduler's web server (with or without bokeh), never a clash on 8787.
+        # Worker processes log to our stderr; at ERROR a worker whose heartbeat races the scheduler's
+        # shutdown (Ctrl-C on a busy machine) printed a traceback.  A task's own failure is recorded and
+        # reported by the batch, so the workers' logs are kept to CRITICAL.
         return LocalCluster(n_workers=spec.workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                            dashboard_address=":0", silence_logs=logging.ERROR, **spec.options)
+                            dashboard_address=":0", silence_logs=logging.CRITICAL, **spec.options)
     if spec.kind in JOBQUEUE_KINDS:
         return _jobqueue_cluster(spec)
     return None
