@@ -31,6 +31,7 @@ from app.batch.tasks import (
 )
 from app.core.errors import UserError
 from app.core.jobs import Cancelled, Job, Progress, run
+from app.core.outputs import note_kept
 from app.pipelines import registry
 from app.pipelines.contract import PipelineSpec
 from app.pipelines.runner import items_for, outputs_of, resolve_models, resume_values
@@ -290,6 +291,8 @@ def _batch_job(pipeline: str, inputs: Sequence[str | Path], out: str | Path, clu
                 if record is not None:
                     records.append(record)
                     _record_in_run(batch_run, by_name[record["image"]], record)
+                    for kept in record.get("kept", ()):  # reports a redone image kept, for the CLI to say
+                        note_kept(Path(kept["kept"]), Path(kept["written"]), kept["reason"])
                 yield Progress("images", len(records), len(tasks), item="image",
                                data={"record": record} if record else {"running": running.snapshot()})
         status = "finished" if all(r["status"] != "failed" for r in records) else "failed"

@@ -24,11 +24,13 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from app.core.atomic import _fsync_dir, to_json_text
 from app.core.errors import UserError
 from app.core.jobs import Progress, run
+from app.core.outputs import KeptReport
+from app.core.republish import replace_folder
 from app.pipelines.contract import Item
 from app.pipelines.runner import (  # noqa: F401 - the batch's names for the runner's models and resume rule
     LOAD_COUNTS, ModelRef, analyze_item, cached_load, clear_model_cache, device_label, error_text, final_params,
@@ -109,19 +111,19 @@ def temp_folder(out: Path, name: str) -> Path:
     return folder
 
 
-def publish(tmp: Path, final: Path, wanted: dict[str, Any], force: bool) -> bool:
+def publish(tmp: Path, final: Path, wanted: dict[str, Any], force: bool,
+            kept: list[KeptReport] | None = None, drop: Sequence[str] = ()) -> bool:
     """Rename ``tmp`` to ``final``; False when another attempt already published the same results.
 
     An older ``final`` (other parameters, or ``force``) is renamed aside first and removed after,
-    so ``final`` always names one complete set of results.
+    so ``final`` always names one complete set of results; the user's own files and changed
+    reports in it are carried into the new set (app.core.republish; ``drop``: the pipeline's ``redo_drops``),
+    each kept report added to ``kept``.
     """
     if final.exists():
         if not force and is_finished(final, wanted):
             return False
-        old = final.with_name(f"{OLD_PREFIX}{final.name}-{secrets.token_hex(4)}")
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        (kept if kept is not None else []).extend(replace_folder(tmp, final, force, OLD_PREFIX, drop))
     else:
         try:
             os.rename(tmp, final)
@@ -225,7 +227,11 @@ def run_task(task: Task, report: Reporter | None = None) -> dict[str, Any]:
         record["finished"] = time.time()
         (tmp / TASK_FILE).write_text(to_json_text({**record, "status": "done", "fingerprint": task.fingerprint,
                                                    "models": [m.to_dict() for m in task.models]}), encoding="utf-8")
-        record["status"] = "done" if publish(tmp, final, task.fingerprint, task.force) else "duplicate"
+        kept: list[KeptReport] = []
+        record["status"] = "done" if publish(tmp, final, task.fingerprint, task.force, kept,
+                                                spec.redo_drops) else "duplicate"
+        if kept:  # plain data: the batch tells app.core.outputs.collect_kept where it runs (not on a worker)
+            record["kept"] = [{"kept": str(k.kept), "written": str(k.written), "reason": k.reason} for k in kept]
     except Exception as error:  # recorded in the summary; the batch goes on with the other images
         record.update(status="failed", error=error_text(error), seconds=round(time.time() - started, 3),
                       finished=time.time())

@@ -55,8 +55,14 @@ def add_generic(subparsers: Any, spec: Any) -> None:
 
 
 def _generic_analyze(args: argparse.Namespace) -> int:
-    result = analyze_folder(args.pipeline, args.inputs, args.out, parse_pairs(args.model, "--model", as_json=False),
-                            given_options(args, "param"), force=args.force, quiet=args.json)
+    from app.core.outputs import collect_kept
+
+    with collect_kept() as kept:  # reports the user changed are kept (app.core.outputs, app.core.republish)
+        result = analyze_folder(args.pipeline, args.inputs, args.out,
+                                parse_pairs(args.model, "--model", as_json=False),
+                                given_options(args, "param"), force=args.force, quiet=args.json)
+    for item in kept:  # on stderr with --json, so stdout holds only the JSON
+        print(f"{item.message()} (--force replaces it)", file=sys.stderr if args.json else sys.stdout)
     return print_result(result, args.json)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from app.core.atomic import atomic_path, atomic_write_text
 
 MANIFEST = ".stagescope-reports.json"
+KEPT = "kept"  # recorded instead of a sha256: a file a redone item kept as the user's (app.core.republish)
 _KEPT: ContextVar[list[KeptReport] | None] = ContextVar("stagescope_kept_reports", default=None)
 
 
@@ -63,14 +64,30 @@ def _manifest(folder: Path) -> dict[str, str]:
     return {str(k): str(v) for k, v in files.items()} if isinstance(files, dict) else {}
 
 
+def recorded(folder: str | os.PathLike[str]) -> dict[str, str]:
+    """The reports the app wrote into ``folder``: file name -> sha256 of what it wrote."""
+    return _manifest(Path(folder))
+
+
+def write_records(folder: str | os.PathLike[str], files: dict[str, str]) -> None:
+    """Replace ``folder``'s record of app-written reports with ``files`` (name -> sha256); a failure only costs
+    versioned copies later (a read-only folder cannot hold the record)."""
+    try:
+        atomic_write_text(Path(folder) / MANIFEST, json.dumps({"version": 1, "files": files}, indent=1) + "\n")
+    except OSError:
+        pass
+
+
+def file_digest(path: str | os.PathLike[str]) -> str | None:
+    """Hex sha256 of a file as the record keeps it, None when it cannot be read."""
+    return _sha256(Path(path))
+
+
 def _record(path: Path, digest: str) -> None:
     """Remember that the app wrote ``path`` with content ``digest`` (a lost record only costs a versioned copy)."""
     files = _manifest(path.parent)
     files[path.name] = digest
-    try:
-        atomic_write_text(path.parent / MANIFEST, json.dumps({"version": 1, "files": files}, indent=1) + "\n")
-    except OSError:  # a read-only folder cannot hold the record; the report itself was written
-        pass
+    write_records(path.parent, files)
 
 
 def why_keep(path: str | os.PathLike[str]) -> str | None:
@@ -85,6 +102,8 @@ def why_keep(path: str | os.PathLike[str]) -> str | None:
     recorded = _manifest(path.parent).get(path.name)
     if recorded is None:
         return "not written by Stagescope"
+    if recorded == KEPT:
+        return "kept as yours by an earlier run"
     if _sha256(path) != recorded:
         return "changed since Stagescope wrote it"
     return None

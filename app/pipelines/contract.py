@@ -135,6 +135,9 @@ class PipelineSpec:
     hidden: bool = False  # not offered in the GUI (the ``noop`` cluster probe)
     # item key -> file name in the item's folder, for run.json when the name alone does not say it
     output_names: dict[str, str] = field(default_factory=dict, compare=False, hash=False)
+    # item-folder files written after the analysis (an evaluation of its results) that a redone item makes
+    # stale: dropped with the old set, while the user's own files there are kept (app.core.republish)
+    redo_drops: tuple[str, ...] = ()
     # ``analyze(project, image_names, params, models) -> Job[run folder]``: a project run; left None (the
     # norm), registry.register binds app.pipelines.runner.analyze_project to the spec; tests' fakes give their own
     analyze: Callable[..., Job[Path]] | None = field(default=None, compare=False, hash=False)

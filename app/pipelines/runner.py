@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import secrets
 import shutil
 import socket
@@ -259,19 +258,24 @@ def analyze_item(spec: PipelineSpec, item: Item, folder: Path, loaded: Any, para
     return dict(stats or {})
 
 
-def publish_item(spec: PipelineSpec, item: Item, folder: Path, loaded: Any, params: Any) -> Job[dict[str, Any]]:
+def publish_item(spec: PipelineSpec, item: Item, folder: Path, loaded: Any, params: Any,
+                 force: bool = False) -> Job[dict[str, Any]]:
     """Job: :func:`analyze_item` into a hidden folder beside ``folder``, renamed to ``folder`` when complete.
 
     So an item's folder holds all its files or does not exist (a failure or a cancel leaves none),
-    as in a batch (app.batch.tasks publishes the same way, across workers).
+    as in a batch (app.batch.tasks publishes the same way, across workers).  A folder redone keeps
+    the user's own files and changed reports (app.core.republish; ``force`` replaces the reports),
+    each kept report told to app.core.outputs.collect_kept.
     """
+    from app.core.outputs import note_kept
+    from app.core.republish import replace_folder
+
     folder = Path(folder)
     partial = folder.with_name(f".partial-{folder.name}-{secrets.token_hex(4)}")
     try:
         stats = yield from analyze_item(spec, item, partial, loaded, params)
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(partial, folder)
+        for kept in replace_folder(partial, folder, force, ".replaced-", spec.redo_drops):
+            note_kept(kept.kept, kept.written, kept.reason)
         return stats
     except BaseException:
         if folder.is_dir() and not any(folder.iterdir()):

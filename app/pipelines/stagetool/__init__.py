@@ -25,6 +25,7 @@ from app.core.jobs import Job
 from app.pipelines.contract import Item, Layer, PipelineSpec, Sample, TrainerSpec
 from app.pipelines.registry import TrainingSource, register, training_images
 from app.pipelines.stagetool.classes import CELL_TYPES, STAGES, STAGE_COLOURS
+from app.pipelines.stagetool.layout import EVALUATION_FILE
 from app.pipelines.stagetool.params import PREDICTION_PARAMS, AnalyzeParams, TrainParams
 
 DEMO_MODELS = {"tubules": "stagetool-tubules-demo", "cells": "stagetool-cells-demo"}  # as loading.DEMO_MODELS
@@ -67,7 +68,6 @@ def analyze_one(item: Item, folder: Path, loaded: Any, params: AnalyzeParams) ->
     its group (written into the reports) and ``synthetic`` (say so in the reports; None = ask the file)."""
     from app.core.edits import edits_for_image, read_edits
     from app.pipelines.stagetool.batch import write_section_outputs
-    from app.pipelines.stagetool.layout import EVALUATION_FILE
     from app.pipelines.stagetool.predict import analyze_section
 
     metadata = {k: v for k, v in item.meta.items() if k in ("pixel_size_um", "channel_names")}
@@ -181,6 +181,7 @@ SPEC = register(PipelineSpec(
     expand=expand,
     check=check,
     finish=finish,
+    redo_drops=(EVALUATION_FILE,),  # an evaluation describes the predictions it was made from
     warm_modules=("app.pipelines.stagetool.predict", "app.pipelines.stagetool.batch",
                   "app.pipelines.stagetool.report_excel"),
     image_kinds=("section", "fluorescence"),
