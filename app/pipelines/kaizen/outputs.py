@@ -147,10 +147,24 @@ def write_outputs(out_dir: Path, stem: str, decomposition: Decomposition, source
         with atomic_path(staging / names["labels"]) as tmp:
             tifffile.imwrite(tmp, decomposition.labels(), compression="zlib", metadata={"axes": "YX"})
         with atomic_path(staging / names["stack"]) as tmp:
-            with open(tmp, "wb") as handle:
-                np.savez_compressed(handle, **object_stack(decomposition))
+            write_npz(tmp, object_stack(decomposition))
         document = {"schema_version": 1, "pipeline": "kaizen", "image": source or stem, **decomposition.to_dict()}
         atomic_write_json(staging / names["json"], document, indent=1)
         for name, extra_document in (extra or {}).items():
             atomic_write_json(staging / name, extra_document)
     return {key: out_dir / name for key, name in names.items()}
+
+
+def write_npz(path: str | Path, arrays: dict[str, np.ndarray]) -> None:
+    """``np.savez_compressed`` without the clock: fixed zip entry times, so the same objects give the same
+    bytes (a GUI run, the CLI and a batch write identical folders)."""
+    import io
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, allowZip64=True) as archive:
+        for name, array in arrays.items():
+            buffer = io.BytesIO()
+            np.lib.format.write_array(buffer, np.asanyarray(array), allow_pickle=False)
+            entry = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            archive.writestr(entry, buffer.getvalue())
