@@ -97,3 +97,83 @@ def draw_worst(folder: Path, items: list[tuple[str, float, np.ndarray, np.ndarra
         Image.fromarray(picture).save(path)
         written.append(path)
     return written
+
+
+def compare(methods: dict[str, object], data, worst_dir: Path | None = None, worst_of: str | None = None,
+            keys: tuple[str, ...] = ("AP50", "AP60", "AP70", "AP80", "AP90")) -> None:
+    """Print each method's AP per image group and pooled, objects per true nucleus and s/image; draw the worst 10.
+
+    ``methods``: name -> callable(image) returning (labels, [(offset, mask), ...]) or, for a peer read
+    from files, (labels, masks, its own seconds).  ``worst_of`` names
+    the method whose 10 lowest-AP50 images are drawn into ``worst_dir``.
+    """
+    import time
+
+    from app.core.metrics.instances import instance_scores
+    from app.pipelines.kaizen.sizing import as_gray
+
+    groups = {name: image_groups(as_gray(image), truth) for name, image, truth in data}
+    counts = {g: sum(g in v for v in groups.values()) for g in GROUPS}
+    print("groups (images): " + ", ".join(f"{g} {counts[g]}" for g in GROUPS))
+    rows = []
+    for method, fn in methods.items():
+        pairs, records, seconds, per_image = {}, [], [], []
+        for name, image, truth in data:
+            started = time.perf_counter()
+            labels, masks, *own = fn(image)  # a peer read from files reports its own inference seconds
+            seconds.append(own[0] if own else time.perf_counter() - started)
+            pairs[name] = (truth, labels)
+            records.append((name, per_nucleus_counts(truth, masks)))
+            per_image.append((instance_scores([(truth, labels)])["AP50"], name, labels))
+        for group in ("all", *GROUPS):
+            names = [n for n in pairs if group == "all" or group in groups[n]]
+            if not names:
+                continue
+            s = instance_scores([pairs[n] for n in names])
+            recs = [r for n, r in records if n in names]
+            per = np.concatenate([r["counts"] for r in recs])
+            bg = int(sum(int(r["background"][0]) for r in recs))
+            rows.append((method, group, len(names), s, float(np.mean(per)), bg))
+        med, mean, n = large_nuclei_summary([r for _, r in records])
+        print(f"{method}: {np.mean(seconds):.3f} s/image; true nuclei of {LARGE_AREA}-{LARGE_MAX} px ({n}): "
+              f"objects per nucleus median {med:.2f}, mean {mean:.2f}")
+        if worst_dir is not None and method == worst_of:
+            per_image.sort(key=lambda t: t[0])
+            items = []
+            for score, name, labels in per_image[:10]:
+                image, truth = next((im, t) for n, im, t in data if n == name)
+                items.append((name, score, as_gray(image), truth, labels))
+            for path in draw_worst(worst_dir, items):
+                print(f"  worst: {path}")
+    print("\n| group | images | method | " + " | ".join(keys) + " | objects per true nucleus (mean) | "
+          "objects on background |")
+    print("|---|---|---|" + "---|" * (len(keys) + 2))
+    for group in ("all", *GROUPS):
+        for method, g, n, s, per, bg in rows:
+            if g == group:
+                print(f"| {g} | {n} | {method} | " + " | ".join(f"{s[k]:.3f}" for k in keys) + f" | {per:.2f} | {bg} |")
+
+
+def peer_method(folder: Path, data):
+    """A method for :func:`compare` that reads a peer's saved labels (``folder/pred/NAME.tif``) in data order.
+
+    Its time is the peer's own measured seconds per image (``folder/peer.json``), not the file read.
+    """
+    import json
+
+    import tifffile
+
+    info = json.loads((folder / "peer.json").read_text())
+    missing = [name for name, _, _ in data if not (folder / "pred" / f"{name}.tif").exists()]
+    if missing:
+        raise SystemExit(f"{folder}: no prediction for {len(missing)} validation images (e.g. {missing[0]})")
+    names = iter([name for name, _, _ in data])
+
+    def fn(image):
+        name = next(names)
+        labels = tifffile.imread(folder / "pred" / f"{name}.tif")
+        return labels, masks_of_labels(labels), float(info["seconds_per_image"][name])
+
+    print(f"peer {folder}: {info['method']}; trained {info['steps']} steps in {info['train_s']} s "
+          f"(budget {info['budget_s']} s)")
+    return fn

@@ -262,7 +262,7 @@ def decompose_job(image: np.ndarray, model: KaizenModel, params: DecomposeParams
     result.diameter = float(np.median(diameters)) if diameters else float(base)
     result.scale = model.target_diameter / result.diameter
     result.objects = apply_stop_rule(objects, norm, high - low, params.min_peak, params.min_head_agreement,
-                                     params.min_contrast)
+                                     params.min_contrast, params.min_snr)
     for number, obj in enumerate(result.objects, 1):
         obj.id = number
     return result

@@ -9,7 +9,9 @@ object is kept only if (each check off at 0):
   ``min_head_agreement`` (the head was trained to outline the central nucleus; fragments of
   texture or haze disagree with it);
 * contrast to the local background: mean normalised input inside the mask minus the median in a
-  ring around it (outside every object) >= ``min_contrast``.
+  ring around it (outside every object) >= ``min_contrast``, and >= ``min_snr`` times the ring's
+  noise (robust sigma): on pure noise the percentile normalisation stretches noise to the full
+  0..1 range, so an absolute contrast alone lets noise clusters through.
 
 Thresholds are chosen on the validation split (bench/kaizen.py tune) and stored in the model card.
 """
@@ -22,8 +24,11 @@ from scipy import ndimage as ndi
 from app.pipelines.kaizen.outputs import KaizenObject
 
 
-def local_contrast(obj: KaizenObject, norm: np.ndarray, covered: np.ndarray) -> float:
-    """Mean of ``norm`` inside the object's mask minus the median of a ring around it outside ``covered``."""
+def local_contrast(obj: KaizenObject, norm: np.ndarray, covered: np.ndarray, in_noise: bool = False) -> float:
+    """Mean of ``norm`` inside the object's mask minus the median of a ring around it outside ``covered``.
+
+    ``in_noise``: the same difference in units of the ring's noise (robust sigma from its MAD).
+    """
     y, x = obj.offset
     h, w = obj.mask.shape
     ring_width = max(2, int(round(0.25 * np.sqrt(obj.mask.sum()))))
@@ -37,13 +42,18 @@ def local_contrast(obj: KaizenObject, norm: np.ndarray, covered: np.ndarray) -> 
         return 0.0
     if not ring.any():  # surrounded by other objects: no background to compare with
         return float("inf")
-    return float(window[mask].mean() - np.median(window[ring]))
+    values = window[ring]
+    contrast = float(window[mask].mean() - np.median(values))
+    if in_noise:
+        sigma = 1.4826 * float(np.median(np.abs(values - np.median(values))))
+        return contrast / max(sigma, 1e-6)
+    return contrast
 
 
 def apply_stop_rule(objects: list[KaizenObject], norm: np.ndarray, intensity_range: float, min_peak: float,
-                    min_head_agreement: float, min_contrast: float) -> list[KaizenObject]:
+                    min_head_agreement: float, min_contrast: float, min_snr: float = 0.0) -> list[KaizenObject]:
     """The objects that pass all active checks, renumbered 1..N (``norm``: the normalised input)."""
-    if not objects or (min_peak <= 0 and min_head_agreement <= 0 and min_contrast <= 0):
+    if not objects or (min_peak <= 0 and min_head_agreement <= 0 and min_contrast <= 0 and min_snr <= 0):
         return objects
     covered = np.zeros(norm.shape, bool)
     for obj in objects:
@@ -57,6 +67,8 @@ def apply_stop_rule(objects: list[KaizenObject], norm: np.ndarray, intensity_ran
         if min_head_agreement > 0 and obj.head_agreement < min_head_agreement:
             continue
         if min_contrast > 0 and local_contrast(obj, norm, covered) < min_contrast:
+            continue
+        if min_snr > 0 and local_contrast(obj, norm, covered, in_noise=True) < min_snr:
             continue
         kept.append(obj)
     for number, obj in enumerate(kept, 1):
