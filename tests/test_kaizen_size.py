@@ -59,13 +59,14 @@ def test_flat_background_with_noise_gives_no_objects(monkeypatch):
     images = [rng.normal(level, sigma, (192, 256)).astype(np.float32) for level, sigma in ((200.0, 10.0), (1000.0, 40.0))]
     for image in images:
         assert decompose(image, model).objects == []  # the signal check stops it before any work
-    # past the signal check (noise normalised to 0..1 looks like contrast), the noise-relative contrast check
-    # alone removes everything (the card leaves it off: on validation it added nothing; see the model card)
+    # past the signal check (noise normalised to 0..1 looks like contrast), the full stop rule removes everything
+    # (the card keeps only the mask-head check: on validation the others added nothing; see the model card)
     monkeypatch.setattr(dec, "has_signal", lambda *args, **kwargs: True)
     off = dataclasses.replace(model.defaults, min_peak=0.0, min_head_agreement=0.0, min_contrast=0.0, min_snr=0.0)
     for image in images:
         assert len(decompose(image, model, off).objects) > 10
-        assert decompose(image, model, dataclasses.replace(off, min_snr=3.0)).objects == []
+        full = dataclasses.replace(off, min_peak=0.1, min_head_agreement=0.6, min_contrast=0.06, min_snr=3.0)
+        assert decompose(image, model, full).objects == []
 
 
 def _disk_object(offset, size=15, value=1.0, head=1.0):
