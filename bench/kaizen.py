@@ -136,7 +136,8 @@ def bench(args: argparse.Namespace) -> None:
         batching(model, data[: min(20, len(data))])
 
 
-BEFORE = {"scales": "1", "switch_share": 0.0, "min_peak": 0.0, "min_head_agreement": 0.0, "min_contrast": 0.0}
+BEFORE = {"scales": "1", "switch_share": 0.0, "min_peak": 0.0, "min_head_agreement": 0.0, "min_contrast": 0.0,
+          "min_snr": 0.0}  # the earlier defaults: one estimated diameter, no stop rule
 WORST_DIR = DATA.parent.parent / "notes" / "kaizen-worst"
 
 
