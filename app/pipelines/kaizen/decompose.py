@@ -17,6 +17,11 @@ box-filtered error (a candidate on a slope next to a suppressed square is moved 
 hill), and a position whose prediction was rejected is not proposed again (its prediction would be
 the same).  Algorithm 3 reruns the core algorithm on the remaining error image ``error_rounds``
 times (default 0: on nuclei-dsb2018 it added fragments; see the model card).
+
+Object size: with ``scales`` (e.g. "1 2 4") the image is decomposed at the estimated diameter times
+each factor and regions keep the scale that explains them best (:mod:`.multiscale`); kept objects
+then pass the stop rule (:mod:`.stoprule`).  Both are off in :class:`DecomposeParams` and switched on
+by a model card (the shipped one: see its ``decompose_note``).
 """
 
 from __future__ import annotations
