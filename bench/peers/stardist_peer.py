@@ -76,6 +76,7 @@ def main() -> None:
     xv = [a for i, a in enumerate(x) if i in held]
     yv = [a for i, a in enumerate(y) if i in held]
     config = Config2D(n_rays=32, grid=(2, 2), n_channel_in=1, train_patch_size=(256, 256), train_batch_size=4,
+                      train_tensorboard=False,
                       use_gpu=False)
     model = StarDist2D(config, name="model", basedir=str(args.out))
 
