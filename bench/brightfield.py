@@ -112,6 +112,7 @@ def main() -> int:
     print(f"held-out {args.field.name} (labels from its DAPI): object F1 {scores['object_f1']:.3f} at IoU 0.5 "
           f"(precision {scores['object_precision']:.3f}, recall {scores['object_recall']:.3f}; "
           f"{scores['n_true']} true, {scores['n_pred']} found)  pixel F1 {scores['pixel_f1']:.3f}  AUROC {scores['auroc']:.3f}")
+    print("held-out AP (TP/(TP+FP+FN)): " + "  ".join(f"{k} {scores[k]:.3f}" for k in ("AP50", "AP60", "AP70", "AP80", "AP90")))
     print(f"object F1 target 0.8: ratio {scores['object_f1'] / 0.8:.2f}")
     return 0
 

@@ -2,12 +2,14 @@
 
     python bench/kaizen.py [--model NAME_OR_DIR] [--limit N]        # accuracy, speed, scaling, batching
     python bench/kaizen.py tune --model DIR [--limit N] [--write]   # choose margins on validation
+    python bench/kaizen.py tune --size-only [--write]               # only the size ladder and stop rule
 
 Prints AP50..AP90 and seconds per image for Kaizen and the classical baseline; how time grows with
 the number of objects versus the number of pixels; and the speed-up from sending all candidates of
 a round through the network as one batch instead of one at a time.  ``tune`` chooses
 ``accept_margin``, ``min_residual``, ``error_rounds`` and ``mask_fraction`` by coordinate search on
-the validation split (mean of AP50..AP90) and, with ``--write``, stores them and the validation
+the validation split (mean of AP50..AP90), then the size ladder and stop rule (bench/kaizen_size.py)
+and, with ``--write``, stores them and the validation
 numbers in the model card.  The validation split is the fixed hash rule of
 :func:`app.pipelines.kaizen.train.is_validation`; nothing outside ../shared/data is used.
 """
@@ -128,8 +130,39 @@ def bench(args: argparse.Namespace) -> None:
         print("\n== stardist-sample img2d.tif vs mask2d.tif (independent test image) ==")
         print(f"kaizen    {fmt(k)}")
         print(f"baseline  {fmt(b)}")
-    scaling(model, data, ours_s)
-    batching(model, data[: min(20, len(data))])
+    groups(model, data, args.peer)
+    if not args.groups_only:
+        scaling(model, data, ours_s)
+        batching(model, data[: min(20, len(data))])
+
+
+BEFORE = {"scales": "1", "switch_share": 0.0, "min_peak": 0.0, "min_head_agreement": 0.0, "min_contrast": 0.0,
+          "min_snr": 0.0}  # the earlier defaults: one estimated diameter, no stop rule
+WORST_DIR = DATA.parent.parent / "notes" / "kaizen-worst"
+
+
+def groups(model: KaizenModel, data, peer: Path | None = None) -> None:
+    """Kaizen before (one estimated diameter, no stop rule) and after, Otsu, and a peer's saved predictions
+    (bench/peers: StarDist), per image group; the worst 10 Kaizen images are drawn."""
+    from bench.kaizen_groups import compare, masks_of_labels, peer_method
+
+    before = dataclasses.replace(model.defaults, **BEFORE)
+
+    def kaizen(params: DecomposeParams):
+        def fn(image):
+            result = decompose(image, model, params)
+            return result.labels(), [(o.offset, o.mask) for o in result.objects]
+        return fn
+
+    def otsu(image):
+        labels = baseline(image)
+        return labels, masks_of_labels(labels)
+
+    print("\n== per image group: kaizen before (one diameter, no stop rule), after (card defaults), Otsu ==")
+    methods = {"kaizen-before": kaizen(before), "kaizen": kaizen(model.defaults), "otsu+watershed": otsu}
+    if peer is not None:
+        methods["stardist"] = peer_method(Path(peer), data)
+    compare(methods, data, worst_dir=WORST_DIR, worst_of="kaizen")
 
 
 def phantom_nuclei(side: int, count: int, seed: int = 0) -> np.ndarray:
@@ -204,8 +237,16 @@ def tune(args: argparse.Namespace) -> None:
     from app.pipelines.kaizen.decompose import objects_from_search, search_job
     from app.pipelines.kaizen.outputs import Decomposition
 
+    from bench.kaizen_size import tune_size
+
     model = load_kaizen_model(args.model)
     data = validation_set(args.limit)
+    if args.size_only:  # only the second stage, from the card's margins and mask rule
+        params, final = tune_size(model, data, model.defaults)
+        print(f"\nchosen: {params.to_dict()}\nvalidation: {fmt(final)}  mean {mean_ap(final):.4f}")
+        if args.write:
+            write_card(model, params, final, len(data))
+        return
     grays = {name: as_gray(image) for name, image, _ in data}
     diameters = {name: estimate_diameter(normalise(gray)[0]) for name, gray in grays.items()}
     grid = {"accept_margin": (0.1, 0.2, 0.3, 0.45, 0.6, 0.7, 0.8), "min_residual": (0.04, 0.07, 0.1, 0.14, 0.2, 0.26, 0.32),
@@ -247,6 +288,8 @@ def tune(args: argparse.Namespace) -> None:
     paper = every[(tuple(getattr(params, k) for k in grid), "image", 0.1)]
     print(f"\nchosen: {params.to_dict()}\nvalidation: {fmt(final)}  mean {mean_ap(final):.4f}")
     print(f"same objects, the paper's mask rule (0.1 x image mean): {fmt(paper)}  mean {mean_ap(paper):.4f}")
+    params, final = tune_size(model, data, params)  # second stage: size ladder and stop rule
+    print(f"\nwith size ladder and stop rule: {params.to_dict()}\nvalidation: {fmt(final)}  mean {mean_ap(final):.4f}")
     if args.write:
         write_card(model, params, final, len(data), paper)
 
@@ -286,6 +329,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=None, help="model name or folder (default: the shipped kaizen-nuclei)")
     parser.add_argument("--limit", type=int, default=None, help="use only the first N validation images")
     parser.add_argument("--write", action="store_true", help="tune: store the choice in the model card")
+    parser.add_argument("--groups-only", action="store_true", help="bench: skip the scaling and batching timings")
+    parser.add_argument("--peer", type=Path, default=None,
+                        help="bench: folder of a peer's validation predictions (bench/peers/stardist_peer.py --out)")
+    parser.add_argument("--size-only", action="store_true", help="tune: only the size ladder and stop rule stage")
     parser.add_argument("--fine", action="store_true", help="tune: a narrower grid around the card's values")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)

@@ -44,7 +44,7 @@ def scores(truth: np.ndarray, pred: np.ndarray, probability: np.ndarray) -> dict
         "object_f1": float(inst["f1"]),
         "object_precision": float(inst["precision"]),
         "object_recall": float(inst["recall"]),
-        "AP50": float(inst["AP50"]),
+        **{k: float(inst[k]) for k in ("AP50", "AP60", "AP70", "AP80", "AP90")},
         "pixel_f1": 2 * tp / denominator if denominator else 1.0,
         "auroc": float(pixel_auroc(t, probability)),
         "n_true": int(inst["n_true"]),

@@ -2,7 +2,8 @@
 
 Method: Majoral & Domnich, PLoS One 2025 (science.md section 3).  Modules: :mod:`.vqvae` (the
 network), :mod:`.train` (patches and training job), :mod:`.sizing` (object diameter, rescaling),
-:mod:`.decompose` (Algorithms 2 and 3), :mod:`.outputs` (labels, object stack, JSON),
+:mod:`.decompose` (Algorithms 2 and 3), :mod:`.multiscale` (size chosen per region),
+:mod:`.stoprule` (what a kept object must explain), :mod:`.outputs` (labels, object stack, JSON),
 :mod:`.model` (model folders), :mod:`.params` (parameter dataclasses).  Importing the package
 registers the pipeline; torch loads only when a job runs.
 

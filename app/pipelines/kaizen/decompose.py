@@ -17,6 +17,11 @@ box-filtered error (a candidate on a slope next to a suppressed square is moved 
 hill), and a position whose prediction was rejected is not proposed again (its prediction would be
 the same).  Algorithm 3 reruns the core algorithm on the remaining error image ``error_rounds``
 times (default 0: on nuclei-dsb2018 it added fragments; see the model card).
+
+Object size: with ``scales`` (e.g. "1 2 4") the image is decomposed at the estimated diameter times
+each factor and regions keep the scale that explains them best (:mod:`.multiscale`); kept objects
+then pass the stop rule (:mod:`.stoprule`).  Both are off in :class:`DecomposeParams` and switched on
+by a model card (the shipped one: see its ``decompose_note``).
 """
 
 from __future__ import annotations
@@ -31,9 +36,12 @@ from scipy import ndimage as ndi
 from app.core.errors import ImageError, UserError
 from app.core.jobs import Job, Progress, run
 from app.pipelines.kaizen.model import KaizenModel
+from app.pipelines.kaizen.multiscale import ScaleResult, merge_scales, parse_scales
 from app.pipelines.kaizen.outputs import Decomposition, KaizenObject
 from app.pipelines.kaizen.params import DecomposeParams
-from app.pipelines.kaizen.sizing import as_gray, estimate_diameter, has_signal, normalise, rescale
+from app.pipelines.kaizen.sizing import (MAX_DIAMETER, MIN_DIAMETER, as_gray, estimate_diameter, has_signal,
+                                         normalise, rescale)
+from app.pipelines.kaizen.stoprule import apply_stop_rule
 
 MASK_RULES = ("image", "object", "head")
 SMALL = 1e-3  # generated intensities below this (normalised units) are treated as zero
@@ -192,14 +200,18 @@ class Search:
     candidates: int
 
 
-def search_job(gray: np.ndarray, model: KaizenModel, params: DecomposeParams) -> Job[Search | None]:
-    """Normalise, rescale and run Algorithm 2 (and 3 when ``error_rounds`` > 0); None for an empty image."""
+def search_job(gray: np.ndarray, model: KaizenModel, params: DecomposeParams,
+               diameter: float | None = None) -> Job[Search | None]:
+    """Normalise, rescale and run Algorithm 2 (and 3 when ``error_rounds`` > 0); None for an empty image.
+
+    ``diameter`` (input pixels) overrides ``params.diameter`` and the estimate.
+    """
     if gray.size == 0:
         return None
     norm, low, high = normalise(gray)
     if not has_signal(gray, low, high):
         return None  # nothing stands out of the noise: no work at all
-    diameter = params.diameter or estimate_diameter(norm) or model.target_diameter
+    diameter = diameter or params.diameter or estimate_diameter(norm) or model.target_diameter
     small = rescale(norm, model.target_diameter / diameter)
     half = model.patch // 2
     padded = np.pad(small, half)
@@ -229,12 +241,35 @@ def decompose_job(image: np.ndarray, model: KaizenModel, params: DecomposeParams
         raise UserError(f"unknown mask rule {params.mask_rule!r}: use one of {', '.join(MASK_RULES)}")
     gray = as_gray(image, name)
     result = Decomposition(shape=gray.shape, params=params.to_dict(), model=model.card.model_id())
-    search = yield from search_job(gray, model, params)
-    if search is None:
+    try:
+        scales = parse_scales(params.scales)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    if gray.size == 0:
         return result
-    result.diameter, result.rounds, result.candidates = search.diameter, search.rounds, search.candidates
-    result.scale = model.target_diameter / search.diameter
-    result.objects = objects_from_search(search, gray, model.patch, params)
+    norm, low, high = normalise(gray)
+    if not has_signal(gray, low, high):
+        return result  # nothing stands out of the noise: no work at all
+    base = params.diameter or estimate_diameter(norm) or model.target_diameter
+    found: list[ScaleResult] = []
+    for factor in scales:
+        diameter = float(np.clip(base * factor, MIN_DIAMETER, MAX_DIAMETER))
+        if any(abs(r.diameter - diameter) < 1e-6 for r in found):
+            continue
+        search = yield from search_job(gray, model, params, diameter=diameter)
+        if search is None:
+            return result
+        result.rounds, result.candidates = result.rounds + search.rounds, result.candidates + search.candidates
+        found.append(ScaleResult(diameter, objects_from_search(search, gray, model.patch, params)))
+    margin = max(1, int(round(0.1 * base)))
+    objects, diameters = merge_scales(norm * (high - low), found, params.object_cost * (high - low), margin,
+                                      base=float(np.clip(base, MIN_DIAMETER, MAX_DIAMETER)), switch_share=params.switch_share)
+    result.diameter = float(np.median(diameters)) if diameters else float(base)
+    result.scale = model.target_diameter / result.diameter
+    result.objects = apply_stop_rule(objects, norm, high - low, params.min_peak, params.min_head_agreement,
+                                     params.min_contrast, params.min_snr)
+    for number, obj in enumerate(result.objects, 1):
+        obj.id = number
     return result
 
 
@@ -269,8 +304,9 @@ def to_objects(found: list[Found], gray: np.ndarray, scales: tuple[float, float]
         xx = (np.arange(x0, x1) + 0.5) * sx - 0.5 - left
         grid = np.meshgrid(yy, xx, indexing="ij")
         image = ndi.map_coordinates(item.patch, grid, order=1, mode="constant", cval=0.0).astype(np.float32)
+        head = (ndi.map_coordinates(item.prob, grid, order=1, mode="constant", cval=0.0) > 0.5) & (image > SMALL)
         if rule == "head":
-            mask = (ndi.map_coordinates(item.prob, grid, order=1, mode="constant", cval=0.0) > 0.5) & (image > SMALL)
+            mask = head
         elif rule == "object":
             mask = image > max(fraction * float(item.patch.max()), SMALL)
         else:
@@ -279,9 +315,10 @@ def to_objects(found: list[Found], gray: np.ndarray, scales: tuple[float, float]
         if mask.sum() < max(1, min_area):
             continue
         crop = gray[y0:y1, x0:x1]
+        agreement = float((mask & head).sum() / max(1, (mask | head).sum()))
         objects.append(KaizenObject(id=len(objects) + 1, offset=(y0, x0), image=image * intensity_range,
                                     mask=mask, codes=item.codes.astype(np.int16), gain=item.gain,
-                                    mean_intensity=float(crop[mask].mean())))
+                                    mean_intensity=float(crop[mask].mean()), head_agreement=agreement))
     return objects
 
 

@@ -36,6 +36,7 @@ class KaizenObject:
     codes: np.ndarray  # (G, G) codebook indices
     gain: float  # how much the object lowered the L1 loss, as a share of its own intensity
     mean_intensity: float = 0.0
+    head_agreement: float = 1.0  # IoU of the mask with the mask head's (p > 0.5); used by the stop rule
 
     @property
     def area(self) -> int:

@@ -83,6 +83,10 @@ class DecomposeParams(Params):
     intensity, and a candidate needs a 7x7-mean residual of at least ``min_residual`` (normalised
     intensity, image range 0..1).  Defaults were chosen on the nuclei-dsb2018 validation split
     (bench/kaizen.py tune); a model card's ``extra.decompose`` overrides them for that model.
+    The size ladder (``scales``, ``switch_share``) and the stop rule (``min_peak``,
+    ``min_head_agreement``, ``min_contrast``, ``min_snr``) are off here because their useful values
+    depend on the model (an undertrained mask head disagrees with everything); the shipped model's
+    card switches them on with values tuned on validation (``tune`` chooses them for any model).
     """
 
     diameter: float | None = param(None, "typical object diameter in input pixels (default: estimated per image)")
@@ -99,6 +103,18 @@ class DecomposeParams(Params):
     mask_fraction: float = param(0.15, "mask threshold as a fraction of the image mean or object maximum "
                                        "(see mask_rule; paper: 0.1 of the image mean)")
     min_area: int = param(0, "drop objects smaller than this many pixels (0 = keep all)")
+    scales: str = param("1", "also decompose at the diameter times these factors and keep, per region, the "
+                                 "scale whose objects explain the input best (L1); '1' = one diameter per image")
+    switch_share: float = param(0.0, "another scale replaces the estimated diameter in a region only if it lowers "
+                                     "the L1 there by this share")
+    object_cost: float = param(0.0, "L1 (normalised intensity x pixels) each object adds when scales are compared")
+    min_peak: float = param(0.0, "stop rule: drop objects whose generated peak is below this (normalised 0..1)")
+    min_head_agreement: float = param(0.0, "stop rule: drop objects whose mask overlaps the mask head's by less "
+                                           "than this IoU")
+    min_contrast: float = param(0.0, "stop rule: drop objects less than this (normalised 0..1) brighter than "
+                                      "the background ring around them")
+    min_snr: float = param(0.0, "stop rule: drop objects whose contrast to that ring is below this many times "
+                                "the ring's noise (robust sigma)")
     batch_size: int = param(512, "candidates per network call (a larger round is split)")
     device: str = param("auto", DEVICE_HELP)
     channel: str | None = param(None, "channel name or index of a multi-channel image (default: the only one; RGB: "
