@@ -12,7 +12,7 @@ from app.core.session import Session
 
 APP = Path(__file__).resolve().parents[1] / "app"
 QT_FREE = ("app.core.session", "app.gui.theme", "app.gui.run_files", "app.gui.report_sections",
-           "app.gui.training_sources", "app.gui.object_stack")
+           "app.gui.training_sources", "app.pipelines.kaizen.drawing")
 
 
 def test_observers_hear_each_change_once_and_can_stop():

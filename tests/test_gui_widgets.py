@@ -233,7 +233,7 @@ def test_overlays_draw_one_item_per_class_and_hit_test(qtbot):
 
 
 def test_generated_object_images_are_summed_in_place():
-    from app.gui.object_stack import generated_objects_rgba
+    from app.pipelines.kaizen.drawing import generated_objects_rgba
 
     stack = {"images": np.ones((2, 3, 3), np.float32), "offsets": np.array([[0, 0], [1, 2]]),
              "shapes": np.array([[3, 3], [2, 3]])}
@@ -245,7 +245,7 @@ def test_generated_object_images_are_summed_in_place():
 
 
 def test_kaizen_objects_get_the_outline_of_their_whole_mask():
-    from app.gui.object_stack import outline_objects_from_stack
+    from app.pipelines.kaizen.drawing import outline_objects_from_stack
 
     masks = np.zeros((2, 8, 8), bool)
     masks[0, 2:6, 1:5] = True  # a 4 x 4 square at crop (2, 1)

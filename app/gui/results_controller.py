@@ -18,10 +18,11 @@ from app.core.formats import is_image_path, split_scene
 from app.core.pyramid import pyramid_cache_dir
 from app.core.results import read_objects
 from app.gui.curation import CurationSession
-from app.gui.object_stack import generated_objects_rgba, outline_objects_from_stack
 from app.gui.overlays import prepare_document, prepare_layer
 from app.gui.run_files import base_objects_file, latest_run_with_results, objects_file, seed_edits, stack_file
+from app.gui.theme import GENERATED_COLOUR
 from app.gui.workers import BackgroundRunner
+from app.pipelines.kaizen.drawing import generated_objects_rgba, outline_objects_from_stack
 
 if TYPE_CHECKING:
     from app.gui.window_api import WindowApi
@@ -38,7 +39,7 @@ def load_results_task(path: Path, edits: list[dict], image: str, stack: Path | N
 
         with np.load(stack) as data:
             arrays = {key: data[key] for key in data.files}
-        generated = generated_objects_rgba(arrays)
+        generated = generated_objects_rgba(arrays, GENERATED_COLOUR)
         outline_objects_from_stack(doc, arrays)  # Kaizen: outlines of the whole objects, not boxes
     applied = apply_edits(doc, edits)
     return {"doc": doc, "applied": applied, "prepared": prepare_document(applied), "path": path, "image": image,

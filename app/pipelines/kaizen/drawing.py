@@ -1,16 +1,16 @@
 """Kaizen's object stack (``objects.npz``) as viewer overlays: a generated-objects picture and mask outlines.
 
-No Qt: both run on the results reader thread.
+Kaizen's own drawing, kept in its folder (issue 13): no Qt, so both run on the viewer's results
+reader thread; the GUI passes its theme colour.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from app.gui.theme import GENERATED_COLOUR
 
 
-def generated_objects_rgba(stack: dict[str, np.ndarray], colour: str = GENERATED_COLOUR) -> tuple[np.ndarray, tuple]:
+def generated_objects_rgba(stack: dict[str, np.ndarray], colour: str = "#ff4fd8") -> tuple[np.ndarray, tuple]:
     """Kaizen's generated object images (an ``objects.npz`` stack) summed in place as an RGBA picture.
 
     Returns the picture and its rect (x, y, w, h) in image pixels; alpha follows the intensity so
