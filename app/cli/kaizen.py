@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -174,8 +173,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_segment(args: argparse.Namespace) -> int:
     """Decompose each image into ``DIR/<image>/`` (the runner's layout, as project runs and batches write it)."""
-    from app.cli.pipelines import analyze_folder, item_rows, print_result
-    from app.core.outputs import collect_kept
+    from app.cli.pipelines import analyze_and_tell, item_rows, print_result
 
     _set_threads(args.threads)
     overrides = {k[len("param_"):]: v for k, v in vars(args).items() if k.startswith("param_") and v is not None}
@@ -186,11 +184,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     overrides.update({k: v for k, v in (("channel", args.channel), ("z", args.z)) if v is not None})
     if args.device != "auto":
         overrides["device"] = args.device
-    with collect_kept() as kept:  # reports the user changed in a redone image's folder are kept
-        result = analyze_folder("kaizen", [args.images], args.out, {"kaizen": args.model} if args.model else None,
-                                overrides, force=args.force, quiet=args.json)
-    for item in kept:  # on stderr with --json, so stdout holds only the JSON
-        print(f"{item.message()} (--force replaces it)", file=sys.stderr if args.json else sys.stdout)
+    result = analyze_and_tell("kaizen", [args.images], args.out, {"kaizen": args.model} if args.model else None,
+                              overrides, force=args.force, as_json=args.json)
     if args.json:
         return print_result(result, True)
     for row in item_rows(result):

@@ -22,6 +22,7 @@ from typing import Any
 
 from app.cli.common import parse_pairs, print_json
 from app.core.errors import UserError
+from app.core.outputs import collect_kept
 from app.core.params import RENAMED
 
 EXIT_OK = 0
@@ -55,14 +56,8 @@ def add_generic(subparsers: Any, spec: Any) -> None:
 
 
 def _generic_analyze(args: argparse.Namespace) -> int:
-    from app.core.outputs import collect_kept
-
-    with collect_kept() as kept:  # reports the user changed are kept (app.core.outputs, app.core.republish)
-        result = analyze_folder(args.pipeline, args.inputs, args.out,
-                                parse_pairs(args.model, "--model", as_json=False),
-                                given_options(args, "param"), force=args.force, quiet=args.json)
-    for item in kept:  # on stderr with --json, so stdout holds only the JSON
-        print(f"{item.message()} (--force replaces it)", file=sys.stderr if args.json else sys.stdout)
+    result = analyze_and_tell(args.pipeline, args.inputs, args.out, parse_pairs(args.model, "--model", as_json=False),
+                              given_options(args, "param"), force=args.force, as_json=args.json)
     return print_result(result, args.json)
 
 
@@ -153,6 +148,20 @@ def analyze_folder(pipeline: str, inputs: Any, out: Path, models: dict[str, str]
         listed = "; ".join(f"{r['image']}: {r.get('error')}" for r in failed)
         raise UserError(f"{len(failed)} of {len(result['records'])} item(s) failed ({listed}); the others are in {out}")
     return result
+
+
+def analyze_and_tell(pipeline: str, inputs: Any, out: Path, models: dict[str, str] | None, params: dict[str, Any],
+                     force: bool, as_json: bool, force_option: str = "--force") -> dict[str, Any]:
+    """:func:`analyze_folder`, then tell where each new report went when the user's own was kept.
+
+    Told on stderr with ``--json`` (stdout holds only the JSON), and also when some items failed.
+    """
+    with collect_kept() as kept:  # reports the user changed are kept (app.core.outputs, app.core.republish)
+        try:
+            return analyze_folder(pipeline, inputs, out, models, params, force=force, quiet=as_json)
+        finally:
+            for item in kept:
+                print(f"{item.message()} ({force_option} replaces it)", file=sys.stderr if as_json else sys.stdout)
 
 
 def item_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
