@@ -247,13 +247,22 @@ class OverallProgress:
 
     def _stage_clock(self, event: Progress, now: float) -> float | None:
         """Seconds left in ``event``'s stage from its own rate so far."""
-        start, done0, last = self._clocks.get(event.stage, (now, event.done, event.done))
-        if event.done < last:
-            start, done0 = now, event.done
-        self._clocks[event.stage] = (start, done0, event.done)
-        if not event.total or event.done <= done0 or event.done >= event.total:
-            return None
-        return (now - start) / (event.done - done0) * (event.total - event.done)
+        return stage_time_left(self._clocks, event, now)
+
+
+def stage_time_left(clocks: dict[str, tuple[float, int, int]], event: Progress, now: float) -> float | None:
+    """Seconds left in ``event``'s stage from its rate so far (None while unknown), updating ``clocks``.
+
+    ``clocks`` maps a stage to (start time, done at start, last done); a stage whose count goes back
+    (a new item) restarts its clock.
+    """
+    start, done0, last = clocks.get(event.stage, (now, event.done, event.done))
+    if event.done < last:
+        start, done0 = now, event.done
+    clocks[event.stage] = (start, done0, event.done)
+    if not event.total or event.done <= done0 or event.done >= event.total:
+        return None
+    return (now - start) / (event.done - done0) * (event.total - event.done)
 
 
 def describe_error(error: BaseException) -> str:
@@ -326,13 +335,7 @@ class ConsoleProgress:
 
     def time_left(self, event: Progress, now: float) -> float | None:
         """Seconds left in ``event``'s stage from its rate so far, or None when not yet known."""
-        start, done0, last = self._starts.get(event.stage, (now, event.done, event.done))
-        if event.done < last:
-            start, done0 = now, event.done
-        self._starts[event.stage] = (start, done0, event.done)
-        if not event.total or event.done <= done0 or event.done >= event.total:
-            return None
-        return (now - start) / (event.done - done0) * (event.total - event.done)
+        return stage_time_left(self._starts, event, now)
 
     def __call__(self, event: Progress) -> None:
         now = time.monotonic()
