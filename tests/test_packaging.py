@@ -53,16 +53,14 @@ with open(sys.argv[1], "w") as out:
 
 
 def spec_constants() -> dict[str, object]:
-    """The literal lists the spec declares (HIDDEN_IMPORTS, COLLECT_PACKAGES, EXCLUDES, ...)."""
-    tree = ast.parse(SPEC.read_text())
-    found = {}
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
-            try:
-                found[node.targets[0].id] = ast.literal_eval(node.value)
-            except ValueError:
-                continue
-    return found
+    """The literal lists the spec declares (HIDDEN_IMPORTS, COLLECT_PACKAGES, EXCLUDES, ...), read as the
+    bundle-coverage check reads them (packaging/bundle_coverage.py, a script: loaded from its path)."""
+    import importlib.util
+
+    loader = importlib.util.spec_from_file_location("bundle_coverage", REPO / "packaging" / "bundle_coverage.py")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module.spec_constants(SPEC)
 
 
 def _env(tmp_path: Path) -> dict[str, str]:
