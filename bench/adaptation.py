@@ -56,16 +56,24 @@ def make_phantoms(work: Path, style: str, size: int, pool: int, heldout: int, se
     return folders
 
 
-def analyze(folder: Path, out: Path, tubule_model: Path, cell_model: Path, threads: int) -> float:
-    """Analyse every section of a phantom folder into ``out``; returns the seconds it took."""
-    from app.core.jobs import run
-    from app.pipelines.stagetool.batch import analyze_paths
+def analyze(folder: Path, out: Path, tubule_model: Path, cell_model: Path, threads: int,
+            match_pixel_size: bool = True) -> float:
+    """Analyse every section of a phantom folder into ``out`` through the app's one runner; returns the seconds."""
+    import dataclasses
+
+    from app.cli.pipelines import analyze_folder
+    from app.pipelines.contract import Item
     from app.pipelines.stagetool.params import AnalyzeParams
+    from app.pipelines.stagetool.predict import section_name
 
     start = time.monotonic()
-    params = AnalyzeParams(threads=threads, device="cpu", cell_tile=512, tubule_tile=512)
-    sections = sorted(folder.glob("*.ome.tif"))
-    run(analyze_paths(sections, out, params, str(tubule_model), str(cell_model), [], True, synthetic=True))
+    params = AnalyzeParams(threads=threads, device="cpu", cell_tile=512, tubule_tile=512,
+                           match_pixel_size=match_pixel_size)
+    values = {f.name: getattr(params, f.name) for f in dataclasses.fields(params) if f.init}
+    items = [Item(section_name(p), (str(p.resolve()),), meta={"synthetic": True})
+             for p in sorted(folder.glob("*.ome.tif"))]
+    analyze_folder("stagetool", items, out, {"tubules": str(tubule_model), "cells": str(cell_model)}, values,
+                   quiet=True)
     return time.monotonic() - start
 
 

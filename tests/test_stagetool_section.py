@@ -294,3 +294,41 @@ def test_one_pass_keeps_cells_from_single_score_and_rotations_from_cell_score(se
     assert m2m_found(single_score=0.7) == 0
     assert m2m_found(tta="full", single_score=0.7) == n_m2m
     assert m2m_found(tta="full", cell_score=0.7) == 0
+
+
+@pytest.mark.parametrize("match", [True, False])
+def test_sections_are_seen_at_the_models_pixel_size(section, tmp_path, match):
+    """Models trained at 0.625 um see a 0.5 um section resampled by 1.25; results stay in section pixels."""
+    path, truth, _ = section
+    tubules, cells = oracle_model("tubules", 128, downsample=2), oracle_model("cells", 128)
+    tubules.card.pixel_size_um = cells.card.pixel_size_um = 0.625
+    params = AnalyzeParams(tta="off", overlap=48, batch_size=3, map_scale=2, match_pixel_size=match)
+    doc = run(predict.analyze_section(path, tmp_path / "out", tubules, cells, params))
+    tiles = doc["meta"]["tiles"]
+    assert (tiles["cell_step"], tiles["tubule_step"]) == ((1.25, 2.5) if match else (1.0, 2.0))
+    assert tiles["cell_tile_px"] == (160 if match else 128)
+    found = np.array([c["box"] for c in doc["layers"]["cells"]])
+    truth_boxes = np.asarray(truth.cell_boxes)
+    assert len(found) == len(truth_boxes)
+    for box in truth_boxes:  # each drawn cell found where it is, at its size, to within a resampled pixel
+        assert np.abs(found - box).max(axis=1).min() <= 1.5
+    assert evaluate_section(doc, truth)["stages"]["agreement"] == 1.0
+
+
+def test_training_crops_are_resampled_to_the_models_pixel_size():
+    """A 0.25 um section trains a 0.5 um model at half size: boxes and masks shrink with the pixels."""
+    from app.core.annotations import AnnotatedObject
+    from app.pipelines.stagetool.dataset import CropSampler, Section
+
+    image = np.zeros((256, 256), np.float32)
+    image[100:140, 60:100] = 1.0
+    cell = AnnotatedObject(id=1, category="Sertoli", box=(60.0, 100.0, 100.0, 140.0))
+    section = Section(name="s", array=image, objects=[cell], pixel_size_um=0.25)
+    sampler = CropSampler([section], "cells", 64, pixel_size_um=0.5, augment=False)
+    assert sampler.side(0) == 128
+    crop = sampler.crop(0, (80, 40, 208, 168))
+    assert crop.image.shape == (64, 64)
+    np.testing.assert_allclose(crop.boxes, [[10, 10, 30, 30]])
+    plain = CropSampler([section], "cells", 64, augment=False)  # no model pixel size: the section's own
+    assert plain.side(0) == 64
+    np.testing.assert_allclose(plain.crop(0, (80, 40, 144, 104)).boxes, [[20, 20, 60, 60]])

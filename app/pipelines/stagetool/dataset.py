@@ -29,7 +29,7 @@ from app.core.images import open_image
 from app.core.tiles import rotate90, rotate_boxes
 from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool.models import normalise
-from app.pipelines.stagetool.section import intensity_range, reduce_block, section_overview
+from app.pipelines.stagetool.section import intensity_range, matched_step, reduce_block, section_overview, to_model_pixels
 from app.pipelines.stagetool.truth import read_testis_truth
 
 OVERVIEW_FACTOR = 4
@@ -244,12 +244,17 @@ class CropSampler:
     """Random, class-balanced, augmented crops of sections for one model kind."""
 
     def __init__(self, sections: Sequence[Section], kind: str, crop_size: int, downsample: int = 1,
-                 class_balanced: bool = True, augment: bool = True, min_visible: float = 0.5) -> None:
+                 class_balanced: bool = True, augment: bool = True, min_visible: float = 0.5,
+                 pixel_size_um: float | None = None) -> None:
+        """``pixel_size_um``: the model's pixel size (before ``downsample``); sections at another known
+        pixel size are resampled to it, so one model sees one scale (:func:`.section.matched_step`)."""
         self.sections = list(sections)
         self.kind = kind
         self.names = class_names(kind)
         self.crop_size = int(crop_size)
         self.downsample = int(downsample)
+        self.steps = [matched_step(self.downsample, pixel_size_um, getattr(s, "pixel_size_um", None))
+                      for s in self.sections]
         self.class_balanced = class_balanced
         self.augment = augment
         self.min_visible = min_visible
@@ -267,11 +272,11 @@ class CropSampler:
 
     def random_window(self, rng: np.random.Generator) -> tuple[int, tuple[int, int, int, int]]:
         """(section index, window in section pixels): around a class-balanced object, or anywhere."""
-        side = self.crop_size * self.downsample
         classes = sorted(self._by_class)
         if self.class_balanced and classes and rng.random() < 0.8:
             cls = classes[rng.integers(len(classes))]
             s, o = self._by_class[cls][rng.integers(len(self._by_class[cls]))]
+            side = self.side(s)
             x0, y0, x1, y1 = self.sections[s].objects[o].box
             cy = rng.uniform(y0, y1) if self.kind == "tubules" else (y0 + y1) / 2
             cx = rng.uniform(x0, x1) if self.kind == "tubules" else (x0 + x1) / 2
@@ -279,15 +284,20 @@ class CropSampler:
             left = int(cx - rng.uniform(0.1, 0.9) * side)
         else:
             s = int(rng.integers(len(self.sections)))
+            side = self.side(s)
             height, width = self.sections[s].shape
             top = int(rng.integers(0, max(1, height - side + 1)))
             left = int(rng.integers(0, max(1, width - side + 1)))
         return s, (top, left, top + side, left + side)
 
+    def side(self, s: int) -> int:
+        """Section pixels a crop of section ``s`` covers."""
+        return int(round(self.crop_size * self.steps[s]))
+
     def crop(self, s: int, window: tuple[int, int, int, int], rng: np.random.Generator | None = None) -> Crop:
         """The crop of section ``s`` at ``window``; augmented when ``rng`` is given and augment is on."""
         section = self.sections[s]
-        raw = reduce_block(section.read(window), self.downsample)
+        raw = to_model_pixels(section.read(window), self.steps[s], (self.crop_size, self.crop_size))
         image = normalise(raw, *section.stats).numpy()
         boxes, labels, masks = self._targets(s, window)
         crop = Crop(image, boxes, labels, masks)
@@ -303,7 +313,7 @@ class CropSampler:
     def _targets(self, s: int, window: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """Boxes (model pixels), labels (1..) and, for tubules, masks of the objects visible in a window."""
         y0, x0, y1, x1 = window
-        d = self.downsample
+        d = self.steps[s]
         side = self.crop_size
         boxes = self._boxes[s]
         visible_x = np.clip(boxes[:, 2], x0, x1) - np.clip(boxes[:, 0], x0, x1)
@@ -337,12 +347,13 @@ class CropSampler:
         return boxes_arr, labels_arr, masks_arr
 
 
-def _window_mask(obj: Any, window: tuple[int, int, int, int], downsample: int, side: int) -> np.ndarray:
+def _window_mask(obj: Any, window: tuple[int, int, int, int], downsample: float, side: int) -> np.ndarray:
     """An object's mask inside a window, at model resolution (nearest sampling of pixel centres)."""
     crop, (oy, ox) = obj.crop_mask()
     y0, x0 = window[0], window[1]
-    ys = y0 + np.arange(side) * downsample + downsample // 2 - oy
-    xs = x0 + np.arange(side) * downsample + downsample // 2 - ox
+    centres = np.floor((np.arange(side) + 0.5) * downsample).astype(np.int64)
+    ys = y0 + centres - oy
+    xs = x0 + centres - ox
     valid_y = (ys >= 0) & (ys < crop.shape[0])
     valid_x = (xs >= 0) & (xs < crop.shape[1])
     mask = np.zeros((side, side), bool)

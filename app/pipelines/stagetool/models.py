@@ -46,7 +46,9 @@ class ModelConfig:
     """What rebuilds a Stagetool network: kind, backbone, class count and head sizes.
 
     ``downsample`` is the factor by which sections are reduced before the network sees them
-    (1 = full resolution, as in the paper; the CPU demo tubule model uses more).  ``tile_size``
+    (1 = full resolution, as in the paper; the CPU demo tubule model uses more).  A card stores an
+    integer; at analysis time it may become fractional, when a section's pixel size differs from
+    the one the model was trained at (:func:`.loading.prepare`).  ``tile_size``
     is the tile side the network sees, in its own (downsampled) pixels.
     """
 
@@ -54,7 +56,7 @@ class ModelConfig:
     backbone: str
     num_classes: int
     tile_size: int = 1024
-    downsample: int = 1
+    downsample: float = 1
     in_channels: int = 1
     fpn_channels: int = 256
     head_dim: int = 1024

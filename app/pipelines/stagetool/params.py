@@ -74,6 +74,9 @@ class AnalyzeParams(Params):
     adaptive_high: float = _help("... up to here count as uncertain", default=0.8)
     adaptive_block: int = _help("adaptive TTA: side of the blocks (model pixels) rotated around uncertain cells; "
                                 "each gets 32 px of context", default=128)
+    match_pixel_size: bool = _help("resample tiles to the pixel size the models were trained at, when both the "
+                                   "section's and the model's pixel sizes are known (off: the model sees the "
+                                   "section's pixels as they are)", default=True)
     skip_background: bool = _help("skip tiles without tissue (found on a low-resolution overview)", default=True)
     min_tissue: float = _help("share of a tile that must be tissue for it to be analysed", default=0.02)
     map_scale: int = _help("tubule map resolution: section pixels per map pixel (memory grows as 1/scale^2)",

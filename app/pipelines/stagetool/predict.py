@@ -51,13 +51,18 @@ from app.pipelines.stagetool.models import set_inference
 from app.pipelines.stagetool.params import AnalyzeParams
 from app.pipelines.stagetool.section import (  # noqa: F401  (predict.reduce_block etc. kept)
     intensity_range, model_tile, read_region, reduce_block, section_overview, tile_windows, tissue_fraction,
-    tissue_mask, window_of,
+    tissue_mask, window_of, window_side,
 )
 
 # -------------------------------------------------------------------------------------- tubules
 
 
-def _mask_to_map(mask: np.ndarray, window: tuple[int, int, int, int], downsample: int, map_scale: int,
+def _pixel_for(image: Any, model: LoadedModel, params: AnalyzeParams) -> float | None:
+    """The section pixel size tiles are matched to the model's at, or None to keep the card's downsample."""
+    return image.info.pixel_size_um if params.match_pixel_size else None
+
+
+def _mask_to_map(mask: np.ndarray, window: tuple[int, int, int, int], downsample: float, map_scale: int,
                  map_shape: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
     """A model-resolution mask resampled (nearest) onto the section's map grid; returns (mask, origin)."""
     y0, x0 = window[0], window[1]
@@ -80,7 +85,7 @@ def tubule_pass(image: Any, channel: int, model: LoadedModel, params: AnalyzePar
     """Tile masks of the whole section, merged into tubules; returns (tubules, tubule map, tile info)."""
     height, width = image.info.height, image.info.width
     map_shape = (-(-height // map_scale), -(-width // map_scale))
-    config = prepare(model, params.tubule_tile, params.tubule_score)
+    config = prepare(model, params.tubule_tile, params.tubule_score, _pixel_for(image, model, params))
     tiles = tile_windows(height, width, config, params.overlap)
     masks: list[merge.TileMask] = []
     skipped = 0
@@ -112,7 +117,7 @@ def tubule_pass(image: Any, channel: int, model: LoadedModel, params: AnalyzePar
         tubule.id = number
     label_map = merge.paint_tubules(tubules, map_shape)
     info = {"tubule_tiles": len(tiles), "tubule_tiles_analysed": len(todo), "tubule_masks": len(masks),
-            "tubule_tile_px": config.tile_size * config.downsample}
+            "tubule_tile_px": window_side(config), "tubule_step": round(float(config.downsample), 4)}
     return tubules, label_map, info
 
 
@@ -219,7 +224,7 @@ def cell_pass(image: Any, channel: int, model: LoadedModel, params: AnalyzeParam
     """All cells of the section: (detections in section px, antigen means, antigen q, tile info)."""
     height, width = image.info.height, image.info.width
     first_cut = {"off": params.single_score, "adaptive": params.adaptive_low}.get(params.tta, params.cell_score)
-    config = prepare(model, params.cell_tile, first_cut)
+    config = prepare(model, params.cell_tile, first_cut, _pixel_for(image, model, params))
     tiles = tile_windows(height, width, config, params.overlap)
     todo = []
     skipped = 0
@@ -278,9 +283,9 @@ def cell_pass(image: Any, channel: int, model: LoadedModel, params: AnalyzeParam
         keep_index = deduped.votes
         cells = cells.select(keep_index)
         mean_arr, q_arr = mean_arr[keep_index], q_arr[keep_index]
-    info = {"cell_tile_px": config.tile_size * config.downsample, "cell_tiles": len(tiles),
+    info = {"cell_tile_px": window_side(config), "cell_step": round(float(config.downsample), 4), "cell_tiles": len(tiles),
             "cell_tiles_analysed": len(todo), "cell_tiles_rotated": rotated_tiles,
-            "cell_blocks_rotated": rotated_blocks, "adaptive_block_px": params.adaptive_block * config.downsample,
+            "cell_blocks_rotated": rotated_blocks, "adaptive_block_px": round(params.adaptive_block * config.downsample),
             "seam_duplicates_removed": before - len(cells)}
     return cells, mean_arr, q_arr, info
 

@@ -27,6 +27,38 @@ def reduce_block(array: np.ndarray, factor: int) -> np.ndarray:
     return array.reshape(hh, factor, ww, factor).mean(axis=(1, 3))
 
 
+def is_whole(step: float) -> bool:
+    """True when a section step is a whole number of pixels (block means need no interpolation)."""
+    return abs(step - round(step)) < 1e-6 and round(step) >= 1
+
+
+def matched_step(downsample: float, model_pixel_um: float | None, section_pixel_um: float | None) -> float:
+    """Section pixels per model pixel that show a section at the model's pixel size.
+
+    Without both pixel sizes, or when they agree within 5%, the model's own downsample is kept.
+    """
+    if not model_pixel_um or not section_pixel_um:
+        return downsample
+    ratio = float(model_pixel_um) / float(section_pixel_um)
+    return downsample if abs(ratio - 1.0) < 0.05 else downsample * ratio
+
+
+def to_model_pixels(array: np.ndarray, step: float, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """A section region in model pixels: block means for a whole step, else linear resampling.
+
+    A fractional step (the section's pixel size differs from the model's) is resampled with
+    scikit-image, anti-aliased when shrinking; pixel i of the result covers section pixels
+    [i * step, (i + 1) * step).
+    """
+    if is_whole(step):
+        return reduce_block(array, int(round(step)))
+    from skimage.transform import resize
+
+    array = np.asarray(array, np.float32)
+    shape = shape or (max(1, int(round(array.shape[0] / step))), max(1, int(round(array.shape[1] / step))))
+    return resize(array, shape, order=1, anti_aliasing=step > 1, preserve_range=True).astype(np.float32)
+
+
 def read_region(image: Any, channel: int, region: tuple[int, int, int, int], where: str) -> np.ndarray:
     """A region (zero padded outside the section) of one channel; an unreadable region names the tile."""
     try:
@@ -79,16 +111,21 @@ def model_tile(image: Any, channel: int, window: tuple[int, int, int, int], conf
                stats: tuple[float, float], where: str) -> np.ndarray:
     """The normalised model input for a window: read, reduced by the model's downsample, tile-sized."""
     raw = read_region(image, channel, window, where)
-    small = reduce_block(raw, config.downsample)
+    small = to_model_pixels(raw, config.downsample)
     out = np.zeros((config.tile_size, config.tile_size), np.float32)
     h, w = min(small.shape[0], config.tile_size), min(small.shape[1], config.tile_size)
     out[:h, :w] = normalise(small[:h, :w], *stats).numpy()
     return out
 
 
+def window_side(config: ModelConfig) -> int:
+    """Section pixels a model tile covers (its tile size times the section step)."""
+    return int(round(config.tile_size * config.downsample))
+
+
 def tile_windows(height: int, width: int, config: ModelConfig, overlap: int) -> list[Any]:
     """Tiles of the section for a model: cores on a grid, windows of the model's tile size (section px)."""
-    side = config.tile_size * config.downsample
+    side = window_side(config)
     overlap = min(overlap, side // 2)
     return list(TileGrid(height, width, tile_size=side, overlap=overlap))
 
@@ -101,7 +138,7 @@ def window_of(tile: Any, config: ModelConfig) -> tuple[int, int, int, int]:
     padding: on padded edge tiles the tubule model drew masks across the interstitium that
     joined neighbouring tubules.  A section smaller than a tile is padded on its bottom/right.
     """
-    side = config.tile_size * config.downsample
+    side = window_side(config)
     height, width = tile.image_shape
     y0 = max(0, min(int(tile.window[0]), height - side))
     x0 = max(0, min(int(tile.window[1]), width - side))

@@ -205,6 +205,17 @@ def init_backbone(net: torch.nn.Module, folder: str | Path) -> str:
     return from_model(net, "", source_card(folder), backbone_only=True).note
 
 
+def model_pixel_size(source: Any, sections: Sequence[Any]) -> float | None:
+    """The pixel size a new model works at: its source model's when fine-tuning, else the first section's.
+
+    Sections at other known pixel sizes are resampled to it while training (CropSampler), so a model
+    fine-tuned on a lab's 0.65 um sections keeps the scale its source learned.
+    """
+    if source is not None and getattr(source, "pixel_size_um", None):
+        return float(source.pixel_size_um)
+    return next((float(s.pixel_size_um) for s in sections if getattr(s, "pixel_size_um", None)), None)
+
+
 def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParams | None = None,
           name: str | None = None, resume: bool = False, sections: Sequence[Any] | None = None,
           data_description: str | None = None, synthetic: bool | None = None,
@@ -242,9 +253,11 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
     val_note = "held-out sections"
     if not val_sections:
         val_sections, val_note = train_sections, "the training sections (only one section was given)"
+    pixel = model_pixel_size(source, all_sections)
     sampler = CropSampler(train_sections, kind, params.crop_size, params.downsample, params.class_balanced,
-                          params.augment)
-    val_sampler = CropSampler(val_sections, kind, params.crop_size, params.downsample, False, False)
+                          params.augment, pixel_size_um=pixel)
+    val_sampler = CropSampler(val_sections, kind, params.crop_size, params.downsample, False, False,
+                              pixel_size_um=pixel)
     val_rng = np.random.default_rng(params.seed + 1)
     val_crops = [val_sampler.crop(*val_sampler.random_window(val_rng)) for _ in range(params.val_crops)]
     yield Progress("data", 1, 1, f"{len(train_sections)} training, {len(val_sections)} validation sections; "
@@ -337,7 +350,6 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
             "val_description": f"{len(val_crops)} random {params.crop_size} px crops of {val_note}"
                                + (" (synthetic phantoms, easier than tissue)" if is_synthetic else ""),
             "synthetic": is_synthetic, "start": start and dataclasses.asdict(start)}
-    pixel = next((getattr(s, "pixel_size_um", None) for s in all_sections if getattr(s, "pixel_size_um", None)), None)
     card = make_card(name or out.name, kind, config, params, data, {k: _clean(v) for k, v in best_metrics.items()},
                      history, pixel)
     written = save_model(out, card, best_state, half=params.half)
