@@ -303,7 +303,10 @@ def test_sections_are_seen_at_the_models_pixel_size(section, tmp_path, match):
     tubules, cells = oracle_model("tubules", 128, downsample=2), oracle_model("cells", 128)
     tubules.card.pixel_size_um = cells.card.pixel_size_um = 0.625
     params = AnalyzeParams(tta="off", overlap=48, batch_size=3, map_scale=2, match_pixel_size=match)
-    doc = run(predict.analyze_section(path, tmp_path / "out", tubules, cells, params))
+    messages = []
+    doc = run(predict.analyze_section(path, tmp_path / "out", tubules, cells, params),
+              lambda p: messages.append(p.message or ""))
+    assert any("seen at the model's 0.625 µm" in m for m in messages) == match
     tiles = doc["meta"]["tiles"]
     assert (tiles["cell_step"], tiles["tubule_step"]) == ((1.25, 2.5) if match else (1.0, 2.0))
     assert tiles["cell_tile_px"] == (160 if match else 128)

@@ -62,6 +62,14 @@ def _pixel_for(image: Any, model: LoadedModel, params: AnalyzeParams) -> float |
     return image.info.pixel_size_um if params.match_pixel_size else None
 
 
+def _scale_note(image: Any, model: LoadedModel, config: Any) -> str:
+    """Tells the user when tiles are resampled to the model's pixel size (empty when they are not)."""
+    if config.downsample == model.config.downsample:
+        return ""
+    return (f"; section at {image.info.pixel_size_um:g} µm per pixel is seen at the model's "
+            f"{model.card.pixel_size_um:g} µm (tiles resampled by {config.downsample / model.config.downsample:.2f})")
+
+
 def _mask_to_map(mask: np.ndarray, window: tuple[int, int, int, int], downsample: float, map_scale: int,
                  map_shape: tuple[int, int]) -> tuple[np.ndarray, tuple[int, int]]:
     """A model-resolution mask resampled (nearest) onto the section's map grid; returns (mask, origin)."""
@@ -96,7 +104,8 @@ def tubule_pass(image: Any, channel: int, model: LoadedModel, params: AnalyzePar
             skipped += 1
             continue
         todo.append(window)
-    yield Progress("tubules", 0, len(todo), f"{skipped} of {len(tiles)} tiles without tissue skipped")
+    yield Progress("tubules", 0, len(todo), f"{skipped} of {len(tiles)} tiles without tissue skipped"
+                   + _scale_note(image, model, config))
     for start in range(0, len(todo), params.batch_size):
         windows = todo[start:start + params.batch_size]
         inputs = [model_tile(image, channel, w, config, stats, where) for w in windows]
