@@ -6,7 +6,8 @@
 
 For each phantom style (:mod:`app.pipelines.stagetool.phantom_style`: sections as another lab
 would image them) the shipped demo models analyse a pool of sections and ``--heldout`` others.
-k = 0 is the demo models on the held-out sections.  For each k the first k pool sections are
+k = 0 is the demo models on the held-out sections, seen at the models' pixel size (and, for
+comparison, at the sections' own pixel size, as before ``match_pixel_size``).  For each k the first k pool sections are
 corrected as a careful user would (:mod:`app.pipelines.stagetool.corrections`, from the truth):
 the edits go into the run's ``edits.json`` exactly as the viewer writes them, and their clicks are
 counted.  Usable tubules the tubule model missed need an outline drawn (16 clicks each); the
@@ -196,6 +197,11 @@ def bench_style(style: str, args: argparse.Namespace, rows: list[dict[str, Any]]
     work = args.work / style
     pool, heldout = make_phantoms(args.work, style, args.size, max(args.ks), args.heldout, args.seed)
     log(style, "phantoms ready")
+    unmatched = work / "k0-native-pixels"  # the demo models shown the section's own pixels (before matching)
+    analyze(heldout, unmatched, DEMO["tubules"], DEMO["cells"], args.threads, match_pixel_size=False)
+    rows.append({"style": style, "k": 0, "start": "demo, section's own pixels", "clicks": 0, "outlines": 0,
+                 "train_min": 0.0, **scores(unmatched, heldout)})
+    log(style, "k=0 without pixel-size matching:", format_row(rows[-1]))
     baseline = work / "k0"
     seconds = analyze(heldout, baseline, DEMO["tubules"], DEMO["cells"], args.threads)
     rows.append({"style": style, "k": 0, "start": "demo", "clicks": 0, "outlines": 0, "train_min": 0.0,
