@@ -114,6 +114,30 @@ def test_merge_switches_scale_only_where_it_explains_clearly_better():
         parse_scales("0 1")
 
 
+def test_merge_guard_keeps_touching_whole_nuclei_apart():
+    # two touching nuclei, each found whole at the estimated diameter; the 2x scale draws one blob over both
+    target = np.zeros((40, 60), np.float32)
+    left, right = _disk_object((5, 5), size=21, head=0.9), _disk_object((5, 22), size=21, head=0.9)
+    target[5:26, 5:26] += left.image
+    target[5:26, 22:43] += right.image
+    left.image = left.image * 0.5  # the home scale explains the pair only half-way (in L1)
+    right.image = right.image * 0.5
+    blob = KaizenObject(id=1, offset=(0, 0), image=target.copy(), mask=target > 0, codes=np.zeros((2, 2), np.int16),
+                        gain=1.0, head_agreement=0.9)
+    results = [ScaleResult(10.0, [left, right]), ScaleResult(20.0, [blob])]
+    merged, _ = merge_scales(target, results, object_cost=0.0, margin=1, base=10.0, switch_share=0.3)
+    assert merged == [blob]  # without the guard the pair is merged into one object
+    guarded, diameters = merge_scales(target, results, object_cost=0.0, margin=1, base=10.0, switch_share=0.3,
+                                      guard=0.6)
+    assert guarded == [left, right] and diameters == [10.0, 10.0]
+    right.head_agreement = 0.3  # a fragment the mask head disagrees with: the region may switch
+    assert merge_scales(target, results, 0.0, 1, base=10.0, switch_share=0.3, guard=0.6)[0] == [blob]
+    # one whole nucleus found (its touching neighbour missed at the estimated diameter): not merged with it
+    single = [ScaleResult(10.0, [left]), ScaleResult(20.0, [blob])]
+    assert merge_scales(target, single, 0.0, 1, base=10.0, switch_share=0.3, guard=0.6)[0] == [left]
+    assert merge_scales(target, single, 0.0, 1, base=10.0, switch_share=0.3)[0] == [blob]
+
+
 def _gradient_field(shape=(160, 200), seed=0) -> np.ndarray:
     """A smooth, strong background slope with noise and no nuclei (uneven illumination, no sample)."""
     yy, xx = np.mgrid[: shape[0], : shape[1]] / max(shape)

@@ -276,7 +276,7 @@ def decompose_job(image: np.ndarray, model: KaizenModel, params: DecomposeParams
     margin = max(1, int(round(0.1 * base)))
     objects, diameters = merge_scales(norm * (high - low), found, params.object_cost * (high - low), margin,
                                       base=float(np.clip(base, MIN_DIAMETER, MAX_DIAMETER)),
-                                      switch_share=params.switch_share)
+                                      switch_share=params.switch_share, guard=params.merge_guard)
     result.diameter = float(np.median(diameters)) if diameters else float(base)
     result.scale = model.target_diameter / result.diameter
     result.objects = apply_stop_rule(objects, norm, high - low, params.min_peak, params.min_head_agreement,

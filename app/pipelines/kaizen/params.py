@@ -87,8 +87,8 @@ class DecomposeParams(Params):
     ``min_head_agreement``, ``min_contrast``, ``min_snr``) are off here because their useful values
     depend on the model (an undertrained mask head disagrees with everything); the shipped model's
     card switches them on with values tuned on validation (``tune`` chooses them for any model).
-    ``background`` (subtract a smooth background before normalising) is off here for the same reason
-    and set by the card.
+    ``background`` (subtract a smooth background before normalising) and ``merge_guard`` (the ladder
+    keeps touching whole nuclei apart) are off here for the same reason and set by the card.
     """
 
     diameter: float | None = param(None, "typical object diameter in input pixels (default: estimated per image)")
@@ -119,6 +119,8 @@ class DecomposeParams(Params):
                                       "the background ring around them")
     min_snr: float = param(0.0, "stop rule: drop objects whose contrast to that ring is below this many times "
                                 "the ring's noise (robust sigma)")
+    merge_guard: float = param(0.0, "size ladder: keep the estimated diameter in a region where each object it found "
+                                    "there agrees with the mask head by at least this IoU (0 = off)")
     batch_size: int = param(512, "candidates per network call (a larger round is split)")
     device: str = param("auto", DEVICE_HELP)
     channel: str | None = param(None, "channel name or index of a multi-channel image (default: the only one; RGB: "
