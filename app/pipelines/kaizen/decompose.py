@@ -22,9 +22,9 @@ Object size: with ``scales`` (e.g. "1 2 4") the image is decomposed at the estim
 each factor and regions keep the scale that explains them best (:mod:`.multiscale`); kept objects
 then pass the stop rule (:mod:`.stoprule`).  Both are off in :class:`DecomposeParams` and switched on
 by a model card (the shipped one: see its ``decompose_note``).  With ``background`` > 0 a smooth
-background much wider than the largest diameter tried is subtracted first (:mod:`.background`) and
-the diameter re-estimated on the result: a background slope is otherwise residual that Kaizen
-covers with objects.
+background (an opening ``background`` x the largest diameter tried wide) is subtracted first
+(:mod:`.background`) and the diameter re-estimated on the result: a background slope is otherwise
+residual that Kaizen covers with objects.
 """
 
 from __future__ import annotations
@@ -251,18 +251,10 @@ def decompose_job(image: np.ndarray, model: KaizenModel, params: DecomposeParams
         raise UserError(str(exc)) from exc
     if gray.size == 0:
         return result
-    norm, low, high = normalise(gray)
-    if not has_signal(gray, low, high):
-        return result  # nothing stands out of the noise: no work at all
-    base = params.diameter or estimate_diameter(norm) or model.target_diameter
-    work = gray  # what is decomposed; object intensities are still measured on ``gray``
-    if params.background > 0:
-        window = params.background * float(np.clip(base * max(scales), MIN_DIAMETER, MAX_DIAMETER))
-        work = subtract_background(gray, window)
-        norm, low, high = normalise(work)
-        if not has_signal(work, low, high):
-            return result  # only a smooth background: nothing to decompose
-        base = params.diameter or estimate_diameter(norm) or base  # re-estimated without the background
+    prepared = prepare_input(gray, params, scales, model.target_diameter)
+    if prepared is None:
+        return result  # nothing stands out of the noise (or of a smooth background): no work at all
+    work, norm, low, high, base = prepared  # object intensities are still measured on ``gray``
     found: list[ScaleResult] = []
     for factor in scales:
         diameter = float(np.clip(base * factor, MIN_DIAMETER, MAX_DIAMETER))
@@ -284,6 +276,27 @@ def decompose_job(image: np.ndarray, model: KaizenModel, params: DecomposeParams
     for number, obj in enumerate(result.objects, 1):
         obj.id = number
     return result
+
+
+def prepare_input(gray: np.ndarray, params: DecomposeParams, scales: tuple[float, ...],
+                  fallback: float) -> tuple[np.ndarray, np.ndarray, float, float, float] | None:
+    """(image to decompose, its normalised copy, low, high, base diameter), or None when nothing stands out.
+
+    With ``params.background`` > 0 the smooth background is subtracted and the diameter estimated
+    again on the result; ``fallback`` is the diameter when none can be estimated.
+    """
+    norm, low, high = normalise(gray)
+    if not has_signal(gray, low, high):
+        return None
+    base = params.diameter or estimate_diameter(norm) or fallback
+    if params.background <= 0:
+        return gray, norm, low, high, base
+    window = params.background * float(np.clip(base * max(scales), MIN_DIAMETER, MAX_DIAMETER))
+    work = subtract_background(gray, window)
+    norm, low, high = normalise(work)
+    if not has_signal(work, low, high):
+        return None  # only a smooth background
+    return work, norm, low, high, params.diameter or estimate_diameter(norm) or base
 
 
 def objects_from_search(search: Search, gray: np.ndarray, patch: int, params: DecomposeParams) -> list[KaizenObject]:
