@@ -137,7 +137,7 @@ def bench(args: argparse.Namespace) -> None:
 
 
 BEFORE = {"scales": "1", "switch_share": 0.0, "min_peak": 0.0, "min_head_agreement": 0.0, "min_contrast": 0.0,
-          "min_snr": 0.0}  # the earlier defaults: one estimated diameter, no stop rule
+          "min_snr": 0.0, "background": 0.0, "merge_guard": 0.0}  # the earlier defaults: one diameter, no stop rule
 WORST_DIR = DATA.parent.parent / "notes" / "kaizen-worst"
 
 

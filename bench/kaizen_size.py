@@ -7,6 +7,8 @@ objects (the merge and the filter do not change what is found at one scale), by 
 coordinate search on the mean of AP50..AP90 (a stop-rule threshold stays off unless it adds at least
 TOLERANCE; ties keep the earlier, simpler value).  Printed per setting: AP50..AP90, objects per true large nucleus
 (1000-8000 px: median, mean) and the network seconds per image the ladder costs.
+``background`` and ``merge_guard`` are not searched: they come with the starting params and are
+applied as decompose applies them (bench/kaizen_ab.py measured them; see the model card's note).
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ import numpy as np
 
 from app.core.jobs import run
 from app.core.metrics.instances import instance_scores
-from app.pipelines.kaizen.decompose import objects_from_search, search_job
+from app.pipelines.kaizen.decompose import objects_from_search, prepare_input, search_job
 from app.pipelines.kaizen.model import KaizenModel
 from app.pipelines.kaizen.multiscale import ScaleResult, merge_scales, parse_scales
 from app.pipelines.kaizen.outputs import Decomposition
 from app.pipelines.kaizen.params import DecomposeParams
-from app.pipelines.kaizen.sizing import MAX_DIAMETER, MIN_DIAMETER, as_gray, estimate_diameter, normalise
+from app.pipelines.kaizen.sizing import MAX_DIAMETER, MIN_DIAMETER, as_gray, normalise
 from app.pipelines.kaizen.stoprule import apply_stop_rule
 from bench.kaizen_groups import large_nuclei_summary, per_nucleus_counts
 
@@ -49,13 +51,14 @@ def cache_ladder(model: KaizenModel, data, params: DecomposeParams) -> dict[str,
     out = {}
     for name, image, truth in data:
         gray = as_gray(image)
-        norm, low, high = normalise(gray)
-        base = params.diameter or estimate_diameter(norm) or model.target_diameter
+        # as decompose does it (background subtracted when the params ask; window from their ladder)
+        prepared = prepare_input(gray, params, parse_scales(params.scales), model.target_diameter)
+        work, norm, low, high, base = prepared or (gray, *normalise(gray), model.target_diameter)
         per = {}
         for factor in LADDER:
             diameter = float(np.clip(base * factor, MIN_DIAMETER, MAX_DIAMETER))
             started = time.perf_counter()
-            search = run(search_job(gray, model, params, diameter=diameter))
+            search = run(search_job(work, model, params, diameter=diameter)) if prepared else None
             objects = objects_from_search(search, gray, model.patch, params) if search else []
             per[factor] = (diameter, objects, time.perf_counter() - started)
         out[name] = {"norm": norm, "range": high - low, "base": float(np.clip(base, MIN_DIAMETER, MAX_DIAMETER)),
@@ -72,7 +75,7 @@ def score(cache: dict[str, dict], p: DecomposeParams) -> tuple[dict, tuple[float
         seconds += sum(item["per"][f][2] for f in factors)
         margin = max(1, int(round(0.1 * item["base"])))
         objects, _ = merge_scales(item["norm"] * item["range"], results, p.object_cost * item["range"], margin,
-                                  base=item["base"], switch_share=p.switch_share)
+                                  base=item["base"], switch_share=p.switch_share, guard=p.merge_guard)
         objects = apply_stop_rule(list(objects), item["norm"], item["range"], p.min_peak, p.min_head_agreement,
                                   p.min_contrast, p.min_snr)
         for number, obj in enumerate(objects, 1):

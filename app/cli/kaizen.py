@@ -26,8 +26,8 @@ from app.pipelines.kaizen.params import TrainParams
 EXIT_OK = 0
 # DecomposeParams fields that get an option (help from the field's metadata); diameter and device have their own
 PARAM_OPTIONS = ("accept_margin", "min_residual", "error_rounds", "max_candidates", "max_iterations", "mask_rule",
-                 "mask_fraction", "min_area", "scales", "switch_share", "object_cost", "min_peak",
-                 "min_head_agreement", "min_contrast", "min_snr", "batch_size")
+                 "mask_fraction", "min_area", "background", "scales", "switch_share", "merge_guard", "object_cost",
+                 "min_peak", "min_head_agreement", "min_contrast", "min_snr", "batch_size")
 DEVICE_HELP = "auto, cpu or cuda[:N] (Kaizen does not run on mps)"
 
 

@@ -21,7 +21,10 @@ times (default 0: on nuclei-dsb2018 it added fragments; see the model card).
 Object size: with ``scales`` (e.g. "1 2 4") the image is decomposed at the estimated diameter times
 each factor and regions keep the scale that explains them best (:mod:`.multiscale`); kept objects
 then pass the stop rule (:mod:`.stoprule`).  Both are off in :class:`DecomposeParams` and switched on
-by a model card (the shipped one: see its ``decompose_note``).
+by a model card (the shipped one: see its ``decompose_note``).  With ``background`` > 0 a smooth
+background (an opening ``background`` x the largest diameter tried wide) is subtracted first
+(:mod:`.background`) and the diameter re-estimated on the result: a background slope is otherwise
+residual that Kaizen covers with objects.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from scipy import ndimage as ndi
 
 from app.core.errors import ImageError, UserError
 from app.core.jobs import Job, Progress, run
+from app.pipelines.kaizen.background import subtract_background
 from app.pipelines.kaizen.model import KaizenModel
 from app.pipelines.kaizen.multiscale import ScaleResult, merge_scales, parse_scales
 from app.pipelines.kaizen.outputs import Decomposition, KaizenObject
@@ -247,23 +251,24 @@ def decompose_job(image: np.ndarray, model: KaizenModel, params: DecomposeParams
         raise UserError(str(exc)) from exc
     if gray.size == 0:
         return result
-    norm, low, high = normalise(gray)
-    if not has_signal(gray, low, high):
-        return result  # nothing stands out of the noise: no work at all
-    base = params.diameter or estimate_diameter(norm) or model.target_diameter
+    prepared = prepare_input(gray, params, scales, model.target_diameter)
+    if prepared is None:
+        return result  # nothing stands out of the noise (or of a smooth background): no work at all
+    work, norm, low, high, base = prepared  # object intensities are still measured on ``gray``
     found: list[ScaleResult] = []
     for factor in scales:
         diameter = float(np.clip(base * factor, MIN_DIAMETER, MAX_DIAMETER))
         if any(abs(r.diameter - diameter) < 1e-6 for r in found):
             continue
-        search = yield from search_job(gray, model, params, diameter=diameter)
+        search = yield from search_job(work, model, params, diameter=diameter)
         if search is None:
             return result
         result.rounds, result.candidates = result.rounds + search.rounds, result.candidates + search.candidates
         found.append(ScaleResult(diameter, objects_from_search(search, gray, model.patch, params)))
     margin = max(1, int(round(0.1 * base)))
     objects, diameters = merge_scales(norm * (high - low), found, params.object_cost * (high - low), margin,
-                                      base=float(np.clip(base, MIN_DIAMETER, MAX_DIAMETER)), switch_share=params.switch_share)
+                                      base=float(np.clip(base, MIN_DIAMETER, MAX_DIAMETER)),
+                                      switch_share=params.switch_share, guard=params.merge_guard)
     result.diameter = float(np.median(diameters)) if diameters else float(base)
     result.scale = model.target_diameter / result.diameter
     result.objects = apply_stop_rule(objects, norm, high - low, params.min_peak, params.min_head_agreement,
@@ -271,6 +276,27 @@ def decompose_job(image: np.ndarray, model: KaizenModel, params: DecomposeParams
     for number, obj in enumerate(result.objects, 1):
         obj.id = number
     return result
+
+
+def prepare_input(gray: np.ndarray, params: DecomposeParams, scales: tuple[float, ...],
+                  fallback: float) -> tuple[np.ndarray, np.ndarray, float, float, float] | None:
+    """(image to decompose, its normalised copy, low, high, base diameter), or None when nothing stands out.
+
+    With ``params.background`` > 0 the smooth background is subtracted and the diameter estimated
+    again on the result; ``fallback`` is the diameter when none can be estimated.
+    """
+    norm, low, high = normalise(gray)
+    if not has_signal(gray, low, high):
+        return None
+    base = params.diameter or estimate_diameter(norm) or fallback
+    if params.background <= 0:
+        return gray, norm, low, high, base
+    window = params.background * float(np.clip(base * max(scales), MIN_DIAMETER, MAX_DIAMETER))
+    work = subtract_background(gray, window)
+    norm, low, high = normalise(work)
+    if not has_signal(work, low, high):
+        return None  # only a smooth background
+    return work, norm, low, high, params.diameter or estimate_diameter(norm) or base
 
 
 def objects_from_search(search: Search, gray: np.ndarray, patch: int, params: DecomposeParams) -> list[KaizenObject]:

@@ -10,6 +10,11 @@ plus ``object_cost`` per object.  The estimated diameter keeps a region unless a
 lowers the L1 there by ``switch_share`` (0.3 on validation): a larger scale always explains a
 nucleus a little better with a blurrier outline, so switching freely cost AP80-AP90 (see the model
 card), while textured large nuclei cut into fragments by a too-small estimate switch clearly.
+A merge guard (``guard``) keeps the estimated diameter in a region where every object it found
+there is whole (agrees with the mask head by IoU >= ``guard``): otherwise a larger scale merges a
+found nucleus with a touching one (dim or missed at the estimated diameter) into one object.
+On validation 0.9 helped (mean AP50-90 +0.003); 0.6-0.85 also kept textured large nuclei in
+fragments, whose pieces agree with the head by 0.7-0.88 (see the model card).
 An object belongs to the region holding its mask's first pixel.
 """
 
@@ -63,13 +68,22 @@ def _anchor(obj: KaizenObject) -> tuple[int, int]:
     return int(obj.offset[0] + ys[0]), int(obj.offset[1] + xs[0])
 
 
+def _whole_objects(objects: list[KaizenObject], regions: np.ndarray, n: int, guard: float) -> np.ndarray:
+    """Per region (0..n): True where ``objects`` lie and each agrees with the mask head by >= ``guard``."""
+    count = np.bincount(regions, minlength=n + 1)
+    weak = np.bincount(regions, weights=np.array([o.head_agreement < guard for o in objects], float), minlength=n + 1)
+    return (count >= 1) & (weak == 0)
+
+
 def merge_scales(target: np.ndarray, results: list[ScaleResult], object_cost: float,
                  margin: int, base: float | None = None,
-                 switch_share: float = 0.0) -> tuple[list[KaizenObject], list[float]]:
+                 switch_share: float = 0.0, guard: float = 0.0) -> tuple[list[KaizenObject], list[float]]:
     """Per region, the objects of the scale with the lowest L1 + ``object_cost`` x objects; and each kept object's diameter.
 
     ``target``: the input in the object images' units (background at 0); ``object_cost`` in the
     same units times pixels; ``margin``: pixels the union of masks is grown by before regions are cut.
+    ``guard`` > 0: a region does not switch from ``base`` to a larger diameter where every object the
+    base scale found there (one at least) agrees with the mask head by at least ``guard`` (IoU).
     """
     shape = target.shape
     usable = [r for r in results if r.objects]
@@ -100,6 +114,9 @@ def merge_scales(target: np.ndarray, results: list[ScaleResult], object_cost: fl
         home = int(np.argmin([abs(r.diameter - base) for r in usable]))
         clearly = costs[best, np.arange(n + 1)] < (1.0 - switch_share) * costs[home]
         best = np.where(clearly, best, home)
+        if guard > 0:
+            larger = np.array([r.diameter > usable[home].diameter for r in usable])[best]
+            best = np.where(larger & _whole_objects(usable[home].objects, owned[home], n, guard), home, best)
     kept: list[KaizenObject] = []
     diameters: list[float] = []
     for k, r in enumerate(usable):

@@ -87,6 +87,8 @@ class DecomposeParams(Params):
     ``min_head_agreement``, ``min_contrast``, ``min_snr``) are off here because their useful values
     depend on the model (an undertrained mask head disagrees with everything); the shipped model's
     card switches them on with values tuned on validation (``tune`` chooses them for any model).
+    ``background`` (subtract a smooth background before normalising) and ``merge_guard`` (the ladder
+    keeps touching whole nuclei apart) are off here for the same reason and set by the card.
     """
 
     diameter: float | None = param(None, "typical object diameter in input pixels (default: estimated per image)")
@@ -103,6 +105,8 @@ class DecomposeParams(Params):
     mask_fraction: float = param(0.15, "mask threshold as a fraction of the image mean or object maximum "
                                        "(see mask_rule; paper: 0.1 of the image mean)")
     min_area: int = param(0, "drop objects smaller than this many pixels (0 = keep all)")
+    background: float = param(0.0, "before normalising, subtract a smooth background (grey opening) this many times "
+                                    "wider than the largest diameter tried; 0 = off")
     scales: str = param("1", "also decompose at the diameter times these factors and keep, per region, the "
                                  "scale whose objects explain the input best (L1); '1' = one diameter per image")
     switch_share: float = param(0.0, "another scale replaces the estimated diameter in a region only if it lowers "
@@ -115,6 +119,8 @@ class DecomposeParams(Params):
                                       "the background ring around them")
     min_snr: float = param(0.0, "stop rule: drop objects whose contrast to that ring is below this many times "
                                 "the ring's noise (robust sigma)")
+    merge_guard: float = param(0.0, "size ladder: keep the estimated diameter in a region where each object it found "
+                                    "there agrees with the mask head by at least this IoU (0 = off)")
     batch_size: int = param(512, "candidates per network call (a larger round is split)")
     device: str = param("auto", DEVICE_HELP)
     channel: str | None = param(None, "channel name or index of a multi-channel image (default: the only one; RGB: "
