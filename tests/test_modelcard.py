@@ -21,6 +21,15 @@ from app.core.modelcard import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def all_pipelines_registered() -> None:
+    """Cards name pipelines; with only some registered (another test module imported Kaizen alone) the others
+    were refused, so this module failed after test_kaizen_outputs.  Register them all, as the app does."""
+    from app.pipelines import registry
+
+    registry.pipelines()
+
+
 @pytest.fixture(autouse=True)
 def private_user_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Never look at the real user's models."""
