@@ -336,6 +336,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fine", action="store_true", help="tune: a narrower grid around the card's values")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
+    from app.pipelines import registry
+
+    registry.pipelines()  # every pipeline registered, as in the app: other models' cards are then known, not skipped
     if args.threads:
         import torch
 
