@@ -42,6 +42,26 @@ def test_evaluate_instances_identical_masks_is_perfect(capsys, shared_data):
     assert scores["n_images"] == 1
 
 
+def test_evaluate_instances_reads_a_results_folder(capsys, shared_data, tmp_path):
+    """A lab scores `kaizen segment`'s output folder (<out>/<image>/kaizen.tif) against its truth folder as it is."""
+    truth = tifffile.imread(shared_data / "stardist-sample" / "mask2d.tif")
+    (tmp_path / "truth").mkdir()
+    tifffile.imwrite(tmp_path / "truth" / "a.tif", truth)
+    tifffile.imwrite(tmp_path / "truth" / "b.tif", truth)
+    for name, pred in (("a", truth), ("b", np.where(truth % 2 == 1, truth, 0))):  # b: half the nuclei found
+        (tmp_path / "out" / name).mkdir(parents=True)
+        tifffile.imwrite(tmp_path / "out" / name / "kaizen.tif", pred)
+        (tmp_path / "out" / name / "task.json").write_text("{}")
+    code, out, err = run_cli(capsys, "evaluate", "instances", tmp_path / "truth", tmp_path / "out", "--json")
+    assert code == 0, err
+    scores = json.loads(out)
+    assert scores["n_images"] == 2
+    n = len(np.unique(truth)) - 1
+    found = int((np.unique(truth)[1:] % 2 == 1).sum())
+    assert scores["recall"] == pytest.approx((n + found) / (2 * n))
+    assert scores["precision"] == pytest.approx(1.0)
+
+
 def test_evaluate_instances_eroded_copy(capsys, shared_data, tmp_path):
     """Each nucleus eroded by a disk(2): IoU with its original = shrunk area / area, so AP falls at high IoU."""
     truth = tifffile.imread(shared_data / "stardist-sample" / "mask2d.tif")

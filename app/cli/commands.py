@@ -62,17 +62,37 @@ def _paired_files(truth: Path, pred: Path) -> list[tuple[Path, Path]]:
     from app.core.formats import image_stem
     from app.core.images import list_images
 
-    truth_files, pred_files = list_images(truth), list_images(pred)
+    truth_files = list_images(truth)
+    by_folder = _result_labels(pred) if pred.is_dir() else {}
+    pred_files = list(by_folder.values()) or list_images(pred)
     if not truth.is_dir() and not pred.is_dir():
         return [(truth_files[0], pred_files[0])]
     if truth.is_dir() != pred.is_dir():
         raise UserError("give two files or two folders (matched by file name), not one of each")
-    by_stem = {image_stem(p): p for p in pred_files}
+    by_stem = by_folder or {image_stem(p): p for p in pred_files}
     missing = [t.name for t in truth_files if image_stem(t) not in by_stem]
     if missing:
         shown = ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else "")
         raise UserError(f"{pred}: no prediction for {len(missing)} truth image(s): {shown}")
     return [(t, by_stem[image_stem(t)]) for t in truth_files]
+
+
+def _result_labels(folder: Path) -> dict[str, Path]:
+    """A pipeline's results folder (``<out>/<image>/`` as ``kaizen segment`` or ``analyze`` write it): image -> labels.
+
+    Each item folder's label image is the one its pipeline names as ``labels`` output; empty when
+    ``folder`` is not such a results folder (then its image files are the predictions).
+    """
+    from app.pipelines import registry
+
+    names = list(dict.fromkeys(spec.output_names.get("labels", "labels.tif")  # run.json's "labels" key
+                               for spec in registry.pipelines().values()))
+    found = {}
+    for item in sorted(p for p in folder.iterdir() if p.is_dir()):
+        label = next((item / n for n in names if (item / n).is_file()), None)
+        if label is not None:
+            found[item.name] = label
+    return found
 
 
 def _read_labels(path: Path):
