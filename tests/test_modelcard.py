@@ -211,3 +211,23 @@ def test_model_id_for_run_records(tmp_path: Path) -> None:
     card = save_model(tmp_path / "m", make_card(), linear().state_dict())
     assert card.model_id() == {"name": "bf-unet", "pipeline": "brightfield",
                                "weights_sha256": card.weights_sha256, "folder": str(tmp_path / "m")}
+
+
+def test_other_pipelines_cards_are_not_read_when_looking_for_one(tmp_path: Path, caplog) -> None:
+    """A script that imported Kaizen alone looked up its model and warned "skipping model" for every card of a
+    pipeline it had not registered; cards of another pipeline or name are now passed over unread."""
+    import json as json_module
+    import logging
+
+    save_model(tmp_path / "bf-unet", make_card("bf-unet"), linear().state_dict())
+    card = json_module.loads((tmp_path / "bf-unet" / "card.json").read_text())
+    card["pipeline"] = "not-registered-here"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "card.json").write_text(json_module.dumps(card | {"name": "other"}))
+    with caplog.at_level(logging.WARNING, logger="app.core.modelcard"):
+        assert [c.name for c in find_models("brightfield", dirs=[tmp_path])] == ["bf-unet"]
+        assert resolve_model("bf-unet", "brightfield", dirs=[tmp_path]).name == "bf-unet"
+    assert "skipping model" not in caplog.text
+    with caplog.at_level(logging.WARNING, logger="app.core.modelcard"):
+        find_models(dirs=[tmp_path])  # listing everything still says which card could not be read
+    assert "unknown pipeline 'not-registered-here'" in caplog.text

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -318,17 +319,31 @@ def _card_folders(root: Path, depth: int = 2) -> list[Path]:
     return found
 
 
-def find_models(pipeline: str | None = None, dirs: Iterable[str | os.PathLike[str]] | None = None) -> list[ModelCard]:
-    """Cards of the models in ``dirs`` (default :func:`model_dirs`), optionally of one pipeline.
+def _card_field(folder: Path, key: str) -> str | None:
+    """One text field of a card (its pipeline, its name), read without checking the card; None when unreadable."""
+    try:
+        value = json.loads((folder / CARD_FILE).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def find_models(pipeline: str | None = None, dirs: Iterable[str | os.PathLike[str]] | None = None,
+                name: str | None = None) -> list[ModelCard]:
+    """Cards of the models in ``dirs`` (default :func:`model_dirs`), optionally of one pipeline or name.
 
     Listed in search order (user models first).  Unreadable cards are skipped and logged, so one
-    broken folder does not hide the others.
+    broken folder does not hide the others; cards of another pipeline or name are not read at all
+    (in a script that imported one pipeline, the others' cards would not validate).
     """
     if pipeline is not None and not _known(pipeline):
         raise ValueError(f"unknown pipeline {pipeline!r} (known: {', '.join(model_pipelines())})")
     cards = []
     for root in (model_dirs() if dirs is None else [Path(d) for d in dirs]):
         for folder in _card_folders(Path(root)):
+            if (pipeline is not None and _card_field(folder, "pipeline") not in (pipeline, None)) or \
+                    (name is not None and _card_field(folder, "name") not in (name, None)):
+                continue
             try:
                 card = load_model_card(folder)
             except ModelError as exc:
@@ -362,7 +377,7 @@ def resolve_model(
         return card
     roots = model_dirs() if dirs is None else [Path(d) for d in dirs]
     for root in roots:
-        matches = [card for card in find_models(dirs=[root]) if card.name == name_or_path]
+        matches = [card for card in find_models(dirs=[root], name=str(name_or_path)) if card.name == name_or_path]
         if len(matches) > 1:
             folders = ", ".join(str(card.folder) for card in matches)
             raise ModelError(f"several models are named {name_or_path!r} ({folders}); give the folder instead")
