@@ -168,3 +168,20 @@ def test_background_subtraction_keeps_kaizen_off_a_sloping_empty_field():
     image = field + phantom.image.astype(np.float32)
     found = decompose(image, model, dataclasses.replace(model.defaults, background=1.0))
     assert instance_scores([(phantom.labels, found.labels())])["AP50"] >= 0.8  # nuclei on the slope are kept
+
+
+def test_background_subtraction_never_shrinks_the_estimated_diameter(monkeypatch):
+    """After the background is gone a dense cluster can show only chromatin texture, whose estimate is a fraction
+    of a nucleus (a validation image went 23.9 -> 14.7 px and its nuclei fell apart): the larger estimate is kept."""
+    from app.pipelines.kaizen import decompose as decompose_module
+    from app.pipelines.kaizen.params import DecomposeParams
+
+    estimates = iter([24.0, 14.0])
+    monkeypatch.setattr(decompose_module, "estimate_diameter", lambda norm: next(estimates))
+    image = np.random.default_rng(0).normal(100, 5, (96, 96)).astype(np.float32)
+    image[30:60, 30:60] += 400
+    prepared = decompose_module.prepare_input(image, DecomposeParams(background=1.0), (1.0,), fallback=16.0)
+    assert prepared is not None and prepared[-1] == 24.0
+    estimates = iter([10.0, 18.0])  # a larger estimate once a slope is gone is taken (the gradient case)
+    prepared = decompose_module.prepare_input(image, DecomposeParams(background=1.0), (1.0,), fallback=16.0)
+    assert prepared is not None and prepared[-1] == 18.0
