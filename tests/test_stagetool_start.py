@@ -174,3 +174,46 @@ def test_cli_fine_tunes_on_a_corrected_results_folder(tmp_path, capsys):
     assert card["training"]["start"]["kind"] == "fine-tuned" and "fine-tuned from model 'a'" in out
     counts = card["training"]["class_counts"]
     assert counts == {t: truth.cell_types.count(t) for t in CELL_TYPES if t in truth.cell_types}  # the corrected types
+
+
+def test_training_on_corrections_refits_the_stager_and_the_cell_model_carries_it(tmp_path, capsys, monkeypatch):
+    """The stager reads the cell model's output: a cell model trained on corrected sections carries a stager refit on
+    their corrected tubules (starting from the demo tubule model's), and an analysis with it uses that one."""
+    from types import SimpleNamespace
+
+    from app.pipelines.stagetool import composition
+
+    monkeypatch.setattr(composition, "MIN_CELLS", 5)  # the drawn section has about 12 cells per tubule
+
+    from app.pipelines.stagetool.loading import stager_of
+    from test_stagetool_section import draw_section
+
+    run(train([], tmp_path / "a", tiny(), sections=drawn_sections("cells"), synthetic=True))
+    image, truth, _ = draw_section(0)
+    write_tiff(tmp_path / "sec.tif", image[0].astype(np.uint16), axes="YX")
+    cells = [{"id": i + 1, "class": kind, "score": 0.9, "box": [float(v) for v in box], "centroid": [0.0, 0.0],
+              "tubule_id": None} for i, (box, kind) in enumerate(zip(truth.cell_boxes, truth.cell_types))]
+    angles = np.linspace(0, 2 * np.pi, 24, endpoint=False)
+    centres = [(100, 100), (100, 290), (110, 470), (310, 140), (320, 400)]  # draw_section's tubules, radius 85
+    tubules = [{"id": tid, "class": truth.tubule_stages[tid], "score": 0.9, "excluded": False,
+                "polygon": [[cx + 85 * np.cos(a), cy + 85 * np.sin(a)] for a in angles]}
+               for tid, (cy, cx) in enumerate(centres, start=1)]
+    meta = {"image_path": str(tmp_path / "sec.tif"), "shape": list(image.shape[1:]), "dapi_channel": 0}
+    for name in ("predictions.json", "objects.json"):
+        write_objects(tmp_path / "run" / "sec" / name, "sec", "stagetool", {"tubules": tubules, "cells": cells}, meta)
+    code = main(["stagetool", "train", "cells", str(tmp_path / "run"), "--out", str(tmp_path / "b"), "--init-from",
+                 str(tmp_path / "a"), "--epochs", "1", "--crop-size", "64", "--crops-per-epoch", "2", "--val-crops", "2",
+                 "--val-fraction", "0"])
+    assert code == 0, capsys.readouterr().err
+    composition = load_model_card(tmp_path / "b").extra["composition"]
+    assert composition["data"].startswith("refitted on 5 corrected tubule(s)")
+    assert "stagetool-tubules-demo" in composition["data"]
+    from app.core.modelcard import resolve_model
+
+    tubule_model = SimpleNamespace(card=resolve_model("stagetool-tubules-demo"))
+    cell_model = SimpleNamespace(card=load_model_card(tmp_path / "b"))
+    demo_stager = stager_of(tubule_model)
+    own = stager_of(tubule_model, cell_model)
+    assert not np.array_equal(own.weights, demo_stager.weights)
+    assert np.array_equal(own.mean, demo_stager.mean)  # refit from the demo's, on its scale
+    assert stager_of(tubule_model, SimpleNamespace(card=load_model_card(tmp_path / "a"))) is not None  # none of its own

@@ -85,3 +85,69 @@ def store_in_model(x: np.ndarray, stages: Sequence[str], model_dir: str | Path, 
                                                         "data": data}
     atomic_write_json(path, card_data)
     return stager, accuracy
+
+
+# ------------------------------------------------------------------------- refit on a lab's corrections
+
+
+def corrected_examples(paths: Sequence[str | Path]) -> tuple[list[np.ndarray], list[str]]:
+    """Stager rows from corrected results (a run's edits applied): each staged tubule outline and its cells.
+
+    Paths that are not Stagetool results folders (annotation files, phantom folders) are passed over.
+    """
+    from app.core.edits import read_edits
+    from app.core.results import read_objects
+    from app.pipelines.stagetool import curation
+    from app.pipelines.stagetool.composition import layer_examples
+    from app.pipelines.stagetool.layout import OBJECTS_FILE
+
+    rows, stages = [], []
+    for path in paths:
+        path = Path(path)
+        if not path.is_dir() or not ((path / OBJECTS_FILE).exists() or any(path.glob(f"*/{OBJECTS_FILE}"))):
+            continue
+        for section_dir in curation.section_dirs(path):
+            run_dir = section_dir if (section_dir / "edits.json").exists() else section_dir.parent
+            doc = read_objects(section_dir / OBJECTS_FILE)
+            if (run_dir / "edits.json").exists() and (section_dir / PREDICTIONS_FILE).exists():
+                doc = curation.apply(read_objects(section_dir / PREDICTIONS_FILE), read_edits(run_dir))
+            r, s = layer_examples(doc["layers"].get("tubules", []), doc["layers"].get("cells", []))
+            rows += r
+            stages += s
+    return rows, stages
+
+
+def refit_composition(kind: str, source: Any, rows: Sequence[np.ndarray], stages: Sequence[str],
+                      tubule_model: str | Path | None = None) -> dict[str, Any] | None:
+    """The stager a newly trained model carries, refitted on the corrected tubules it was trained with; or None.
+
+    Tubule stages come from the cells the cell model finds, so when a lab fine-tunes its cell model the
+    stager fitted on the old model's cells misreads the new one's (bench/adaptation.py: stages fell from
+    13 to 10 of 15 after one corrected section).  The refit starts from the stager already in use: the
+    source model's (fine-tuning), else for a cell model that of ``tubule_model`` (default: the demo's),
+    and is pulled towards it (:data:`.composition.PRIOR_L2`).  None when there is nothing to fit.
+    """
+    from app.pipelines.stagetool.composition import fit
+
+    if not rows:
+        return None
+    data = ((getattr(source, "extra", None) or {}).get("composition") if source is not None else None)
+    start = f"the stager of {source.name!r}" if data else ""
+    if data is None and kind == "cells":
+        from app.core.modelcard import resolve_model
+        from app.pipelines.stagetool.loading import DEMO_MODELS
+
+        try:
+            card = resolve_model(tubule_model or DEMO_MODELS["tubules"], pipeline="stagetool-tubules")
+        except (ModelError, UserError):
+            card = None
+        data = (card.extra or {}).get("composition") if card is not None else None
+        start = f"the stager of {card.name!r}" if data else ""
+    prior = Stager.from_dict(data) if data else None
+    if prior is None and len(set(stages)) < 2:
+        return None
+    stager = fit(np.array(rows), list(stages), prior=prior)
+    accuracy = float(np.mean([STAGES[i] == s for i, s in zip(stager.probabilities(np.array(rows)).argmax(1), stages)]))
+    note = f"refitted on {len(rows)} corrected tubule(s) and their corrected cells"
+    return {**stager.to_dict(), "train_accuracy": round(accuracy, 4),
+            "data": note + (f", starting from {start}" if start else ", from scratch")}
