@@ -150,16 +150,10 @@ def training_sections(pool_results: Path, pool: Path, names: list[str], kind: st
     return sections
 
 
-def train_model(kind: str, start: str, sections: list[Any], out: Path, minutes: float, threads: int,
-                corrected: list[Path] | None = None) -> float:
-    """Train one model for ``minutes`` on the corrected sections; returns the seconds it trained.
-
-    ``corrected`` (section folders of the corrected run) refit the composition stager the model carries,
-    as the app does when it trains on corrected results.
-    """
+def train_model(kind: str, start: str, sections: list[Any], out: Path, minutes: float, threads: int) -> float:
+    """Train one model for ``minutes`` on the corrected sections; returns the seconds it trained."""
     from app.core.atomic import atomic_write_json
     from app.core.jobs import run
-    from app.pipelines.stagetool.fitting import corrected_examples
     from app.pipelines.stagetool.models import max_cells
     from app.pipelines.stagetool.params import TrainParams
     from app.pipelines.stagetool.train import train
@@ -170,8 +164,7 @@ def train_model(kind: str, start: str, sections: list[Any], out: Path, minutes: 
                          val_fraction=0.0, device="cpu", seed=0, half=True, time_limit_s=minutes * 60,
                          threads=threads, init_from=str(DEMO[kind]) if start == "fine-tune" else "")
     card = run(train([], out, params, name=out.name, sections=sections, synthetic=True,
-                     data_description=f"{len(sections)} corrected phantom section(s)",
-                     stager_examples=corrected_examples(corrected) if corrected else ([], [])))
+                     data_description=f"{len(sections)} corrected phantom section(s)"))
     (out / "checkpoint.pt").unlink(missing_ok=True)
     data = json.loads((out / "card.json").read_text())
     data["extra"]["model"]["tile_size"] = 512  # analyse with the demo models' tiles
@@ -238,8 +231,7 @@ def bench_style(style: str, args: argparse.Namespace, rows: list[dict[str, Any]]
             for kind in args.kinds:
                 models[kind] = folder / f"{kind}-model"
                 trained += train_model(kind, start, training_sections(pool_results, pool, chosen, kind, missed),
-                                       models[kind], args.minutes, args.threads,
-                                       [pool_results / name for name in chosen])
+                                       models[kind], args.minutes, args.threads)
             analyze(heldout, folder / "heldout", models["tubules"], models["cells"], args.threads)
             rows.append({"style": style, "k": k, "start": start, "clicks": clicks, "outlines": outlines,
                          "train_min": trained / 60, **scores(folder / "heldout", heldout)})

@@ -159,35 +159,3 @@ def test_prediction_examples_group_found_cells_by_the_annotated_tubule_under_the
     assert dict(zip(C.FEATURES, rows[1]))["share m2m"] == 1.0
     assert C.prediction_examples(cells, labels, {1: "I-V", 2: "XII"}, unusable={2})[1] == ["I-V"]
     assert C.prediction_examples(cells[:C.MIN_CELLS - 1], labels, {1: "I-V"})[1] == []  # too few to count
-
-
-def test_a_refit_on_a_few_corrected_tubules_adapts_the_stager_to_a_new_cell_model(stager):
-    """A lab fine-tunes its cell model and corrects two sections: the stager, refit there starting from the one in
-    use (pulled towards it), stages new tubules from that cell model better than the old stager and than a stager
-    fitted from scratch on the same few tubules."""
-    x_lab, s_lab = _prediction_rows(range(20, 22), np.random.default_rng(1))
-    x_new, s_new = _prediction_rows(range(100, 110), np.random.default_rng(0))
-    assert 4 <= len(s_lab) <= 12
-
-    def accuracy(model):
-        return np.mean([C.STAGES[i] == s for i, s in zip(model.probabilities(x_new).argmax(1), s_new)])
-
-    refit = C.fit(x_lab, s_lab, prior=stager)
-    assert np.array_equal(refit.mean, stager.mean) and refit.n_train == stager.n_train + len(s_lab)
-    assert accuracy(refit) > accuracy(stager) + 0.1, (accuracy(refit), accuracy(stager))
-    assert accuracy(refit) >= accuracy(C.fit(x_lab, s_lab))
-    one_stage = C.fit(x_lab[:1], s_lab[:1], prior=stager)  # a single corrected tubule is enough to refit from
-    assert one_stage.weights.shape == stager.weights.shape
-
-
-def test_layer_examples_take_the_cells_inside_each_corrected_outline():
-    square = [[0, 0], [50, 0], [50, 50], [0, 50]]
-    tubules = [{"class": "XII", "polygon": square},
-               {"class": "I-V", "polygon": [[60, 0], [110, 0], [110, 50], [60, 50]], "excluded": True},
-               {"class": "IX", "polygon": [[0, 60], [50, 60], [50, 110], [0, 110]]}]
-    cells = ([{"class": "m2m", "box": [10, 10, 14, 14]}] * C.MIN_CELLS
-             + [{"class": "Sertoli", "box": [70, 10, 74, 14]}] * C.MIN_CELLS  # in the excluded tubule
-             + [{"class": "Sertoli", "box": [10, 70, 14, 74]}] * (C.MIN_CELLS - 1))  # too few for IX
-    rows, stages = C.layer_examples(tubules, cells)
-    assert stages == ["XII"]
-    assert dict(zip(C.FEATURES, rows[0]))["share m2m"] == 1.0

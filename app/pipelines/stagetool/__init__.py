@@ -133,21 +133,6 @@ class CellTrainParams(TrainParams):
     kind: str = field(default="cells", init=False, metadata={"help": "cells (Faster R-CNN, 9 types)"})
 
 
-def _stager_examples(images: list[Any]) -> tuple[list[Any], list[str]]:
-    """Rows for refitting the composition stager: the staged tubule outlines of the images with their cells."""
-    from app.pipelines.stagetool.composition import layer_examples
-
-    rows, stages = [], []
-    for image in images:
-        tubules = [{"class": o.category, "polygon": [list(map(float, p)) for p in o.polygons[0]]}
-                   for o in image.objects if o.category in STAGES and o.polygons]
-        cells = [{"class": o.category, "box": list(o.box)} for o in image.objects if o.category in CELL_TYPES and o.box]
-        r, s = layer_examples(tubules, cells)
-        rows += r
-        stages += s
-    return rows, stages
-
-
 def _trainer(kind: str) -> Any:
     """Registry trainer for ``kind``: stagetool.train.train on the chosen sources; returns the model folder."""
 
@@ -174,8 +159,7 @@ def _trainer(kind: str) -> Any:
             raise AnnotationError(f"none of the chosen images has {kind} annotated"
                                   + (" with outlines" if kind == "tubules" else ""))
         yield from train([], out_dir, params, name=Path(out_dir).name, resume=resume, sections=sections,
-                         data_description=", ".join(s.name for s in sections),
-                         stager_examples=_stager_examples(images))
+                         data_description=", ".join(s.name for s in sections))
         return Path(out_dir)
 
     return train_from_sources

@@ -69,66 +69,25 @@ class Stager:
         return cls(np.array(data["mean"]), np.array(data["scale"]), np.array(data["weights"]), int(data["n_train"]))
 
 
-PRIOR_L2 = 0.05  # pull of a refit towards the stager it starts from (a few corrected tubules must not undo it)
-
-
-def fit(x: np.ndarray, stages: Sequence[str], l2: float = 1e-2, steps: int = 3000, lr: float = 0.5,
-        prior: Stager | None = None) -> Stager:
-    """Fit the stager by gradient descent on the mean cross-entropy (plus L2 on the weights).
-
-    With ``prior`` the fit starts from that stager (its standardisation kept) and the L2 term pulls
-    towards its weights instead of zero (``l2`` then defaults to :data:`PRIOR_L2`): a refit on the
-    few tubules a lab corrected adapts the stager to its cell model without forgetting the stages
-    those tubules do not show.
-    """
-    x = np.asarray(x, np.float64).reshape(len(stages), len(FEATURES))
+def fit(x: np.ndarray, stages: Sequence[str], l2: float = 1e-2, steps: int = 3000, lr: float = 0.5) -> Stager:
+    """Fit the stager by gradient descent on the mean cross-entropy (plus L2 on the weights)."""
+    x = np.asarray(x, np.float64)
     y = np.array([STAGES.index(s) for s in stages])
-    if prior is None and len(set(y.tolist())) < 2:
+    if len(set(y.tolist())) < 2:
         raise UserError("a composition stager needs annotated tubules of at least two stages")
-    if prior is not None:
-        mean, scale, anchor = prior.mean, prior.scale, prior.weights
-        l2 = PRIOR_L2 if l2 == 1e-2 else l2
-    else:
-        mean, scale = x.mean(0), x.std(0)
-        scale[scale < 1e-9] = 1.0
-        anchor = np.zeros((len(FEATURES) + 1, len(STAGES)))
+    mean, scale = x.mean(0), x.std(0)
+    scale[scale < 1e-9] = 1.0
     z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
     onehot = np.eye(len(STAGES))[y]
-    w = anchor.copy()
+    w = np.zeros((z.shape[1], len(STAGES)))
     for _ in range(steps):
         logits = z @ w
         logits -= logits.max(1, keepdims=True)
         p = np.exp(logits)
         p /= p.sum(1, keepdims=True)
-        pull = w - anchor
-        grad = z.T @ (p - onehot) / len(z) + l2 * np.vstack([pull[:-1], np.zeros((1, w.shape[1]))])
+        grad = z.T @ (p - onehot) / len(z) + l2 * np.vstack([w[:-1], np.zeros((1, w.shape[1]))])
         w -= lr * grad
-    return Stager(mean, scale, w, len(x) + (prior.n_train if prior is not None else 0))
-
-
-def layer_examples(tubules: Sequence[dict[str, Any]], cells: Sequence[dict[str, Any]]) -> tuple[list[np.ndarray], list[str]]:
-    """Training rows from a section's (corrected) layers: each staged tubule outline with the cells inside it.
-
-    ``tubules``: dicts with ``class`` (a stage), ``polygon`` ([[x, y], ...] section px) and ``excluded``;
-    ``cells``: dicts with ``class`` and ``box``.  A cell belongs to the tubule holding its box centre.
-    """
-    from skimage.measure import points_in_poly
-
-    boxes = np.array([c["box"] for c in cells], float).reshape(-1, 4)
-    centres = np.stack([(boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2], 1)
-    types = [str(c["class"]) for c in cells]
-    rows, stages = [], []
-    for tubule in tubules:
-        polygon = np.asarray(tubule.get("polygon") or [], float).reshape(-1, 2)
-        if tubule.get("excluded") or tubule.get("class") not in STAGES or len(polygon) < 3:
-            continue
-        (x0, y0), (x1, y1) = polygon.min(0), polygon.max(0)
-        near = np.flatnonzero((centres[:, 0] >= x0) & (centres[:, 0] <= x1) & (centres[:, 1] >= y0) & (centres[:, 1] <= y1))
-        inside = near[points_in_poly(centres[near], polygon)] if len(near) else near
-        if len(inside) >= MIN_CELLS:
-            rows.append(features([types[i] for i in inside], boxes[inside]))
-            stages.append(str(tubule["class"]))
-    return rows, stages
+    return Stager(mean, scale, w, len(x))
 
 
 def truth_examples(sections: Sequence[dict[str, Any]]) -> tuple[np.ndarray, list[str]]:

@@ -411,7 +411,7 @@ def analyze_section(path: str | Path, out_dir: str | Path, tubule_model: LoadedM
         "timing_s": {k: round(v, 3) for k, v in timing.items()}, "app_version": __version__,
     }
     layers = {"tubules": tubule_objects(tubules, map_scale), "cells": cell_objects}
-    composition.stage_tubules(layers["tubules"], cell_objects, stager_of(tubule_model, cell_model), params.stage_from)
+    composition.stage_tubules(layers["tubules"], cell_objects, stager_of(tubule_model), params.stage_from)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_objects(out_dir / PREDICTIONS_FILE, name, PIPELINE, layers, meta)
     yield Progress("write", 1, 1, f"{name}: {len(tubules)} tubules, {len(cells)} cells")

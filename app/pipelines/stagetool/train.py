@@ -220,7 +220,6 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
           name: str | None = None, resume: bool = False, sections: Sequence[Any] | None = None,
           data_description: str | None = None, synthetic: bool | None = None,
           val_sections: Sequence[Any] | None = None, confirm_download: Callable[[str], bool] | None = None,
-          stager_examples: tuple[Sequence[Any], Sequence[str]] | None = None, tubule_model: str | None = None,
           ) -> Job[Any]:
     """Train a model of ``params.kind`` and write it to ``out``; returns the written ModelCard.
 
@@ -228,9 +227,6 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
     :class:`~app.pipelines.stagetool.dataset.Section` objects) may be given instead, and
     ``val_sections`` then fixes the validation sections (else ``val_fraction`` of them are held out).
     ``confirm_download(question)`` is asked before published weights are downloaded (None: never download).
-    ``stager_examples`` (rows, stages) of corrected tubules refit the composition stager the new model
-    carries (:func:`.fitting.refit_composition`, starting from ``tubule_model``'s for a cell model); they
-    are read from ``annotations`` that are corrected results folders when not given.
     """
     params = params or TrainParams()
     params.validate()
@@ -356,12 +352,6 @@ def train(annotations: Sequence[str | Path], out: str | Path, params: TrainParam
             "synthetic": is_synthetic, "start": start and dataclasses.asdict(start)}
     card = make_card(name or out.name, kind, config, params, data, {k: _clean(v) for k, v in best_metrics.items()},
                      history, pixel)
-    from app.pipelines.stagetool.fitting import corrected_examples, refit_composition
-
-    rows, stages = stager_examples if stager_examples is not None else corrected_examples(annotations)
-    composition = refit_composition(kind, source, list(rows), list(stages), tubule_model)
-    if composition is not None:
-        card.extra["composition"] = composition
     written = save_model(out, card, best_state, half=params.half)
     yield Progress("save", 1, 1, f"model written to {out}")
     return written
