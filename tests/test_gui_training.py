@@ -123,6 +123,11 @@ def test_training_images_apply_edits_and_skip_excluded_objects(tmp_path):
     assert classes.count("XII") == 2  # tubule 1 restaged (plus tubule 5, XII from the start)
     assert len([c for c in classes if c in ("I-V", "VI-VIII", "IX", "X-XI", "XII")]) == 5  # tubule 2 left out
     assert len(image.objects) == 5 + 36 and all(o.has_shape for o in image.objects[:5])
+    objects_file = run.folder / "section1" / "objects.json"  # the pixel size the analysis used travels with it
+    doc = json.loads(objects_file.read_text())
+    doc.setdefault("meta", {})["pixel_size_um"] = 0.4
+    objects_file.write_text(json.dumps(doc))
+    assert training_images([source])[0].pixel_size_um == 0.4
 
 
 def test_training_images_from_imported_files_find_their_images(tmp_path):

@@ -174,3 +174,14 @@ def test_cli_fine_tunes_on_a_corrected_results_folder(tmp_path, capsys):
     assert card["training"]["start"]["kind"] == "fine-tuned" and "fine-tuned from model 'a'" in out
     counts = card["training"]["class_counts"]
     assert counts == {t: truth.cell_types.count(t) for t in CELL_TYPES if t in truth.cell_types}  # the corrected types
+
+
+def test_a_section_read_from_a_file_knows_its_pixel_size(tmp_path):
+    """Sections the GUI's trainer builds from corrected results carry no pixel size of their own: the file's is
+    used, so "Train on my corrections" resamples training crops to the fine-tuned model's scale as the CLI does."""
+    from app.pipelines.stagetool.dataset import CropSampler, Section
+
+    write_tiff(tmp_path / "sec.tif", np.full((300, 300), 100, np.uint16), axes="YX", pixel_size_um=0.25)
+    section = Section(name="sec", objects=[], path=tmp_path / "sec.tif")
+    assert section.pixel_size_um == pytest.approx(0.25)
+    assert CropSampler([section], "cells", 64, pixel_size_um=0.5).side(0) == 128

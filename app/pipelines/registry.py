@@ -61,6 +61,7 @@ class TrainingImage:
     name: str
     image_path: Path
     objects: list[Any]
+    pixel_size_um: float | None = None  # as the analysis used it (project metadata included), when known
 
 
 _REGISTRY: dict[str, PipelineSpec] = {}
@@ -148,7 +149,8 @@ def _corrected_image(source: TrainingSource) -> TrainingImage:
     for layer in (doc.get("layers") or {}).values():
         objects += [_result_object(obj, len(objects) + 1) for obj in layer if not obj.get("excluded")]
     name = source.image or str(doc.get("image") or Path(source.path).parent.name)
-    return TrainingImage(name, _need_image(source.image_path, source), objects)
+    return TrainingImage(name, _need_image(source.image_path, source), objects,
+                         (doc.get("meta") or {}).get("pixel_size_um"))
 
 
 def _result_object(obj: dict[str, Any], number: int) -> Any:

@@ -154,7 +154,8 @@ def _trainer(kind: str) -> Any:
         for image in images:
             objects = [o for o in image.objects if o.category in wanted and (kind == "cells" or o.has_shape)]
             if objects:
-                sections.append(Section(name=image.name, objects=objects, path=image.image_path))
+                sections.append(Section(name=image.name, objects=objects, path=image.image_path,
+                                        pixel_size_um=image.pixel_size_um))
         if not sections:
             raise AnnotationError(f"none of the chosen images has {kind} annotated"
                                   + (" with outlines" if kind == "tubules" else ""))

@@ -56,6 +56,8 @@ class Section:
             self.shape = tuple(self.array.shape[-2:])  # type: ignore[assignment]
         if self.stats is None:
             self.stats = self._stats()
+        if self.pixel_size_um is None and self.path is not None:  # the file's, so training crops match the
+            self.pixel_size_um = self.image().info.pixel_size_um  # model's scale (CropSampler) on every path
 
     def image(self) -> Any:
         """The opened image file (kept open for the crops)."""
