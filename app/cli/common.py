@@ -7,9 +7,9 @@ The bottom of the CLI package: the command modules (app/cli/*.py) and the top-le
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
+from app.core.atomic import json_default
 from app.core.errors import UserError
 
 EXIT_OK = 0
@@ -19,15 +19,7 @@ EXIT_USER_ERROR = 2  # bad input the user can fix: one line on stderr
 
 def print_json(data: Any) -> None:
     """Print ``data`` as indented JSON on stdout (numpy scalars and paths converted)."""
-    print(json.dumps(data, indent=2, default=_json_default))
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+    print(json.dumps(data, indent=2, default=json_default))
 
 
 def parse_pairs(values: list[str], option: str, as_json: bool = True) -> dict[str, Any]:

@@ -104,7 +104,7 @@ def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "
     return atomic_write_bytes(path, text.encode(encoding))
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
     """Turn the non-JSON values results carry (numpy/torch scalars and arrays, paths, sets) into JSON."""
     if isinstance(value, os.PathLike):
         return os.fspath(value)
@@ -117,7 +117,7 @@ def _json_default(value: Any) -> Any:
 
 def to_json_text(obj: Any, indent: int | None = 2) -> str:
     """Serialise ``obj`` the way :func:`atomic_write_json` does (UTF-8 text, trailing newline)."""
-    return json.dumps(obj, indent=indent, ensure_ascii=False, default=_json_default) + "\n"
+    return json.dumps(obj, indent=indent, ensure_ascii=False, default=json_default) + "\n"
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any, indent: int | None = 2) -> Path:

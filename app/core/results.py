@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from app.core.atomic import read_json
+from app.core.atomic import json_default, read_json
 from app.core.errors import UserError
 
 RESULTS_SCHEMA_VERSION = 1
@@ -66,7 +66,7 @@ def write_objects(path: Path, image: str, pipeline: str, layers: dict[str, list[
     from app.core.atomic import atomic_write_text
 
     doc = objects_document(image, pipeline, layers, meta)
-    atomic_write_text(Path(path), json.dumps(doc, indent=1, default=_default))
+    atomic_write_text(Path(path), json.dumps(doc, indent=1, default=json_default))
     return Path(path)
 
 
@@ -79,11 +79,3 @@ def read_objects(path: Path) -> dict[str, Any]:
     if doc.get("schema_version", 0) > RESULTS_SCHEMA_VERSION:
         raise UserError(f"{path}: results written by a newer Stagescope (schema {doc['schema_version']})")
     return doc
-
-
-def _default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
