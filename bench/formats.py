@@ -75,43 +75,14 @@ def write_section(path: Path, size: int, channels: int, rows: int = 1024) -> flo
 
 def first_picture(path: Path, size: int) -> None:
     """Open the section in the viewer three times; print the best time to the whole-section picture."""
-    from PySide6.QtCore import QRectF
-    from PySide6.QtWidgets import QApplication
+    from bench.gui import open_times, shown_viewer, zoom_to_detail  # the viewer bench's own measurements
 
-    from app.gui.main import configure_pyqtgraph
-    from app.gui.tile_viewer import TileViewer
-
-    configure_pyqtgraph()
-    app = QApplication.instance() or QApplication([])
-    viewer = TileViewer()
-    viewer.resize(1400, 900)
-    viewer.show()
-    app.processEvents()
-
-    def wait(predicate, timeout=120.0):
-        end = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > end:
-                raise TimeoutError("the viewer did not finish in time")
-            app.processEvents()
-            time.sleep(0.001)
-
-    firsts = []
-    for _ in range(3):
-        opened: list = []
-        viewer.image_opened.connect(opened.append)
-        start = time.perf_counter()
-        viewer.open_image("section", path, None)
-        wait(lambda: bool(opened))
-        firsts.append(time.perf_counter() - start)
-        viewer.image_opened.disconnect(opened.append)
-        wait(viewer.is_idle)
+    app, viewer = shown_viewer()
+    firsts = open_times(app, viewer, path, None, timeout=120.0)
     print(f"  open -> whole section on screen (file levels, best of 3): {1000 * min(firsts):.0f} ms "
           f"(target < 1000 ms; attempts {', '.join(f'{1000 * t:.0f}' for t in firsts)} ms)")
-    start = time.perf_counter()
-    viewer.view.setRange(QRectF(size / 2, size / 2, 1400, 900), padding=0)
-    wait(lambda: viewer.is_idle() and viewer.detail_level() == 0)
-    print(f"  zoom to 1:1 -> full-resolution detail on screen: {1000 * (time.perf_counter() - start):.0f} ms")
+    seconds = zoom_to_detail(app, viewer, size, timeout=120.0)
+    print(f"  zoom to 1:1 -> full-resolution detail on screen: {1000 * seconds:.0f} ms")
 
 
 COLD_OPEN = """

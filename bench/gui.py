@@ -187,6 +187,57 @@ def frame_times(app, viewer, rect, frames: int = 20) -> list[float]:
     return times
 
 
+def shown_viewer():
+    """(QApplication, TileViewer) with the viewer shown at 1400 x 900 px, as the benches measure it."""
+    from PySide6.QtWidgets import QApplication
+
+    from app.gui.main import configure_pyqtgraph
+    from app.gui.tile_viewer import TileViewer
+
+    configure_pyqtgraph()
+    app = QApplication.instance() or QApplication([])
+    viewer = TileViewer()
+    viewer.resize(1400, 900)
+    viewer.show()
+    app.processEvents()
+    return app, viewer
+
+
+def wait_until(app, predicate, timeout: float = 60.0) -> None:
+    """Run the event loop until ``predicate()`` holds; TimeoutError after ``timeout`` seconds."""
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise TimeoutError("the viewer did not finish in time")
+        app.processEvents()
+        time.sleep(0.001)
+
+
+def open_times(app, viewer, path: Path, cache: Path | None, attempts: int = 3, timeout: float = 60.0) -> list[float]:
+    """Seconds from ``open_image`` to the whole section on screen, for each of ``attempts`` opens."""
+    firsts = []
+    for _ in range(attempts):
+        opened: list = []
+        viewer.image_opened.connect(opened.append)
+        start = time.perf_counter()
+        viewer.open_image("section", path, cache)
+        wait_until(app, lambda: bool(opened), timeout)
+        firsts.append(time.perf_counter() - start)
+        viewer.image_opened.disconnect(opened.append)
+        wait_until(app, viewer.is_idle, timeout)
+    return firsts
+
+
+def zoom_to_detail(app, viewer, size: int, timeout: float = 60.0) -> float:
+    """Seconds from a 1:1 view of the section's middle to its full-resolution detail on screen."""
+    from PySide6.QtCore import QRectF
+
+    start = time.perf_counter()
+    viewer.view.setRange(QRectF(size / 2, size / 2, 1400, 900), padding=0)
+    wait_until(app, lambda: viewer.is_idle() and viewer.detail_level() == 0, timeout)
+    return time.perf_counter() - start
+
+
 def report(name: str, value: float, target: float, unit: str) -> None:
     ratio = target / value if value > 0 else float("inf")
     verdict = "meets" if value < target else "MISSES"
@@ -226,53 +277,25 @@ def main() -> int:
         print(f"  built the cached overview levels once in {time.perf_counter() - start:.1f} s "
               f"({sum(p.stat().st_size for p in cache.iterdir()) / 2**20:.0f} MiB)")
 
-    from PySide6.QtCore import QRectF
-    from PySide6.QtWidgets import QApplication
-
     from app.gui.job_queue import JobQueue
-    from app.gui.main import configure_pyqtgraph
-    from app.gui.tile_viewer import TileViewer
     from app.gui.workers import freeze_gc_heap
 
-    configure_pyqtgraph()
-    app = QApplication.instance() or QApplication([])
-    viewer = TileViewer()
-    viewer.resize(1400, 900)
-    viewer.show()
-    app.processEvents()
+    app, viewer = shown_viewer()
 
     def wait(predicate, timeout=60.0):
-        end = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > end:
-                raise TimeoutError("the viewer did not finish in time")
-            app.processEvents()
-            time.sleep(0.001)
+        wait_until(app, predicate, timeout)
 
     if args.stall_only:  # open the section and go to 1:1, as the full run leaves the view
         viewer.open_image("section", section, cache)
         wait(lambda: viewer.pyramid is not None and viewer.is_idle())
-        viewer.view.setRange(QRectF(size / 2, size / 2, 1400, 900), padding=0)
-        wait(lambda: viewer.is_idle() and viewer.detail_level() == 0)
+        zoom_to_detail(app, viewer, size)
     else:
         print("time to first picture (pyramid cached):")
-        firsts = []
-        for attempt in range(3):
-            opened = []
-            viewer.image_opened.connect(opened.append)
-            start = time.perf_counter()
-            viewer.open_image("section", section, cache)
-            wait(lambda: bool(opened))
-            firsts.append(time.perf_counter() - start)
-            viewer.image_opened.disconnect(opened.append)
-            wait(viewer.is_idle)
+        firsts = open_times(app, viewer, section, cache)
         report("open -> whole section on screen (best of 3)", 1000 * min(firsts), 1000, "ms")
         print(f"  (attempts: {', '.join(f'{1000 * t:.0f}' for t in firsts)} ms; overview level "
               f"{viewer._overview.level}, factor {viewer.pyramid.levels[viewer._overview.level].factor:g})")
-        start = time.perf_counter()
-        viewer.view.setRange(QRectF(size / 2, size / 2, 1400, 900), padding=0)
-        wait(lambda: viewer.is_idle() and viewer.detail_level() == 0)
-        report("zoom to 1:1 -> full-resolution detail on screen", 1000 * (time.perf_counter() - start), 1000, "ms")
+        report("zoom to 1:1 -> full-resolution detail on screen", 1000 * zoom_to_detail(app, viewer, size), 1000, "ms")
 
         print(f"pan and zoom frame time with {args.cells} cells + tubules:")
         from app.gui.overlays import prepare_document
