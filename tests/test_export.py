@@ -23,6 +23,7 @@ from app.core.errors import AnnotationError
 from app.core.export_labels import TileRasteriser, write_label_tiff
 from app.pipelines.stagetool.classes import CLASS_COLOURS, STAGES
 from stagetool_testing import one_torch_thread  # noqa: F401  (autouse fixture)
+from gui_testing import main_window
 
 
 def _main(*argv) -> int:
@@ -444,16 +445,11 @@ def test_export_dialog_offers_runs_formats_and_a_folder(qtbot, kaizen_results, t
 
 def test_file_menu_action_exports_a_project_run(qtbot, tmp_path):
     """The main window's File > Export results...: the dialog offers the project's run, the queue writes the files."""
-    from app.core.settings import Settings
-    from app.gui.main import configure_pyqtgraph
-    from app.gui.main_window import MainWindow
     from gui_fakes import make_project, register_fake
 
-    configure_pyqtgraph()
     register_fake()
     project = make_project(tmp_path, n_images=1, with_run=True)
-    window = MainWindow(Settings(), save_settings_on_close=False, detect_device=False)
-    qtbot.addWidget(window)
+    window = main_window(qtbot, size=None, show=False)
     try:
         window.open_project(project.folder)
         window.actions["export_results"].trigger()

@@ -19,6 +19,7 @@ from app.core.errors import ImageError
 from app.core.formats import IMAGE_SUFFIXES, image_format, image_stem, split_scene
 from app.core.images import list_images, open_image, read_image
 from app.core.readers import LIBRARIES
+from gui_testing import main_window
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -271,13 +272,7 @@ def test_preload_imports_only_the_libraries_a_project_needs(tmp_path):
 
 def test_gui_adds_each_czi_scene_and_an_ome_zarr_folder_and_shows_a_scene(qtbot, tmp_path, arrays, monkeypatch):
     """Files dropped on the project browser: a two-scene CZI becomes two images, an OME-Zarr folder one."""
-    from app.core.settings import Settings
-    from app.gui.main import configure_pyqtgraph
-    from app.gui.main_window import MainWindow
-
-    configure_pyqtgraph()
-    window = MainWindow(Settings(), save_settings_on_close=False, detect_device=False)
-    qtbot.addWidget(window)
+    window = main_window(qtbot, size=None, show=False)
     try:
         assert window.new_project(tmp_path / "proj")
         czi = write_czi(tmp_path / "slide.czi", arrays, ["DAPI", "SOX9"], 0.25)

@@ -9,22 +9,15 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from app.core.edits import read_edits  # noqa: E402
-from app.gui.main import configure_pyqtgraph  # noqa: E402
 
 from gui_fakes import FAKE_NAME, make_project, register_fake  # noqa: E402
+from gui_testing import main_window  # noqa: E402
 
 
 @pytest.fixture
 def window(qtbot):
-    from app.core.settings import Settings
-    from app.gui.main_window import MainWindow
-
-    configure_pyqtgraph()
     register_fake()
-    win = MainWindow(Settings(), save_settings_on_close=False, detect_device=False)
-    qtbot.addWidget(win)
-    win.resize(1200, 800)
-    win.show()
+    win = main_window(qtbot)
     yield win
     win.confirm = lambda *args: True
     win.queue.shutdown()

@@ -10,11 +10,10 @@ import pytest
 pytest.importorskip("pytestqt")
 
 from app.core.settings import Settings  # noqa: E402
-from app.gui.main import configure_pyqtgraph  # noqa: E402
-from app.gui.main_window import MainWindow  # noqa: E402
 from app.pipelines.registry import PipelineSpec, register  # noqa: E402
 
 from gui_fakes import make_project  # noqa: E402
+from gui_testing import main_window  # noqa: E402
 
 SEEN: list[str] = []
 
@@ -38,10 +37,7 @@ def test_a_run_uses_the_settings_device_unless_the_form_names_one(qtbot, tmp_pat
     register(PipelineSpec(name="devicetest", title="Test device", description="test pipeline", params=DeviceParams,
                           analyze=_analyze, image_kinds=("section",), layers=("tubules",)))
     project = make_project(tmp_path, n_images=1)
-    configure_pyqtgraph()
-    win = MainWindow(Settings(device=setting), save_settings_on_close=False, detect_device=False)
-    qtbot.addWidget(win)
-    win.show()
+    win = main_window(qtbot, size=None, settings=Settings(device=setting))
     try:
         assert win.open_project(project.folder) and win.wait_until_ready(20)
         win.run_panel.select_pipeline("devicetest")

@@ -15,6 +15,7 @@ from skimage.color import deltaE_ciede2000, rgb2lab  # noqa: E402
 from app.pipelines.stagetool.classes import (  # noqa: E402
     CELL_TYPES, CLASS_COLOURS, EXCLUDED_COLOUR, SELECTION_COLOUR, STAGES,
 )
+from gui_testing import main_window  # noqa: E402
 
 # Machado, Oliveira & Fernandes 2009, deuteranomaly at severity 1.0 (deuteranopia), applied to linear RGB.
 MACHADO_DEUTERANOPIA = np.array([[0.367322, 0.860646, -0.227968],
@@ -92,13 +93,7 @@ def test_legend_names_are_shown_whole_in_the_main_window(qtbot):
     """Every legend row's name (icon, indentation and text) fits its column, and the columns fit the dock."""
     from PySide6.QtWidgets import QApplication
 
-    from app.core.settings import Settings
-    from app.gui.main_window import MainWindow
-
-    window = MainWindow(Settings(), save_settings_on_close=False, detect_device=False)
-    qtbot.addWidget(window)
-    window.resize(1200, 800)
-    window.show()
+    window = main_window(qtbot)
     try:
         window.viewer.overlays.set_document(_all_classes_document())
         QApplication.processEvents()
@@ -173,12 +168,7 @@ def test_properties_say_whether_a_cell_is_positive_for_each_antibody(qtbot):
 def test_shortcuts_are_listed_at_once_not_behind_show_details(qtbot):
     from PySide6.QtWidgets import QApplication, QMessageBox
 
-    from app.core.settings import Settings
-    from app.gui.main_window import MainWindow
-
-    window = MainWindow(Settings(), save_settings_on_close=False, detect_device=False)
-    qtbot.addWidget(window)
-    window.show()
+    window = main_window(qtbot, size=None)
     try:
         window.actions["shortcuts"].trigger()
         QApplication.processEvents()

@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("pytestqt")
 torch = pytest.importorskip("torch")
 
-from app.gui.main import configure_pyqtgraph  # noqa: E402
+from gui_testing import main_window  # noqa: E402
 
 try:
     from test_stagetool_section import SCALE, draw_section, oracle_model
@@ -105,15 +105,8 @@ def _stage_area(run, image):
 
 
 def test_correct_train_rerun_learns_the_corrected_stage(qtbot, loop_project):
-    from app.core.settings import Settings
-    from app.gui.main_window import MainWindow
-
     project, truths, start = loop_project
-    configure_pyqtgraph()
-    window = MainWindow(Settings(), save_settings_on_close=False, detect_device=False)
-    qtbot.addWidget(window)
-    window.resize(1200, 800)
-    window.show()
+    window = main_window(qtbot)
     try:
         # analyse both sections with the "old" model
         assert window.open_project(project.folder, "sec0") and window.wait_until_ready(20)

@@ -12,22 +12,14 @@ pytest.importorskip("pytestqt")
 
 from PySide6.QtCore import Qt  # noqa: E402
 
-from app.gui.main import configure_pyqtgraph  # noqa: E402
-
 from gui_fakes import FAKE_NAME, make_project, register_fake  # noqa: E402
+from gui_testing import main_window  # noqa: E402
 
 
 @pytest.fixture
 def window(qtbot):
-    from app.core.settings import Settings
-    from app.gui.main_window import MainWindow
-
-    configure_pyqtgraph()
     register_fake()
-    win = MainWindow(Settings(), save_settings_on_close=False, detect_device=False)
-    qtbot.addWidget(win)
-    win.resize(1200, 800)
-    win.show()
+    win = main_window(qtbot)
     yield win
     win.confirm = lambda *args: True
     win.queue.shutdown()
@@ -130,18 +122,6 @@ def test_a_partly_failed_run_is_shown_failed_with_a_visible_summary(window, qtbo
 from test_gui_stagetool import stagetool_project  # noqa: F401,E402 - a fixture
 
 
-def _stagetool_window(qtbot, settings=None):
-    from app.core.settings import Settings
-    from app.gui.main_window import MainWindow
-
-    configure_pyqtgraph()
-    win = MainWindow(settings or Settings(), save_settings_on_close=False, detect_device=False)
-    qtbot.addWidget(win)
-    win.resize(1200, 800)
-    win.show()
-    return win
-
-
 def test_a_cancelled_stagetool_run_is_recorded_cancelled(qtbot, stagetool_project, monkeypatch):  # noqa: F811
     import time as _time
 
@@ -156,7 +136,7 @@ def test_a_cancelled_stagetool_run_is_recorded_cancelled(qtbot, stagetool_projec
 
     monkeypatch.setattr(predict, "analyze_section", slow_section)  # what the spec's analyze_one calls
     project, _truth = stagetool_project
-    win = _stagetool_window(qtbot)
+    win = main_window(qtbot)
     try:
         assert win.open_project(project.folder) and win.wait_until_ready(20)
         win.run_panel.select_pipeline("stagetool")
@@ -179,7 +159,7 @@ def test_a_cancelled_stagetool_run_is_recorded_cancelled(qtbot, stagetool_projec
 def test_antibody_channels_are_offered_from_the_images_and_checked_before_the_run(
         qtbot, stagetool_project):  # noqa: F811
     project, _truth = stagetool_project
-    win = _stagetool_window(qtbot)
+    win = main_window(qtbot)
     try:
         assert win.open_project(project.folder) and win.wait_until_ready(20)
         panel = win.run_panel
@@ -231,7 +211,7 @@ def test_the_fitting_pipeline_is_offered_first_and_a_wrong_one_is_refused(qtbot,
     project = make_project(tmp_path, n_images=1)
     project.add_image(_nuclei_image(tmp_path / "raw" / "nuclei.tif"), group="nuclei")
     project = Project.open(project.folder)
-    win = _stagetool_window(qtbot)  # a new user: nothing remembered
+    win = main_window(qtbot)  # a new user: nothing remembered
     try:
         assert win.open_project(project.folder, image="nuclei") and win.wait_until_ready(20)
         panel = win.run_panel
@@ -352,7 +332,7 @@ def test_jobs_run_with_the_settings_threads_default_one(qtbot, tmp_path, setting
     _register("threads", _threads_analyze, ThreadParams)
     project = make_project(tmp_path, n_images=1)
     settings = Settings() if setting is None else Settings(threads=setting)
-    win = _stagetool_window(qtbot, settings)
+    win = main_window(qtbot, settings=settings)
     before = torch.get_num_threads()
     try:
         assert win.open_project(project.folder) and win.wait_until_ready(20)

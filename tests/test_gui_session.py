@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.core.session import Session
+from gui_testing import main_window
 
 APP = Path(__file__).resolve().parents[1] / "app"
 QT_FREE = ("app.core.session", "app.gui.theme", "app.gui.run_files", "app.gui.report_sections",
@@ -48,16 +49,10 @@ def test_every_gui_file_stays_under_500_lines():
 
 def test_the_window_title_and_selection_follow_the_session(qtbot, tmp_path):
     pytest.importorskip("pytestqt")
-    from app.core.settings import Settings
-    from app.gui.main import configure_pyqtgraph
-    from app.gui.main_window import MainWindow
 
     from gui_fakes import make_project
 
-    configure_pyqtgraph()
-    window = MainWindow(Settings(), save_settings_on_close=False, detect_device=False)
-    qtbot.addWidget(window)
-    window.show()
+    window = main_window(qtbot, size=None)
     try:
         project = make_project(tmp_path, n_images=1, with_run=True)
         assert window.open_project(project.folder) and window.wait_until_ready(20)
@@ -112,16 +107,11 @@ def test_accepting_the_settings_dialog_applies_the_dark_theme(qtbot):
     from PySide6.QtGui import QPalette
     from PySide6.QtWidgets import QApplication
 
-    from app.core.settings import Settings
-    from app.gui.main import configure_pyqtgraph
-    from app.gui.main_window import MainWindow
     from app.gui.theme import DARK_PALETTE
 
-    configure_pyqtgraph()
     app = QApplication.instance()
     palette, style = QPalette(app.palette()), app.style().name()
-    window = MainWindow(Settings(), save_settings_on_close=False, detect_device=False)
-    qtbot.addWidget(window)
+    window = main_window(qtbot, size=None, show=False)
     window.save_settings = lambda: None  # the test's settings stay off the user's disk
     try:
         window.dialogs.settings()

@@ -17,8 +17,7 @@ pytest.importorskip("pytestqt")
 pytest.importorskip("torch")
 
 from PySide6.QtCore import QPointF, Qt  # noqa: E402
-
-from app.gui.main import configure_pyqtgraph  # noqa: E402
+from gui_testing import main_window  # noqa: E402
 
 try:
     from test_gui_stagetool import stagetool_project  # noqa: F401 - the fixture
@@ -37,15 +36,8 @@ def _screen(window, x, y):
 
 @pytest.fixture
 def analysed(qtbot, stagetool_project):
-    from app.core.settings import Settings
-    from app.gui.main_window import MainWindow
-
     project, _truth = stagetool_project
-    configure_pyqtgraph()
-    window = MainWindow(Settings(), save_settings_on_close=False, detect_device=False)
-    qtbot.addWidget(window)
-    window.resize(1200, 800)
-    window.show()
+    window = main_window(qtbot)
     assert window.open_project(project.folder) and window.wait_until_ready(20)
     window.run_panel.reload()
     window.run_panel.select_pipeline("stagetool")

@@ -15,9 +15,8 @@ import pytest
 pytest.importorskip("pytestqt")
 torch = pytest.importorskip("torch")
 
-from app.gui.main import configure_pyqtgraph  # noqa: E402
-
 from test_stagetool_section import SCALE, draw_section, oracle_model  # noqa: E402 - the oracle section and networks
+from gui_testing import main_window  # noqa: E402
 
 
 @pytest.fixture
@@ -42,16 +41,10 @@ def stagetool_project(tmp_path, monkeypatch):
 
 
 def test_a_stagetool_run_shows_stages_and_cell_types(qtbot, stagetool_project):
-    from app.core.settings import Settings
-    from app.gui.main_window import MainWindow
     from app.gui.overlays import STAGE_COLOURS, STAGES, class_colour
 
     project, truth = stagetool_project
-    configure_pyqtgraph()
-    window = MainWindow(Settings(), save_settings_on_close=False, detect_device=False)
-    qtbot.addWidget(window)
-    window.resize(1200, 800)
-    window.show()
+    window = main_window(qtbot)
     try:
         assert window.open_project(project.folder) and window.wait_until_ready(20)
         window.run_panel.reload()

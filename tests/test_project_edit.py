@@ -14,6 +14,7 @@ from app.cli import main
 from app.core.errors import ProjectError, UserError
 from app.core.project import Project
 from app.core.project_edit import apply_entry_metadata, missing_images, relink, set_image_metadata
+from gui_testing import main_window
 
 
 def _plain_tiff(path: Path, channels: int = 2, size: int = 32) -> Path:
@@ -129,18 +130,11 @@ def test_a_stagetool_run_uses_the_project_s_pixel_size_and_channel_names(tmp_pat
 @pytest.fixture
 def window(qtbot):
     pytest.importorskip("pytestqt")
-    from app.core.settings import Settings
-    from app.gui.main import configure_pyqtgraph
-    from app.gui.main_window import MainWindow
 
     from gui_fakes import register_fake
 
-    configure_pyqtgraph()
     register_fake()
-    win = MainWindow(Settings(), save_settings_on_close=False, detect_device=False)
-    qtbot.addWidget(win)
-    win.resize(1200, 800)
-    win.show()
+    win = main_window(qtbot)
     yield win
     win.confirm = lambda *args: True
     win.queue.shutdown()
