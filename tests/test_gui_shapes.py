@@ -20,7 +20,7 @@ from PySide6.QtCore import QPointF, Qt  # noqa: E402
 from gui_testing import main_window  # noqa: E402
 
 try:
-    from test_gui_stagetool import stagetool_project  # noqa: F401 - the fixture
+    from test_gui_stagetool import analyse_in_window, stagetool_project  # noqa: F401 - the fixture
 except ImportError as error:  # pragma: no cover
     pytest.skip(f"the Stagetool GUI fixture is not available ({error})", allow_module_level=True)
 
@@ -38,14 +38,7 @@ def _screen(window, x, y):
 def analysed(qtbot, stagetool_project):
     project, _truth = stagetool_project
     window = main_window(qtbot)
-    assert window.open_project(project.folder) and window.wait_until_ready(20)
-    window.run_panel.reload()
-    window.run_panel.select_pipeline("stagetool")
-    for name, value in {"tta": "off", "overlap": 48, "map_scale": 2}.items():
-        window.run_panel.form.editors[name].set_value(value)
-    window.run_pipeline(True)
-    assert window.queue.wait(120) and window.wait_until_ready(20)
-    assert not window.errors, window.errors
+    analyse_in_window(window, project)
     yield window, project
     window.confirm = lambda *args: True
     window.queue.shutdown()

@@ -40,20 +40,25 @@ def stagetool_project(tmp_path, monkeypatch):
     return Project.open(project.folder), truth
 
 
+def analyse_in_window(window, project) -> None:
+    """Open the drawn section's project in the window and run Stagetool on it from the Run panel, as a user would."""
+    assert window.open_project(project.folder) and window.wait_until_ready(20)
+    window.run_panel.reload()
+    window.run_panel.select_pipeline("stagetool")
+    for name, value in {"tta": "off", "overlap": 48, "map_scale": 2}.items():
+        window.run_panel.form.editors[name].set_value(value)
+    window.run_pipeline(True)
+    assert window.queue.wait(120) and window.wait_until_ready(20)
+    assert not window.errors, window.errors
+
+
 def test_a_stagetool_run_shows_stages_and_cell_types(qtbot, stagetool_project):
     from app.gui.overlays import STAGE_COLOURS, STAGES, class_colour
 
     project, truth = stagetool_project
     window = main_window(qtbot)
     try:
-        assert window.open_project(project.folder) and window.wait_until_ready(20)
-        window.run_panel.reload()
-        window.run_panel.select_pipeline("stagetool")
-        for name, value in {"tta": "off", "overlap": 48, "map_scale": 2}.items():
-            window.run_panel.form.editors[name].set_value(value)
-        window.run_pipeline(True)
-        assert window.queue.wait(120) and window.wait_until_ready(20)
-        assert not window.errors, window.errors
+        analyse_in_window(window, project)
         [run] = project.runs()
         assert run.status == "finished" and run.pipeline == "stagetool"
 
