@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
-import json
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -251,9 +250,13 @@ def load_model_card(folder: str | os.PathLike[str]) -> ModelCard:
     folder = Path(folder)
     if not folder.is_dir():
         raise ModelError(f"model folder not found: {folder}")
-    path = folder / CARD_FILE
-    data = read_json(path, ModelError, "the model card", missing=f"{folder} is not a model folder: it has no {CARD_FILE}")
-    return ModelCard.from_dict(data, folder=folder)
+    return ModelCard.from_dict(_card_data(folder), folder=folder)
+
+
+def _card_data(folder: Path) -> Any:
+    """The parsed card.json of a model folder, not yet checked; ModelError when missing or not JSON."""
+    return read_json(folder / CARD_FILE, ModelError, "the model card",
+                     missing=f"{folder} is not a model folder: it has no {CARD_FILE}")
 
 
 def load_state_dict(folder: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
@@ -319,13 +322,10 @@ def _card_folders(root: Path, depth: int = 2) -> list[Path]:
     return found
 
 
-def _card_field(folder: Path, key: str) -> str | None:
-    """One text field of a card (its pipeline, its name), read without checking the card; None when unreadable."""
-    try:
-        value = json.loads((folder / CARD_FILE).read_text()).get(key)
-    except (OSError, ValueError, AttributeError):
-        return None
-    return value if isinstance(value, str) else None
+def _names_another(data: Any, key: str, wanted: str | None) -> bool:
+    """Whether a parsed card names a ``key`` (pipeline, name) other than ``wanted`` (then it is passed over unchecked)."""
+    value = data.get(key) if isinstance(data, dict) else None
+    return wanted is not None and isinstance(value, str) and value != wanted
 
 
 def find_models(pipeline: str | None = None, dirs: Iterable[str | os.PathLike[str]] | None = None,
@@ -341,11 +341,11 @@ def find_models(pipeline: str | None = None, dirs: Iterable[str | os.PathLike[st
     cards = []
     for root in (model_dirs() if dirs is None else [Path(d) for d in dirs]):
         for folder in _card_folders(Path(root)):
-            if (pipeline is not None and _card_field(folder, "pipeline") not in (pipeline, None)) or \
-                    (name is not None and _card_field(folder, "name") not in (name, None)):
-                continue
             try:
-                card = load_model_card(folder)
+                data = _card_data(folder)
+                if _names_another(data, "pipeline", pipeline) or _names_another(data, "name", name):
+                    continue
+                card = ModelCard.from_dict(data, folder=folder)
             except ModelError as exc:
                 log.warning("skipping model: %s", exc)
                 continue
