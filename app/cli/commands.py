@@ -83,12 +83,15 @@ def _result_labels(folder: Path) -> dict[str, Path]:
     Each item folder's label image is the one its pipeline names as ``labels`` output; empty when
     ``folder`` is not such a results folder (then its image files are the predictions).
     """
+    items = sorted(p for p in folder.iterdir() if p.is_dir())
+    if not items:  # a folder of label images: no pipeline needs importing
+        return {}
     from app.pipelines import registry
 
     names = list(dict.fromkeys(spec.output_names.get("labels", "labels.tif")  # run.json's "labels" key
                                for spec in registry.pipelines().values()))
     found = {}
-    for item in sorted(p for p in folder.iterdir() if p.is_dir()):
+    for item in items:
         label = next((item / n for n in names if (item / n).is_file()), None)
         if label is not None:
             found[item.name] = label
