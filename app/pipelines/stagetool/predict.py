@@ -57,7 +57,7 @@ from app.pipelines.stagetool.section import (  # noqa: F401  (predict.reduce_blo
 # -------------------------------------------------------------------------------------- tubules
 
 
-def _pixel_for(image: Any, model: LoadedModel, params: AnalyzeParams) -> float | None:
+def _pixel_for(image: Any, params: AnalyzeParams) -> float | None:
     """The section pixel size tiles are matched to the model's at, or None to keep the card's downsample."""
     return image.info.pixel_size_um if params.match_pixel_size else None
 
@@ -93,7 +93,7 @@ def tubule_pass(image: Any, channel: int, model: LoadedModel, params: AnalyzePar
     """Tile masks of the whole section, merged into tubules; returns (tubules, tubule map, tile info)."""
     height, width = image.info.height, image.info.width
     map_shape = (-(-height // map_scale), -(-width // map_scale))
-    config = prepare(model, params.tubule_tile, params.tubule_score, _pixel_for(image, model, params))
+    config = prepare(model, params.tubule_tile, params.tubule_score, _pixel_for(image, params))
     tiles = tile_windows(height, width, config, params.overlap)
     masks: list[merge.TileMask] = []
     skipped = 0
@@ -233,7 +233,7 @@ def cell_pass(image: Any, channel: int, model: LoadedModel, params: AnalyzeParam
     """All cells of the section: (detections in section px, antigen means, antigen q, tile info)."""
     height, width = image.info.height, image.info.width
     first_cut = {"off": params.single_score, "adaptive": params.adaptive_low}.get(params.tta, params.cell_score)
-    config = prepare(model, params.cell_tile, first_cut, _pixel_for(image, model, params))
+    config = prepare(model, params.cell_tile, first_cut, _pixel_for(image, params))
     tiles = tile_windows(height, width, config, params.overlap)
     todo = []
     skipped = 0
