@@ -23,8 +23,8 @@ each factor and regions keep the scale that explains them best (:mod:`.multiscal
 then pass the stop rule (:mod:`.stoprule`).  Both are off in :class:`DecomposeParams` and switched on
 by a model card (the shipped one: see its ``decompose_note``).  With ``background`` > 0 a smooth
 background (an opening ``background`` x the largest diameter tried wide) is subtracted first
-(:mod:`.background`) and the diameter re-estimated on the result: a background slope is otherwise
-residual that Kaizen covers with objects.
+(:mod:`.background`) and the diameter estimated again on the result (the larger estimate is kept): a
+background slope is otherwise residual that Kaizen covers with objects.
 """
 
 from __future__ import annotations
@@ -283,7 +283,7 @@ def prepare_input(gray: np.ndarray, params: DecomposeParams, scales: tuple[float
     """(image to decompose, its normalised copy, low, high, base diameter), or None when nothing stands out.
 
     With ``params.background`` > 0 the smooth background is subtracted and the diameter estimated
-    again on the result; ``fallback`` is the diameter when none can be estimated.
+    again on the result, keeping the larger estimate; ``fallback`` is the diameter when none can be estimated.
     """
     norm, low, high = normalise(gray)
     if not has_signal(gray, low, high):
