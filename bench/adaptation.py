@@ -15,8 +15,9 @@ outline edit is the GUI's, so here the drawn outline is the truth's mask, added 
 training data beside the corrected results.  Then both models are trained on the k corrected
 sections, each for ``--minutes`` of CPU time (one torch thread), once fine-tuned from the demo
 model (``--init-from``, lr 2e-4) and once from random weights (lr 1e-3, the demo recipe; its tubule
-model gets the demo's composition stager so both stage tubules from their cells), and analyse the
-held-out sections again.  Printed per row: clicks, training minutes, stage agreement (IoU >= 0.5
+model gets the demo's composition stager so both stage tubules from their cells); each new cell model
+then has its stager refitted on the cells it finds in the corrected sections, as the app's trainer does
+(``--no-refit-stager`` leaves it out), and the held-out sections are analysed again.  Printed per row: clicks, training minutes, stage agreement (IoU >= 0.5
 matches), cell mean precision / sensitivity and AP50 / AP75, tubule mIoU.
 
 Goal (issue 17): with <= 2 corrected sections and <= 20 min of CPU fine-tuning, stage agreement
@@ -150,11 +151,17 @@ def training_sections(pool_results: Path, pool: Path, names: list[str], kind: st
     return sections
 
 
-def train_model(kind: str, start: str, sections: list[Any], out: Path, minutes: float, threads: int) -> float:
-    """Train one model for ``minutes`` on the corrected sections; returns the seconds it trained."""
+def train_model(kind: str, start: str, sections: list[Any], out: Path, minutes: float, threads: int,
+                outlines: list[list[Any]] | None = None) -> float:
+    """Train one model for ``minutes`` on the corrected sections; returns the seconds it trained.
+
+    A cell model's stager is then refitted on the cells it finds in those sections (``outlines``: each
+    section's corrected, staged tubules), as the app's trainer does; its seconds are counted too.
+    """
     from app.core.atomic import atomic_write_json
     from app.core.jobs import run
     from app.pipelines.stagetool.models import max_cells
+    from app.pipelines.stagetool.fitting import refit_for_cell_model
     from app.pipelines.stagetool.params import TrainParams
     from app.pipelines.stagetool.train import train
 
@@ -166,6 +173,7 @@ def train_model(kind: str, start: str, sections: list[Any], out: Path, minutes: 
     card = run(train([], out, params, name=out.name, sections=sections, synthetic=True,
                      data_description=f"{len(sections)} corrected phantom section(s)"))
     (out / "checkpoint.pt").unlink(missing_ok=True)
+    seconds = float(card.training.get("seconds") or 0.0)
     data = json.loads((out / "card.json").read_text())
     data["extra"]["model"]["tile_size"] = 512  # analyse with the demo models' tiles
     if kind == "cells":
@@ -173,7 +181,12 @@ def train_model(kind: str, start: str, sections: list[Any], out: Path, minutes: 
     if kind == "tubules" and "composition" not in data["extra"]:  # from scratch: the demo's stager, as fine-tuning keeps
         data["extra"]["composition"] = json.loads((DEMO["tubules"] / "card.json").read_text())["extra"]["composition"]
     atomic_write_json(out / "card.json", data)
-    return float(card.training.get("seconds") or 0.0)
+    if kind == "cells" and outlines is not None:  # as "Train on my corrections" does after a cell model
+        started = time.monotonic()
+        refit = run(refit_for_cell_model(out, sections, outlines, DEMO["tubules"], "cpu", threads))
+        seconds += time.monotonic() - started
+        log(out.name, "stager refit:", refit and refit["data"])
+    return seconds
 
 
 def format_row(row: dict[str, Any]) -> str:
@@ -228,10 +241,12 @@ def bench_style(style: str, args: argparse.Namespace, rows: list[dict[str, Any]]
             folder = work / f"k{k}-{start}"
             models = {kind: DEMO[kind] for kind in ("cells", "tubules")}
             trained = 0.0
+            outlines = [section.objects for section in training_sections(pool_results, pool, chosen, "tubules", missed)]
             for kind in args.kinds:
                 models[kind] = folder / f"{kind}-model"
                 trained += train_model(kind, start, training_sections(pool_results, pool, chosen, kind, missed),
-                                       models[kind], args.minutes, args.threads)
+                                       models[kind], args.minutes, args.threads,
+                                       outlines if args.refit_stager else None)
             analyze(heldout, folder / "heldout", models["tubules"], models["cells"], args.threads)
             rows.append({"style": style, "k": k, "start": start, "clicks": clicks, "outlines": outlines,
                          "train_min": trained / 60, **scores(folder / "heldout", heldout)})
@@ -250,6 +265,8 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=4)
     parser.add_argument("--minutes", type=float, default=4.0, help="CPU training minutes per model")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-refit-stager", dest="refit_stager", action="store_false",
+                        help="keep the stager the models came with (before the refit on the new cell model's cells)")
     parser.add_argument("--seed", type=int, default=7000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/stagescope-adaptation"))
     args = parser.parse_args()

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.core.errors import AnnotationError
+from app.core.errors import AnnotationError, UserError
 from app.core.jobs import Job
 from app.pipelines.contract import Item, Layer, PipelineSpec, Sample, TrainerSpec
 from app.pipelines.registry import TrainingSource, register, training_images
@@ -133,6 +133,19 @@ class CellTrainParams(TrainParams):
     kind: str = field(default="cells", init=False, metadata={"help": "cells (Faster R-CNN, 9 types)"})
 
 
+def _tubule_model_of(sources: list[TrainingSource]) -> str | None:
+    """The tubule model that analysed the first corrected run among ``sources`` (its stager is the refit's start)."""
+    from app.pipelines.stagetool.start import models_of_results
+
+    for source in sources:
+        if source.kind == "corrected" and source.run_folder is not None:
+            try:
+                return models_of_results(source.run_folder).get("tubules")
+            except UserError:
+                continue
+    return None
+
+
 def _trainer(kind: str) -> Any:
     """Registry trainer for ``kind``: stagetool.train.train on the chosen sources; returns the model folder."""
 
@@ -150,17 +163,23 @@ def _trainer(kind: str) -> Any:
         check_categories([ImageAnnotations(i.name, None, None, i.objects, source=str(i.image_path)) for i in images],
                          STAGES + CELL_TYPES)
         wanted = set(class_names(kind))
-        sections = []
+        sections, outlines = [], []
         for image in images:
             objects = [o for o in image.objects if o.category in wanted and (kind == "cells" or o.has_shape)]
             if objects:
                 sections.append(Section(name=image.name, objects=objects, path=image.image_path,
                                         pixel_size_um=image.pixel_size_um))
+                outlines.append([o for o in image.objects if o.category in STAGES and o.has_shape])
         if not sections:
             raise AnnotationError(f"none of the chosen images has {kind} annotated"
                                   + (" with outlines" if kind == "tubules" else ""))
         yield from train([], out_dir, params, name=Path(out_dir).name, resume=resume, sections=sections,
                          data_description=", ".join(s.name for s in sections))
+        if kind == "cells":  # stages come from this model's cells now: refit the stager on what it finds
+            from app.pipelines.stagetool.fitting import refit_for_cell_model
+
+            yield from refit_for_cell_model(out_dir, sections, outlines, _tubule_model_of(sources),
+                                            params.device, params.threads)
         return Path(out_dir)
 
     return train_from_sources

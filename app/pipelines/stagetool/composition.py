@@ -69,25 +69,38 @@ class Stager:
         return cls(np.array(data["mean"]), np.array(data["scale"]), np.array(data["weights"]), int(data["n_train"]))
 
 
-def fit(x: np.ndarray, stages: Sequence[str], l2: float = 1e-2, steps: int = 3000, lr: float = 0.5) -> Stager:
-    """Fit the stager by gradient descent on the mean cross-entropy (plus L2 on the weights)."""
-    x = np.asarray(x, np.float64)
+def fit(x: np.ndarray, stages: Sequence[str], l2: float = 1e-2, steps: int = 3000, lr: float = 0.5,
+        prior: Stager | None = None) -> Stager:
+    """Fit the stager by gradient descent on the mean cross-entropy (plus L2 on the weights).
+
+    With ``prior`` the fit starts from that stager (its standardisation kept) and the L2 term pulls
+    towards its weights (the bias too) instead of zero: a refit on the few tubules a lab corrected
+    adapts the stager to a new cell model without forgetting the stages those tubules do not show.
+    """
+    x = np.asarray(x, np.float64).reshape(len(stages), len(FEATURES))
     y = np.array([STAGES.index(s) for s in stages])
-    if len(set(y.tolist())) < 2:
+    if prior is None and len(set(y.tolist())) < 2:
         raise UserError("a composition stager needs annotated tubules of at least two stages")
-    mean, scale = x.mean(0), x.std(0)
-    scale[scale < 1e-9] = 1.0
+    if prior is not None:
+        mean, scale, anchor = prior.mean, prior.scale, prior.weights
+    else:
+        mean, scale = x.mean(0), x.std(0)
+        scale[scale < 1e-9] = 1.0
+        anchor = np.zeros((len(FEATURES) + 1, len(STAGES)))
     z = np.hstack([(x - mean) / scale, np.ones((len(x), 1))])
     onehot = np.eye(len(STAGES))[y]
-    w = np.zeros((z.shape[1], len(STAGES)))
+    w = anchor.copy()
     for _ in range(steps):
         logits = z @ w
         logits -= logits.max(1, keepdims=True)
         p = np.exp(logits)
         p /= p.sum(1, keepdims=True)
-        grad = z.T @ (p - onehot) / len(z) + l2 * np.vstack([w[:-1], np.zeros((1, w.shape[1]))])
+        pull = w - anchor
+        if prior is None:  # from zero: the bias is not shrunk
+            pull[-1] = 0.0
+        grad = z.T @ (p - onehot) / len(z) + l2 * pull
         w -= lr * grad
-    return Stager(mean, scale, w, len(x))
+    return Stager(mean, scale, w, len(x) + (prior.n_train if prior is not None else 0))
 
 
 def truth_examples(sections: Sequence[dict[str, Any]]) -> tuple[np.ndarray, list[str]]:

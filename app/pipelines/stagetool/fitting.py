@@ -17,9 +17,10 @@ import numpy as np
 
 from app.core.atomic import atomic_write_json, read_json
 from app.core.errors import ModelError, UserError
-from app.core.modelcard import CARD_FILE, load_model_card
-from app.pipelines.stagetool.classes import STAGES
-from app.pipelines.stagetool.composition import Stager, fit, prediction_examples, truth_examples
+from app.core.jobs import Job, Progress
+from app.core.modelcard import CARD_FILE, load_model_card, resolve_model
+from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
+from app.pipelines.stagetool.composition import Stager, features, fit, prediction_examples, truth_examples
 from app.pipelines.stagetool.curation import section_dirs
 from app.pipelines.stagetool.evaluate import load_truth
 from app.pipelines.stagetool.layout import PREDICTIONS_FILE
@@ -85,3 +86,87 @@ def store_in_model(x: np.ndarray, stages: Sequence[str], model_dir: str | Path, 
                                                         "data": data}
     atomic_write_json(path, card_data)
     return stager, accuracy
+
+
+# ----------------------------------------------------------- refit on a new cell model's own cells
+
+
+def outline_examples(tubules: Sequence[Any], boxes: np.ndarray, types: Sequence[str]) -> tuple[list[np.ndarray], list[str]]:
+    """Stager rows from staged tubule outlines and cells: each cell joins the outline holding its box centre.
+
+    ``tubules`` are annotated objects (:class:`~app.core.annotations.AnnotatedObject`) whose category
+    is a stage and which have an outline or mask; ``boxes`` (x0, y0, x1, y1 section px) and
+    ``types`` are the cells.  A tubule with fewer than MIN_CELLS cells gives no row.
+    """
+    boxes = np.asarray(boxes, float).reshape(-1, 4)
+    cx, cy = (boxes[:, 0] + boxes[:, 2]) / 2, (boxes[:, 1] + boxes[:, 3]) / 2
+    rows, stages = [], []
+    for tubule in tubules:
+        if tubule.category not in STAGES or not tubule.has_shape:
+            continue
+        mask, (oy, ox) = tubule.crop_mask()
+        iy, ix = np.floor(cy - oy).astype(int), np.floor(cx - ox).astype(int)
+        near = np.flatnonzero((iy >= 0) & (ix >= 0) & (iy < mask.shape[0]) & (ix < mask.shape[1]))
+        inside = near[mask[iy[near], ix[near]]]
+        if len(inside) >= MIN_CELLS:
+            rows.append(features([types[i] for i in inside], boxes[inside]))
+            stages.append(tubule.category)
+    return rows, stages
+
+
+def refit_for_cell_model(model_dir: str | Path, sections: Sequence[Any], tubules: Sequence[Sequence[Any]],
+                         tubule_model: str | Path | None = None, device: str = "auto",
+                         threads: int | None = None) -> Job[dict[str, Any] | None]:
+    """Refit the stager on the cells a newly trained cell model finds in its own corrected sections.
+
+    Tubule stages come from the cells the cell model finds, and a stager fitted on the old model's
+    cells misreads a fine-tuned model's (bench/adaptation.py, widefield: 22 of 42 held-out stages
+    right; refitted this way, 33).  The new model analyses each training section (``sections``: with
+    a ``path``; ``tubules``: that section's corrected, staged outlines); its cells joined to those
+    outlines are the rows.  The fit starts from the stager already in use (the model's own, else
+    ``tubule_model``'s, default the demo's) and is pulled towards it.  Stored in the cell model's card
+    (``extra.composition``), where analysis looks first; returns it, or None when there was nothing to fit.
+    """
+    from app.pipelines.stagetool.loading import DEMO_MODELS, load_model
+    from app.pipelines.stagetool.params import AnalyzeParams
+    from app.pipelines.stagetool.predict import find_cells
+
+    pairs = [(s, t) for s, t in zip(sections, tubules) if getattr(s, "path", None) is not None
+             and any(o.category in STAGES and o.has_shape for o in t)]
+    if not pairs:
+        return None
+    model = load_model(model_dir, "cells", device)
+    prior_data = (model.card.extra or {}).get("composition")
+    start = f"its own stager ({model.card.name})"
+    if not prior_data:
+        try:
+            tubule_card = resolve_model(tubule_model or DEMO_MODELS["tubules"], pipeline="stagetool-tubules")
+        except (ModelError, UserError):
+            tubule_card = resolve_model(DEMO_MODELS["tubules"], pipeline="stagetool-tubules")
+        prior_data = (tubule_card.extra or {}).get("composition")
+        start = f"the stager of {tubule_card.name!r}"
+    if not prior_data:
+        return None
+    prior = Stager.from_dict(prior_data)
+    params = AnalyzeParams(device=device, threads=AnalyzeParams().threads if threads is None else threads)
+    rows: list[np.ndarray] = []
+    stages: list[str] = []
+    for number, (section, outlines) in enumerate(pairs):
+        yield Progress("stager", number, len(pairs), f"finding cells in {section.name} with the new model")
+        cells = yield from find_cells(section.path, model, params, section.channel, section.pixel_size_um)
+        r, s = outline_examples(outlines, cells.boxes, [CELL_TYPES[int(i)] for i in cells.labels])
+        rows += r
+        stages += s
+    yield Progress("stager", len(pairs), len(pairs), f"{len(rows)} staged tubule(s) with enough cells")
+    if not rows:
+        return None
+    stager = fit(np.array(rows), stages, prior=prior)
+    accuracy = float(np.mean([STAGES[i] == s for i, s in zip(stager.probabilities(np.array(rows)).argmax(1), stages)]))
+    composition = {**stager.to_dict(), "train_accuracy": round(accuracy, 4),
+                   "data": f"refitted on the cells this model found in {len(pairs)} corrected section(s) "
+                           f"({len(rows)} staged tubules), starting from {start}"}
+    path = Path(model_dir) / CARD_FILE
+    card_data = read_json(path, ModelError, "the model card")
+    card_data.setdefault("extra", {})["composition"] = composition
+    atomic_write_json(path, card_data)
+    return composition

@@ -58,10 +58,17 @@ def load_model(name_or_path: str | Path | None, kind: str, device: str = "auto")
     return LoadedModel(card, net, config, torch_device)
 
 
-def stager_of(model: LoadedModel) -> composition.Stager | None:
-    """The composition stager a tubule model's card carries (``extra.composition``), if any."""
-    data = (model.card.extra or {}).get("composition")
-    return composition.Stager.from_dict(data) if data else None
+def stager_of(model: LoadedModel, cell_model: LoadedModel | None = None) -> composition.Stager | None:
+    """The composition stager of an analysis (``extra.composition`` of a card), if any.
+
+    A cell model trained on a lab's corrections carries a stager refitted on the cells it finds
+    (:func:`.fitting.refit_for_cell_model`) and wins; otherwise the tubule model's is used.
+    """
+    for card in ((cell_model.card,) if cell_model is not None else ()) + (model.card,):
+        data = (card.extra or {}).get("composition")
+        if data:
+            return composition.Stager.from_dict(data)
+    return None
 
 
 @torch.no_grad()

@@ -343,6 +343,32 @@ def is_synthetic(image: Any) -> bool:
     return "phantom" in hint or "synthetic" in hint
 
 
+def whole_section_view(image: Any, channel: int, params: AnalyzeParams, where: str
+                       ) -> tuple[int, tuple[float, float], np.ndarray]:
+    """The whole-section step: overview scale, normalisation range and tissue mask (overview pixels)."""
+    height, width = image.info.height, image.info.width
+    map_scale = max(params.map_scale, math.ceil(math.sqrt(height * width / 64e6)))
+    overview = section_overview(image, channel, map_scale, where)
+    return map_scale, intensity_range(overview), tissue_mask(overview)
+
+
+def find_cells(path: str | Path, cell_model: LoadedModel, params: AnalyzeParams | None = None,
+               channel: int | str = 0, pixel_size_um: float | None = None) -> Job[merge.Detections]:
+    """The cells a cell model finds in a whole section (section px), as an analysis would find them.
+
+    No tubule pass and no antibody channels: used to refit a stager on a new cell model's own cells
+    (:func:`.fitting.refit_for_cell_model`).
+    """
+    params = params or AnalyzeParams()
+    with open_image(path) as image:
+        apply_entry_metadata(image, {"pixel_size_um": pixel_size_um} if pixel_size_um else None)
+        where = str(path)
+        index = image.channel_index(channel)
+        map_scale, stats, tissue = whole_section_view(image, index, params, where)
+        cells, _, _, _ = yield from cell_pass(image, index, cell_model, params, stats, tissue, map_scale, (), where)
+    return cells
+
+
 def analyze_section(path: str | Path, out_dir: str | Path, tubule_model: LoadedModel, cell_model: LoadedModel,
                     params: AnalyzeParams | None = None, name: str | None = None,
                     synthetic: bool | None = None, metadata: dict | None = None) -> Job[dict]:
@@ -363,12 +389,8 @@ def analyze_section(path: str | Path, out_dir: str | Path, tubule_model: LoadedM
         where = str(path)
         dapi_index, channels = resolve_channels(image, dapi, antibodies, where)
         height, width = image.info.height, image.info.width
-        map_scale = max(params.map_scale, math.ceil(math.sqrt(height * width / 64e6)))
         yield Progress("overview", 0, 1, f"{name}: {width} x {height} px")
-        overview = section_overview(image, dapi_index, map_scale, where)
-        stats = intensity_range(overview)
-        tissue = tissue_mask(overview)
-        del overview
+        map_scale, stats, tissue = whole_section_view(image, dapi_index, params, where)
         timing["overview"] = time.monotonic() - start
         yield Progress("overview", 1, 1)
         t0 = time.monotonic()
@@ -411,7 +433,8 @@ def analyze_section(path: str | Path, out_dir: str | Path, tubule_model: LoadedM
         "timing_s": {k: round(v, 3) for k, v in timing.items()}, "app_version": __version__,
     }
     layers = {"tubules": tubule_objects(tubules, map_scale), "cells": cell_objects}
-    composition.stage_tubules(layers["tubules"], cell_objects, stager_of(tubule_model), params.stage_from)
+    composition.stage_tubules(layers["tubules"], cell_objects, stager_of(tubule_model, cell_model),
+                               params.stage_from)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_objects(out_dir / PREDICTIONS_FILE, name, PIPELINE, layers, meta)
     yield Progress("write", 1, 1, f"{name}: {len(tubules)} tubules, {len(cells)} cells")
