@@ -20,7 +20,8 @@ from app.core.errors import ModelError, UserError
 from app.core.jobs import Job, Progress
 from app.core.modelcard import CARD_FILE, load_model_card, resolve_model
 from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
-from app.pipelines.stagetool.composition import Stager, features, fit, prediction_examples, truth_examples
+from app.pipelines.stagetool.composition import (Stager, accuracy, features, fit, prediction_examples, refit_if_better,
+                                                  truth_examples)
 from app.pipelines.stagetool.curation import section_dirs
 from app.pipelines.stagetool.evaluate import load_truth
 from app.pipelines.stagetool.layout import PREDICTIONS_FILE
@@ -124,8 +125,10 @@ def refit_for_cell_model(model_dir: str | Path, sections: Sequence[Any], tubules
     right; refitted this way, 33).  The new model analyses each training section (``sections``: with
     a ``path``; ``tubules``: that section's corrected, staged outlines); its cells joined to those
     outlines are the rows.  The fit starts from the stager already in use (the model's own, else
-    ``tubule_model``'s, default the demo's) and is pulled towards it.  Stored in the cell model's card
-    (``extra.composition``), where analysis looks first; returns it, or None when there was nothing to fit.
+    ``tubule_model``'s, default the demo's), is pulled towards it, and is kept only when it stages the
+    corrected tubules better left out one at a time (:func:`.composition.refit_if_better`); then it is
+    stored in the cell model's card (``extra.composition``), where analysis looks first.  The decision
+    is recorded in ``extra.stager_refit`` and returned; None when there was nothing to fit.
     """
     from app.pipelines.stagetool.loading import DEMO_MODELS, load_model
     from app.pipelines.stagetool.params import AnalyzeParams
@@ -160,13 +163,17 @@ def refit_for_cell_model(model_dir: str | Path, sections: Sequence[Any], tubules
     yield Progress("stager", len(pairs), len(pairs), f"{len(rows)} staged tubule(s) with enough cells")
     if not rows:
         return None
-    stager = fit(np.array(rows), stages, prior=prior)
-    accuracy = float(np.mean([STAGES[i] == s for i, s in zip(stager.probabilities(np.array(rows)).argmax(1), stages)]))
-    composition = {**stager.to_dict(), "train_accuracy": round(accuracy, 4),
-                   "data": f"refitted on the cells this model found in {len(pairs)} corrected section(s) "
-                           f"({len(rows)} staged tubules), starting from {start}"}
+    stager, info = refit_if_better(np.array(rows), stages, prior)
+    where = f"{len(pairs)} corrected section(s) ({len(rows)} staged tubules)"
+    info["data"] = (f"refitted on the cells this model found in {where}, starting from {start}" if stager is not None
+                    else f"{start} kept: refitted on the cells this model found in {where} it staged them no better "
+                         f"when each was left out ({info['refit_left_out_accuracy']:.2f} against "
+                         f"{info['stager_in_use_accuracy']:.2f})")
     path = Path(model_dir) / CARD_FILE
     card_data = read_json(path, ModelError, "the model card")
-    card_data.setdefault("extra", {})["composition"] = composition
+    card_data.setdefault("extra", {})["stager_refit"] = info
+    if stager is not None:
+        card_data["extra"]["composition"] = {**stager.to_dict(), "train_accuracy": round(accuracy(stager, np.array(rows), stages), 4),
+                                             "data": info["data"]}
     atomic_write_json(path, card_data)
-    return composition
+    return info
