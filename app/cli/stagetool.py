@@ -51,6 +51,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     params.validate()
     card = run(train(list(args.annotations), args.out, params, name=args.name, resume=args.resume,
                      confirm_download=_confirm(args.yes)), _progress())
+    if args.kind == "cells":  # stages come from this model's cells: refit the stager on corrected runs
+        from app.pipelines.stagetool.fitting import refit_from_paths
+
+        refit = run(refit_from_paths(args.out, list(args.annotations), params.device, params.threads), _progress())
+        if refit is not None:
+            print(f"stager: {refit['data']}")
     print(f"model written to {args.out} ({card.training.get('pretraining')})")
     for split, values in card.metrics.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))

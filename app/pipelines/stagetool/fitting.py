@@ -176,4 +176,31 @@ def refit_for_cell_model(model_dir: str | Path, sections: Sequence[Any], tubules
         card_data["extra"]["composition"] = {**stager.to_dict(), "train_accuracy": round(accuracy(stager, np.array(rows), stages), 4),
                                              "data": info["data"]}
     atomic_write_json(path, card_data)
+    yield Progress("stager", len(pairs), len(pairs), info["data"])
     return info
+
+
+def refit_from_paths(model_dir: str | Path, annotations: Sequence[str | Path], device: str = "auto",
+                     threads: int | None = None) -> Job[dict[str, Any] | None]:
+    """``stagetool train cells RESULTS...``: the stager refit on the corrected results among ``annotations``.
+
+    Annotation files and phantom folders are passed over (a model trained on them is not the loop's);
+    each corrected section's staged outlines go with its cells.  None when no results folder has any.
+    """
+    from app.pipelines.stagetool.dataset import _is_results, load_sections
+    from app.pipelines.stagetool.start import models_of_results
+
+    results = [Path(p) for p in annotations if Path(p).is_dir() and _is_results(Path(p))]
+    if not results:
+        return None
+    try:
+        outlines = {s.name: s.objects for s in load_sections(results, "tubules")}
+    except UserError:  # no tubules in the corrected results: nothing to stage from
+        return None
+    sections = load_sections(results, "cells")
+    try:
+        tubule_model = models_of_results(results[0]).get("tubules")
+    except UserError:
+        tubule_model = None
+    return (yield from refit_for_cell_model(model_dir, sections, [outlines.get(s.name, []) for s in sections],
+                                            tubule_model, device, threads))
