@@ -177,21 +177,12 @@ def test_refit_for_cell_model_reads_the_section_with_the_new_model_and_stores_th
     assert run(fitting.refit_for_cell_model(folder, [section], [[]], None, "cpu", 1)) is None
 
 
-def test_the_cli_refits_on_corrected_results_only_and_pairs_outlines_with_their_section(tmp_path, monkeypatch):
+def _corrected_run(tmp_path):
+    """A run of two sections: "a" with a tubule outline (restaged IX -> XII in the edits), "b" without."""
     from app.core.edits import make_edit, write_edits
     from app.core.images import write_tiff
-    from app.core.jobs import run
     from app.core.results import write_objects
-    from app.pipelines.stagetool import fitting
 
-    seen = {}
-
-    def fake(model_dir, sections, outlines, tubule_model=None, device="auto", threads=None):
-        seen.update(model=model_dir, names=[s.name for s in sections], outlines=outlines, tubule_model=tubule_model)
-        return {"data": "refit"}
-        yield  # a job
-
-    monkeypatch.setattr(fitting, "refit_for_cell_model", fake)
     for name in ("a", "b"):
         write_tiff(tmp_path / f"{name}.tif", np.full((100, 100), 100, np.uint16), axes="YX")
         meta = {"image_path": str(tmp_path / f"{name}.tif"), "shape": [100, 100], "dapi_channel": 0}
@@ -202,8 +193,57 @@ def test_the_cli_refits_on_corrected_results_only_and_pairs_outlines_with_their_
         for file in ("predictions.json", "objects.json"):
             write_objects(tmp_path / "run" / name / file, name, "stagetool", {"tubules": tubules, "cells": cells}, meta)
     write_edits(tmp_path / "run", [make_edit("restage_tubule", "a", 1, "XII")])
-    assert run(fitting.refit_from_paths(tmp_path / "m", [tmp_path / "a.tif", tmp_path / "run"])) == {"data": "refit"}
-    assert seen["names"] == ["a", "b"] and seen["tubule_model"] is None  # no models recorded in this run
-    assert [[o.category for o in found] for found in seen["outlines"]] == [["XII"], []]  # the corrected stage
-    seen.clear()
-    assert run(fitting.refit_from_paths(tmp_path / "m", [tmp_path / "a.tif"])) is None and not seen  # no results
+    return tmp_path / "run"
+
+
+@pytest.fixture
+def refit_calls(monkeypatch):
+    from app.pipelines.stagetool import fitting
+
+    seen = {}
+
+    def fake(model_dir, sections, outlines, tubule_model=None, device="auto", threads=None):
+        seen.update(model=model_dir, names=[s.name for s in sections], outlines=outlines, tubule_model=tubule_model)
+        return {"data": "refit"}
+        yield  # a job
+
+    monkeypatch.setattr(fitting, "refit_for_cell_model", fake)
+    return seen
+
+
+def test_the_cli_refits_on_corrected_results_only_and_pairs_outlines_with_their_section(tmp_path, refit_calls):
+    from app.core.jobs import run
+    from app.pipelines.stagetool import fitting
+
+    results = _corrected_run(tmp_path)
+    assert run(fitting.refit_from_paths(tmp_path / "m", [tmp_path / "a.tif", results])) == {"data": "refit"}
+    assert refit_calls["names"] == ["a", "b"] and refit_calls["tubule_model"] is None  # no models in this run
+    assert [[o.category for o in found] for found in refit_calls["outlines"]] == [["XII"], []]  # corrected stage
+    refit_calls.clear()
+    assert run(fitting.refit_from_paths(tmp_path / "m", [tmp_path / "a.tif"])) is None and not refit_calls
+
+
+def test_the_gui_trainer_refits_a_cell_model_on_its_corrected_sources(tmp_path, refit_calls, monkeypatch):
+    """"Train on my corrections" for cells: after training, the refit gets the corrected outlines of the
+    corrected sources (other sources: none)."""
+    from app.core.jobs import run
+    from app.pipelines import stagetool
+    from app.pipelines.registry import TrainingSource
+
+    results = _corrected_run(tmp_path)
+    monkeypatch.setattr("app.pipelines.stagetool.train.train", lambda *args, **kwargs: iter(()))  # no training here
+    trainer = stagetool.SPEC.trainers["stagetool-cells"]
+    sources = [TrainingSource("corrected", image=name, path=results / name / "objects.json", run_folder=results,
+                              image_path=tmp_path / f"{name}.tif") for name in ("a", "b")]
+    run(trainer.train(sources, trainer.params(device="cpu", threads=1), tmp_path / "m"))
+    assert refit_calls["names"] == ["a", "b"] and refit_calls["model"] == tmp_path / "m"
+    assert [[o.category for o in found] for found in refit_calls["outlines"]] == [["XII"], []]
+    refit_calls.clear()  # an annotation file with staged outlines is not the loop's data: nothing to refit on
+    from app.core.annotations import ImageAnnotations, write_coco
+
+    square = np.array([[10, 10], [60, 10], [60, 60], [10, 60]], float)
+    write_coco(tmp_path / "a.json", [ImageAnnotations("a.tif", 100, 100, [
+        AnnotatedObject(1, "XII", polygons=[square]), AnnotatedObject(2, "Sertoli", box=(20, 20, 28, 28))])])
+    run(trainer.train([TrainingSource("file", path=tmp_path / "a.json")], trainer.params(device="cpu", threads=1),
+                      tmp_path / "n"))
+    assert refit_calls["outlines"] == [[]]

@@ -164,18 +164,20 @@ def _trainer(kind: str) -> Any:
                          STAGES + CELL_TYPES)
         wanted = set(class_names(kind))
         sections, outlines = [], []
+        corrected = {s.image for s in sources if s.kind == "corrected"}  # the loop's data: the refit is for them
         for image in images:
             objects = [o for o in image.objects if o.category in wanted and (kind == "cells" or o.has_shape)]
             if objects:
                 sections.append(Section(name=image.name, objects=objects, path=image.image_path,
                                         pixel_size_um=image.pixel_size_um))
-                outlines.append([o for o in image.objects if o.category in STAGES and o.has_shape])
+                outlines.append([o for o in image.objects if o.category in STAGES and o.has_shape]
+                                if image.name in corrected else [])
         if not sections:
             raise AnnotationError(f"none of the chosen images has {kind} annotated"
                                   + (" with outlines" if kind == "tubules" else ""))
         yield from train([], out_dir, params, name=Path(out_dir).name, resume=resume, sections=sections,
                          data_description=", ".join(s.name for s in sections))
-        if kind == "cells":  # stages come from this model's cells now: refit the stager on what it finds
+        if kind == "cells":  # stages come from this model's cells: refit the stager on what it finds in corrected runs
             from app.pipelines.stagetool.fitting import refit_for_cell_model
 
             yield from refit_for_cell_model(out_dir, sections, outlines, _tubule_model_of(sources),
