@@ -26,7 +26,8 @@ class Estimate:
         if self.seconds is None:
             return f"Time: {self.basis}"
         return (f"Estimated time: about {format_duration(self.seconds)} of training steps, plus reading the "
-                f"sections and a validation after each epoch ({self.basis})")
+                f"sections, a validation after each epoch and, for a cell model trained on corrected runs, one "
+                f"analysis of those sections to refit the stager ({self.basis})")
 
 
 def format_duration(seconds: float) -> str:
