@@ -121,6 +121,10 @@ def test_the_cell_models_stager_wins_over_the_tubule_models():
     assert np.allclose(stager_of(tubules, plain).weights, other.weights, atol=1e-5)
     assert np.allclose(stager_of(tubules).weights, other.weights, atol=1e-5)
     assert stager_of(plain, plain) is None
+    from app.pipelines.stagetool.loading import stager_card  # what predictions.json names as meta.stager_model
+
+    assert stager_card(tubules, cells) is cells.card and stager_card(tubules, plain) is tubules.card
+    assert stager_card(plain) is None
 
 
 def test_refit_for_cell_model_reads_the_section_with_the_new_model_and_stores_the_stager(tmp_path, monkeypatch):

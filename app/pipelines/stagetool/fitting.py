@@ -165,10 +165,11 @@ def refit_for_cell_model(model_dir: str | Path, sections: Sequence[Any], tubules
         return None
     stager, info = refit_if_better(np.array(rows), stages, prior)
     where = f"{len(pairs)} corrected section(s) ({len(rows)} staged tubules)"
-    info["data"] = (f"refitted on the cells this model found in {where}, starting from {start}" if stager is not None
-                    else f"{start} kept: refitted on the cells this model found in {where} it staged them no better "
-                         f"when each was left out ({info['refit_left_out_accuracy']:.2f} against "
-                         f"{info['stager_in_use_accuracy']:.2f})")
+    scores = (f"{info['refit_left_out_accuracy']:.2f} of them right when each was left out, against "
+              f"{info['stager_in_use_accuracy']:.2f} for the stager in use")
+    info["data"] = (f"refitted on the cells this model found in {where}, starting from {start} ({scores})"
+                    if stager is not None else
+                    f"kept {start}: a refit on the cells this model found in {where} staged them no better ({scores})")
     path = Path(model_dir) / CARD_FILE
     card_data = read_json(path, ModelError, "the model card")
     card_data.setdefault("extra", {})["stager_refit"] = info

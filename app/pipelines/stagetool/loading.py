@@ -64,10 +64,15 @@ def stager_of(model: LoadedModel, cell_model: LoadedModel | None = None) -> comp
     A cell model trained on a lab's corrections carries a stager refitted on the cells it finds
     (:func:`.fitting.refit_for_cell_model`) and wins; otherwise the tubule model's is used.
     """
+    card = stager_card(model, cell_model)
+    return composition.Stager.from_dict(card.extra["composition"]) if card is not None else None
+
+
+def stager_card(model: LoadedModel, cell_model: LoadedModel | None = None) -> Any:
+    """The card whose stager :func:`stager_of` uses (the cell model's first), or None."""
     for card in ((cell_model.card,) if cell_model is not None else ()) + (model.card,):
-        data = (card.extra or {}).get("composition")
-        if data:
-            return composition.Stager.from_dict(data)
+        if (card.extra or {}).get("composition"):
+            return card
     return None
 
 

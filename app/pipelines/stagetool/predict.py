@@ -45,7 +45,7 @@ from app.pipelines.stagetool.antigen import Antibody
 from app.pipelines.stagetool.classes import CELL_TYPES, STAGES
 from app.pipelines.stagetool.layout import OBJECTS_FILE, PIPELINE, PREDICTIONS_FILE, SUMMARY_FILE  # noqa: F401 (predict.X kept)
 from app.pipelines.stagetool.loading import (  # noqa: F401  (predict.load_model etc. kept)
-    DEMO_MODELS, LoadedModel, detect, load_model, prepare, stager_of,
+    DEMO_MODELS, LoadedModel, detect, load_model, prepare, stager_card, stager_of,
 )
 from app.pipelines.stagetool.models import set_inference
 from app.pipelines.stagetool.params import AnalyzeParams
@@ -430,6 +430,7 @@ def analyze_section(path: str | Path, out_dir: str | Path, tubule_model: LoadedM
         "dapi_channel": dapi, "models": {"tubules": tubule_model.reference(), "cells": cell_model.reference()},
         "params": params.to_dict(), "antibodies": antibody_meta, "map_scale": map_scale,
         "intensity_range": list(stats), "tiles": {**tubule_info, **cell_info},
+        "stager_model": getattr(stager_card(tubule_model, cell_model), "name", None),
         "timing_s": {k: round(v, 3) for k, v in timing.items()}, "app_version": __version__,
     }
     layers = {"tubules": tubule_objects(tubules, map_scale), "cells": cell_objects}
