@@ -7,9 +7,10 @@
 For each phantom style (:mod:`app.pipelines.stagetool.phantom_style`: sections as another lab
 would image them) the shipped demo models analyse a pool of sections and ``--heldout`` others.
 k = 0 is the demo models on the held-out sections, seen at the models' pixel size (and, for
-comparison, at the sections' own pixel size, as before ``match_pixel_size``).  For each k the first k pool sections are
-corrected as a careful user would (:mod:`app.pipelines.stagetool.corrections`, from the truth):
-the edits go into the run's ``edits.json`` exactly as the viewer writes them, and their clicks are
+comparison, at the sections' own pixel size, as before ``match_pixel_size``).  For each k, k pool sections are
+corrected as a careful user would (:mod:`app.pipelines.stagetool.corrections`, from the truth): the k
+the app suggests first (``stagetool rank`` on the demo's analysis: most new stages, then most doubt;
+``--choose first`` takes them by name, as before).  The edits go into the run's ``edits.json`` exactly as the viewer writes them, and their clicks are
 counted.  Usable tubules the tubule model missed need an outline drawn (16 clicks each); the
 outline edit is the GUI's, so here the drawn outline is the truth's mask, added to the tubule
 training data beside the corrected results.  Then both models are trained on the k corrected
@@ -223,8 +224,13 @@ def bench_style(style: str, args: argparse.Namespace, rows: list[dict[str, Any]]
     log(style, "held-out sections, most uncertain first:\n" + "\n".join(uncertainty_vs_errors(baseline, heldout)))
     pool_results = work / "pool-demo"
     analyze(pool, pool_results, DEMO["tubules"], DEMO["cells"], args.threads)
+    from app.pipelines.stagetool.uncertainty import rank_sections
+
+    suggested = rank_sections(pool_results)  # the app's order, before any correction
+    log(style, "suggested order:", ", ".join(f"{r['section']} (doubt {r['score']:.3f}, adds {r['adds_stages']})"
+                                              for r in suggested))
     per_section = correct_pool(pool_results, pool)
-    names = sorted(per_section)
+    names = [r["section"] for r in suggested] if args.choose == "suggested" else sorted(per_section)
     log(style, "corrections:", json.dumps(per_section))
     for k in sorted(args.ks):
         chosen = names[:k]
@@ -248,7 +254,7 @@ def bench_style(style: str, args: argparse.Namespace, rows: list[dict[str, Any]]
                                        models[kind], args.minutes, args.threads,
                                        outlines if args.refit_stager else None)
             analyze(heldout, folder / "heldout", models["tubules"], models["cells"], args.threads)
-            rows.append({"style": style, "k": k, "start": start, "clicks": clicks, "outlines": outlines,
+            rows.append({"style": style, "k": k, "start": start, "sections": chosen, "clicks": clicks, "outlines": outlines,
                          "train_min": trained / 60, **scores(folder / "heldout", heldout)})
             log(style, format_row(rows[-1]))
             (args.work / "rows.json").write_text(json.dumps(rows, indent=1))
@@ -265,6 +271,8 @@ def main() -> None:
     parser.add_argument("--heldout", type=int, default=4)
     parser.add_argument("--minutes", type=float, default=4.0, help="CPU training minutes per model")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--choose", choices=("suggested", "first"), default="suggested",
+                        help="which pool sections are corrected: the app's suggested order (stagetool rank) or by name")
     parser.add_argument("--no-refit-stager", dest="refit_stager", action="store_false",
                         help="keep the stager the models came with (before the refit on the new cell model's cells)")
     parser.add_argument("--seed", type=int, default=7000)

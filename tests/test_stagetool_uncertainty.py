@@ -76,3 +76,29 @@ def test_summary_holds_the_score_and_rank_lists_the_most_uncertain_first(tmp_pat
     assert main(["stagetool", "rank", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "sure (run)" in out and "sure (run2)" in out
+
+
+def test_the_suggested_order_covers_the_stages_then_follows_the_doubt():
+    from app.pipelines.stagetool.uncertainty import suggest_order
+
+    records = {"A": {"score": 0.9, "stages": {"I-V": 3}}, "B": {"score": 0.5, "stages": {"I-V": 1, "IX": 1, "X-XI": 2}},
+               "C": {"score": 0.6, "stages": {"I-V": 2, "XII": 1}}, "E": {"score": 0.2, "stages": {"I-V": 1, "IX": 1}},
+               "D": {"score": 0.1, "stages": {"XII": 4}, "corrected_objects": 3}}
+    # D is corrected: its XII counts as covered and it comes last; B shows three new stages; then the
+    # rest add nothing new and follow their doubt
+    assert suggest_order(records) == [("B", ["I-V", "IX", "X-XI"]), ("A", []), ("C", []), ("E", []), ("D", [])]
+    records["E"]["stages"]["VI-VIII"] = 1  # now E adds a stage no other shows: it comes right after B
+    assert [name for name, _ in suggest_order(records)] == ["B", "E", "A", "C", "D"]
+    same = {"x": {"score": 0.3, "stages": {"IX": 1}}, "y": {"score": 0.7, "stages": {"IX": 2}}}
+    assert suggest_order(same) == [("y", ["IX"]), ("x", [])]  # equal stages: the more doubtful first
+    assert suggest_order({"old": {"score": 0.4}, "new": {"score": 0.5}}) == [("new", []), ("old", [])]
+
+
+def test_the_uncertainty_record_counts_the_stages_shown_and_the_corrections():
+    from app.pipelines.stagetool.curation import apply
+
+    record = section_uncertainty(TORN)
+    assert record["stages"] == {"I-V": 1, "XII": 1} and record["corrected_objects"] == 0
+    corrected = section_uncertainty(apply(TORN, [make_edit("exclude_tubule", "torn", 2, True),
+                                                 make_edit("retype_cell", "torn", 1, CELL_TYPES[0])]))
+    assert corrected["stages"] == {"I-V": 1} and corrected["corrected_objects"] == 2

@@ -172,7 +172,8 @@ def cmd_rank(args: argparse.Namespace) -> int:
     else:
         print(format_ranking(rows))
         if rows:
-            print(f"correct {rows[0]['section']} first: its models hesitate most "
+            print(f"correct {rows[0]['section']} first, then down the list: each next section shows the most stages "
+                  "the ones above it do not (as the models staged them), the most doubtful among equals "
                   "(score 0 = sure, 1 = guessing; corrected objects count as sure)")
     return EXIT_OK
 

@@ -165,6 +165,8 @@ class ProjectBrowser(QWidget):
         top.setExpanded(True)
         runs = self.project.runs()
         run_top = self._section(f"Runs ({len(runs)})", "runs")
+        from app.pipelines.stagetool.uncertainty import suggest_order  # light: no torch
+
         for run in reversed(runs):
             label = f"{run.pipeline} · {run.id[:15]} · {run.status} ({len(run.results)} image(s))"
             item = QTreeWidgetItem(run_top, [label])
@@ -172,7 +174,8 @@ class ProjectBrowser(QWidget):
             failed = "".join(f"\nfailed: {name}: {why}" for name, why in run.failed.items())
             item.setToolTip(0, f"{run.folder}\nstarted {run.started}\nstatus {run.status}{failed}")
             doubts = run_doubts(run)
-            order = sorted(run.results, key=lambda n: -doubts[n]["score"]) if doubts else list(run.results)
+            order = [n for n, _ in suggest_order(doubts)] + [n for n in run.results if n not in doubts] \
+                if doubts else list(run.results)
             for image_name in order:
                 child = QTreeWidgetItem(item, [image_name])
                 child.setData(0, Qt.ItemDataRole.UserRole, (RUN_IMAGE, (run.id, image_name)))
@@ -382,9 +385,11 @@ def run_doubts(run: Any, images: list[str] | None = None) -> dict[str, dict[str,
 
 def doubt_tooltip(record: dict[str, Any]) -> str:
     """What a section's doubt score means, for its tooltip."""
+    stages = ", ".join(record.get("stages") or {}) or "none"
     return (f"doubt {record['score']:.2f} (0 = sure, 1 = guessing): {record.get('ambiguous_tubules', 0)} tubule(s) "
-            f"between two stages, {record.get('unsure_cells', 0)} unsure cell(s).\nSections are listed most "
-            "doubtful first: correcting those teaches a model most.")
+            f"between two stages, {record.get('unsure_cells', 0)} unsure cell(s); stages shown: {stages}.\n"
+            "Sections are listed in the order to correct them: each next one shows the most stages the ones "
+            "above it do not, the most doubtful among equals.")
 
 
 def pixmap_size() -> Any:
