@@ -247,12 +247,12 @@ def bench_style(style: str, args: argparse.Namespace, rows: list[dict[str, Any]]
             folder = work / f"k{k}-{start}"
             models = {kind: DEMO[kind] for kind in ("cells", "tubules")}
             trained = 0.0
-            outlines = [section.objects for section in training_sections(pool_results, pool, chosen, "tubules", missed)]
+            staged = [section.objects for section in training_sections(pool_results, pool, chosen, "tubules", missed)]
             for kind in args.kinds:
                 models[kind] = folder / f"{kind}-model"
                 trained += train_model(kind, start, training_sections(pool_results, pool, chosen, kind, missed),
                                        models[kind], args.minutes, args.threads,
-                                       outlines if args.refit_stager else None)
+                                       staged if args.refit_stager else None)
             analyze(heldout, folder / "heldout", models["tubules"], models["cells"], args.threads)
             rows.append({"style": style, "k": k, "start": start, "sections": chosen, "clicks": clicks, "outlines": outlines,
                          "train_min": trained / 60, **scores(folder / "heldout", heldout)})
